@@ -1,0 +1,93 @@
+//! The API budget: who may call the exchange, and how much.
+//!
+//! This is the seed's per-process limit (calls per sliding minute,
+//! `track_api_call` / `can_make_api_calls`). The global weight budget and
+//! priority admission build on it in the exchange layer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct ApiBudget {
+    limits: HashMap<String, u32>,
+    calls: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+}
+
+impl ApiBudget {
+    /// A budget with a calls-per-minute limit for each process id.
+    pub fn new(limits: impl IntoIterator<Item = (String, u32)>) -> Self {
+        ApiBudget {
+            limits: limits.into_iter().collect(),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// Records `count` calls made now by `process`.
+    pub fn track_api_call(&self, process: &str, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let window = calls.entry(process.to_string()).or_default();
+        prune(window, now);
+        window.push_back((now, count));
+    }
+
+    /// Whether `count` more calls keep `process` within its limit for the last minute.
+    pub fn can_make_api_calls(&self, process: &str, count: u32) -> bool {
+        self.calls_last_minute(process).saturating_add(count) <= self.limit(process)
+    }
+
+    /// Calls `process` made in the sliding minute ending now.
+    pub fn calls_last_minute(&self, process: &str) -> u32 {
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.get_mut(process).map_or(0, |window| {
+            prune(window, now);
+            window.iter().map(|&(_, n)| n).sum()
+        })
+    }
+
+    /// The configured limit; 0 for an unknown process.
+    pub fn limit(&self, process: &str) -> u32 {
+        self.limits.get(process).copied().unwrap_or(0)
+    }
+}
+
+fn prune(window: &mut VecDeque<(Instant, u32)>, now: Instant) {
+    while window
+        .front()
+        .is_some_and(|&(at, _)| now.duration_since(at) >= WINDOW)
+    {
+        window.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sliding_minute_forgets_old_calls() {
+        let budget = ApiBudget::new([("a".to_string(), 10)]);
+        budget.track_api_call("a", 6);
+        assert!(budget.can_make_api_calls("a", 4));
+        assert!(!budget.can_make_api_calls("a", 5));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        budget.track_api_call("a", 4);
+        assert_eq!(budget.calls_last_minute("a"), 10);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(budget.calls_last_minute("a"), 4);
+        assert!(budget.can_make_api_calls("a", 6));
+        assert!(
+            !budget.can_make_api_calls("b", 1),
+            "unknown processes have no budget"
+        );
+    }
+}

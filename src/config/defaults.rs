@@ -1,0 +1,84 @@
+//! The built-in defaults: a working service on their own (DESIGN §2, §8).
+
+use std::collections::BTreeMap;
+
+use super::{Config, HttpConfig, LogFormat, ProcessConfig, SchedulerConfig, TelemetryConfig};
+
+/// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries).
+pub const BUILTIN_PROCESSES: [(&str, &str, f64, u32, u8, f64, u32); 6] = [
+    ("trade_sync", "Trade Sync", 30.0, 60, 1, 30.0, 3),
+    ("level_monitor", "Level Monitor", 2.0, 100, 1, 2.0, 1),
+    ("price_update", "Price Update", 10.0, 30, 2, 10.0, 2),
+    (
+        "notification_check",
+        "Notification Check",
+        5.0,
+        30,
+        2,
+        5.0,
+        2,
+    ),
+    ("position_sync", "Position Sync", 60.0, 30, 3, 30.0, 3),
+    ("dashboard_sync", "Dashboard Sync", 30.0, 10, 4, 30.0, 1),
+];
+
+/// Settings a process gets for every key it does not name.
+pub fn process_defaults(kind: &str) -> ProcessConfig {
+    ProcessConfig {
+        kind: kind.to_string(),
+        name: None,
+        enabled: true,
+        interval_seconds: 60.0,
+        max_api_calls_per_minute: 60,
+        priority: 5,
+        timeout_seconds: 30.0,
+        retry_count: 0,
+        retry_backoff_seconds: 1.0,
+        start_offset_seconds: 0.0,
+        settings: BTreeMap::new(),
+    }
+}
+
+pub fn builtin_processes() -> BTreeMap<String, ProcessConfig> {
+    BUILTIN_PROCESSES
+        .iter()
+        .map(|&(id, name, interval, limit, priority, timeout, retries)| {
+            let process = ProcessConfig {
+                name: Some(name.to_string()),
+                interval_seconds: interval,
+                max_api_calls_per_minute: limit,
+                priority,
+                timeout_seconds: timeout,
+                retry_count: retries,
+                ..process_defaults(id)
+            };
+            (id.to_string(), process)
+        })
+        .collect()
+}
+
+pub fn config(with_builtin_processes: bool) -> Config {
+    Config {
+        enabled: true,
+        log_level: "info".into(),
+        log_format: LogFormat::Text,
+        builtin_processes: with_builtin_processes,
+        http: HttpConfig {
+            listen: "127.0.0.1:9797".into(),
+            admin_token: None,
+        },
+        telemetry: TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "script-manager".into(),
+        },
+        scheduler: SchedulerConfig {
+            shutdown_grace_seconds: 10.0,
+            run_history: 100,
+        },
+        processes: if with_builtin_processes {
+            builtin_processes()
+        } else {
+            BTreeMap::new()
+        },
+    }
+}

@@ -1,0 +1,242 @@
+//! Layering: built-in defaults → TOML file → environment, then validation.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::Value;
+use figment::{Figment, Metadata, Profile};
+
+use super::env::EnvLayer;
+use super::{Config, defaults, validate};
+
+/// Where to read configuration from.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// `--config PATH`; falls back to `SCRIPT_MANAGER_CONFIG`.
+    pub config_path: Option<PathBuf>,
+    /// The environment to read; `None` means the process environment.
+    pub env: Option<Vec<(String, String)>>,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+    /// "file config.toml", "environment variable TRADE_SYNC_INTERVAL", "built-in default".
+    pub source: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} (from {})", self.key, self.message, self.source)
+    }
+}
+
+/// Every problem found, reported together.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem(s)):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads, layers and validates the configuration.
+pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = options
+        .env
+        .clone()
+        .unwrap_or_else(|| std::env::vars().collect());
+    let path = options.config_path.clone().or_else(|| {
+        env.iter()
+            .find(|(k, _)| k == "SCRIPT_MANAGER_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+    });
+    if let Some(path) = &path {
+        if !path.is_file() {
+            return Err(single(
+                "config",
+                format!("file {} does not exist", path.display()),
+                "--config / SCRIPT_MANAGER_CONFIG",
+            ));
+        }
+        if let Err(e) = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                t.parse::<toml::Table>()
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        {
+            return Err(single(
+                "config",
+                format!("cannot read {}: {e}", path.display()),
+                &format!("file {}", path.display()),
+            ));
+        }
+    }
+
+    let overrides = overrides(path.as_deref(), &env);
+    let with_builtin = overrides
+        .extract_inner::<bool>("builtin_processes")
+        .unwrap_or(true);
+    let mut figment =
+        Figment::from(Serialized::defaults(defaults::config(with_builtin))).merge(overrides);
+    figment = fill_process_defaults(figment);
+
+    let mut problems = Vec::new();
+    let config = extract(&figment, &mut problems);
+    if let Some(config) = &config {
+        validate::check(config, &mut |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.to_string(),
+                message,
+                source: source_of(&figment, key),
+            });
+        });
+    }
+    match config {
+        Some(config) if problems.is_empty() => Ok(config),
+        _ => Err(ConfigError { problems }),
+    }
+}
+
+fn single(key: &str, message: String, source: &str) -> ConfigError {
+    ConfigError {
+        problems: vec![Problem {
+            key: key.into(),
+            message,
+            source: source.into(),
+        }],
+    }
+}
+
+/// Everything above the defaults, in increasing precedence.
+fn overrides(path: Option<&Path>, env: &[(String, String)]) -> Figment {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    figment
+        .merge(EnvLayer::otel(env))
+        .merge(EnvLayer::prefixed(env))
+        .merge(EnvLayer::seed(env))
+}
+
+/// A process the defaults do not know gets the default settings for every key it omits.
+fn fill_process_defaults(mut figment: Figment) -> Figment {
+    let Ok(Value::Dict(_, processes)) = figment.find_value("processes") else {
+        return figment;
+    };
+    let mut base = match Value::serialize(defaults::process_defaults("")) {
+        Ok(Value::Dict(_, dict)) => dict,
+        _ => return figment,
+    };
+    base.remove("kind");
+    for id in processes.keys() {
+        figment = figment.join(Serialized::default(&format!("processes.{id}"), &base));
+    }
+    figment
+}
+
+/// Deserializes section by section so one bad section does not hide the others.
+fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
+    let before = problems.len();
+    let mut record = |e: figment::Error| record_error(e, problems);
+    if let Ok(Value::Dict(_, root)) = figment.find_value("processes") {
+        for id in root.keys() {
+            if let Err(e) =
+                figment.extract_inner::<super::ProcessConfig>(&format!("processes.{id}"))
+            {
+                record(e);
+            }
+        }
+    }
+    for section in ["http", "telemetry", "scheduler"] {
+        let result = match section {
+            "http" => figment
+                .extract_inner::<super::HttpConfig>(section)
+                .map(drop),
+            "telemetry" => figment
+                .extract_inner::<super::TelemetryConfig>(section)
+                .map(drop),
+            _ => figment
+                .extract_inner::<super::SchedulerConfig>(section)
+                .map(drop),
+        };
+        if let Err(e) = result {
+            record(e);
+        }
+    }
+    let whole = figment.extract::<Config>();
+    let found_some = problems.len() > before;
+    match whole {
+        Ok(config) if !found_some => Some(config),
+        Ok(_) => None,
+        Err(e) => {
+            if !found_some {
+                record_error(e, problems);
+            }
+            None
+        }
+    }
+}
+
+fn record_error(error: figment::Error, problems: &mut Vec<Problem>) {
+    for e in error {
+        let mut path = e.path.clone();
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            path.push(field.clone());
+        }
+        let key = path.join(".");
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| describe(m, &path))
+            .unwrap_or_else(|| "configuration".into());
+        problems.push(Problem {
+            key: if key.is_empty() { "config".into() } else { key },
+            message: e.kind.to_string(),
+            source,
+        });
+    }
+}
+
+fn describe(metadata: &Metadata, path: &[String]) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(file)) => format!("file {}", file.display()),
+        _ if metadata.name == "environment variable" => {
+            format!(
+                "environment variable {}",
+                metadata.interpolate(&Profile::Default, path)
+            )
+        }
+        _ => "built-in defaults".into(),
+    }
+}
+
+fn source_of(figment: &Figment, key: &str) -> String {
+    let path: Vec<String> = key.split('.').map(String::from).collect();
+    let mut probe = path.clone();
+    while !probe.is_empty() {
+        if let Some(md) = figment.find_metadata(&probe.join(".")) {
+            return describe(md, &path);
+        }
+        probe.pop();
+    }
+    "configuration".into()
+}

@@ -1,0 +1,106 @@
+//! Configuration: the typed settings of the service and where they come from.
+//!
+//! Values are layered with figment (built-in defaults, then a TOML file, then
+//! the environment; see [`load`]) and checked by [`validate`], which reports
+//! every problem at once, each naming its key and the source that set it, so
+//! that an operator can fix a bad deployment in one go.
+
+mod defaults;
+mod env;
+mod load;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+
+use figment::value::Value;
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigError, LoadOptions, Problem, load};
+pub use secret::Secret;
+
+/// The whole configuration of one service instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `false` keeps HTTP and metrics up but schedules nothing.
+    pub enabled: bool,
+    /// A tracing filter: `info`, `debug`, or directives like `script_manager=debug`.
+    pub log_level: String,
+    pub log_format: LogFormat,
+    /// Whether the built-in trading processes are part of the defaults.
+    pub builtin_processes: bool,
+    pub http: HttpConfig,
+    pub telemetry: TelemetryConfig,
+    pub scheduler: SchedulerConfig,
+    /// Processes by id; the id is the table key and the `process` label.
+    pub processes: BTreeMap<String, ProcessConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Bearer token for the write endpoints; without one they answer 403.
+    pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL (`http://collector:4318`); spans go to `/v1/traces`.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// How long runs in flight may take to finish after SIGTERM before they are cancelled.
+    pub shutdown_grace_seconds: f64,
+    /// How many finished runs per process are kept for `/api/script-manager/runs`.
+    pub run_history: usize,
+}
+
+/// One scheduled process: the seed's `ProcessConfig` plus `kind` and the
+/// kind's own settings (kept as raw values and checked by the kind).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessConfig {
+    pub kind: String,
+    pub name: Option<String>,
+    pub enabled: bool,
+    pub interval_seconds: f64,
+    pub max_api_calls_per_minute: u32,
+    pub priority: u8,
+    pub timeout_seconds: f64,
+    pub retry_count: u32,
+    /// Base of the exponential backoff between retries.
+    pub retry_backoff_seconds: f64,
+    /// Delay of the first tick after start-up, so processes do not all fire at once.
+    pub start_offset_seconds: f64,
+    /// Settings specific to `kind` (for `command`: `command`, `args`, ...).
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, Value>,
+}
+
+impl ProcessConfig {
+    pub fn display_name(&self, id: &str) -> String {
+        self.name.clone().unwrap_or_else(|| id.to_string())
+    }
+}
+
+impl Config {
+    /// The configuration as TOML with every secret replaced by `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value = toml::Value::try_from(self).expect("config serializes to TOML");
+        secret::redact_by_key(&mut value);
+        toml::to_string_pretty(&value).expect("TOML value prints")
+    }
+}

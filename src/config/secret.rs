@@ -1,0 +1,128 @@
+//! Secrets stay secret: a wrapper whose `Debug`, `Display` and `Serialize`
+//! never show the value, and a redactor for free-form settings (a command's
+//! environment) whose keys look like they hold credentials.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use subtle::ConstantTimeEq;
+
+pub const REDACTED: &str = "[redacted]";
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (signing, comparing).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Compares in constant time, so response timing reveals nothing of the value.
+    pub fn matches(&self, candidate: &str) -> bool {
+        self.0.len() == candidate.len() && bool::from(self.0.as_bytes().ct_eq(candidate.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Environment values like `12345678` arrive as numbers; a token is text either way.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Int(i64),
+            Uint(u64),
+        }
+        Ok(Secret(match Raw::deserialize(deserializer)? {
+            Raw::Text(s) => s,
+            Raw::Int(n) => n.to_string(),
+            Raw::Uint(n) => n.to_string(),
+        }))
+    }
+}
+
+/// Whether a setting's name suggests a credential.
+pub fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    [
+        "token",
+        "secret",
+        "password",
+        "passwd",
+        "api_key",
+        "apikey",
+        "private",
+        "credential",
+    ]
+    .iter()
+    .any(|word| key.contains(word))
+}
+
+/// Replaces, anywhere in the tree, the values of keys that look like credentials.
+pub fn redact_by_key(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, child) in table.iter_mut() {
+                if is_secret_key(key) && !matches!(child, toml::Value::Table(_)) {
+                    *child = toml::Value::String(REDACTED.into());
+                } else {
+                    redact_by_key(child);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_by_key),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_prints() {
+        let s = Secret::new("hunter2-very-secret");
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"");
+        assert!(s.matches("hunter2-very-secret"));
+        assert!(!s.matches("hunter2-very-secreT"));
+        assert!(!s.matches("hunter2"));
+    }
+
+    #[test]
+    fn redacts_credential_like_keys_at_any_depth() {
+        let mut v: toml::Value = toml::from_str(
+            "[processes.a.env]\nDB_PASSWORD = \"x\"\nPATH = \"/bin\"\n[http]\nadmin_token = \"y\"\n",
+        )
+        .unwrap();
+        redact_by_key(&mut v);
+        let text = toml::to_string(&v).unwrap();
+        assert!(!text.contains("\"x\"") && !text.contains("\"y\""), "{text}");
+        assert!(text.contains("/bin"));
+    }
+}

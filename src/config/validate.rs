@@ -1,0 +1,121 @@
+//! Semantic checks that types alone cannot express. Every problem is reported
+//! through `report(key, message)`; nothing stops at the first one.
+
+use std::net::SocketAddr;
+
+use super::{Config, ProcessConfig};
+
+/// Longest interval we accept: a week. Longer periods belong in a calendar, not here.
+const MAX_INTERVAL_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+pub fn check(config: &Config, report: &mut dyn FnMut(&str, String)) {
+    if tracing_subscriber::EnvFilter::try_new(&config.log_level).is_err() {
+        report(
+            "log_level",
+            format!(
+                "`{}` is not a log filter; use error, warn, info, debug or trace",
+                config.log_level
+            ),
+        );
+    }
+    if config.http.listen.parse::<SocketAddr>().is_err() {
+        report(
+            "http.listen",
+            format!(
+                "`{}` is not an address like 127.0.0.1:9797",
+                config.http.listen
+            ),
+        );
+    }
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            && endpoint.parse::<http::Uri>().is_ok();
+        if !endpoint.is_empty() && !ok {
+            report(
+                "telemetry.otlp_endpoint",
+                format!("`{endpoint}` is not an http(s) URL like http://localhost:4318"),
+            );
+        }
+    }
+    if !(config.scheduler.shutdown_grace_seconds >= 0.0
+        && config.scheduler.shutdown_grace_seconds <= 3600.0)
+    {
+        report(
+            "scheduler.shutdown_grace_seconds",
+            "must be between 0 and 3600".into(),
+        );
+    }
+    if config.scheduler.run_history == 0 || config.scheduler.run_history > 100_000 {
+        report(
+            "scheduler.run_history",
+            "must be between 1 and 100000".into(),
+        );
+    }
+    for (id, process) in &config.processes {
+        check_process(id, process, report);
+    }
+}
+
+fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, String)) {
+    let key = |field: &str| format!("processes.{id}.{field}");
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        report(
+            &format!("processes.{id}"),
+            "a process id may use only a-z, 0-9 and _".into(),
+        );
+    }
+    if !(p.interval_seconds > 0.0 && p.interval_seconds <= MAX_INTERVAL_SECONDS) {
+        report(
+            &key("interval_seconds"),
+            format!(
+                "must be greater than 0 and at most {MAX_INTERVAL_SECONDS} (got {})",
+                p.interval_seconds
+            ),
+        );
+    }
+    if !(p.timeout_seconds > 0.0 && p.timeout_seconds <= MAX_INTERVAL_SECONDS) {
+        report(
+            &key("timeout_seconds"),
+            format!("must be greater than 0 (got {})", p.timeout_seconds),
+        );
+    }
+    if !(1..=10).contains(&p.priority) {
+        report(
+            &key("priority"),
+            format!("must be between 1 (highest) and 10 (got {})", p.priority),
+        );
+    }
+    if p.retry_count > 10 {
+        report(
+            &key("retry_count"),
+            format!("must be at most 10 (got {})", p.retry_count),
+        );
+    }
+    if !(p.retry_backoff_seconds >= 0.0 && p.retry_backoff_seconds <= 3600.0) {
+        report(
+            &key("retry_backoff_seconds"),
+            format!(
+                "must be between 0 and 3600 (got {})",
+                p.retry_backoff_seconds
+            ),
+        );
+    }
+    if !(p.start_offset_seconds >= 0.0 && p.start_offset_seconds <= MAX_INTERVAL_SECONDS) {
+        report(
+            &key("start_offset_seconds"),
+            format!("must be 0 or more (got {})", p.start_offset_seconds),
+        );
+    }
+    match crate::processes::check_settings(&p.kind, &p.settings) {
+        Err(message) => report(&key("kind"), message),
+        Ok(problems) => {
+            for (field, message) in problems {
+                report(&key(&field), message);
+            }
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The HTTP surface (DESIGN §7): metrics, health, the status API and the
+//! operator actions. Handlers are thin: they read the scheduler's state or
+//! call one of its methods.
+
+mod api;
+mod error;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::config::Secret;
+use crate::scheduler::Scheduler;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::labels;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub scheduler: Arc<Scheduler>,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<Secret>,
+    pub started: SystemTime,
+    pub ready: Arc<AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/api/script-manager/status", get(api::status))
+        .route("/api/script-manager/processes", get(api::processes))
+        .route("/api/script-manager/processes/{id}", get(api::process))
+        .route(
+            "/api/script-manager/processes/{id}/trigger",
+            post(api::trigger),
+        )
+        .route("/api/script-manager/processes/{id}/pause", post(api::pause))
+        .route(
+            "/api/script-manager/processes/{id}/resume",
+            post(api::resume),
+        )
+        .route("/api/script-manager/runs", get(api::runs))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        axum::Json(json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "starting or stopping",
+        )
+        .into_response()
+    }
+}
+
+/// Prometheus text 0.0.4 by default; OpenMetrics (with exemplars) when asked for.
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    for p in state.scheduler.processes() {
+        let calls = state.scheduler.budget().calls_last_minute(&p.id);
+        state
+            .metrics
+            .api_calls_last_minute
+            .get_or_create(&labels(&p.id))
+            .set(calls as i64);
+    }
+    let wants_openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if wants_openmetrics {
+        (
+            state.metrics.encode_openmetrics(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            state.metrics.encode_prometheus(),
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}

@@ -1,0 +1,15 @@
+//! script-manager: one service that runs a trading platform's periodic work
+//! on one scheduler, shares one exchange API budget between it, and reports
+//! everything as Prometheus metrics, OpenTelemetry spans and logs.
+//!
+//! See ARCHITECTURE.md at the repository root for the map of the code.
+
+pub mod app;
+pub mod budget;
+pub mod config;
+pub mod http;
+pub mod process;
+pub mod processes;
+pub mod scheduler;
+pub mod status;
+pub mod telemetry;

@@ -1,0 +1,309 @@
+//! One run of one process: attempts with a timeout each, retries with
+//! backoff, panic isolation, and the bookkeeping (metrics, stats, history,
+//! spans, logs) that follows.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::{Instrument, field};
+
+use super::state::{ProcessHandle, RunRecord};
+use super::{CANCEL_GRACE, Scheduler};
+use crate::process::{ErrorKind, ProcessError, RunContext, RunReport, RunUsage, Trigger};
+use crate::telemetry::metrics::{ErrorLabels, Outcome, RunLabels, TraceLabels, labels, unix_now};
+use crate::telemetry::otel;
+
+/// The outcome of a whole run (all attempts).
+struct Finished {
+    result: Result<RunReport, ProcessError>,
+    attempts: u32,
+    usage: Arc<RunUsage>,
+}
+
+impl Scheduler {
+    pub(super) async fn execute(
+        self: Arc<Self>,
+        p: Arc<ProcessHandle>,
+        trigger: Trigger,
+        scheduled: Instant,
+        next_tick: Instant,
+    ) {
+        let started = Instant::now();
+        let started_wall = SystemTime::now();
+        let lag = if trigger == Trigger::Schedule {
+            started.duration_since(scheduled)
+        } else {
+            Duration::ZERO
+        };
+        let span = tracing::info_span!(
+            parent: None,
+            "run",
+            otel.name = format!("run {}", p.id),
+            "process.id" = %p.id,
+            "run.trigger" = trigger.as_str(),
+            "run.attempts" = field::Empty,
+            "run.outcome" = field::Empty,
+            otel.status_code = field::Empty,
+            trace_id = field::Empty,
+        );
+        let trace_id = otel::trace_id(&span);
+        if let Some(id) = &trace_id {
+            span.record("trace_id", id.as_str());
+        }
+        let finished = self
+            .attempts(&p, trigger, next_tick)
+            .instrument(span.clone())
+            .await;
+        let duration = started.elapsed();
+        let outcome = match &finished.result {
+            Ok(_) => Outcome::success,
+            Err(e) if e.kind == ErrorKind::Timeout => Outcome::timeout,
+            Err(_) => Outcome::error,
+        };
+        span.record("run.attempts", finished.attempts);
+        span.record("run.outcome", outcome_str(outcome));
+        span.record(
+            "otel.status_code",
+            if outcome == Outcome::success {
+                "OK"
+            } else {
+                "ERROR"
+            },
+        );
+        let _enter = span.enter();
+        match &finished.result {
+            Ok(report) => tracing::debug!(
+                duration_s = duration.as_secs_f64(),
+                summary = report.summary.as_deref().unwrap_or(""),
+                "run succeeded"
+            ),
+            Err(e) => {
+                tracing::warn!(duration_s = duration.as_secs_f64(), kind = e.kind.as_str(), error = %e.message, "run failed")
+            }
+        }
+        drop(_enter);
+
+        self.record_metrics(&p, outcome, &finished, duration, lag, trace_id.clone());
+        let child = finished.usage.child();
+        let record = RunRecord {
+            process: p.id.clone(),
+            trigger,
+            started_at: started_wall,
+            finished_at: SystemTime::now(),
+            duration_seconds: duration.as_secs_f64(),
+            lag_seconds: lag.as_secs_f64(),
+            attempts: finished.attempts,
+            outcome: outcome_str(outcome),
+            error_kind: finished.result.as_ref().err().map(|e| e.kind),
+            error_message: finished.result.as_ref().err().map(|e| e.message.clone()),
+            api_calls: finished.usage.api_calls(),
+            child_cpu_seconds: child.map(|c| c.cpu_seconds),
+            child_peak_rss_bytes: child.map(|c| c.peak_rss_bytes),
+            trace_id,
+        };
+        self.record_stats(&p, record);
+        self.metrics.running.get_or_create(&labels(&p.id)).set(0);
+        p.end();
+    }
+
+    /// Runs attempts until one succeeds, a failure is final, or a retry could not finish before `next_tick`.
+    async fn attempts(&self, p: &ProcessHandle, trigger: Trigger, next_tick: Instant) -> Finished {
+        let usage = Arc::new(RunUsage::default());
+        let mut attempt = 1;
+        loop {
+            let span = tracing::info_span!(
+                "attempt",
+                otel.name = format!("attempt {attempt}"),
+                "run.attempt" = attempt,
+                "run.outcome" = field::Empty
+            );
+            let result = self
+                .attempt(p, trigger, attempt, &usage)
+                .instrument(span.clone())
+                .await;
+            span.record(
+                "run.outcome",
+                if result.is_ok() { "success" } else { "error" },
+            );
+            let Err(error) = &result else {
+                return Finished {
+                    result,
+                    attempts: attempt,
+                    usage: usage.clone(),
+                };
+            };
+            let retries_left = attempt <= p.config.retry_count;
+            if !(error.retriable && retries_left) || self.cancel_runs.is_cancelled() {
+                return Finished {
+                    result,
+                    attempts: attempt,
+                    usage: usage.clone(),
+                };
+            }
+            let backoff = backoff(p.config.retry_backoff_seconds, attempt);
+            if Instant::now() + backoff + p.timeout > next_tick {
+                tracing::debug!(
+                    kind = error.kind.as_str(),
+                    "no retry: it could not finish before the next tick"
+                );
+                return Finished {
+                    result,
+                    attempts: attempt,
+                    usage: usage.clone(),
+                };
+            }
+            tracing::info!(kind = error.kind.as_str(), error = %error.message, backoff_s = backoff.as_secs_f64(), "attempt failed; retrying");
+            self.metrics.retries.get_or_create(&labels(&p.id)).inc();
+            tokio::select! {
+                _ = sleep(backoff) => {}
+                _ = self.cancel_runs.cancelled() => return Finished { result, attempts: attempt, usage: usage.clone() },
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One attempt under its timeout, with panics turned into errors.
+    async fn attempt(
+        &self,
+        p: &ProcessHandle,
+        trigger: Trigger,
+        attempt: u32,
+        usage: &Arc<RunUsage>,
+    ) -> Result<RunReport, ProcessError> {
+        let Some(process) = &p.process else {
+            return Err(ProcessError::permanent(
+                ErrorKind::Internal,
+                "no implementation for this kind",
+            ));
+        };
+        let deadline = Instant::now() + p.timeout;
+        let ctx = RunContext {
+            process_id: p.id.clone(),
+            trigger,
+            attempt,
+            deadline,
+            cancel: self.cancel_runs.child_token(),
+            budget: self.budget.clone(),
+            usage: usage.clone(),
+        };
+        let cancel = ctx.cancel.clone();
+        let work = AssertUnwindSafe(process.run(ctx)).catch_unwind();
+        tokio::pin!(work);
+        let stopped = tokio::select! {
+            result = &mut work => return result.unwrap_or_else(|panic| Err(panic_error(panic))),
+            _ = sleep_until(deadline) => ProcessError::retriable(ErrorKind::Timeout, format!("timed out after {:.3}s", p.timeout.as_secs_f64())),
+            _ = self.cancel_runs.cancelled() => ProcessError::permanent(ErrorKind::Cancelled, "cancelled: the service is shutting down"),
+        };
+        // Give the process a moment to clean up (kill its child, roll back) before dropping it.
+        cancel.cancel();
+        let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
+        Err(stopped)
+    }
+
+    fn record_metrics(
+        &self,
+        p: &ProcessHandle,
+        outcome: Outcome,
+        finished: &Finished,
+        duration: Duration,
+        lag: Duration,
+        trace_id: Option<String>,
+    ) {
+        let m = &self.metrics;
+        let l = labels(&p.id);
+        m.runs
+            .get_or_create(&RunLabels {
+                process: p.id.to_string(),
+                outcome,
+            })
+            .inc();
+        m.duration.get_or_create(&l).observe(
+            duration.as_secs_f64(),
+            trace_id.map(|trace_id| TraceLabels { trace_id }),
+            None,
+        );
+        if finished.attempts > 0 {
+            m.lag.get_or_create(&l).observe(lag.as_secs_f64());
+        }
+        if let Some(child) = finished.usage.child() {
+            m.child_cpu.get_or_create(&l).inc_by(child.cpu_seconds);
+            m.child_peak_rss
+                .get_or_create(&l)
+                .set(child.peak_rss_bytes as i64);
+        }
+        let now = unix_now();
+        m.last_run.get_or_create(&l).set(now);
+        match &finished.result {
+            Ok(_) => {
+                m.last_success.get_or_create(&l).set(now);
+                m.consecutive_failures.get_or_create(&l).set(0);
+            }
+            Err(e) => {
+                m.last_error.get_or_create(&l).set(now);
+                m.consecutive_failures.get_or_create(&l).inc();
+                m.errors
+                    .get_or_create(&ErrorLabels {
+                        process: p.id.to_string(),
+                        kind: e.kind.as_str(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
+    fn record_stats(&self, p: &ProcessHandle, record: RunRecord) {
+        let mut s = p.stats();
+        s.total_runs += 1;
+        s.total_duration += record.duration_seconds;
+        s.last_duration = Some(record.duration_seconds);
+        s.last_run = Some(record.finished_at);
+        match record.outcome {
+            "success" => {
+                s.success_count += 1;
+                s.consecutive_failures = 0;
+                s.last_success = Some(record.finished_at);
+            }
+            outcome => {
+                s.error_count += 1;
+                if outcome == "timeout" {
+                    s.timeout_count += 1;
+                }
+                s.consecutive_failures += 1;
+                s.last_error = Some(record.finished_at);
+                s.last_error_message = record.error_message.clone();
+                s.last_error_kind = record.error_kind;
+            }
+        }
+        if s.history.len() >= self.history_len {
+            s.history.pop_front();
+        }
+        s.history.push_back(record);
+    }
+}
+
+fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::success => "success",
+        Outcome::error => "error",
+        Outcome::timeout => "timeout",
+    }
+}
+
+/// Exponential backoff with up to 50 % jitter, so retrying processes do not move in lockstep.
+fn backoff(base_seconds: f64, attempt: u32) -> Duration {
+    let exp = base_seconds * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
+    let jitter: f64 = rand::random_range(0.0..0.5);
+    Duration::from_secs_f64(exp * (1.0 + jitter))
+}
+
+fn panic_error(panic: Box<dyn std::any::Any + Send>) -> ProcessError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic with a non-text payload".into());
+    ProcessError::permanent(ErrorKind::Panic, format!("panicked: {message}"))
+}

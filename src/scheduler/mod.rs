@@ -1,0 +1,271 @@
+//! The scheduler: fixed-rate ticks, single flight, coalescing, priorities,
+//! pause / resume / trigger and graceful shutdown (DESIGN §3).
+//!
+//! One loop owns the timetable (a min-heap of next ticks); each run is its
+//! own task, tracked so shutdown can wait for it. The loop never waits for a
+//! run, so a slow process cannot delay another's tick.
+
+mod execute;
+mod state;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use state::{ProcessHandle, RunRecord, Stats};
+
+use crate::budget::ApiBudget;
+use crate::process::Trigger;
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::{SkipReason, labels};
+
+/// How long a cancelled attempt gets to clean up (kill its child, ...) before it is dropped.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Scheduler {
+    processes: Vec<Arc<ProcessHandle>>,
+    index: HashMap<Arc<str>, usize>,
+    metrics: Arc<Metrics>,
+    budget: Arc<ApiBudget>,
+    enabled: bool,
+    history_len: usize,
+    tracker: TaskTracker,
+    stop_ticking: CancellationToken,
+    cancel_runs: CancellationToken,
+}
+
+/// Why a manual trigger was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerError {
+    UnknownProcess,
+    AlreadyRunning,
+    Disabled,
+    Unavailable,
+    SchedulerDisabled,
+    ShuttingDown,
+}
+
+/// What happened to the runs in flight at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub in_flight: usize,
+    /// Whether runs had to be cancelled because the grace period ran out.
+    pub cancelled: bool,
+}
+
+impl Scheduler {
+    /// `enabled = false` keeps the processes visible but ticks none of them.
+    pub fn new(
+        processes: Vec<ProcessHandle>,
+        metrics: Arc<Metrics>,
+        budget: Arc<ApiBudget>,
+        enabled: bool,
+        history_len: usize,
+    ) -> Arc<Self> {
+        let processes: Vec<_> = processes.into_iter().map(Arc::new).collect();
+        let index = processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.clone(), i))
+            .collect();
+        for p in &processes {
+            metrics.init_process(&p.id, &p.config);
+        }
+        metrics.scheduler_enabled.set(enabled as i64);
+        Arc::new(Scheduler {
+            processes,
+            index,
+            metrics,
+            budget,
+            enabled,
+            history_len: history_len.max(1),
+            tracker: TaskTracker::new(),
+            stop_ticking: CancellationToken::new(),
+            cancel_runs: CancellationToken::new(),
+        })
+    }
+
+    pub fn processes(&self) -> &[Arc<ProcessHandle>] {
+        &self.processes
+    }
+
+    pub fn process(&self, id: &str) -> Option<&Arc<ProcessHandle>> {
+        self.index.get(id).map(|&i| &self.processes[i])
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn budget(&self) -> &Arc<ApiBudget> {
+        &self.budget
+    }
+
+    /// Starts ticking (when enabled). Returns at once.
+    pub fn start(self: &Arc<Self>) {
+        if self.enabled {
+            tokio::spawn(self.clone().tick_loop());
+        }
+    }
+
+    async fn tick_loop(self: Arc<Self>) {
+        let start = Instant::now();
+        // (next tick, priority, index): the earliest tick first; at the same instant, priority 1 first.
+        let mut timetable: BinaryHeap<Reverse<(Instant, u8, usize)>> = self
+            .processes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.schedulable())
+            .map(|(i, p)| {
+                let first = start + Duration::from_secs_f64(p.config.start_offset_seconds);
+                self.note_next_run(p, first);
+                Reverse((first, p.config.priority, i))
+            })
+            .collect();
+        loop {
+            let Some(&Reverse((due, _, _))) = timetable.peek() else {
+                return self.stop_ticking.cancelled().await;
+            };
+            tokio::select! {
+                biased;
+                _ = self.stop_ticking.cancelled() => return,
+                _ = sleep_until(due) => {}
+            }
+            let now = Instant::now();
+            let mut due_now = Vec::new();
+            while let Some(&Reverse((due, priority, i))) = timetable.peek() {
+                if due > now {
+                    break;
+                }
+                timetable.pop();
+                due_now.push((priority, due, i));
+            }
+            due_now.sort_unstable();
+            for (priority, due, i) in due_now {
+                let next = self.tick(i, due, now);
+                timetable.push(Reverse((next, priority, i)));
+            }
+        }
+    }
+
+    /// Handles one due tick of process `i`; returns its next tick.
+    fn tick(self: &Arc<Self>, i: usize, due: Instant, now: Instant) -> Instant {
+        let p = &self.processes[i];
+        let missed = (now.duration_since(due).as_nanos() / p.interval.as_nanos().max(1)) as u32;
+        let scheduled = due + p.interval * missed;
+        let next = scheduled + p.interval;
+        self.note_next_run(p, next);
+        if missed > 0 {
+            self.skipped(p, SkipReason::missed, missed as u64);
+        }
+        if p.is_paused() {
+            self.skipped(p, SkipReason::paused, 1);
+        } else if !p.try_begin() {
+            self.skipped(p, SkipReason::overlap, 1);
+        } else {
+            self.launch(p.clone(), Trigger::Schedule, scheduled, next);
+        }
+        next
+    }
+
+    fn skipped(&self, p: &ProcessHandle, reason: SkipReason, count: u64) {
+        self.metrics.skip(&p.id, reason, count);
+        p.stats().skipped_count += count;
+        tracing::debug!(process = %p.id, ?reason, count, "tick skipped");
+    }
+
+    fn note_next_run(&self, p: &ProcessHandle, next: Instant) {
+        let wall = SystemTime::now() + next.saturating_duration_since(Instant::now());
+        p.stats().next_run = Some(wall);
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        p: Arc<ProcessHandle>,
+        trigger: Trigger,
+        scheduled: Instant,
+        next_tick: Instant,
+    ) {
+        self.metrics.running.get_or_create(&labels(&p.id)).set(1);
+        let me = self.clone();
+        self.tracker
+            .spawn(async move { me.execute(p, trigger, scheduled, next_tick).await });
+    }
+
+    /// Runs a process now, outside its schedule. Refused while it is running.
+    pub fn trigger(self: &Arc<Self>, id: &str) -> Result<(), TriggerError> {
+        let p = self.process(id).ok_or(TriggerError::UnknownProcess)?;
+        if self.stop_ticking.is_cancelled() {
+            return Err(TriggerError::ShuttingDown);
+        }
+        if !self.enabled {
+            return Err(TriggerError::SchedulerDisabled);
+        }
+        if p.process.is_none() {
+            return Err(TriggerError::Unavailable);
+        }
+        if !p.config.enabled {
+            return Err(TriggerError::Disabled);
+        }
+        if !p.try_begin() {
+            return Err(TriggerError::AlreadyRunning);
+        }
+        let now = Instant::now();
+        self.launch(p.clone(), Trigger::Manual, now, now + p.interval);
+        Ok(())
+    }
+
+    /// Pauses scheduled ticks (a run in flight finishes). Returns whether anything changed.
+    pub fn pause(&self, id: &str) -> Option<bool> {
+        self.set_paused(id, true)
+    }
+
+    /// Resumes scheduled ticks at the next point of the process's grid.
+    pub fn resume(&self, id: &str) -> Option<bool> {
+        self.set_paused(id, false)
+    }
+
+    fn set_paused(&self, id: &str, paused: bool) -> Option<bool> {
+        let p = self.process(id)?;
+        let changed = p.set_paused(paused);
+        self.metrics
+            .paused
+            .get_or_create(&labels(id))
+            .set(paused as i64);
+        if changed {
+            tracing::info!(process = %id, paused, "process {}", if paused { "paused" } else { "resumed" });
+        }
+        Some(changed)
+    }
+
+    /// Stops ticking, lets runs in flight finish within `grace`, then cancels the rest.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.stop_ticking.cancel();
+        self.tracker.close();
+        let in_flight = self.tracker.len();
+        let mut cancelled = false;
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            cancelled = true;
+            tracing::warn!(
+                in_flight = self.tracker.len(),
+                "grace period over; cancelling runs in flight"
+            );
+            self.cancel_runs.cancel();
+            let _ =
+                tokio::time::timeout(CANCEL_GRACE + Duration::from_secs(1), self.tracker.wait())
+                    .await;
+        }
+        ShutdownReport {
+            in_flight,
+            cancelled,
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The status document of `GET /api/script-manager/status`: the seed's shape,
+//! field for field, plus what an operator needs next (state, schedule, last
+//! error).
+
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+use serde_json::{Value, json};
+
+use crate::scheduler::{ProcessHandle, Scheduler};
+
+/// `running` (scheduled and healthy), `error` (last run failed), `paused`, or
+/// `stopped` (disabled, scheduler off, or kind not available in this build).
+pub fn status_of(scheduler: &Scheduler, p: &ProcessHandle) -> &'static str {
+    if !scheduler.enabled() || !p.schedulable() {
+        "stopped"
+    } else if p.is_paused() {
+        "paused"
+    } else if p.stats().consecutive_failures > 0 {
+        "error"
+    } else {
+        "running"
+    }
+}
+
+/// `executing` while a run is in flight, otherwise `idle` (or `unavailable`).
+fn state_of(p: &ProcessHandle) -> &'static str {
+    if p.process.is_none() {
+        "unavailable"
+    } else if p.is_running() {
+        "executing"
+    } else {
+        "idle"
+    }
+}
+
+pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
+    let calls = scheduler.budget().calls_last_minute(&p.id);
+    let s = p.stats().clone();
+    let avg = if s.total_runs > 0 {
+        s.total_duration / s.total_runs as f64
+    } else {
+        0.0
+    };
+    json!({
+        "id": &*p.id,
+        "process_name": p.name,
+        "kind": p.config.kind,
+        "status": status_of(scheduler, p),
+        "state": state_of(p),
+        "enabled": p.config.enabled,
+        "paused": p.is_paused(),
+        "interval_seconds": p.config.interval_seconds,
+        "timeout_seconds": p.config.timeout_seconds,
+        "priority": p.config.priority,
+        "retry_count": p.config.retry_count,
+        "max_api_calls_per_minute": p.config.max_api_calls_per_minute,
+        "last_run": s.last_run.map(fmt_time),
+        "last_success": s.last_success.map(fmt_time),
+        "last_error": s.last_error.map(fmt_time),
+        "last_error_message": s.last_error_message,
+        "last_error_kind": s.last_error_kind,
+        "next_run": if status_of(scheduler, p) == "stopped" { None } else { s.next_run.map(fmt_time) },
+        "metrics": {
+            "total_runs": s.total_runs,
+            "success_count": s.success_count,
+            "error_count": s.error_count,
+            "timeout_count": s.timeout_count,
+            "skipped_count": s.skipped_count,
+            "avg_duration": avg,
+            "last_duration": s.last_duration,
+            "api_calls_last_minute": calls,
+            "consecutive_failures": s.consecutive_failures,
+            "last_run": s.last_run.map(fmt_time),
+            "last_success": s.last_success.map(fmt_time),
+            "last_error": s.last_error.map(fmt_time),
+            "last_error_message": s.last_error_message,
+        },
+    })
+}
+
+pub fn document(scheduler: &Scheduler, started: SystemTime) -> Value {
+    let mut processes = serde_json::Map::new();
+    let (mut running, mut errors, mut paused, mut total_calls) = (0, 0, 0, 0u64);
+    for p in scheduler.processes() {
+        match status_of(scheduler, p) {
+            "running" => running += 1,
+            "error" => errors += 1,
+            "paused" => paused += 1,
+            _ => {}
+        }
+        total_calls += scheduler.budget().calls_last_minute(&p.id) as u64;
+        processes.insert(p.id.to_string(), process_document(scheduler, p));
+    }
+    json!({
+        "processes": processes,
+        "api_usage": {
+            "total_calls_last_minute": total_calls,
+            "estimated_calls_per_hour": total_calls * 60,
+        },
+        "total_processes": scheduler.processes().len(),
+        "running_processes": running,
+        "error_processes": errors,
+        "paused_processes": paused,
+        "scheduler_enabled": scheduler.enabled(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": fmt_time(started),
+        "uptime_seconds": started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        "generated_at": fmt_time(SystemTime::now()),
+    })
+}
+
+/// RFC 3339 in UTC with millisecond precision.
+pub fn fmt_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn rfc3339<S: Serializer>(t: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    fmt_time(*t).serialize(serializer)
+}

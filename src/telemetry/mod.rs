@@ -1,0 +1,9 @@
+//! Telemetry in one place: Prometheus metrics, tracing with OpenTelemetry
+//! export, and the service's own resource usage.
+
+pub mod metrics;
+pub mod otel;
+mod resources;
+
+pub use metrics::Metrics;
+pub use resources::timeval_seconds;
