@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
+pub use defaults::process_defaults;
 pub use load::{ConfigError, LoadOptions, Problem, load};
 pub use secret::Secret;
 

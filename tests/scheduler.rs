@@ -1,0 +1,489 @@
+//! Scheduler semantics on tokio's paused clock: deterministic, no real waiting.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use script_manager::budget::ApiBudget;
+use script_manager::config::{ProcessConfig, process_defaults};
+use script_manager::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
+use script_manager::scheduler::{ProcessHandle, Scheduler, TriggerError};
+use script_manager::telemetry::Metrics;
+use tokio::time::{advance, sleep};
+
+type Work = dyn Fn(RunContext) -> BoxFuture<'static, Result<RunReport, ProcessError>> + Send + Sync;
+
+/// A process whose behaviour is a closure; records when each attempt starts.
+struct Scripted {
+    id: &'static str,
+    log: Arc<Mutex<Vec<(String, Duration)>>>,
+    epoch: tokio::time::Instant,
+    work: Box<Work>,
+}
+
+impl Process for Scripted {
+    fn run(&self, ctx: RunContext) -> BoxFuture<'_, Result<RunReport, ProcessError>> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.id.to_string(), self.epoch.elapsed()));
+        (self.work)(ctx)
+    }
+}
+
+struct Harness {
+    scheduler: Arc<Scheduler>,
+    metrics: Arc<Metrics>,
+    log: Arc<Mutex<Vec<(String, Duration)>>>,
+}
+
+fn cfg(interval: f64, timeout: f64, retries: u32, priority: u8) -> ProcessConfig {
+    ProcessConfig {
+        interval_seconds: interval,
+        timeout_seconds: timeout,
+        retry_count: retries,
+        priority,
+        retry_backoff_seconds: 1.0,
+        ..process_defaults("test")
+    }
+}
+
+fn harness(procs: Vec<(&'static str, ProcessConfig, Box<Work>)>) -> Harness {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let epoch = tokio::time::Instant::now();
+    let metrics = Arc::new(Metrics::new());
+    let handles = procs
+        .into_iter()
+        .map(|(id, config, work)| {
+            let p: Arc<dyn Process> = Arc::new(Scripted {
+                id,
+                log: log.clone(),
+                epoch,
+                work,
+            });
+            ProcessHandle::new(id, config, Some(p))
+        })
+        .collect();
+    let budget = Arc::new(ApiBudget::new([]));
+    let scheduler = Scheduler::new(handles, metrics.clone(), budget, true, 100);
+    Harness {
+        scheduler,
+        metrics,
+        log,
+    }
+}
+
+fn ok_after(d: Duration) -> Box<Work> {
+    Box::new(move |_| {
+        Box::pin(async move {
+            sleep(d).await;
+            Ok(RunReport::default())
+        })
+    })
+}
+
+/// The value of one exported series, e.g. `script_manager_process_runs_total{process="a",outcome="success"}`.
+fn sample(m: &Metrics, series: &str) -> f64 {
+    let text = m.encode_prometheus();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+impl Harness {
+    fn starts(&self, id: &str) -> Vec<Duration> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == id)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+    fn order(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
+/// Lets spawned tasks run without moving the clock.
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fixed_rate_ticks_without_drift() {
+    let h = harness(vec![(
+        "a",
+        cfg(1.0, 1.0, 0, 1),
+        ok_after(Duration::from_millis(300)),
+    )]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(4500)).await;
+    let starts = h.starts("a");
+    let expected: Vec<_> = (0..5).map(|s| Duration::from_secs(s)).collect();
+    assert_eq!(
+        starts, expected,
+        "ticks stay on the grid although each run takes 300 ms"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_run_is_never_overlapped() {
+    let h = harness(vec![(
+        "slow",
+        cfg(1.0, 10.0, 0, 1),
+        ok_after(Duration::from_millis(2500)),
+    )]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(6100)).await;
+    // Runs at 0 s (until 2.5), 3 s (until 5.5), 6 s; the ticks at 1, 2, 4, 5 are skipped.
+    assert_eq!(
+        h.starts("slow"),
+        vec![
+            Duration::ZERO,
+            Duration::from_secs(3),
+            Duration::from_secs(6)
+        ]
+    );
+    assert_eq!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_skipped_runs_total{process="slow",reason="overlap"}"#
+        ),
+        4.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_wake_up_coalesces_missed_ticks_into_one_run() {
+    let h = harness(vec![("a", cfg(1.0, 1.0, 0, 1), ok_after(Duration::ZERO))]);
+    h.scheduler.start();
+    settle().await;
+    assert_eq!(h.starts("a").len(), 1);
+    // The clock jumps 3.5 s while the scheduler sleeps, as after a stall.
+    advance(Duration::from_millis(3500)).await;
+    settle().await;
+    assert_eq!(
+        h.starts("a").len(),
+        2,
+        "one run for the ticks at 1, 2 and 3 s"
+    );
+    assert_eq!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_skipped_runs_total{process="a",reason="missed"}"#
+        ),
+        2.0
+    );
+    sleep(Duration::from_millis(600)).await;
+    assert_eq!(h.starts("a").len(), 3, "back on the grid at 4 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_is_its_own_outcome_and_error_is_another() {
+    let h = harness(vec![
+        (
+            "hangs",
+            cfg(10.0, 1.0, 0, 1),
+            ok_after(Duration::from_secs(60)),
+        ),
+        (
+            "fails",
+            cfg(10.0, 1.0, 0, 1),
+            Box::new(|_| {
+                Box::pin(async { Err(ProcessError::permanent(ErrorKind::Internal, "boom")) })
+            }),
+        ),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_secs(8)).await;
+    let m = &h.metrics;
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="hangs",outcome="timeout"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="hangs",outcome="error"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_errors_total{process="hangs",kind="timeout"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="fails",outcome="error"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="fails",outcome="timeout"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_errors_total{process="fails",kind="internal"}"#
+        ),
+        1.0
+    );
+    let hangs = h.scheduler.process("hangs").unwrap();
+    assert_eq!(hangs.stats().timeout_count, 1);
+    assert!(!hangs.is_running(), "the timed-out attempt was cancelled");
+}
+
+fn fail_first_then_ok(retriable: bool) -> Box<Work> {
+    let calls = Arc::new(Mutex::new(0));
+    Box::new(move |_| {
+        let calls = calls.clone();
+        Box::pin(async move {
+            let mut n = calls.lock().unwrap();
+            *n += 1;
+            if *n == 1 {
+                Err(ProcessError::new(ErrorKind::Internal, "flaky", retriable))
+            } else {
+                Ok(RunReport::default())
+            }
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_only_retriable_errors_and_only_before_the_next_tick() {
+    let h = harness(vec![
+        // Room for a retry: backoff ≤ 1.5 s + timeout 1 s < 10 s.
+        ("roomy", cfg(10.0, 1.0, 3, 1), fail_first_then_ok(true)),
+        // No room: backoff ≥ 1 s + timeout 1.5 s > 2 s interval.
+        ("tight", cfg(2.0, 1.5, 3, 1), fail_first_then_ok(true)),
+        // Retriable budget, but the error is permanent.
+        ("final", cfg(10.0, 1.0, 3, 1), fail_first_then_ok(false)),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(1900)).await;
+    let m = &h.metrics;
+    assert_eq!(h.starts("roomy").len(), 2, "retried within the interval");
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="roomy",outcome="success"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_retries_total{process="roomy"}"#
+        ),
+        1.0
+    );
+    let roomy = h
+        .scheduler
+        .process("roomy")
+        .unwrap()
+        .stats()
+        .history
+        .back()
+        .unwrap()
+        .attempts;
+    assert_eq!(roomy, 2);
+    assert_eq!(
+        h.starts("tight"),
+        vec![Duration::ZERO],
+        "a retry could not finish before the next tick"
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="tight",outcome="error"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        h.starts("final").len(),
+        1,
+        "permanent errors are not retried"
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_retries_total{process="final"}"#
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_is_an_error_of_kind_panic_and_the_scheduler_goes_on() {
+    let h = harness(vec![
+        (
+            "panics",
+            cfg(1.0, 1.0, 0, 1),
+            Box::new(|_| Box::pin(async { panic!("bad process") })),
+        ),
+        ("fine", cfg(1.0, 1.0, 0, 2), ok_after(Duration::ZERO)),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(2500)).await;
+    let m = &h.metrics;
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_errors_total{process="panics",kind="panic"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            m,
+            r#"script_manager_process_runs_total{process="fine",outcome="success"}"#
+        ),
+        3.0
+    );
+    let stats = h.scheduler.process("panics").unwrap().stats().clone();
+    assert!(stats.last_error_message.unwrap().contains("bad process"));
+    assert_eq!(stats.consecutive_failures, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn due_at_the_same_instant_starts_in_priority_order() {
+    let h = harness(vec![
+        ("low", cfg(1.0, 1.0, 0, 4), ok_after(Duration::ZERO)),
+        ("high", cfg(1.0, 1.0, 0, 1), ok_after(Duration::ZERO)),
+        ("mid", cfg(1.0, 1.0, 0, 2), ok_after(Duration::ZERO)),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.order(), ["high", "mid", "low", "high", "mid", "low"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pause_resume_and_trigger() {
+    let h = harness(vec![(
+        "a",
+        cfg(1.0, 5.0, 0, 1),
+        ok_after(Duration::from_millis(200)),
+    )]);
+    let s = &h.scheduler;
+    s.start();
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.starts("a").len(), 1);
+
+    assert_eq!(s.pause("a"), Some(true));
+    sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.starts("a").len(), 1, "no scheduled run while paused");
+    assert_eq!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_skipped_runs_total{process="a",reason="paused"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(&h.metrics, r#"script_manager_process_paused{process="a"}"#),
+        1.0
+    );
+
+    s.trigger("a").expect("a manual trigger works while paused");
+    settle().await;
+    assert_eq!(h.starts("a").len(), 2);
+    assert_eq!(
+        s.trigger("a"),
+        Err(TriggerError::AlreadyRunning),
+        "single flight holds for manual runs too"
+    );
+    assert_eq!(s.trigger("nope"), Err(TriggerError::UnknownProcess));
+
+    assert_eq!(s.resume("a"), Some(true));
+    sleep(Duration::from_millis(1000)).await;
+    assert_eq!(h.starts("a").len(), 3, "ticks resume on the grid");
+    let last = h
+        .scheduler
+        .process("a")
+        .unwrap()
+        .stats()
+        .history
+        .iter()
+        .any(|r| r.trigger == script_manager::process::Trigger::Manual);
+    assert!(last, "the manual run is recorded as such");
+}
+
+fn until_cancelled(d: Duration) -> Box<Work> {
+    Box::new(move |ctx: RunContext| {
+        Box::pin(async move {
+            tokio::select! {
+                _ = sleep(d) => Ok(RunReport::default()),
+                _ = ctx.cancel.cancelled() => Err(ProcessError::permanent(ErrorKind::Cancelled, "stopped")),
+            }
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_run_in_flight_finish_within_the_grace_period() {
+    let h = harness(vec![(
+        "a",
+        cfg(10.0, 30.0, 0, 1),
+        until_cancelled(Duration::from_secs(3)),
+    )]);
+    h.scheduler.start();
+    settle().await;
+    let report = h.scheduler.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((report.in_flight, report.cancelled), (1, false));
+    assert_eq!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_runs_total{process="a",outcome="success"}"#
+        ),
+        1.0
+    );
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(h.starts("a").len(), 1, "no tick after shutdown");
+    assert_eq!(h.scheduler.trigger("a"), Err(TriggerError::ShuttingDown));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_cancels_runs_that_outlive_the_grace_period() {
+    let h = harness(vec![(
+        "a",
+        cfg(10.0, 300.0, 2, 1),
+        until_cancelled(Duration::from_secs(120)),
+    )]);
+    h.scheduler.start();
+    settle().await;
+    let report = h.scheduler.shutdown(Duration::from_secs(1)).await;
+    assert_eq!((report.in_flight, report.cancelled), (1, true));
+    assert_eq!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_errors_total{process="a",kind="cancelled"}"#
+        ),
+        1.0
+    );
+    assert_eq!(h.starts("a").len(), 1, "a cancelled run is not retried");
+}
