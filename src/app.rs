@@ -28,17 +28,9 @@ pub fn build_scheduler(config: &Config, metrics: Arc<Metrics>) -> Arc<Scheduler>
     let handles = config
         .processes
         .iter()
-        .map(|(id, p)| {
-            ProcessHandle::new(id, p.clone(), processes::build(id, &p.kind, &p.settings))
-        })
+        .map(|(id, p)| ProcessHandle::new(id, p.clone(), processes::build(id, &p.kind, &p.settings)))
         .collect();
-    Scheduler::new(
-        handles,
-        metrics,
-        budget,
-        config.enabled,
-        config.scheduler.run_history,
-    )
+    Scheduler::new(handles, metrics, budget, config.enabled, config.scheduler.run_history)
 }
 
 /// Runs the service until `shutdown` fires.
@@ -54,9 +46,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ready: ready.clone(),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (http.listen): is another instance running?")
-    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (http.listen): is another instance running?"))?;
     let local = listener.local_addr()?;
 
     for p in scheduler.processes() {
@@ -70,11 +62,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "script-manager {} listening on http://{local}: metrics at /metrics, status at /api/script-manager/status ({} processes, scheduler {})",
         env!("CARGO_PKG_VERSION"),
         scheduler.processes().len(),
-        if config.enabled {
-            "enabled"
-        } else {
-            "disabled"
-        },
+        if config.enabled { "enabled" } else { "disabled" },
     );
 
     let server_stop = CancellationToken::new();
@@ -111,10 +99,7 @@ pub fn shutdown_on_signals() -> CancellationToken {
     let fire = token.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             tracing::error!("cannot install signal handlers");
             return;
         };

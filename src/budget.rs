@@ -61,10 +61,7 @@ impl ApiBudget {
 }
 
 fn prune(window: &mut VecDeque<(Instant, u32)>, now: Instant) {
-    while window
-        .front()
-        .is_some_and(|&(at, _)| now.duration_since(at) >= WINDOW)
-    {
+    while window.front().is_some_and(|&(at, _)| now.duration_since(at) >= WINDOW) {
         window.pop_front();
     }
 }
@@ -85,9 +82,6 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(budget.calls_last_minute("a"), 4);
         assert!(budget.can_make_api_calls("a", 6));
-        assert!(
-            !budget.can_make_api_calls("b", 1),
-            "unknown processes have no budget"
-        );
+        assert!(!budget.can_make_api_calls("b", 1), "unknown processes have no budget");
     }
 }

@@ -53,10 +53,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: config::Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("script-manager: cannot start the async runtime: {e}");
@@ -67,9 +64,7 @@ fn run(config: config::Config) -> ExitCode {
         let telemetry = telemetry::otel::init(&config)?;
         let shutdown = app::shutdown_on_signals();
         let result = app::run(config, shutdown).await;
-        tokio::task::spawn_blocking(move || telemetry.shutdown())
-            .await
-            .ok();
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
         result
     });
     match result {

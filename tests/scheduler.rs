@@ -86,10 +86,7 @@ fn ok_after(d: Duration) -> Box<Work> {
 fn sample(m: &Metrics, series: &str) -> f64 {
     let text = m.encode_prometheus();
     text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
         .trim()
         .parse()
@@ -107,12 +104,7 @@ impl Harness {
             .collect()
     }
     fn order(&self) -> Vec<String> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(p, _)| p.clone())
-            .collect()
+        self.log.lock().unwrap().iter().map(|(p, _)| p.clone()).collect()
     }
 }
 
@@ -125,11 +117,7 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn fixed_rate_ticks_without_drift() {
-    let h = harness(vec![(
-        "a",
-        cfg(1.0, 1.0, 0, 1),
-        ok_after(Duration::from_millis(300)),
-    )]);
+    let h = harness(vec![("a", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(300)))]);
     h.scheduler.start();
     sleep(Duration::from_millis(4500)).await;
     let starts = h.starts("a");
@@ -152,11 +140,7 @@ async fn a_slow_run_is_never_overlapped() {
     // Runs at 0 s (until 2.5), 3 s (until 5.5), 6 s; the ticks at 1, 2, 4, 5 are skipped.
     assert_eq!(
         h.starts("slow"),
-        vec![
-            Duration::ZERO,
-            Duration::from_secs(3),
-            Duration::from_secs(6)
-        ]
+        vec![Duration::ZERO, Duration::from_secs(3), Duration::from_secs(6)]
     );
     assert_eq!(
         sample(
@@ -176,11 +160,7 @@ async fn late_wake_up_coalesces_missed_ticks_into_one_run() {
     // The clock jumps 3.5 s while the scheduler sleeps, as after a stall.
     advance(Duration::from_millis(3500)).await;
     settle().await;
-    assert_eq!(
-        h.starts("a").len(),
-        2,
-        "one run for the ticks at 1, 2 and 3 s"
-    );
+    assert_eq!(h.starts("a").len(), 2, "one run for the ticks at 1, 2 and 3 s");
     assert_eq!(
         sample(
             &h.metrics,
@@ -195,17 +175,11 @@ async fn late_wake_up_coalesces_missed_ticks_into_one_run() {
 #[tokio::test(start_paused = true)]
 async fn timeout_is_its_own_outcome_and_error_is_another() {
     let h = harness(vec![
-        (
-            "hangs",
-            cfg(10.0, 1.0, 0, 1),
-            ok_after(Duration::from_secs(60)),
-        ),
+        ("hangs", cfg(10.0, 1.0, 0, 1), ok_after(Duration::from_secs(60))),
         (
             "fails",
             cfg(10.0, 1.0, 0, 1),
-            Box::new(|_| {
-                Box::pin(async { Err(ProcessError::permanent(ErrorKind::Internal, "boom")) })
-            }),
+            Box::new(|_| Box::pin(async { Err(ProcessError::permanent(ErrorKind::Internal, "boom")) })),
         ),
     ]);
     h.scheduler.start();
@@ -296,10 +270,7 @@ async fn retries_only_retriable_errors_and_only_before_the_next_tick() {
         1.0
     );
     assert_eq!(
-        sample(
-            m,
-            r#"script_manager_process_retries_total{process="roomy"}"#
-        ),
+        sample(m, r#"script_manager_process_retries_total{process="roomy"}"#),
         1.0
     );
     let roomy = h
@@ -324,16 +295,9 @@ async fn retries_only_retriable_errors_and_only_before_the_next_tick() {
         ),
         1.0
     );
+    assert_eq!(h.starts("final").len(), 1, "permanent errors are not retried");
     assert_eq!(
-        h.starts("final").len(),
-        1,
-        "permanent errors are not retried"
-    );
-    assert_eq!(
-        sample(
-            m,
-            r#"script_manager_process_retries_total{process="final"}"#
-        ),
+        sample(m, r#"script_manager_process_retries_total{process="final"}"#),
         0.0
     );
 }
@@ -384,11 +348,7 @@ async fn due_at_the_same_instant_starts_in_priority_order() {
 
 #[tokio::test(start_paused = true)]
 async fn pause_resume_and_trigger() {
-    let h = harness(vec![(
-        "a",
-        cfg(1.0, 5.0, 0, 1),
-        ok_after(Duration::from_millis(200)),
-    )]);
+    let h = harness(vec![("a", cfg(1.0, 5.0, 0, 1), ok_after(Duration::from_millis(200)))]);
     let s = &h.scheduler;
     s.start();
     sleep(Duration::from_millis(500)).await;
@@ -404,10 +364,7 @@ async fn pause_resume_and_trigger() {
         ),
         3.0
     );
-    assert_eq!(
-        sample(&h.metrics, r#"script_manager_process_paused{process="a"}"#),
-        1.0
-    );
+    assert_eq!(sample(&h.metrics, r#"script_manager_process_paused{process="a"}"#), 1.0);
 
     s.trigger("a").expect("a manual trigger works while paused");
     settle().await;

@@ -9,15 +9,7 @@ pub const BUILTIN_PROCESSES: [(&str, &str, f64, u32, u8, f64, u32); 6] = [
     ("trade_sync", "Trade Sync", 30.0, 60, 1, 30.0, 3),
     ("level_monitor", "Level Monitor", 2.0, 100, 1, 2.0, 1),
     ("price_update", "Price Update", 10.0, 30, 2, 10.0, 2),
-    (
-        "notification_check",
-        "Notification Check",
-        5.0,
-        30,
-        2,
-        5.0,
-        2,
-    ),
+    ("notification_check", "Notification Check", 5.0, 30, 2, 5.0, 2),
     ("position_sync", "Position Sync", 60.0, 30, 3, 30.0, 3),
     ("dashboard_sync", "Dashboard Sync", 30.0, 10, 4, 30.0, 1),
 ];

@@ -77,13 +77,7 @@ impl EnvLayer {
         let vars = env
             .iter()
             .filter(|(name, _)| name == "OTEL_EXPORTER_OTLP_ENDPOINT")
-            .map(|(name, value)| {
-                (
-                    name.clone(),
-                    "telemetry.otlp_endpoint".to_string(),
-                    value.clone(),
-                )
-            })
+            .map(|(name, value)| (name.clone(), "telemetry.otlp_endpoint".to_string(), value.clone()))
             .collect();
         EnvLayer {
             label: "environment variable",
@@ -131,9 +125,7 @@ fn insert_path(dict: &mut Dict, path: &str, value: Value) {
             dict.insert(path.to_string(), value);
         }
         Some((head, rest)) => {
-            let child = dict
-                .entry(head.to_string())
-                .or_insert_with(|| Value::from(Dict::new()));
+            let child = dict.entry(head.to_string()).or_insert_with(|| Value::from(Dict::new()));
             if !matches!(child, Value::Dict(..)) {
                 *child = Value::from(Dict::new());
             }

@@ -41,11 +41,7 @@ pub struct ConfigError {
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "invalid configuration ({} problem(s)):",
-            self.problems.len()
-        )?;
+        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -57,10 +53,7 @@ impl std::error::Error for ConfigError {}
 
 /// Loads, layers and validates the configuration.
 pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
-    let env: Vec<(String, String)> = options
-        .env
-        .clone()
-        .unwrap_or_else(|| std::env::vars().collect());
+    let env: Vec<(String, String)> = options.env.clone().unwrap_or_else(|| std::env::vars().collect());
     let path = options.config_path.clone().or_else(|| {
         env.iter()
             .find(|(k, _)| k == "SCRIPT_MANAGER_CONFIG")
@@ -76,11 +69,7 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
         }
         if let Err(e) = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|t| {
-                t.parse::<toml::Table>()
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
+            .and_then(|t| t.parse::<toml::Table>().map(|_| ()).map_err(|e| e.to_string()))
         {
             return Err(single(
                 "config",
@@ -91,24 +80,12 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     }
 
     let overrides = overrides(path.as_deref(), &env);
-    let with_builtin = overrides
-        .extract_inner::<bool>("builtin_processes")
-        .unwrap_or(true);
-    let mut figment =
-        Figment::from(Serialized::defaults(defaults::config(with_builtin))).merge(overrides);
+    let with_builtin = overrides.extract_inner::<bool>("builtin_processes").unwrap_or(true);
+    let mut figment = Figment::from(Serialized::defaults(defaults::config(with_builtin))).merge(overrides);
     figment = fill_process_defaults(figment);
 
     let mut problems = Vec::new();
     let config = extract(&figment, &mut problems);
-    if let Some(config) = &config {
-        validate::check(config, &mut |key: &str, message: String| {
-            problems.push(Problem {
-                key: key.to_string(),
-                message,
-                source: source_of(&figment, key),
-            });
-        });
-    }
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigError { problems }),
@@ -153,77 +130,116 @@ fn fill_process_defaults(mut figment: Figment) -> Figment {
     figment
 }
 
-/// Deserializes section by section so one bad section does not hide the others.
+/// Deserializes and checks piece by piece, so one bad piece does not hide the others.
 fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
-    let before = problems.len();
-    let mut record = |e: figment::Error| record_error(e, problems);
+    let mut semantic = Vec::new();
+    let mut report = |key: &str, message: String| semantic.push((key.to_string(), message));
     if let Ok(Value::Dict(_, root)) = figment.find_value("processes") {
         for id in root.keys() {
-            if let Err(e) =
-                figment.extract_inner::<super::ProcessConfig>(&format!("processes.{id}"))
-            {
-                record(e);
+            match piece::<super::ProcessConfig>(figment, &format!("processes.{id}"), problems) {
+                Some(p) => validate::check_process(id, &p, &mut report),
+                None => continue,
             }
         }
     }
-    for section in ["http", "telemetry", "scheduler"] {
-        let result = match section {
-            "http" => figment
-                .extract_inner::<super::HttpConfig>(section)
-                .map(drop),
-            "telemetry" => figment
-                .extract_inner::<super::TelemetryConfig>(section)
-                .map(drop),
-            _ => figment
-                .extract_inner::<super::SchedulerConfig>(section)
-                .map(drop),
-        };
-        if let Err(e) = result {
-            record(e);
-        }
+    if let Some(http) = piece(figment, "http", problems) {
+        validate::check_http(&http, &mut report);
     }
+    if let Some(telemetry) = piece(figment, "telemetry", problems) {
+        validate::check_telemetry(&telemetry, &mut report);
+    }
+    if let Some(scheduler) = piece(figment, "scheduler", problems) {
+        validate::check_scheduler(&scheduler, &mut report);
+    }
+    if let Some(level) = piece::<String>(figment, "log_level", problems) {
+        validate::check_log_level(&level, &mut report);
+    }
+    let _ = piece::<super::LogFormat>(figment, "log_format", problems);
+    let _ = piece::<bool>(figment, "enabled", problems);
+    let _ = piece::<bool>(figment, "builtin_processes", problems);
+    for (key, message) in semantic {
+        problems.push(Problem {
+            source: source_of(figment, &key),
+            key,
+            message,
+        });
+    }
+    let before = problems.len();
     let whole = figment.extract::<Config>();
-    let found_some = problems.len() > before;
     match whole {
-        Ok(config) if !found_some => Some(config),
-        Ok(_) => None,
+        Ok(config) => Some(config),
         Err(e) => {
-            if !found_some {
-                record_error(e, problems);
-            }
+            record_error(e, &[], problems);
+            // A problem already reported for a piece is not repeated.
+            let (old, new) = problems.split_at(before);
+            let fresh: Vec<Problem> = new
+                .iter()
+                .filter(|p| !old.iter().any(|o| o.key == p.key))
+                .cloned()
+                .collect();
+            problems.truncate(before);
+            problems.extend(fresh);
             None
         }
     }
 }
 
-fn record_error(error: figment::Error, problems: &mut Vec<Problem>) {
+fn piece<T: serde::de::DeserializeOwned>(figment: &Figment, key: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    match figment.extract_inner::<T>(key) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            let prefix: Vec<String> = key.split('.').map(String::from).collect();
+            record_error(e, &prefix, problems);
+            None
+        }
+    }
+}
+
+/// Turns figment errors into problems. Errors from `extract_inner(prefix)`
+/// carry the prefix after the relative path; put it back in front.
+fn record_error(error: figment::Error, prefix: &[String], problems: &mut Vec<Problem>) {
     for e in error {
         let mut path = e.path.clone();
-        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-            path.push(field.clone());
+        if !prefix.is_empty() && path.ends_with(prefix) {
+            path.truncate(path.len() - prefix.len());
         }
-        let key = path.join(".");
+        if path.starts_with(prefix) {
+            path.drain(..prefix.len());
+        }
+        let mut full = prefix.to_vec();
+        full.extend(path);
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+            if full.last() != Some(field) {
+                full.push(field.clone());
+            }
+        }
+        let key = if full.is_empty() {
+            "config".to_string()
+        } else {
+            full.join(".")
+        };
         let source = e
             .metadata
             .as_ref()
-            .map(|m| describe(m, &path))
-            .unwrap_or_else(|| "configuration".into());
+            .map(|m| describe(m, &full))
+            .unwrap_or_else(|| source_of_unknown(&key));
         problems.push(Problem {
-            key: if key.is_empty() { "config".into() } else { key },
+            key,
             message: e.kind.to_string(),
             source,
         });
     }
 }
 
+fn source_of_unknown(_key: &str) -> String {
+    "configuration".into()
+}
+
 fn describe(metadata: &Metadata, path: &[String]) -> String {
     match &metadata.source {
         Some(figment::Source::File(file)) => format!("file {}", file.display()),
         _ if metadata.name == "environment variable" => {
-            format!(
-                "environment variable {}",
-                metadata.interpolate(&Profile::Default, path)
-            )
+            format!("environment variable {}", metadata.interpolate(&Profile::Default, path))
         }
         _ => "built-in defaults".into(),
     }

@@ -116,10 +116,9 @@ mod tests {
 
     #[test]
     fn redacts_credential_like_keys_at_any_depth() {
-        let mut v: toml::Value = toml::from_str(
-            "[processes.a.env]\nDB_PASSWORD = \"x\"\nPATH = \"/bin\"\n[http]\nadmin_token = \"y\"\n",
-        )
-        .unwrap();
+        let mut v: toml::Value =
+            toml::from_str("[processes.a.env]\nDB_PASSWORD = \"x\"\nPATH = \"/bin\"\n[http]\nadmin_token = \"y\"\n")
+                .unwrap();
         redact_by_key(&mut v);
         let text = toml::to_string(&v).unwrap();
         assert!(!text.contains("\"x\"") && !text.contains("\"y\""), "{text}");

@@ -3,31 +3,31 @@
 
 use std::net::SocketAddr;
 
-use super::{Config, ProcessConfig};
+use super::{HttpConfig, ProcessConfig, SchedulerConfig, TelemetryConfig};
 
 /// Longest interval we accept: a week. Longer periods belong in a calendar, not here.
 const MAX_INTERVAL_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
 
-pub fn check(config: &Config, report: &mut dyn FnMut(&str, String)) {
-    if tracing_subscriber::EnvFilter::try_new(&config.log_level).is_err() {
+pub fn check_log_level(level: &str, report: &mut dyn FnMut(&str, String)) {
+    if tracing_subscriber::EnvFilter::try_new(level).is_err() {
         report(
             "log_level",
-            format!(
-                "`{}` is not a log filter; use error, warn, info, debug or trace",
-                config.log_level
-            ),
+            format!("`{level}` is not a log filter; use error, warn, info, debug or trace"),
         );
     }
-    if config.http.listen.parse::<SocketAddr>().is_err() {
+}
+
+pub fn check_http(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
+    if http.listen.parse::<SocketAddr>().is_err() {
         report(
             "http.listen",
-            format!(
-                "`{}` is not an address like 127.0.0.1:9797",
-                config.http.listen
-            ),
+            format!("`{}` is not an address like 127.0.0.1:9797", http.listen),
         );
     }
-    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+}
+
+pub fn check_telemetry(telemetry: &TelemetryConfig, report: &mut dyn FnMut(&str, String)) {
+    if let Some(endpoint) = &telemetry.otlp_endpoint {
         let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
             && endpoint.parse::<http::Uri>().is_ok();
         if !endpoint.is_empty() && !ok {
@@ -37,26 +37,18 @@ pub fn check(config: &Config, report: &mut dyn FnMut(&str, String)) {
             );
         }
     }
-    if !(config.scheduler.shutdown_grace_seconds >= 0.0
-        && config.scheduler.shutdown_grace_seconds <= 3600.0)
-    {
-        report(
-            "scheduler.shutdown_grace_seconds",
-            "must be between 0 and 3600".into(),
-        );
+}
+
+pub fn check_scheduler(scheduler: &SchedulerConfig, report: &mut dyn FnMut(&str, String)) {
+    if !(0.0..=3600.0).contains(&scheduler.shutdown_grace_seconds) {
+        report("scheduler.shutdown_grace_seconds", "must be between 0 and 3600".into());
     }
-    if config.scheduler.run_history == 0 || config.scheduler.run_history > 100_000 {
-        report(
-            "scheduler.run_history",
-            "must be between 1 and 100000".into(),
-        );
-    }
-    for (id, process) in &config.processes {
-        check_process(id, process, report);
+    if !(1..=100_000).contains(&scheduler.run_history) {
+        report("scheduler.run_history", "must be between 1 and 100000".into());
     }
 }
 
-fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, String)) {
+pub fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, String)) {
     let key = |field: &str| format!("processes.{id}.{field}");
     if id.is_empty()
         || !id
@@ -98,10 +90,7 @@ fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, Strin
     if !(p.retry_backoff_seconds >= 0.0 && p.retry_backoff_seconds <= 3600.0) {
         report(
             &key("retry_backoff_seconds"),
-            format!(
-                "must be between 0 and 3600 (got {})",
-                p.retry_backoff_seconds
-            ),
+            format!("must be between 0 and 3600 (got {})", p.retry_backoff_seconds),
         );
     }
     if !(p.start_offset_seconds >= 0.0 && p.start_offset_seconds <= MAX_INTERVAL_SECONDS) {

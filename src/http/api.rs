@@ -27,10 +27,7 @@ pub async fn processes(State(state): State<AppState>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
-pub async fn process(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn process(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let p = state.scheduler.process(&id).ok_or_else(|| unknown(&id))?;
     Ok(Json(status::process_document(&state.scheduler, p)))
 }
@@ -41,10 +38,7 @@ pub async fn runs(
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    if let Some(key) = q
-        .keys()
-        .find(|k| !["process", "limit"].contains(&k.as_str()))
-    {
+    if let Some(key) = q.keys().find(|k| !["process", "limit"].contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!(
             "unknown query parameter `{key}`; use process and limit"
         )));
@@ -55,9 +49,7 @@ pub async fn runs(
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("limit must be a whole number between 1 and 10000")
-            })?,
+            .ok_or_else(|| ApiError::bad_request("limit must be a whole number between 1 and 10000"))?,
     };
     let selected: Vec<_> = match q.get("process") {
         Some(id) => vec![state.scheduler.process(id).ok_or_else(|| unknown(id))?],
@@ -69,9 +61,7 @@ pub async fn runs(
         .collect();
     records.sort_by(|a, b| b.finished_at.cmp(&a.finished_at));
     records.truncate(limit);
-    Ok(Json(
-        serde_json::to_value(records).unwrap_or(Value::Array(vec![])),
-    ))
+    Ok(Json(serde_json::to_value(records).unwrap_or(Value::Array(vec![]))))
 }
 
 pub async fn trigger(
@@ -105,11 +95,7 @@ pub async fn trigger(
         ),
     })?;
     tracing::info!(process = %id, "manual trigger");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"process": id, "triggered": true})),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, Json(json!({"process": id, "triggered": true}))).into_response())
 }
 
 pub async fn pause(
@@ -119,9 +105,7 @@ pub async fn pause(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     let changed = state.scheduler.pause(&id).ok_or_else(|| unknown(&id))?;
-    Ok(Json(
-        json!({"process": id, "paused": true, "changed": changed}),
-    ))
+    Ok(Json(json!({"process": id, "paused": true, "changed": changed})))
 }
 
 pub async fn resume(
@@ -131,9 +115,7 @@ pub async fn resume(
 ) -> Result<Json<Value>, ApiError> {
     authorize(&state, &headers)?;
     let changed = state.scheduler.resume(&id).ok_or_else(|| unknown(&id))?;
-    Ok(Json(
-        json!({"process": id, "paused": false, "changed": changed}),
-    ))
+    Ok(Json(json!({"process": id, "paused": false, "changed": changed})))
 }
 
 fn unknown(id: &str) -> ApiError {

@@ -35,23 +35,14 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/api/script-manager/status", get(api::status))
         .route("/api/script-manager/processes", get(api::processes))
         .route("/api/script-manager/processes/{id}", get(api::process))
-        .route(
-            "/api/script-manager/processes/{id}/trigger",
-            post(api::trigger),
-        )
+        .route("/api/script-manager/processes/{id}/trigger", post(api::trigger))
         .route("/api/script-manager/processes/{id}/pause", post(api::pause))
-        .route(
-            "/api/script-manager/processes/{id}/resume",
-            post(api::resume),
-        )
+        .route("/api/script-manager/processes/{id}/resume", post(api::resume))
         .route("/api/script-manager/runs", get(api::runs))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
@@ -68,12 +59,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         axum::Json(json!({"status": "ready"})).into_response()
     } else {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "starting or stopping",
-        )
-        .into_response()
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "starting or stopping").into_response()
     }
 }
 

@@ -65,8 +65,12 @@ impl CommandSettings {
                 .map(|e| {
                     let mut path = e.path.clone();
                     match &e.kind {
-                        figment::error::Kind::UnknownField(field, _) => path.push(field.clone()),
-                        figment::error::Kind::MissingField(field) => path.push(field.to_string()),
+                        figment::error::Kind::UnknownField(field, _) if path.last() != Some(field) => {
+                            path.push(field.clone())
+                        }
+                        figment::error::Kind::MissingField(field) if path.last().map(|l| l.as_str()) != Some(field) => {
+                            path.push(field.to_string())
+                        }
                         _ => {}
                     }
                     let key = if path.is_empty() {
@@ -83,27 +87,17 @@ impl CommandSettings {
             problems.push(("command".into(), "must name a program to run".into()));
         }
         if !(0.0..=60.0).contains(&parsed.kill_grace_seconds) {
-            problems.push((
-                "kill_grace_seconds".into(),
-                "must be between 0 and 60".into(),
-            ));
+            problems.push(("kill_grace_seconds".into(), "must be between 0 and 60".into()));
         }
         if let Some(dir) = &parsed.working_dir {
             if !dir.is_dir() {
-                problems.push((
-                    "working_dir".into(),
-                    format!("{} is not a directory", dir.display()),
-                ));
+                problems.push(("working_dir".into(), format!("{} is not a directory", dir.display())));
             }
         }
         if parsed.max_line_bytes < 16 {
             problems.push(("max_line_bytes".into(), "must be at least 16".into()));
         }
-        if problems.is_empty() {
-            Ok(parsed)
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(parsed) } else { Err(problems) }
     }
 }
 
@@ -124,20 +118,13 @@ impl CommandProcess {
         let s = &self.settings;
         let mut env = vec![
             ("SCRIPT_MANAGER_PROCESS".to_string(), self.id.to_string()),
-            (
-                "SCRIPT_MANAGER_ATTEMPT".to_string(),
-                ctx.attempt.to_string(),
-            ),
+            ("SCRIPT_MANAGER_ATTEMPT".to_string(), ctx.attempt.to_string()),
         ];
         if let Some(tp) = otel::traceparent(&tracing::Span::current()) {
             env.push(("TRACEPARENT".to_string(), tp));
         }
-        let mut child = child::Child::spawn(s, &env).map_err(|e| {
-            ProcessError::permanent(
-                ErrorKind::Spawn,
-                format!("cannot start `{}`: {e}", s.command),
-            )
-        })?;
+        let mut child = child::Child::spawn(s, &env)
+            .map_err(|e| ProcessError::permanent(ErrorKind::Spawn, format!("cannot start `{}`: {e}", s.command)))?;
         let limits = output::Limits {
             max_lines: s.max_log_lines,
             max_line_bytes: s.max_line_bytes,
@@ -156,10 +143,7 @@ impl CommandProcess {
             }
         };
         let exit = exit.map_err(|e| {
-            ProcessError::retriable(
-                ErrorKind::Internal,
-                format!("waiting for `{}` failed: {e}", s.command),
-            )
+            ProcessError::retriable(ErrorKind::Internal, format!("waiting for `{}` failed: {e}", s.command))
         })?;
         ctx.usage.record_child(exit.usage);
         let _ = stdout.finish().await;

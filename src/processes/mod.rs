@@ -27,14 +27,9 @@ pub const TRADING_KINDS: [&str; 6] = [
 
 /// Checks a kind's settings. `Err` if the kind is unknown; otherwise the
 /// problems found, as (setting key, message).
-pub fn check_settings(
-    kind: &str,
-    settings: &BTreeMap<String, Value>,
-) -> Result<Vec<(String, String)>, String> {
+pub fn check_settings(kind: &str, settings: &BTreeMap<String, Value>) -> Result<Vec<(String, String)>, String> {
     match kind {
-        "command" => Ok(command::CommandSettings::parse(settings)
-            .err()
-            .unwrap_or_default()),
+        "command" => Ok(command::CommandSettings::parse(settings).err().unwrap_or_default()),
         k if TRADING_KINDS.contains(&k) => Ok(settings
             .keys()
             .map(|key| (key.clone(), "unknown setting".to_string()))

@@ -53,10 +53,7 @@ impl Scheduler {
         if let Some(id) = &trace_id {
             span.record("trace_id", id.as_str());
         }
-        let finished = self
-            .attempts(&p, trigger, next_tick)
-            .instrument(span.clone())
-            .await;
+        let finished = self.attempts(&p, trigger, next_tick).instrument(span.clone()).await;
         let duration = started.elapsed();
         let outcome = match &finished.result {
             Ok(_) => Outcome::success,
@@ -67,11 +64,7 @@ impl Scheduler {
         span.record("run.outcome", outcome_str(outcome));
         span.record(
             "otel.status_code",
-            if outcome == Outcome::success {
-                "OK"
-            } else {
-                "ERROR"
-            },
+            if outcome == Outcome::success { "OK" } else { "ERROR" },
         );
         let _enter = span.enter();
         match &finished.result {
@@ -120,14 +113,8 @@ impl Scheduler {
                 "run.attempt" = attempt,
                 "run.outcome" = field::Empty
             );
-            let result = self
-                .attempt(p, trigger, attempt, &usage)
-                .instrument(span.clone())
-                .await;
-            span.record(
-                "run.outcome",
-                if result.is_ok() { "success" } else { "error" },
-            );
+            let result = self.attempt(p, trigger, attempt, &usage).instrument(span.clone()).await;
+            span.record("run.outcome", if result.is_ok() { "success" } else { "error" });
             let Err(error) = &result else {
                 return Finished {
                     result,
@@ -230,9 +217,7 @@ impl Scheduler {
         }
         if let Some(child) = finished.usage.child() {
             m.child_cpu.get_or_create(&l).inc_by(child.cpu_seconds);
-            m.child_peak_rss
-                .get_or_create(&l)
-                .set(child.peak_rss_bytes as i64);
+            m.child_peak_rss.get_or_create(&l).set(child.peak_rss_bytes as i64);
         }
         let now = unix_now();
         m.last_run.get_or_create(&l).set(now);

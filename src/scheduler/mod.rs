@@ -68,11 +68,7 @@ impl Scheduler {
         history_len: usize,
     ) -> Arc<Self> {
         let processes: Vec<_> = processes.into_iter().map(Arc::new).collect();
-        let index = processes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.clone(), i))
-            .collect();
+        let index = processes.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
         for p in &processes {
             metrics.init_process(&p.id, &p.config);
         }
@@ -184,13 +180,7 @@ impl Scheduler {
         p.stats().next_run = Some(wall);
     }
 
-    fn launch(
-        self: &Arc<Self>,
-        p: Arc<ProcessHandle>,
-        trigger: Trigger,
-        scheduled: Instant,
-        next_tick: Instant,
-    ) {
+    fn launch(self: &Arc<Self>, p: Arc<ProcessHandle>, trigger: Trigger, scheduled: Instant, next_tick: Instant) {
         self.metrics.running.get_or_create(&labels(&p.id)).set(1);
         let me = self.clone();
         self.tracker
@@ -233,10 +223,7 @@ impl Scheduler {
     fn set_paused(&self, id: &str, paused: bool) -> Option<bool> {
         let p = self.process(id)?;
         let changed = p.set_paused(paused);
-        self.metrics
-            .paused
-            .get_or_create(&labels(id))
-            .set(paused as i64);
+        self.metrics.paused.get_or_create(&labels(id)).set(paused as i64);
         if changed {
             tracing::info!(process = %id, paused, "process {}", if paused { "paused" } else { "resumed" });
         }
@@ -249,23 +236,15 @@ impl Scheduler {
         self.tracker.close();
         let in_flight = self.tracker.len();
         let mut cancelled = false;
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
             cancelled = true;
             tracing::warn!(
                 in_flight = self.tracker.len(),
                 "grace period over; cancelling runs in flight"
             );
             self.cancel_runs.cancel();
-            let _ =
-                tokio::time::timeout(CANCEL_GRACE + Duration::from_secs(1), self.tracker.wait())
-                    .await;
+            let _ = tokio::time::timeout(CANCEL_GRACE + Duration::from_secs(1), self.tracker.wait()).await;
         }
-        ShutdownReport {
-            in_flight,
-            cancelled,
-        }
+        ShutdownReport { in_flight, cancelled }
     }
 }

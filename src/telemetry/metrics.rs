@@ -124,9 +124,7 @@ impl Metrics {
             skipped: Family::default(),
             retries: Family::default(),
             errors: Family::default(),
-            duration: Family::new_with_constructor(|| {
-                HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())
-            }),
+            duration: Family::new_with_constructor(|| HistogramWithExemplars::new(DURATION_BUCKETS.into_iter())),
             lag: Family::new_with_constructor(|| Histogram::new(LAG_BUCKETS)),
             last_run: Family::default(),
             last_success: Family::default(),
@@ -161,11 +159,7 @@ impl Metrics {
             Unit::Seconds,
             m.timeout.clone(),
         );
-        p.register(
-            "priority",
-            "Configured priority (1 = highest)",
-            m.priority.clone(),
-        );
+        p.register("priority", "Configured priority (1 = highest)", m.priority.clone());
         p.register(
             "retry_count",
             "Configured number of retries after a failed attempt",
@@ -245,10 +239,7 @@ impl Metrics {
             m.api_limit.clone(),
         );
         super::resources::register(registry);
-        Metrics {
-            registry: root,
-            ..m
-        }
+        Metrics { registry: root, ..m }
     }
 
     /// Creates every series of a configured process, so dashboards and alerts see zeros from start-up.
@@ -258,10 +249,7 @@ impl Metrics {
         let _ = self.interval.get_or_create(&l).set(cfg.interval_seconds);
         let _ = self.timeout.get_or_create(&l).set(cfg.timeout_seconds);
         let _ = self.priority.get_or_create(&l).set(cfg.priority as i64);
-        let _ = self
-            .retry_count
-            .get_or_create(&l)
-            .set(cfg.retry_count as i64);
+        let _ = self.retry_count.get_or_create(&l).set(cfg.retry_count as i64);
         let _ = self
             .api_limit
             .get_or_create(&l)
@@ -322,8 +310,7 @@ impl Metrics {
     /// OpenMetrics 1.0 text, with exemplars.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

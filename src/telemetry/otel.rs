@@ -47,12 +47,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
             .with_service_name(config.telemetry.service_name.clone())
             .build(),
     );
-    if let Some(endpoint) = config
-        .telemetry
-        .otlp_endpoint
-        .as_deref()
-        .filter(|e| !e.is_empty())
-    {
+    if let Some(endpoint) = config.telemetry.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(traces_url(endpoint))
@@ -97,31 +92,16 @@ pub fn span_id(span: &tracing::Span) -> Option<String> {
 pub fn traceparent(span: &tracing::Span) -> Option<String> {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| {
-        format!(
-            "00-{}-{}-{:02x}",
-            sc.trace_id(),
-            sc.span_id(),
-            sc.trace_flags().to_u8()
-        )
-    })
+    sc.is_valid()
+        .then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn traces_url_appends_the_signal_path_once() {
-        assert_eq!(
-            super::traces_url("http://c:4318"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            super::traces_url("http://c:4318/"),
-            "http://c:4318/v1/traces"
-        );
-        assert_eq!(
-            super::traces_url("http://c:4318/v1/traces"),
-            "http://c:4318/v1/traces"
-        );
+        assert_eq!(super::traces_url("http://c:4318"), "http://c:4318/v1/traces");
+        assert_eq!(super::traces_url("http://c:4318/"), "http://c:4318/v1/traces");
+        assert_eq!(super::traces_url("http://c:4318/v1/traces"), "http://c:4318/v1/traces");
     }
 }

@@ -79,11 +79,7 @@ fn read_usage() -> Usage {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1);
     let resident_bytes = std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|v| v.parse::<i64>().ok())
-        })
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
         .map_or(0, |pages| pages * page);
     let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -107,18 +103,14 @@ pub fn timeval_seconds(tv: libc::timeval) -> f64 {
 /// Start time from `/proc/self/stat` (field 22, in clock ticks since boot) and the boot time.
 fn start_time_seconds() -> f64 {
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let started = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // The command name may hold spaces; fields after the closing parenthesis are plain.
-            let rest = &s[s.rfind(')')? + 2..];
-            rest.split_whitespace().nth(19)?.parse::<f64>().ok()
-        });
+    let started = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
+        // The command name may hold spaces; fields after the closing parenthesis are plain.
+        let rest = &s[s.rfind(')')? + 2..];
+        rest.split_whitespace().nth(19)?.parse::<f64>().ok()
+    });
     let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-        s.lines().find_map(|l| {
-            l.strip_prefix("btime ")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
     });
     match (started, boot) {
         (Some(started), Some(boot)) => boot + started / ticks,
@@ -137,9 +129,6 @@ mod tests {
         assert!(u.open_fds >= 3 && u.max_fds >= u.open_fds, "{u:?}");
         let now = super::super::metrics::unix_now();
         let start = start_time_seconds();
-        assert!(
-            start <= now + 1.0 && start > now - 3600.0,
-            "start {start} now {now}"
-        );
+        assert!(start <= now + 1.0 && start > now - 3600.0, "start {start} now {now}");
     }
 }

@@ -48,14 +48,8 @@ impl Child {
         }
         let mut child = cmd.spawn()?;
         let pid = child.id() as i32;
-        let stdout = child
-            .stdout
-            .take()
-            .map(|p| File::from(std::os::fd::OwnedFd::from(p)));
-        let stderr = child
-            .stderr
-            .take()
-            .map(|p| File::from(std::os::fd::OwnedFd::from(p)));
+        let stdout = child.stdout.take().map(|p| File::from(std::os::fd::OwnedFd::from(p)));
+        let stderr = child.stderr.take().map(|p| File::from(std::os::fd::OwnedFd::from(p)));
         let reaped = Arc::new(AtomicBool::new(false));
         let flag = reaped.clone();
         // std's Child neither waits nor kills on drop; we reap it ourselves below.

@@ -26,10 +26,7 @@ impl Forwarder {
     /// and returns its last line.
     pub async fn finish(self) -> Option<String> {
         let task = self.task?;
-        tokio::time::timeout(Duration::from_secs(1), task)
-            .await
-            .ok()?
-            .ok()?
+        tokio::time::timeout(Duration::from_secs(1), task).await.ok()?.ok()?
     }
 }
 
@@ -68,11 +65,7 @@ pub fn forward(
             last = Some(line);
         }
         if dropped > 0 {
-            tracing::warn!(
-                stream,
-                dropped,
-                "output lines over the per-run limit were not logged"
-            );
+            tracing::warn!(stream, dropped, "output lines over the per-run limit were not logged");
         }
         last
     });
@@ -104,11 +97,7 @@ fn read_bounded_line(reader: &mut impl BufRead, max: usize) -> Option<String> {
             break;
         }
     }
-    saw_any.then(|| {
-        String::from_utf8_lossy(&line)
-            .trim_end_matches('\r')
-            .to_string()
-    })
+    saw_any.then(|| String::from_utf8_lossy(&line).trim_end_matches('\r').to_string())
 }
 
 #[cfg(test)]

@@ -1,0 +1,215 @@
+//! Configuration layering and validation through the public loader.
+
+use std::io::Write;
+
+use script_manager::config::{Config, ConfigError, LoadOptions, load};
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f
+}
+
+fn load_with(
+    text: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Result<Config, ConfigError>, Option<tempfile::NamedTempFile>) {
+    let f = text.map(file);
+    let options = LoadOptions {
+        config_path: f.as_ref().map(|f| f.path().to_path_buf()),
+        env: Some(env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+    };
+    (load(&options), f)
+}
+
+fn ok(text: Option<&str>, env: &[(&str, &str)]) -> Config {
+    load_with(text, env).0.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn problems(text: Option<&str>, env: &[(&str, &str)]) -> Vec<String> {
+    match load_with(text, env).0 {
+        Ok(_) => panic!("expected an invalid configuration"),
+        Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+#[test]
+fn defaults_alone_are_the_seed_table() {
+    let c = ok(None, &[]);
+    assert!(c.enabled);
+    assert_eq!(c.http.listen, "127.0.0.1:9797");
+    let row = |id: &str| {
+        let p = &c.processes[id];
+        (
+            p.interval_seconds,
+            p.max_api_calls_per_minute,
+            p.priority,
+            p.timeout_seconds,
+            p.retry_count,
+        )
+    };
+    assert_eq!(row("trade_sync"), (30.0, 60, 1, 30.0, 3));
+    assert_eq!(row("level_monitor"), (2.0, 100, 1, 2.0, 1));
+    assert_eq!(row("price_update"), (10.0, 30, 2, 10.0, 2));
+    assert_eq!(row("notification_check"), (5.0, 30, 2, 5.0, 2));
+    assert_eq!(row("position_sync"), (60.0, 30, 3, 30.0, 3));
+    assert_eq!(row("dashboard_sync"), (30.0, 10, 4, 30.0, 1));
+}
+
+#[test]
+fn every_seed_environment_name_overrides_the_file() {
+    let ids = [
+        "trade_sync",
+        "level_monitor",
+        "price_update",
+        "notification_check",
+        "position_sync",
+        "dashboard_sync",
+    ];
+    let mut text = String::new();
+    for id in ids {
+        text.push_str(&format!(
+            "[processes.{id}]\ninterval_seconds = 99\nmax_api_calls_per_minute = 99\n"
+        ));
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let upper = id.to_uppercase();
+        let interval = format!("{}", 11 + i);
+        let limit = format!("{}", 21 + i);
+        let interval_var = format!("{upper}_INTERVAL");
+        let limit_var = format!("{upper}_API_LIMIT");
+        let c = ok(Some(&text), &[(&interval_var, &interval), (&limit_var, &limit)]);
+        assert_eq!(c.processes[*id].interval_seconds, (11 + i) as f64, "{interval_var}");
+        assert_eq!(
+            c.processes[*id].max_api_calls_per_minute,
+            (21 + i) as u32,
+            "{limit_var}"
+        );
+        // Only the named process changed.
+        let other = ids[(i + 1) % ids.len()];
+        assert_eq!(c.processes[other].interval_seconds, 99.0);
+    }
+    let c = ok(
+        Some("enabled = true\nlog_level = \"info\"\n"),
+        &[
+            ("SCRIPT_MANAGER_ENABLED", "false"),
+            ("SCRIPT_MANAGER_LOG_LEVEL", "debug"),
+        ],
+    );
+    assert!(!c.enabled);
+    assert_eq!(c.log_level, "debug");
+}
+
+#[test]
+fn precedence_is_defaults_file_prefixed_env_then_seed_names() {
+    let text = "[processes.trade_sync]\ninterval_seconds = 40\n";
+    assert_eq!(ok(Some(text), &[]).processes["trade_sync"].interval_seconds, 40.0);
+    let nested = ("SCRIPT_MANAGER_PROCESSES__TRADE_SYNC__INTERVAL_SECONDS", "50");
+    assert_eq!(ok(Some(text), &[nested]).processes["trade_sync"].interval_seconds, 50.0);
+    assert_eq!(
+        ok(Some(text), &[nested, ("TRADE_SYNC_INTERVAL", "60")]).processes["trade_sync"].interval_seconds,
+        60.0
+    );
+    let c = ok(
+        None,
+        &[
+            ("SCRIPT_MANAGER_HTTP__LISTEN", "0.0.0.0:9000"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel:4318"),
+        ],
+    );
+    assert_eq!(c.http.listen, "0.0.0.0:9000");
+    assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://otel:4318"));
+}
+
+#[test]
+fn a_file_that_names_one_section_keeps_every_default_process() {
+    let c = ok(Some("[http]\nlisten = \"127.0.0.1:1\"\n"), &[]);
+    assert_eq!(c.processes.len(), 6);
+    let c = ok(
+        Some("builtin_processes = false\n[processes.backup]\nkind = \"command\"\ncommand = \"true\"\n"),
+        &[],
+    );
+    assert_eq!(c.processes.keys().collect::<Vec<_>>(), ["backup"]);
+    let backup = &c.processes["backup"];
+    assert_eq!(
+        (backup.interval_seconds, backup.timeout_seconds, backup.enabled),
+        (60.0, 30.0, true),
+        "defaults fill what the file omits"
+    );
+}
+
+#[test]
+fn invalid_values_name_the_key_and_where_it_came_from_all_at_once() {
+    let text = "log_format = \"yaml\"\n[processes.trade_sync]\ninterval_seconds = -5\npriority = 0\n[http]\nlisten = \"nowhere\"\n";
+    let found = problems(
+        Some(text),
+        &[
+            ("LEVEL_MONITOR_INTERVAL", "fast"),
+            ("SCRIPT_MANAGER_SCHEDULER__RUN_HISTORY", "0"),
+        ],
+    );
+    let joined = found.join("\n");
+    for needle in [
+        "processes.trade_sync.interval_seconds",
+        "processes.trade_sync.priority",
+        "http.listen",
+        "log_format",
+        "processes.level_monitor.interval_seconds",
+        "environment variable LEVEL_MONITOR_INTERVAL",
+        "scheduler.run_history",
+        "environment variable SCRIPT_MANAGER_SCHEDULER__RUN_HISTORY",
+        ".toml",
+    ] {
+        assert!(joined.contains(needle), "missing `{needle}` in:\n{joined}");
+    }
+    assert!(found.len() >= 5, "{joined}");
+}
+
+#[test]
+fn unknown_keys_are_rejected() {
+    assert!(problems(Some("colour = \"blue\"\n"), &[]).join("\n").contains("colour"));
+    assert!(
+        problems(Some("[http]\nlisten = \"127.0.0.1:1\"\nport = 3\n"), &[])
+            .join("\n")
+            .contains("http.port")
+    );
+    let p = problems(
+        Some("[processes.x]\nkind = \"command\"\ncommand = \"true\"\ncomand = \"typo\"\n"),
+        &[],
+    )
+    .join("\n");
+    assert!(p.contains("processes.x.comand"), "{p}");
+    let p = problems(Some("[processes.x]\nkind = \"cron\"\n"), &[]).join("\n");
+    assert!(p.contains("processes.x.kind") && p.contains("unknown kind"), "{p}");
+    let p = problems(None, &[("SCRIPT_MANAGER_HTTP__LISTN", "x")]).join("\n");
+    assert!(p.contains("SCRIPT_MANAGER_HTTP__LISTN"), "{p}");
+}
+
+#[test]
+fn a_missing_explicit_file_is_an_error() {
+    let options = LoadOptions {
+        config_path: Some("/nonexistent/sm.toml".into()),
+        env: Some(vec![]),
+    };
+    let e = load(&options).unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/sm.toml"), "{e}");
+    let options = LoadOptions {
+        config_path: None,
+        env: Some(vec![("SCRIPT_MANAGER_CONFIG".into(), "/nope.toml".into())]),
+    };
+    assert!(load(&options).is_err());
+}
+
+#[test]
+fn redacted_output_holds_no_secret() {
+    let text = "[http]\nadmin_token = \"tok-123456789\"\n[processes.job]\nkind = \"command\"\ncommand = \"true\"\nenv = { DB_PASSWORD = \"pw-987654321\", REGION = \"eu\" }\n";
+    let c = ok(Some(text), &[]);
+    let printed = c.to_redacted_toml();
+    assert!(
+        !printed.contains("tok-123456789") && !printed.contains("pw-987654321"),
+        "{printed}"
+    );
+    assert!(printed.contains("[redacted]") && printed.contains("eu"));
+    assert!(!format!("{c:?}").contains("tok-123456789"), "Debug leaks the token");
+    assert_eq!(c.http.admin_token.as_ref().unwrap().expose(), "tok-123456789");
+}
