@@ -161,7 +161,7 @@ impl Metrics {
         );
         p.register("priority", "Configured priority (1 = highest)", m.priority.clone());
         p.register(
-            "retry_count",
+            "max_retries",
             "Configured number of retries after a failed attempt",
             m.retry_count.clone(),
         );
