@@ -17,7 +17,10 @@ use script_manager::telemetry::Metrics;
 fn command(script: &str, timeout: f64, retries: u32) -> ProcessConfig {
     let mut settings = BTreeMap::new();
     settings.insert("command".to_string(), Value::from("sh"));
-    settings.insert("args".to_string(), Value::from(vec![Value::from("-c"), Value::from(script)]));
+    settings.insert(
+        "args".to_string(),
+        Value::from(vec![Value::from("-c"), Value::from(script)]),
+    );
     settings.insert("kill_grace_seconds".to_string(), Value::from(0.5));
     ProcessConfig {
         interval_seconds: 3600.0,
@@ -32,7 +35,11 @@ fn command(script: &str, timeout: f64, retries: u32) -> ProcessConfig {
 
 /// Triggers one run of a command process and returns its record.
 async fn run_once(config: ProcessConfig) -> (RunRecord, Arc<Scheduler>) {
-    assert!(processes::check_settings("command", &config.settings).unwrap().is_empty());
+    assert!(
+        processes::check_settings("command", &config.settings)
+            .unwrap()
+            .is_empty()
+    );
     let process = processes::build("job", "command", &config.settings).expect("command kind builds");
     let handle = ProcessHandle::new("job", config, Some(process));
     let budget = Arc::new(ApiBudget::new([("job".to_string(), 100)]));
@@ -59,7 +66,11 @@ async fn timeout_kills_the_whole_process_group() {
     );
     let (record, _s) = run_once(command(&script, 0.5, 0)).await;
     assert_eq!(record.outcome, "timeout");
-    let pids: Vec<i32> = std::fs::read_to_string(&pids).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
     assert_eq!(pids.len(), 2);
     let mut gone = false;
     for _ in 0..100 {
@@ -78,7 +89,10 @@ async fn exit_status_maps_to_an_error_with_the_last_stderr_line() {
     assert_eq!(record.outcome, "error");
     assert_eq!(record.error_kind, Some(ErrorKind::ExitStatus));
     let message = record.error_message.unwrap();
-    assert!(message.contains("status 3") && message.contains("disk full"), "{message}");
+    assert!(
+        message.contains("status 3") && message.contains("disk full"),
+        "{message}"
+    );
 
     let (record, _s) = run_once(command("exit 0", 5.0, 0)).await;
     assert_eq!(record.outcome, "success");
@@ -90,7 +104,9 @@ async fn exit_status_maps_to_an_error_with_the_last_stderr_line() {
 #[tokio::test]
 async fn a_missing_program_is_a_spawn_error_and_not_retried() {
     let mut config = command("", 5.0, 3);
-    config.settings.insert("command".into(), Value::from("/nonexistent/script-xyz"));
+    config
+        .settings
+        .insert("command".into(), Value::from("/nonexistent/script-xyz"));
     config.settings.remove("args");
     let (record, _s) = run_once(config).await;
     assert_eq!(record.error_kind, Some(ErrorKind::Spawn));
@@ -102,14 +118,22 @@ async fn a_missing_program_is_a_spawn_error_and_not_retried() {
 async fn failing_exit_is_retried_within_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("tried");
-    let script = format!("if [ -e {m} ]; then exit 0; else touch {m}; exit 1; fi", m = marker.display());
+    let script = format!(
+        "if [ -e {m} ]; then exit 0; else touch {m}; exit 1; fi",
+        m = marker.display()
+    );
     let (record, _s) = run_once(command(&script, 5.0, 2)).await;
     assert_eq!((record.outcome, record.attempts), ("success", 2));
 }
 
 #[tokio::test]
 async fn reported_api_calls_count_toward_the_budget() {
-    let (record, s) = run_once(command("echo SCRIPT_MANAGER_API_CALLS=7; echo SCRIPT_MANAGER_API_CALLS=5", 5.0, 0)).await;
+    let (record, s) = run_once(command(
+        "echo SCRIPT_MANAGER_API_CALLS=7; echo SCRIPT_MANAGER_API_CALLS=5",
+        5.0,
+        0,
+    ))
+    .await;
     assert_eq!(record.api_calls, 12);
     assert_eq!(s.budget().calls_last_minute("job"), 12);
     assert!(s.budget().can_make_api_calls("job", 88));
