@@ -121,7 +121,7 @@ async fn fixed_rate_ticks_without_drift() {
     h.scheduler.start();
     sleep(Duration::from_millis(4500)).await;
     let starts = h.starts("a");
-    let expected: Vec<_> = (0..5).map(|s| Duration::from_secs(s)).collect();
+    let expected: Vec<_> = (0..5).map(Duration::from_secs).collect();
     assert_eq!(
         starts, expected,
         "ticks stay on the grid although each run takes 300 ms"

@@ -208,10 +208,10 @@ fn record_error(error: figment::Error, prefix: &[String], problems: &mut Vec<Pro
         }
         let mut full = prefix.to_vec();
         full.extend(path);
-        if let figment::error::Kind::UnknownField(field, _) = &e.kind {
-            if full.last() != Some(field) {
-                full.push(field.clone());
-            }
+        if let figment::error::Kind::UnknownField(field, _) = &e.kind
+            && full.last() != Some(field)
+        {
+            full.push(field.clone());
         }
         let key = if full.is_empty() {
             "config".to_string()

@@ -59,7 +59,7 @@ pub async fn runs(
         .iter()
         .flat_map(|p| p.stats().history.iter().cloned().collect::<Vec<_>>())
         .collect();
-    records.sort_by(|a, b| b.finished_at.cmp(&a.finished_at));
+    records.sort_by_key(|r| std::cmp::Reverse(r.finished_at));
     records.truncate(limit);
     Ok(Json(serde_json::to_value(records).unwrap_or(Value::Array(vec![]))))
 }

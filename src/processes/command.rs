@@ -89,10 +89,10 @@ impl CommandSettings {
         if !(0.0..=60.0).contains(&parsed.kill_grace_seconds) {
             problems.push(("kill_grace_seconds".into(), "must be between 0 and 60".into()));
         }
-        if let Some(dir) = &parsed.working_dir {
-            if !dir.is_dir() {
-                problems.push(("working_dir".into(), format!("{} is not a directory", dir.display())));
-            }
+        if let Some(dir) = &parsed.working_dir
+            && !dir.is_dir()
+        {
+            problems.push(("working_dir".into(), format!("{} is not a directory", dir.display())));
         }
         if parsed.max_line_bytes < 16 {
             problems.push(("max_line_bytes".into(), "must be at least 16".into()));

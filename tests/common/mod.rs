@@ -68,10 +68,10 @@ pub async fn start(config: &str, env: &[(&str, &str)]) -> Service {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = service.http.get(service.url("/readyz")).send().await {
-            if r.status().is_success() {
-                return service;
-            }
+        if let Ok(r) = service.http.get(service.url("/readyz")).send().await
+            && r.status().is_success()
+        {
+            return service;
         }
         assert!(
             Instant::now() < deadline,
