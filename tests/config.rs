@@ -213,3 +213,18 @@ fn redacted_output_holds_no_secret() {
     assert!(!format!("{c:?}").contains("tok-123456789"), "Debug leaks the token");
     assert_eq!(c.http.admin_token.as_ref().unwrap().expose(), "tok-123456789");
 }
+
+#[test]
+fn every_example_configuration_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let options = LoadOptions { config_path: Some(path.clone()), env: Some(vec![]) };
+            load(&options).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "examples found: {seen}");
+}
