@@ -111,8 +111,12 @@ impl Scheduler {
                 "attempt",
                 otel.name = format!("attempt {attempt}"),
                 "run.attempt" = attempt,
-                "run.outcome" = field::Empty
+                "run.outcome" = field::Empty,
+                span_id = field::Empty,
             );
+            if let Some(id) = otel::span_id(&span) {
+                span.record("span_id", id.as_str());
+            }
             let result = self.attempt(p, trigger, attempt, &usage).instrument(span.clone()).await;
             span.record("run.outcome", if result.is_ok() { "success" } else { "error" });
             let Err(error) = &result else {

@@ -63,7 +63,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .boxed(),
     };
     tracing_subscriber::registry()
