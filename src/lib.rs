@@ -7,9 +7,11 @@
 pub mod app;
 pub mod budget;
 pub mod config;
+pub mod exchange;
 pub mod http;
 pub mod process;
 pub mod processes;
 pub mod scheduler;
 pub mod status;
 pub mod telemetry;
+pub mod upstream;

@@ -221,7 +221,10 @@ fn every_example_configuration_is_valid() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let options = LoadOptions { config_path: Some(path.clone()), env: Some(vec![]) };
+            let options = LoadOptions {
+                config_path: Some(path.clone()),
+                env: Some(vec![]),
+            };
             load(&options).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }

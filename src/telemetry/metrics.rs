@@ -100,6 +100,7 @@ pub struct Metrics {
     pub api_calls_last_minute: Family<ProcessLabels, Gauge>,
     pub api_limit: Family<ProcessLabels, Gauge>,
     pub scheduler_enabled: Gauge,
+    pub api: super::api::ApiMetrics,
 }
 
 impl Metrics {
@@ -135,6 +136,7 @@ impl Metrics {
             api_calls_last_minute: Family::default(),
             api_limit: Family::default(),
             scheduler_enabled: Gauge::default(),
+            api: super::api::ApiMetrics::new(),
         };
         registry.register(
             "scheduler_enabled",
@@ -238,6 +240,7 @@ impl Metrics {
             "Configured API calls per minute allowed to the process",
             m.api_limit.clone(),
         );
+        m.api.register(api);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }
@@ -288,6 +291,7 @@ impl Metrics {
         let _ = self.child_cpu.get_or_create(&l);
         let _ = self.duration.get_or_create(&l);
         let _ = self.lag.get_or_create(&l);
+        self.api.init_process(id);
     }
 
     pub fn skip(&self, id: &str, reason: SkipReason, count: u64) {

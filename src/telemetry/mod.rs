@@ -1,6 +1,7 @@
 //! Telemetry in one place: Prometheus metrics, tracing with OpenTelemetry
 //! export, and the service's own resource usage.
 
+pub mod api;
 pub mod metrics;
 pub mod otel;
 mod resources;

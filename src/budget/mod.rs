@@ -1,8 +1,13 @@
 //! The API budget: who may call the exchange, and how much.
 //!
-//! This is the seed's per-process limit (calls per sliding minute,
-//! `track_api_call` / `can_make_api_calls`). The global weight budget and
-//! priority admission build on it in the exchange layer.
+//! Two layers admit every upstream request: this module's per-process limit
+//! (the seed's calls per sliding minute, `track_api_call` /
+//! `can_make_api_calls`), then [`GlobalBudget`], the venue's weight per fixed
+//! minute shared by all processes with priority admission.
+
+mod global;
+
+pub use global::{Admission, GlobalBudget};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -54,6 +59,32 @@ impl ApiBudget {
         })
     }
 
+    /// How long until `count` more calls fit `process`'s limit; zero if they fit now,
+    /// `None` if they never can (the limit is smaller than `count`).
+    pub fn wait_for_room(&self, process: &str, count: u32) -> Option<Duration> {
+        let limit = self.limit(process);
+        if count > limit {
+            return None;
+        }
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(window) = calls.get_mut(process) else {
+            return Some(Duration::ZERO);
+        };
+        prune(window, now);
+        let mut used: u32 = window.iter().map(|&(_, n)| n).sum();
+        for &(at, n) in window.iter() {
+            if used + count <= limit {
+                break;
+            }
+            used -= n;
+            if used + count <= limit {
+                return Some((at + WINDOW).saturating_duration_since(now));
+            }
+        }
+        Some(Duration::ZERO)
+    }
+
     /// The configured limit; 0 for an unknown process.
     pub fn limit(&self, process: &str) -> u32 {
         self.limits.get(process).copied().unwrap_or(0)
@@ -83,5 +114,12 @@ mod tests {
         assert_eq!(budget.calls_last_minute("a"), 4);
         assert!(budget.can_make_api_calls("a", 6));
         assert!(!budget.can_make_api_calls("b", 1), "unknown processes have no budget");
+        budget.track_api_call("a", 6);
+        assert_eq!(budget.wait_for_room("a", 1), Some(Duration::ZERO));
+        assert_eq!(budget.wait_for_room("a", 11), None);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        budget.track_api_call("a", 0);
+        // 10 used: 4 (expire in 19 s) + 6 (expire in 50 s); one more needs the first group gone.
+        assert_eq!(budget.wait_for_room("a", 1), Some(Duration::from_secs(19)));
     }
 }

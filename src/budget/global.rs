@@ -1,0 +1,307 @@
+//! The venue's weight budget, shared by every process: weight per fixed
+//! (calendar) minute, capped at the venue's limit × a safety margin.
+//!
+//! - Priority: when weight is scarce, a waiting caller with a better
+//!   priority (1 = highest) goes first.
+//! - Reserve: callers not in `reserved_for` may use only `1 − reserved_share`
+//!   of the budget, so level_monitor always finds room.
+//! - Correction: the venue's own count (`X-MBX-USED-WEIGHT-1M`) raises ours,
+//!   so another client on the same IP shrinks our share.
+//! - 429/418: every caller waits until `Retry-After` has passed.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+
+/// Why admission failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// The budget would not have room before the caller's deadline.
+    WouldMissDeadline { wait: Duration },
+    /// The request can never fit (weight above the share this caller may use).
+    TooHeavy { weight: u32, cap: u32 },
+}
+
+pub struct GlobalBudget {
+    state: Mutex<State>,
+    changed: Notify,
+    margin: f64,
+    reserved_share: f64,
+    reserved_for: HashSet<String>,
+}
+
+struct State {
+    venue_limit: u32,
+    /// Index of the current fixed minute (venue time).
+    minute: i64,
+    used: u32,
+    venue_used: u32,
+    paused_until: Option<Instant>,
+    clock_offset_ms: i64,
+    waiters: BTreeSet<(u8, u64)>,
+    next_ticket: u64,
+}
+
+/// A read-only view for metrics and the status API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub used: u32,
+    pub limit: u32,
+    pub venue_used: u32,
+    pub venue_limit: u32,
+    pub paused: bool,
+}
+
+impl GlobalBudget {
+    /// `venue_limit` is the venue's weight per minute until `exchangeInfo` says otherwise.
+    pub fn new(
+        venue_limit: u32,
+        margin: f64,
+        reserved_share: f64,
+        reserved_for: impl IntoIterator<Item = String>,
+    ) -> Self {
+        GlobalBudget {
+            state: Mutex::new(State {
+                venue_limit,
+                minute: 0,
+                used: 0,
+                venue_used: 0,
+                paused_until: None,
+                clock_offset_ms: 0,
+                waiters: BTreeSet::new(),
+                next_ticket: 0,
+            }),
+            changed: Notify::new(),
+            margin,
+            reserved_share,
+            reserved_for: reserved_for.into_iter().collect(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Our limit: the venue's times the safety margin.
+    pub fn limit(&self) -> u32 {
+        (self.lock().venue_limit as f64 * self.margin).floor() as u32
+    }
+
+    pub fn set_venue_limit(&self, venue_limit: u32) {
+        self.lock().venue_limit = venue_limit;
+        self.changed.notify_waiters();
+    }
+
+    /// Venue time minus local time, from the venue's clock.
+    pub fn set_clock_offset_ms(&self, offset: i64) {
+        self.lock().clock_offset_ms = offset;
+    }
+
+    pub fn usage(&self) -> Usage {
+        let mut s = self.lock();
+        let limit = (s.venue_limit as f64 * self.margin).floor() as u32;
+        roll(&mut s);
+        Usage {
+            used: s.used,
+            limit,
+            venue_used: s.venue_used,
+            venue_limit: s.venue_limit,
+            paused: s.paused_until.is_some_and(|u| u > Instant::now()),
+        }
+    }
+
+    fn cap_for(&self, process: &str, limit: u32) -> u32 {
+        if self.reserved_for.contains(process) {
+            limit
+        } else {
+            (limit as f64 * (1.0 - self.reserved_share)).floor() as u32
+        }
+    }
+
+    /// Waits until `weight` fits (or fails when it cannot before `deadline`).
+    /// Returns how long the caller waited.
+    pub async fn acquire(
+        &self,
+        process: &str,
+        priority: u8,
+        weight: u32,
+        deadline: Instant,
+    ) -> Result<Duration, Admission> {
+        let started = Instant::now();
+        let mut ticket: Option<(u8, u64)> = None;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let wake_at = {
+                let mut s = self.lock();
+                roll(&mut s);
+                let now = Instant::now();
+                let limit = (s.venue_limit as f64 * self.margin).floor() as u32;
+                let cap = self.cap_for(process, limit);
+                if weight > cap {
+                    if let Some(t) = ticket.take() {
+                        s.waiters.remove(&t);
+                    }
+                    return Err(Admission::TooHeavy { weight, cap });
+                }
+                match s.paused_until.filter(|&until| until > now) {
+                    Some(until) => until,
+                    None => {
+                        let better_waiting = s.waiters.range(..(priority, 0)).next().is_some();
+                        if s.used + weight <= cap && !better_waiting {
+                            s.used += weight;
+                            if let Some(t) = ticket.take() {
+                                s.waiters.remove(&t);
+                            }
+                            drop(s);
+                            self.changed.notify_waiters();
+                            return Ok(started.elapsed());
+                        }
+                        if ticket.is_none() {
+                            let t = (priority, s.next_ticket);
+                            s.next_ticket += 1;
+                            s.waiters.insert(t);
+                            ticket = Some(t);
+                        }
+                        now + until_next_minute(s.clock_offset_ms)
+                    }
+                }
+            };
+            if wake_at > deadline {
+                if let Some(t) = ticket.take() {
+                    self.lock().waiters.remove(&t);
+                    self.changed.notify_waiters();
+                }
+                return Err(Admission::WouldMissDeadline {
+                    wait: wake_at - Instant::now(),
+                });
+            }
+            tokio::select! {
+                _ = sleep_until(wake_at) => {}
+                _ = notified => {}
+            }
+        }
+    }
+
+    /// Takes the venue's count for the current minute into account.
+    pub fn observe_used_weight(&self, venue_used: u32) {
+        let mut s = self.lock();
+        roll(&mut s);
+        s.venue_used = venue_used;
+        if venue_used > s.used {
+            s.used = venue_used;
+        }
+    }
+
+    /// After a 429 or 418: nobody sends until `retry_after` has passed.
+    pub fn pause_for(&self, retry_after: Duration) {
+        let until = Instant::now() + retry_after;
+        let mut s = self.lock();
+        if s.paused_until.is_none_or(|u| u < until) {
+            s.paused_until = Some(until);
+        }
+    }
+
+    /// Whether callers are held back by a 429/418 right now.
+    pub fn paused(&self) -> bool {
+        self.lock().paused_until.is_some_and(|u| u > Instant::now())
+    }
+}
+
+fn venue_now_ms(offset: i64) -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+        + offset
+}
+
+fn until_next_minute(offset: i64) -> Duration {
+    let now = venue_now_ms(offset);
+    Duration::from_millis((60_000 - now.rem_euclid(60_000)) as u64 + 5)
+}
+
+/// Starts a new window when the venue's minute has changed.
+fn roll(s: &mut State) {
+    let minute = venue_now_ms(s.clock_offset_ms).div_euclid(60_000);
+    if minute != s.minute {
+        s.minute = minute;
+        s.used = 0;
+        s.venue_used = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[tokio::test]
+    async fn admits_up_to_limit_times_margin() {
+        let b = GlobalBudget::new(100, 0.8, 0.0, []);
+        assert_eq!(b.limit(), 80);
+        // Avoid straddling a minute boundary in this test.
+        if until_next_minute(0) < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        for _ in 0..40 {
+            b.acquire("p", 1, 2, far()).await.unwrap();
+        }
+        let soon = Instant::now() + Duration::from_millis(10);
+        assert!(matches!(
+            b.acquire("p", 1, 1, soon).await,
+            Err(Admission::WouldMissDeadline { .. })
+        ));
+        assert_eq!(b.usage().used, 80);
+    }
+
+    #[tokio::test]
+    async fn the_reserve_is_kept_for_reserved_processes() {
+        if until_next_minute(0) < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let b = GlobalBudget::new(100, 1.0, 0.2, ["level_monitor".to_string()]);
+        let soon = || Instant::now() + Duration::from_millis(10);
+        for _ in 0..80 {
+            b.acquire("trade_sync", 1, 1, soon()).await.unwrap();
+        }
+        assert!(
+            b.acquire("trade_sync", 1, 1, soon()).await.is_err(),
+            "others stop at 80 %"
+        );
+        for _ in 0..20 {
+            b.acquire("level_monitor", 1, 1, soon()).await.unwrap();
+        }
+        assert!(b.acquire("level_monitor", 1, 1, soon()).await.is_err());
+        assert!(matches!(
+            b.acquire("x", 1, 90, soon()).await,
+            Err(Admission::TooHeavy { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_venue_count_shrinks_our_share_and_a_pause_holds_everyone() {
+        if until_next_minute(0) < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let b = GlobalBudget::new(100, 0.5, 0.0, []);
+        b.observe_used_weight(45);
+        let soon = Instant::now() + Duration::from_millis(10);
+        b.acquire("p", 1, 5, soon).await.unwrap();
+        assert!(
+            b.acquire("p", 1, 1, soon).await.is_err(),
+            "45 used by someone else + 5 = our 50"
+        );
+        b.pause_for(Duration::from_secs(30));
+        assert!(b.paused());
+        let r = b.acquire("p", 1, 0, Instant::now() + Duration::from_secs(1)).await;
+        assert!(matches!(r, Err(Admission::WouldMissDeadline { .. })), "{r:?}");
+    }
+}

@@ -1,0 +1,56 @@
+//! The exchange seen by processes: one [`Venue`] trait, the Binance USDⓈ-M
+//! Futures implementation over the shared upstream client, and the domain
+//! types it returns. Every call names its caller ([`Caller`]) so the budget
+//! can admit it by process, priority and deadline.
+
+pub mod binance;
+mod error;
+pub mod sign;
+mod types;
+
+use futures::future::BoxFuture;
+
+pub use error::{VenueError, VenueErrorKind};
+pub use types::{Account, Caller, ExchangeInfo, Fill, OrderAck, OrderSide, OrderStatus, Position, Price};
+
+/// What the platform needs from an exchange.
+pub trait Venue: Send + Sync + 'static {
+    /// Limits and symbols, read at start-up (and whenever limits may have changed).
+    fn exchange_info<'a>(&'a self, caller: &'a Caller) -> BoxFuture<'a, Result<ExchangeInfo, VenueError>>;
+    /// Current prices of `symbols` (all symbols when empty), no older than `caller.max_age`.
+    fn prices<'a>(&'a self, caller: &'a Caller, symbols: &'a [String])
+    -> BoxFuture<'a, Result<Vec<Price>, VenueError>>;
+    /// Open positions of an account.
+    fn positions<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Position>, VenueError>>;
+    /// Fills of `account` in `symbol` with trade id ≥ `from_id` (oldest first, at most `limit`).
+    fn fills_since<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        from_id: Option<u64>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Fill>, VenueError>>;
+    /// A reduce-only MARKET order that closes `qty` of a position.
+    fn close_position<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        side: OrderSide,
+        qty: rust_decimal::Decimal,
+        client_order_id: &'a str,
+    ) -> BoxFuture<'a, Result<OrderAck, VenueError>>;
+    /// The order with this client id, `None` if the venue has none.
+    fn order_by_client_id<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        client_order_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<OrderAck>, VenueError>>;
+}

@@ -1,0 +1,268 @@
+//! One HTTP exchange with the venue: signing, the request span, and the
+//! mapping of every answer to success or a known error kind.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use tracing::field;
+
+use crate::exchange::{Account, VenueError, sign};
+use crate::telemetry::otel;
+
+/// The venue's error body: `{"code": -1003, "msg": "..."}`.
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: i64,
+    msg: String,
+}
+
+pub struct Prepared {
+    pub method: Method,
+    pub url: String,
+    pub body: Option<String>,
+    pub api_key: Option<String>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Builds the URL (and body for POST); signed requests get `recvWindow`,
+/// `timestamp` (venue time) and `signature` last.
+pub fn prepare(
+    base_url: &str,
+    method: Method,
+    endpoint: &str,
+    params: &[(String, String)],
+    account: Option<&Account>,
+    recv_window_ms: u64,
+    clock_offset_ms: i64,
+) -> Prepared {
+    let mut query: Vec<(String, String)> = params.to_vec();
+    let mut api_key = None;
+    if let Some(account) = account {
+        query.push(("recvWindow".into(), recv_window_ms.to_string()));
+        query.push(("timestamp".into(), (now_ms() + clock_offset_ms).to_string()));
+        let payload = encode(&query);
+        let signature = sign::signature(account.api_secret.expose(), &payload);
+        query.push(("signature".into(), signature));
+        api_key = Some(account.api_key.expose().to_string());
+    }
+    let encoded = encode(&query);
+    let (url, body) = if method == Method::POST {
+        (format!("{base_url}{endpoint}"), Some(encoded))
+    } else if encoded.is_empty() {
+        (format!("{base_url}{endpoint}"), None)
+    } else {
+        (format!("{base_url}{endpoint}?{encoded}"), None)
+    };
+    Prepared {
+        method,
+        url,
+        body,
+        api_key,
+    }
+}
+
+pub fn encode(params: &[(String, String)]) -> String {
+    params
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// What came back, before interpretation.
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends one request inside an HTTP client span. Transport failures are
+/// `Transient` for reads and `UnknownOutcome` for writes.
+pub async fn send(
+    http: &reqwest::Client,
+    prepared: Prepared,
+    endpoint: &'static str,
+    timeout: Duration,
+) -> Result<Answer, VenueError> {
+    let is_write = prepared.method != Method::GET;
+    let span = tracing::info_span!(
+        "upstream",
+        otel.name = format!("{} {endpoint}", prepared.method),
+        otel.kind = "client",
+        "http.request.method" = %prepared.method,
+        "url.template" = endpoint,
+        "server.address" = field::Empty,
+        "http.response.status_code" = field::Empty,
+        "error.type" = field::Empty,
+    );
+    if let Ok(url) = reqwest::Url::parse(&prepared.url) {
+        if let Some(host) = url.host_str() {
+            span.record("server.address", host);
+        }
+    }
+    let mut request = http.request(prepared.method.clone(), &prepared.url).timeout(timeout);
+    if let Some(key) = &prepared.api_key {
+        request = request.header("X-MBX-APIKEY", key);
+    }
+    if let Some(tp) = otel::traceparent(&span) {
+        request = request.header("traceparent", tp);
+    }
+    if let Some(body) = prepared.body {
+        request = request
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+    }
+    let _enter = span.enter();
+    let result = async {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?;
+        Ok::<_, reqwest::Error>(Answer { status, headers, body })
+    };
+    drop(_enter);
+    let result = tracing::Instrument::instrument(result, span.clone()).await;
+    match result {
+        Ok(answer) => {
+            span.record("http.response.status_code", answer.status);
+            if answer.status >= 400 {
+                span.record("error.type", answer.status.to_string().as_str());
+            }
+            Ok(answer)
+        }
+        Err(e) => {
+            // Never print the URL: it carries the signature.
+            let e = e.without_url();
+            span.record("error.type", if e.is_timeout() { "timeout" } else { "transport" });
+            let message = e.to_string();
+            Err(if is_write && !e.is_connect() {
+                VenueError::UnknownOutcome(format!("no answer to an order request: {message}"))
+            } else {
+                VenueError::Transient(message)
+            })
+        }
+    }
+}
+
+/// Maps a non-2xx answer to its error kind.
+pub fn classify(answer: &Answer, is_write: bool) -> VenueError {
+    let retry_after = answer
+        .headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(60));
+    let body: Option<ErrorBody> = serde_json::from_slice(&answer.body).ok();
+    match (answer.status, body) {
+        (429, _) => VenueError::RateLimited { retry_after },
+        (418, _) => VenueError::Banned { until: retry_after },
+        (_, Some(ErrorBody { code: -1021, .. })) => VenueError::ClockSkew,
+        (
+            _,
+            Some(ErrorBody {
+                code: -1022 | -2014 | -2015 | -2008,
+                msg,
+            }),
+        ) => VenueError::Auth(msg),
+        (_, Some(ErrorBody { code: -1007, msg })) => VenueError::UnknownOutcome(msg),
+        (401 | 403, _) => VenueError::Auth(format!("HTTP {}", answer.status)),
+        (500.., _) if is_write => VenueError::UnknownOutcome(format!("HTTP {} to an order request", answer.status)),
+        (500.., _) => VenueError::Transient(format!("HTTP {}", answer.status)),
+        (_, Some(ErrorBody { code, msg })) => VenueError::Rejected { code, msg },
+        (status, None) => VenueError::Decode(format!("HTTP {status} with a body that is not the venue's error shape")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, body: &str, retry_after: Option<&str>) -> Answer {
+        let mut headers = HeaderMap::new();
+        if let Some(r) = retry_after {
+            headers.insert("retry-after", r.parse().unwrap());
+        }
+        Answer {
+            status,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+
+    #[test]
+    fn every_answer_maps_to_a_known_kind() {
+        use crate::exchange::VenueErrorKind as K;
+        let cases = [
+            (
+                answer(429, r#"{"code":-1003,"msg":"Too many"}"#, Some("7")),
+                false,
+                K::RateLimited,
+            ),
+            (
+                answer(418, r#"{"code":-1003,"msg":"banned"}"#, Some("120")),
+                false,
+                K::Banned,
+            ),
+            (answer(400, r#"{"code":-1021,"msg":"ts"}"#, None), false, K::ClockSkew),
+            (answer(400, r#"{"code":-1022,"msg":"sig"}"#, None), false, K::Auth),
+            (answer(401, r#"{"code":-2015,"msg":"key"}"#, None), false, K::Auth),
+            (answer(400, r#"{"code":-4116,"msg":"dup"}"#, None), true, K::Rejected),
+            (answer(503, "", None), true, K::UnknownOutcome),
+            (answer(503, "", None), false, K::Transient),
+            (answer(400, "<html>", None), false, K::Decode),
+        ];
+        for (a, write, kind) in cases {
+            assert_eq!(classify(&a, write).kind(), kind, "HTTP {} {:?}", a.status, a.body);
+        }
+        assert_eq!(
+            classify(&answer(429, "", Some("7")), false),
+            VenueError::RateLimited {
+                retry_after: Duration::from_secs(7)
+            }
+        );
+    }
+
+    #[test]
+    fn signed_requests_put_the_signature_last() {
+        let account = Account {
+            name: "main".into(),
+            api_key: crate::config::Secret::new("key"),
+            api_secret: crate::config::Secret::new("secret"),
+        };
+        let p = prepare(
+            "http://x",
+            Method::GET,
+            "/fapi/v1/userTrades",
+            &[("symbol".into(), "BTCUSDT".into())],
+            Some(&account),
+            5000,
+            0,
+        );
+        let query = p.url.split_once('?').unwrap().1;
+        let (payload, signature) = query.rsplit_once("&signature=").unwrap();
+        assert!(payload.starts_with("symbol=BTCUSDT&recvWindow=5000&timestamp="));
+        assert!(sign::verify("secret", payload, signature));
+        assert_eq!(p.api_key.as_deref(), Some("key"));
+    }
+}
