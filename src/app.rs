@@ -12,19 +12,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::ApiBudget;
 use crate::config::Config;
+use crate::exchange;
 use crate::http::{self, AppState};
 use crate::processes;
 use crate::scheduler::{ProcessHandle, Scheduler};
 use crate::telemetry::Metrics;
 
-/// Builds the scheduler for a validated configuration.
-pub fn build_scheduler(config: &Config, metrics: Arc<Metrics>) -> Arc<Scheduler> {
-    let budget = Arc::new(ApiBudget::new(
+/// The per-process call limits: every process's, and the service's own.
+pub fn process_budget(config: &Config) -> Arc<ApiBudget> {
+    Arc::new(ApiBudget::new(
         config
             .processes
             .iter()
-            .map(|(id, p)| (id.clone(), p.max_api_calls_per_minute)),
-    ));
+            .map(|(id, p)| (id.clone(), p.max_api_calls_per_minute))
+            .chain([(
+                exchange::setup::SERVICE_CALLER.to_string(),
+                exchange::setup::SERVICE_CALLS_PER_MINUTE,
+            )]),
+    ))
+}
+
+/// Builds the scheduler for a validated configuration.
+pub fn build_scheduler(config: &Config, metrics: Arc<Metrics>, budget: Arc<ApiBudget>) -> Arc<Scheduler> {
     let handles = config
         .processes
         .iter()
@@ -36,7 +45,10 @@ pub fn build_scheduler(config: &Config, metrics: Arc<Metrics>) -> Arc<Scheduler>
 /// Runs the service until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let scheduler = build_scheduler(&config, metrics.clone());
+    let budget = process_budget(&config);
+    let exchange_stop = CancellationToken::new();
+    let exchange = exchange::setup::start(&config, metrics.clone(), budget.clone(), exchange_stop.clone()).await?;
+    let scheduler = build_scheduler(&config, metrics.clone(), budget);
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         scheduler: scheduler.clone(),
@@ -44,6 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         admin_token: config.http.admin_token.clone(),
         started: SystemTime::now(),
         ready: ready.clone(),
+        upstream: Some(exchange.upstream.clone()),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -90,6 +103,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    exchange_stop.cancel();
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod http;
 pub mod process;
 pub mod processes;
 pub mod scheduler;
+pub mod sim;
 pub mod status;
 pub mod telemetry;
 pub mod upstream;

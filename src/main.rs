@@ -27,6 +27,12 @@ enum Command {
     Run,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Run the simulated exchange alone (Binance USDⓈ-M compatible).
+    Sim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +55,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => run(config),
+        Command::Sim { listen } => run_sim(config, listen),
+    }
+}
+
+fn run_sim(mut config: config::Config, listen: String) -> ExitCode {
+    config.exchange.simulator.listen = listen;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        let telemetry = telemetry::otel::init(&config)?;
+        let stop = app::shutdown_on_signals();
+        let accounts = script_manager::exchange::setup::accounts(&config);
+        let specs = script_manager::exchange::setup::sim_specs(&accounts);
+        let (addr, _sim) = script_manager::sim::start(&config.exchange.simulator, &specs, stop.clone()).await?;
+        let names: Vec<_> = accounts.iter().map(|a| a.name.as_str()).collect();
+        tracing::info!(
+            "simulated exchange on http://{addr} (accounts: {}); meter at /sim/meter",
+            names.join(", ")
+        );
+        stop.cancelled().await;
+        tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("script-manager: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -114,12 +114,13 @@ mod tests {
         assert_eq!(budget.calls_last_minute("a"), 4);
         assert!(budget.can_make_api_calls("a", 6));
         assert!(!budget.can_make_api_calls("b", 1), "unknown processes have no budget");
+        assert_eq!(budget.wait_for_room("a", 6), Some(Duration::ZERO));
         budget.track_api_call("a", 6);
-        assert_eq!(budget.wait_for_room("a", 1), Some(Duration::ZERO));
-        assert_eq!(budget.wait_for_room("a", 11), None);
+        assert_eq!(budget.wait_for_room("a", 11), None, "never fits");
+        // 10 used: 4 (expire in 29 s) + 6 (expire in 60 s); one more needs the first group gone.
+        assert_eq!(budget.wait_for_room("a", 1), Some(Duration::from_secs(29)));
         tokio::time::advance(Duration::from_secs(10)).await;
-        budget.track_api_call("a", 0);
-        // 10 used: 4 (expire in 19 s) + 6 (expire in 50 s); one more needs the first group gone.
-        assert_eq!(budget.wait_for_room("a", 1), Some(Duration::from_secs(19)));
+        assert_eq!(budget.wait_for_room("a", 4), Some(Duration::from_secs(19)));
+        assert_eq!(budget.wait_for_room("a", 5), Some(Duration::from_secs(50)));
     }
 }

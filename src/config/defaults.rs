@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{Config, HttpConfig, LogFormat, ProcessConfig, SchedulerConfig, TelemetryConfig};
+use super::{
+    Config, ExchangeConfig, ExchangeKind, HttpConfig, LogFormat, ProcessConfig, SchedulerConfig, TelemetryConfig,
+    UpstreamConfig,
+};
 
 /// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries).
 pub const BUILTIN_PROCESSES: [(&str, &str, f64, u32, u8, f64, u32); 6] = [
@@ -66,6 +69,23 @@ pub fn config(with_builtin_processes: bool) -> Config {
         scheduler: SchedulerConfig {
             shutdown_grace_seconds: 10.0,
             run_history: 100,
+        },
+        exchange: ExchangeConfig {
+            kind: ExchangeKind::Simulated,
+            base_url: "https://fapi.binance.com".into(),
+            weight_safety_margin: 0.8,
+            reserved_share: 0.2,
+            reserved_for: vec!["level_monitor".into()],
+            recv_window_ms: 5000,
+            request_timeout_seconds: 10.0,
+            symbols: Vec::new(),
+            accounts: BTreeMap::new(),
+            simulator: crate::sim::SimulatorConfig::default(),
+        },
+        upstream: UpstreamConfig {
+            batching: true,
+            dedupe: true,
+            cache: true,
         },
         processes: if with_builtin_processes {
             builtin_processes()

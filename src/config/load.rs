@@ -151,6 +151,10 @@ fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
     if let Some(scheduler) = piece(figment, "scheduler", problems) {
         validate::check_scheduler(&scheduler, &mut report);
     }
+    if let Some(exchange) = piece(figment, "exchange", problems) {
+        validate::check_exchange(&exchange, &mut report);
+    }
+    let _ = piece::<super::UpstreamConfig>(figment, "upstream", problems);
     if let Some(level) = piece::<String>(figment, "log_level", problems) {
         validate::check_log_level(&level, &mut report);
     }

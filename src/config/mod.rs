@@ -34,6 +34,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub telemetry: TelemetryConfig,
     pub scheduler: SchedulerConfig,
+    pub exchange: ExchangeConfig,
+    pub upstream: UpstreamConfig,
     /// Processes by id; the id is the table key and the `process` label.
     pub processes: BTreeMap<String, ProcessConfig>,
 }
@@ -68,6 +70,53 @@ pub struct SchedulerConfig {
     pub shutdown_grace_seconds: f64,
     /// How many finished runs per process are kept for `/api/script-manager/runs`.
     pub run_history: usize,
+}
+
+/// Which exchange, how much of its budget we allow ourselves, and the accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeConfig {
+    pub kind: ExchangeKind,
+    /// Binance's REST base URL; unused for the in-process simulator.
+    pub base_url: String,
+    /// Share of the venue's weight limit we allow ourselves (0 < m ≤ 1).
+    pub weight_safety_margin: f64,
+    /// Share of our budget kept for `reserved_for` processes.
+    pub reserved_share: f64,
+    pub reserved_for: Vec<String>,
+    pub recv_window_ms: u64,
+    pub request_timeout_seconds: f64,
+    /// Symbols trade sync always covers.
+    pub symbols: Vec<String>,
+    pub accounts: BTreeMap<String, AccountConfig>,
+    pub simulator: crate::sim::SimulatorConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExchangeKind {
+    #[serde(rename = "simulated")]
+    Simulated,
+    #[serde(rename = "binance-usdm")]
+    BinanceUsdm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    pub api_key: Secret,
+    pub api_secret: Secret,
+}
+
+/// Client coordination knobs, all on by default; off reproduces the uncoordinated pattern.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// One price call for all symbols instead of one per symbol.
+    pub batching: bool,
+    /// Identical GETs in flight share one request.
+    pub dedupe: bool,
+    /// Callers may be answered from a cache within the age they accept.
+    pub cache: bool,
 }
 
 /// One scheduled process: the seed's `ProcessConfig` plus `kind` and the

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{HttpConfig, ProcessConfig, SchedulerConfig, TelemetryConfig};
+use super::{ExchangeConfig, ExchangeKind, HttpConfig, ProcessConfig, SchedulerConfig, TelemetryConfig};
 
 /// Longest interval we accept: a week. Longer periods belong in a calendar, not here.
 const MAX_INTERVAL_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
@@ -106,5 +106,69 @@ pub fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, S
                 report(&key(&field), message);
             }
         }
+    }
+}
+
+pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) {
+    if !(x.weight_safety_margin > 0.0 && x.weight_safety_margin <= 1.0) {
+        report(
+            "exchange.weight_safety_margin",
+            format!("must be in (0, 1] (got {})", x.weight_safety_margin),
+        );
+    }
+    if !(0.0..=0.9).contains(&x.reserved_share) {
+        report(
+            "exchange.reserved_share",
+            format!("must be between 0 and 0.9 (got {})", x.reserved_share),
+        );
+    }
+    if !(1..=60_000).contains(&x.recv_window_ms) {
+        report(
+            "exchange.recv_window_ms",
+            "must be between 1 and 60000 (Binance's maximum)".into(),
+        );
+    }
+    if !(x.request_timeout_seconds > 0.0 && x.request_timeout_seconds <= 120.0) {
+        report(
+            "exchange.request_timeout_seconds",
+            "must be greater than 0 and at most 120".into(),
+        );
+    }
+    if x.kind == ExchangeKind::BinanceUsdm {
+        let ok = (x.base_url.starts_with("http://") || x.base_url.starts_with("https://"))
+            && x.base_url.parse::<http::Uri>().is_ok();
+        if !ok {
+            report("exchange.base_url", format!("`{}` is not an http(s) URL", x.base_url));
+        }
+        if x.accounts.is_empty() {
+            report(
+                "exchange.accounts",
+                "binance-usdm needs at least one account with api_key and api_secret".into(),
+            );
+        }
+    }
+    for (name, account) in &x.accounts {
+        if account.api_key.is_empty() {
+            report(&format!("exchange.accounts.{name}.api_key"), "must not be empty".into());
+        }
+        if account.api_secret.is_empty() {
+            report(
+                &format!("exchange.accounts.{name}.api_secret"),
+                "must not be empty".into(),
+            );
+        }
+    }
+    let sim = &x.simulator;
+    if sim.symbols.is_empty() || sim.symbols.values().any(|&p| !(p > 0.0)) {
+        report(
+            "exchange.simulator.symbols",
+            "needs at least one symbol, each with a price above 0".into(),
+        );
+    }
+    if sim.weight_limit == 0 {
+        report("exchange.simulator.weight_limit", "must be above 0".into());
+    }
+    if !(0.0..=0.5).contains(&sim.volatility) {
+        report("exchange.simulator.volatility", "must be between 0 and 0.5".into());
     }
 }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub admin_token: Option<Secret>,
     pub started: SystemTime,
     pub ready: Arc<AtomicBool>,
+    /// The exchange client, for the budget gauges.
+    pub upstream: Option<Arc<crate::upstream::Upstream>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -72,6 +74,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             .api_calls_last_minute
             .get_or_create(&labels(&p.id))
             .set(calls as i64);
+    }
+    if let Some(upstream) = &state.upstream {
+        upstream.refresh_gauges();
     }
     let wants_openmetrics = headers
         .get(header::ACCEPT)

@@ -42,6 +42,7 @@ pub fn traces_url(endpoint: &str) -> String {
 
 /// Installs the global subscriber. Call once, inside the tokio runtime.
 pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+    crate::upstream::install_crypto();
     let mut builder = SdkTracerProvider::builder().with_resource(
         Resource::builder()
             .with_service_name(config.telemetry.service_name.clone())

@@ -26,6 +26,17 @@ use crate::telemetry::metrics::{ProcessLabels, TraceLabels};
 
 pub use send::{encode, now_ms};
 
+/// Selects the TLS crypto provider (ring) for every HTTP client in the process.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client with TLS (ring) set up; the one way this crate makes clients.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    install_crypto();
+    Ok(reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?)
+}
+
 /// The coordination knobs (DESIGN §4); all on by default.
 #[derive(Debug, Clone, Copy)]
 pub struct Knobs {

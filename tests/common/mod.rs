@@ -64,7 +64,7 @@ pub async fn start(config: &str, env: &[(&str, &str)]) -> Service {
         base: format!("http://127.0.0.1:{port}"),
         output,
         dir,
-        http: reqwest::Client::new(),
+        http: script_manager::upstream::http_client().unwrap(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

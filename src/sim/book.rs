@@ -1,0 +1,338 @@
+//! The simulated market and accounts: seeded random-walk prices, positions
+//! that fills change, fills that appear over time, and MARKET order matching.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::{FromPrimitive, ToPrimitive};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimFill {
+    pub symbol: String,
+    pub id: u64,
+    pub order_id: u64,
+    pub side: &'static str,
+    pub price: Decimal,
+    pub qty: Decimal,
+    pub realized_pnl: Decimal,
+    pub quote_qty: Decimal,
+    pub commission: Decimal,
+    pub commission_asset: &'static str,
+    pub time: i64,
+    pub position_side: &'static str,
+    pub buyer: bool,
+    pub maker: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SimPosition {
+    pub amount: Decimal,
+    pub entry: Decimal,
+    pub update_time: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimOrder {
+    pub order_id: u64,
+    pub symbol: String,
+    pub status: &'static str,
+    pub client_order_id: String,
+    pub price: Decimal,
+    pub avg_price: Decimal,
+    pub orig_qty: Decimal,
+    pub executed_qty: Decimal,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub side: &'static str,
+    pub reduce_only: bool,
+    pub update_time: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct SimAccount {
+    pub name: String,
+    pub secret: String,
+    pub positions: BTreeMap<String, SimPosition>,
+    pub fills: Vec<SimFill>,
+    pub orders: HashMap<String, SimOrder>,
+}
+
+pub struct Book {
+    rng: StdRng,
+    volatility: f64,
+    pub prices: BTreeMap<String, Decimal>,
+    /// By API key.
+    pub accounts: HashMap<String, SimAccount>,
+    next_trade_id: u64,
+    next_order_id: u64,
+}
+
+/// Why an order was refused, as Binance codes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OrderReject {
+    pub code: i64,
+    pub msg: &'static str,
+}
+
+impl Book {
+    pub fn new(seed: u64, volatility: f64, prices: BTreeMap<String, Decimal>) -> Self {
+        Book {
+            rng: StdRng::seed_from_u64(seed),
+            volatility,
+            prices,
+            accounts: HashMap::new(),
+            next_trade_id: 1_000,
+            next_order_id: 5_000_000,
+        }
+    }
+
+    /// Adds an account with a few opening positions.
+    pub fn add_account(&mut self, api_key: &str, name: &str, secret: &str, now_ms: i64, opening_positions: usize) {
+        self.accounts.insert(
+            api_key.to_string(),
+            SimAccount {
+                name: name.into(),
+                secret: secret.into(),
+                ..SimAccount::default()
+            },
+        );
+        let symbols: Vec<String> = self.prices.keys().cloned().collect();
+        for i in 0..opening_positions.min(symbols.len()) {
+            let symbol = &symbols[(self.rng.random_range(0..symbols.len()) + i) % symbols.len()];
+            self.random_fill(api_key, Some(symbol), now_ms);
+        }
+    }
+
+    /// One step of the random walk for every symbol.
+    pub fn step_prices(&mut self) {
+        for price in self.prices.values_mut() {
+            let change = 1.0 + self.rng.random_range(-self.volatility..=self.volatility);
+            let next = price.to_f64().unwrap_or(1.0) * change;
+            *price = round_price(next);
+        }
+    }
+
+    pub fn set_price(&mut self, symbol: &str, price: Decimal) {
+        self.prices.insert(symbol.to_string(), price);
+    }
+
+    /// A fill from the account's own trading elsewhere (a UI, another bot): trade sync always has work.
+    pub fn random_fill(&mut self, api_key: &str, symbol: Option<&str>, now_ms: i64) {
+        let symbol = match symbol {
+            Some(s) => s.to_string(),
+            None => {
+                let symbols: Vec<&String> = self.prices.keys().collect();
+                symbols[self.rng.random_range(0..symbols.len())].clone()
+            }
+        };
+        let price = self.prices[&symbol];
+        let notional = self.rng.random_range(200.0..2_000.0);
+        let qty = round_qty(notional / price.to_f64().unwrap_or(1.0));
+        let side = if self.rng.random_bool(0.5) { "BUY" } else { "SELL" };
+        let order_id = self.next_order_id();
+        self.fill(api_key, &symbol, side, qty, price, order_id, now_ms);
+    }
+
+    fn next_order_id(&mut self) -> u64 {
+        self.next_order_id += 1;
+        self.next_order_id
+    }
+
+    /// Applies a fill to the account's position and records it.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        api_key: &str,
+        symbol: &str,
+        side: &'static str,
+        qty: Decimal,
+        price: Decimal,
+        order_id: u64,
+        now_ms: i64,
+    ) {
+        self.next_trade_id += 1;
+        let id = self.next_trade_id;
+        let Some(account) = self.accounts.get_mut(api_key) else {
+            return;
+        };
+        let position = account.positions.entry(symbol.to_string()).or_default();
+        let signed = if side == "BUY" { qty } else { -qty };
+        let mut realized = Decimal::ZERO;
+        let same_direction =
+            position.amount.is_zero() || (position.amount.is_sign_positive() == signed.is_sign_positive());
+        if same_direction {
+            let total = position.amount.abs() + qty;
+            position.entry = (position.entry * position.amount.abs() + price * qty) / total;
+            position.amount += signed;
+        } else {
+            let closed = qty.min(position.amount.abs());
+            let direction = if position.amount.is_sign_positive() {
+                Decimal::ONE
+            } else {
+                -Decimal::ONE
+            };
+            realized = (price - position.entry) * closed * direction;
+            position.amount += signed;
+            if position.amount.is_zero() {
+                position.entry = Decimal::ZERO;
+            } else if position.amount.is_sign_positive() != (direction == Decimal::ONE) {
+                position.entry = price; // flipped: the rest opened at this price
+            }
+        }
+        position.update_time = now_ms;
+        if position.amount.is_zero() {
+            account.positions.remove(symbol);
+        }
+        let quote = (price * qty).round_dp(8);
+        account.fills.push(SimFill {
+            symbol: symbol.to_string(),
+            id,
+            order_id,
+            side,
+            price,
+            qty,
+            realized_pnl: realized.round_dp(8),
+            quote_qty: quote,
+            commission: (quote * Decimal::new(4, 4)).round_dp(8),
+            commission_asset: "USDT",
+            time: now_ms,
+            position_side: "BOTH",
+            buyer: side == "BUY",
+            maker: false,
+        });
+    }
+
+    /// A reduce-only MARKET order, filled at the current price.
+    pub fn market_order(
+        &mut self,
+        api_key: &str,
+        symbol: &str,
+        side: &'static str,
+        qty: Decimal,
+        client_order_id: &str,
+        now_ms: i64,
+    ) -> Result<SimOrder, OrderReject> {
+        let price = *self.prices.get(symbol).ok_or(OrderReject {
+            code: -1121,
+            msg: "Invalid symbol.",
+        })?;
+        let account = self.accounts.get(api_key).ok_or(OrderReject {
+            code: -2015,
+            msg: "Invalid API-key.",
+        })?;
+        if account.orders.contains_key(client_order_id) {
+            return Err(OrderReject {
+                code: -4116,
+                msg: "ClientOrderId is duplicated.",
+            });
+        }
+        let position = account.positions.get(symbol).map(|p| p.amount).unwrap_or_default();
+        let reduces = (side == "SELL" && position.is_sign_positive() && !position.is_zero())
+            || (side == "BUY" && position.is_sign_negative());
+        if !reduces {
+            return Err(OrderReject {
+                code: -2022,
+                msg: "ReduceOnly Order is rejected.",
+            });
+        }
+        let executed = qty.min(position.abs());
+        let order_id = self.next_order_id();
+        self.fill(api_key, symbol, side, executed, price, order_id, now_ms);
+        let order = SimOrder {
+            order_id,
+            symbol: symbol.to_string(),
+            status: "FILLED",
+            client_order_id: client_order_id.to_string(),
+            price: Decimal::ZERO,
+            avg_price: price,
+            orig_qty: qty,
+            executed_qty: executed,
+            kind: "MARKET",
+            side,
+            reduce_only: true,
+            update_time: now_ms,
+        };
+        let account = self.accounts.get_mut(api_key).expect("checked above");
+        account.orders.insert(client_order_id.to_string(), order.clone());
+        Ok(order)
+    }
+
+    pub fn random_account_key(&mut self) -> Option<String> {
+        let mut keys: Vec<&String> = self.accounts.keys().collect();
+        keys.sort();
+        (!keys.is_empty()).then(|| keys[self.rng.random_range(0..keys.len())].clone())
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.random_bool(p.min(1.0))
+    }
+}
+
+fn round_price(p: f64) -> Decimal {
+    let digits = if p >= 1000.0 {
+        1
+    } else if p >= 10.0 {
+        2
+    } else {
+        4
+    };
+    Decimal::from_f64(p).unwrap_or(Decimal::ONE).round_dp(digits)
+}
+
+fn round_qty(q: f64) -> Decimal {
+    let q = Decimal::from_f64(q).unwrap_or(Decimal::ONE).round_dp(3);
+    if q.is_zero() { Decimal::new(1, 3) } else { q }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn book() -> Book {
+        let mut prices = BTreeMap::new();
+        prices.insert("BTCUSDT".to_string(), Decimal::from(100_000));
+        Book::new(7, 0.001, prices)
+    }
+
+    #[test]
+    fn reduce_only_orders_close_and_never_open() {
+        let mut b = book();
+        b.add_account("k", "main", "s", 0, 0);
+        b.fill("k", "BTCUSDT", "BUY", Decimal::new(2, 0), Decimal::from(100_000), 1, 0);
+        assert_eq!(
+            b.market_order("k", "BTCUSDT", "BUY", Decimal::ONE, "c1", 1)
+                .unwrap_err()
+                .code,
+            -2022
+        );
+        b.set_price("BTCUSDT", Decimal::from(101_000));
+        let o = b
+            .market_order("k", "BTCUSDT", "SELL", Decimal::from(5), "c2", 2)
+            .unwrap();
+        assert_eq!(o.executed_qty, Decimal::from(2), "never more than the position");
+        assert!(b.accounts["k"].positions.is_empty());
+        assert_eq!(b.accounts["k"].fills.last().unwrap().realized_pnl, Decimal::from(2_000));
+        assert_eq!(
+            b.market_order("k", "BTCUSDT", "SELL", Decimal::ONE, "c2", 3)
+                .unwrap_err()
+                .code,
+            -4116
+        );
+    }
+
+    #[test]
+    fn same_seed_same_walk() {
+        let (mut a, mut b) = (book(), book());
+        for _ in 0..10 {
+            a.step_prices();
+            b.step_prices();
+        }
+        assert_eq!(a.prices, b.prices);
+        assert_ne!(a.prices["BTCUSDT"], Decimal::from(100_000));
+    }
+}
