@@ -50,6 +50,15 @@ impl Binance {
         names
     }
 
+    /// Counts failures found while decoding (the upstream client counts the rest).
+    async fn tally<T>(&self, work: impl Future<Output = Result<T, VenueError>>) -> Result<T, VenueError> {
+        let result = work.await;
+        if let Err(e @ VenueError::Decode(_)) = &result {
+            self.upstream.count_error(e);
+        }
+        result
+    }
+
     fn account(&self, name: &str) -> Result<&Account, VenueError> {
         self.accounts
             .get(name)
@@ -170,7 +179,7 @@ impl RawOrder {
 
 impl Venue for Binance {
     fn exchange_info<'a>(&'a self, caller: &'a Caller) -> BoxFuture<'a, Result<ExchangeInfo, VenueError>> {
-        Box::pin(async move {
+        Box::pin(self.tally(async move {
             let raw: RawInfo = self.get(caller, EXCHANGE_INFO, vec![], None, 1).await?;
             let weight = raw
                 .rate_limits
@@ -181,7 +190,7 @@ impl Venue for Binance {
                 weight_limit_per_minute: weight.limit,
                 symbols: raw.symbols.into_iter().map(|s| s.symbol).collect(),
             })
-        })
+        }))
     }
 
     fn prices<'a>(
@@ -189,7 +198,7 @@ impl Venue for Binance {
         caller: &'a Caller,
         symbols: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<Price>, VenueError>> {
-        Box::pin(async move {
+        Box::pin(self.tally(async move {
             let raw: Vec<RawPrice> = if self.upstream.knobs.batching || symbols.is_empty() {
                 // One call (weight 2) for every symbol.
                 let all: Vec<RawPrice> = self.get(caller, TICKER_PRICE, vec![], None, 2).await?;
@@ -215,7 +224,7 @@ impl Venue for Binance {
                     })
                 })
                 .collect()
-        })
+        }))
     }
 
     fn positions<'a>(
@@ -223,7 +232,7 @@ impl Venue for Binance {
         caller: &'a Caller,
         account: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Position>, VenueError>> {
-        Box::pin(async move {
+        Box::pin(self.tally(async move {
             let acct = self.account(account)?;
             let raw: Vec<RawPosition> = self.get(caller, POSITION_RISK, vec![], Some(acct), 5).await?;
             let mut out = Vec::new();
@@ -242,7 +251,7 @@ impl Venue for Binance {
                 });
             }
             Ok(out)
-        })
+        }))
     }
 
     fn fills_since<'a>(
@@ -253,7 +262,7 @@ impl Venue for Binance {
         from_id: Option<u64>,
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<Fill>, VenueError>> {
-        Box::pin(async move {
+        Box::pin(self.tally(async move {
             let acct = self.account(account)?;
             let mut params = vec![p("symbol", symbol)];
             if let Some(id) = from_id {
@@ -277,7 +286,7 @@ impl Venue for Binance {
                     })
                 })
                 .collect()
-        })
+        }))
     }
 
     fn close_position<'a>(
@@ -289,7 +298,7 @@ impl Venue for Binance {
         qty: Decimal,
         client_order_id: &'a str,
     ) -> BoxFuture<'a, Result<OrderAck, VenueError>> {
-        Box::pin(async move {
+        Box::pin(self.tally(async move {
             let acct = self.account(account)?;
             let params = vec![
                 p("symbol", symbol),
@@ -310,7 +319,7 @@ impl Venue for Binance {
             };
             let body = self.upstream.call(caller, req).await?;
             decode::<RawOrder>(ORDER, &body)?.into_ack()
-        })
+        }))
     }
 
     fn order_by_client_id<'a>(
@@ -320,7 +329,7 @@ impl Venue for Binance {
         symbol: &'a str,
         client_order_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<OrderAck>, VenueError>> {
-        Box::pin(async move {
+        Box::pin(self.tally(async move {
             let acct = self.account(account)?;
             let params = vec![p("symbol", symbol), p("origClientOrderId", client_order_id)];
             match self.get::<RawOrder>(caller, ORDER, params, Some(acct), 1).await {
@@ -328,6 +337,6 @@ impl Venue for Binance {
                 Err(VenueError::Rejected { code: -2013, .. }) => Ok(None),
                 Err(e) => Err(e),
             }
-        })
+        }))
     }
 }

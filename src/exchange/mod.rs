@@ -5,6 +5,7 @@
 
 pub mod binance;
 mod error;
+pub mod orders;
 pub mod setup;
 pub mod sign;
 mod types;

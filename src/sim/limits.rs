@@ -33,6 +33,7 @@ pub struct Limiter {
     /// A 429 was answered in this window: requests before it ends are violations.
     backoff_until_ms: i64,
     violations: u32,
+    total_violations: u32,
     banned_until_ms: i64,
     /// Weight admitted per minute index, for tests and benchmarks.
     pub weight_by_minute: BTreeMap<i64, u32>,
@@ -47,6 +48,7 @@ impl Limiter {
             used: 0,
             backoff_until_ms: 0,
             violations: 0,
+            total_violations: 0,
             banned_until_ms: 0,
             weight_by_minute: BTreeMap::new(),
         }
@@ -63,6 +65,21 @@ impl Limiter {
     pub fn used(&mut self, now_ms: i64) -> u32 {
         self.roll(now_ms);
         self.used
+    }
+
+    /// Answers 429 now and asks for `retry_after_s` of quiet (fault injection).
+    pub fn force_429(&mut self, now_ms: i64, retry_after_s: u64) -> Verdict {
+        self.roll(now_ms);
+        self.backoff_until_ms = now_ms + retry_after_s as i64 * 1000;
+        Verdict::TooMany {
+            used: self.used,
+            retry_after_s,
+        }
+    }
+
+    /// Requests sent while told to wait (each one a step towards a ban).
+    pub fn total_violations(&self) -> u32 {
+        self.total_violations
     }
 
     /// Weight used by some other client on the same IP.
@@ -83,6 +100,7 @@ impl Limiter {
         if now_ms < self.backoff_until_ms {
             // Sending while told to wait: Binance escalates this to a ban.
             self.violations += 1;
+            self.total_violations += 1;
             if self.violations >= self.ban_after_violations {
                 self.banned_until_ms = now_ms + BAN_MS;
                 self.violations = 0;

@@ -42,6 +42,9 @@ pub struct Faults {
     pub order_delay_after_execute_ms: u64,
     /// The simulator's clock runs this far ahead of (or behind) real time.
     pub clock_offset_ms: i64,
+    /// The next N requests are answered 429 with `Retry-After: force_429_retry_after_s`.
+    pub force_429: u32,
+    pub force_429_retry_after_s: u64,
 }
 
 /// Settings of the simulator (`[exchange.simulator]`).

@@ -132,7 +132,16 @@ async fn fapi(
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     let now = wall_ms();
-    let verdict = sim.limiter().check(now, weight);
+    let forced = {
+        let mut f = sim.faults.write().unwrap_or_else(|e| e.into_inner());
+        let forced = f.force_429 > 0;
+        f.force_429 = f.force_429.saturating_sub(1);
+        forced.then_some(f.force_429_retry_after_s.max(1))
+    };
+    let verdict = match forced {
+        Some(retry_after_s) => sim.limiter().force_429(now, retry_after_s),
+        None => sim.limiter().check(now, weight),
+    };
     let mut response = match verdict {
         Verdict::TooMany { retry_after_s, .. } => {
             let mut r = binance_error(
@@ -214,7 +223,7 @@ async fn route(
             let key = match authenticate(sim, params, payload, api_key, server_time) {
                 Ok(key) => key,
                 Err(r) => {
-                    return r;
+                    return *r;
                 }
             };
             match (method.as_str(), path) {
@@ -234,33 +243,33 @@ fn authenticate(
     payload: &str,
     api_key: Option<&str>,
     server_time: i64,
-) -> Result<String, Response> {
+) -> Result<String, Box<Response>> {
     let record = |code: &str| *sim.meter().answers.entry(code.to_string()).or_default() += 1;
     let Some(key) = api_key else {
         record("-2014");
-        return Err(binance_error(
+        return Err(Box::new(binance_error(
             StatusCode::UNAUTHORIZED,
             -2014,
             "API-key format invalid.",
-        ));
+        )));
     };
     let Some(secret) = sim.book().accounts.get(key).map(|a| a.secret.clone()) else {
         record("-2015");
-        return Err(binance_error(
+        return Err(Box::new(binance_error(
             StatusCode::UNAUTHORIZED,
             -2015,
             "Invalid API-key, IP, or permissions for action.",
-        ));
+        )));
     };
     let signed = payload.rsplit_once("&signature=");
     let valid = signed.is_some_and(|(data, signature)| sign::verify(&secret, data, signature));
     if !valid {
         record("-1022");
-        return Err(binance_error(
+        return Err(Box::new(binance_error(
             StatusCode::BAD_REQUEST,
             -1022,
             "Signature for this request is not valid.",
-        ));
+        )));
     }
     let timestamp: i64 = params.get("timestamp").and_then(|t| t.parse().ok()).unwrap_or(0);
     let recv_window: i64 = params
@@ -270,11 +279,11 @@ fn authenticate(
         .min(60_000);
     if !(timestamp < server_time + 1000 && server_time - timestamp <= recv_window) {
         record("-1021");
-        return Err(binance_error(
+        return Err(Box::new(binance_error(
             StatusCode::BAD_REQUEST,
             -1021,
             "Timestamp for this request is outside of the recvWindow.",
-        ));
+        )));
     }
     Ok(key.to_string())
 }
@@ -457,6 +466,7 @@ async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "answers": meter.answers,
         "weight_by_minute": weight,
         "weight_limit": sim.limiter().limit,
+        "violations": sim.limiter().total_violations(),
     }))
 }
 

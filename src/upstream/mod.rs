@@ -34,7 +34,9 @@ pub fn install_crypto() {
 /// An HTTP client with TLS (ring) set up; the one way this crate makes clients.
 pub fn http_client() -> anyhow::Result<reqwest::Client> {
     install_crypto();
-    Ok(reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30)).build()?)
+    Ok(reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?)
 }
 
 /// The coordination knobs (DESIGN §4); all on by default.
@@ -128,6 +130,17 @@ impl Upstream {
         m.weight_limit.set(usage.limit as i64);
         m.upstream_used_weight.set(usage.venue_used as i64);
         m.upstream_weight_limit.set(usage.venue_limit as i64);
+    }
+
+    /// Counts a failure of a call in `script_manager_api_errors_total`.
+    pub fn count_error(&self, e: &VenueError) {
+        self.metrics
+            .api
+            .errors
+            .get_or_create(&KindLabels {
+                kind: e.kind().as_str(),
+            })
+            .inc();
     }
 
     /// Sends `req` for `caller`, or answers it from the cache or an identical request in flight.

@@ -115,10 +115,10 @@ pub async fn send(
         "http.response.status_code" = field::Empty,
         "error.type" = field::Empty,
     );
-    if let Ok(url) = reqwest::Url::parse(&prepared.url) {
-        if let Some(host) = url.host_str() {
-            span.record("server.address", host);
-        }
+    if let Ok(url) = reqwest::Url::parse(&prepared.url)
+        && let Some(host) = url.host_str()
+    {
+        span.record("server.address", host);
     }
     let mut request = http.request(prepared.method.clone(), &prepared.url).timeout(timeout);
     if let Some(key) = &prepared.api_key {
