@@ -79,7 +79,7 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
     })
 }
 
-pub fn document(scheduler: &Scheduler, started: SystemTime) -> Value {
+pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate::budget::Usage>) -> Value {
     let mut processes = serde_json::Map::new();
     let (mut running, mut errors, mut paused, mut total_calls) = (0, 0, 0, 0u64);
     for p in scheduler.processes() {
@@ -97,6 +97,11 @@ pub fn document(scheduler: &Scheduler, started: SystemTime) -> Value {
         "api_usage": {
             "total_calls_last_minute": total_calls,
             "estimated_calls_per_hour": total_calls * 60,
+            "weight_used_this_minute": weight.map(|w| w.used),
+            "weight_limit_per_minute": weight.map(|w| w.limit),
+            "venue_used_weight": weight.map(|w| w.venue_used),
+            "venue_weight_limit": weight.map(|w| w.venue_limit),
+            "paused_by_venue": weight.map(|w| w.paused),
         },
         "total_processes": scheduler.processes().len(),
         "running_processes": running,

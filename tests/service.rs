@@ -378,3 +378,66 @@ fn bad_configuration_exits_2_naming_the_key_and_never_prints_secrets() {
     assert!(printed.contains("admin_token = \"[redacted]\""), "{printed}");
     assert!(printed.contains("interval_seconds = 15"), "{printed}");
 }
+
+#[tokio::test]
+async fn exchange_credentials_never_appear_in_logs_metrics_or_status() {
+    let config = r#"
+log_level = "debug"
+[exchange.accounts.main]
+api_key = "KEY-visible-to-nobody-1234"
+api_secret = "SECRET-visible-to-nobody-5678"
+"#;
+    let svc = start(config, &[]).await;
+    let doc = svc.get_json("/api/script-manager/status").await;
+    assert_eq!(
+        doc["api_usage"]["venue_weight_limit"], 2400,
+        "exchangeInfo was read at start-up: {doc}"
+    );
+    assert_eq!(doc["api_usage"]["weight_limit_per_minute"], 1920);
+    let metrics = svc.metrics().await;
+    assert_eq!(sample(&metrics, "script_manager_api_weight_limit"), Some(1920.0));
+    assert!(
+        sample(
+            &metrics,
+            "script_manager_api_calls_total{process=\"service\",endpoint=\"/fapi/v1/time\",status_class=\"2xx\"}"
+        )
+        .is_some()
+    );
+    let everything = format!("{}\n{doc}\n{metrics}", svc.log());
+    for secret in ["KEY-visible-to-nobody-1234", "SECRET-visible-to-nobody-5678"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+}
+
+#[tokio::test]
+async fn the_simulator_runs_alone() {
+    let port = common::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_script-manager"))
+        .args(["sim", "--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = script_manager::upstream::http_client().unwrap();
+    let mut body = None;
+    for _ in 0..100 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/fapi/v1/ticker/price?symbol=BTCUSDT"))
+            .send()
+            .await
+        {
+            body = Some((
+                r.headers().get("x-mbx-used-weight-1m").cloned(),
+                r.json::<Value>().await.unwrap(),
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    let (weight, body) = body.expect("the simulator answered");
+    assert_eq!(body["symbol"], "BTCUSDT");
+    assert!(body["price"].as_str().unwrap().parse::<f64>().unwrap() > 0.0);
+    assert_eq!(weight.unwrap().to_str().unwrap(), "1");
+}

@@ -7,7 +7,7 @@
 
 mod global;
 
-pub use global::{Admission, GlobalBudget};
+pub use global::{Admission, GlobalBudget, Usage};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -59,30 +59,40 @@ impl ApiBudget {
         })
     }
 
-    /// How long until `count` more calls fit `process`'s limit; zero if they fit now,
-    /// `None` if they never can (the limit is smaller than `count`).
-    pub fn wait_for_room(&self, process: &str, count: u32) -> Option<Duration> {
+    /// Takes `count` calls now if they fit (`Ok`), or says how long until they
+    /// would (`Err(Some(wait))`), or that they never will (`Err(None)`).
+    /// Check and record happen under one lock, so concurrent callers cannot both pass.
+    pub fn try_take(&self, process: &str, count: u32) -> Result<(), Option<Duration>> {
         let limit = self.limit(process);
         if count > limit {
-            return None;
+            return Err(None);
         }
         let now = Instant::now();
         let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(window) = calls.get_mut(process) else {
-            return Some(Duration::ZERO);
-        };
+        let window = calls.entry(process.to_string()).or_default();
         prune(window, now);
         let mut used: u32 = window.iter().map(|&(_, n)| n).sum();
+        if used + count <= limit {
+            window.push_back((now, count));
+            return Ok(());
+        }
         for &(at, n) in window.iter() {
-            if used + count <= limit {
-                break;
-            }
             used -= n;
             if used + count <= limit {
-                return Some((at + WINDOW).saturating_duration_since(now));
+                return Err(Some((at + WINDOW).saturating_duration_since(now)));
             }
         }
-        Some(Duration::ZERO)
+        Err(Some(WINDOW))
+    }
+
+    /// Gives back calls taken with [`try_take`](Self::try_take) that were never sent.
+    pub fn refund(&self, process: &str, count: u32) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = calls.get_mut(process)
+            && let Some(pos) = window.iter().rposition(|&(_, n)| n == count)
+        {
+            window.remove(pos);
+        }
     }
 
     /// The configured limit; 0 for an unknown process.
@@ -114,13 +124,17 @@ mod tests {
         assert_eq!(budget.calls_last_minute("a"), 4);
         assert!(budget.can_make_api_calls("a", 6));
         assert!(!budget.can_make_api_calls("b", 1), "unknown processes have no budget");
-        assert_eq!(budget.wait_for_room("a", 6), Some(Duration::ZERO));
-        budget.track_api_call("a", 6);
-        assert_eq!(budget.wait_for_room("a", 11), None, "never fits");
+        assert_eq!(budget.try_take("a", 6), Ok(()));
+        assert_eq!(budget.try_take("a", 11), Err(None), "never fits");
         // 10 used: 4 (expire in 29 s) + 6 (expire in 60 s); one more needs the first group gone.
-        assert_eq!(budget.wait_for_room("a", 1), Some(Duration::from_secs(29)));
+        assert_eq!(budget.try_take("a", 1), Err(Some(Duration::from_secs(29))));
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(budget.wait_for_room("a", 4), Some(Duration::from_secs(19)));
-        assert_eq!(budget.wait_for_room("a", 5), Some(Duration::from_secs(50)));
+        assert_eq!(budget.try_take("a", 5), Err(Some(Duration::from_secs(50))));
+        assert_eq!(budget.try_take("a", 11), Err(None));
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(budget.try_take("a", 4), Ok(()));
+        assert_eq!(budget.calls_last_minute("a"), 10);
+        budget.refund("a", 4);
+        assert_eq!(budget.calls_last_minute("a"), 6);
     }
 }

@@ -14,7 +14,8 @@ use crate::scheduler::TriggerError;
 use crate::status;
 
 pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    Json(status::document(&state.scheduler, state.started))
+    let weight = state.upstream.as_ref().map(|u| u.budget.usage());
+    Json(status::document(&state.scheduler, state.started, weight))
 }
 
 pub async fn processes(State(state): State<AppState>) -> Json<Value> {

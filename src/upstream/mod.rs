@@ -17,6 +17,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use reqwest::Method;
 use tokio::time::Instant;
+use tracing::{Instrument, field};
 
 use crate::budget::{Admission, ApiBudget, GlobalBudget};
 use crate::exchange::{Account, Caller, VenueError};
@@ -347,41 +348,52 @@ impl Upstream {
 
     /// The per-process limit, then the global weight budget, both bounded by the caller's deadline.
     async fn admit(&self, caller: &Caller, weight: u32) -> Result<(), VenueError> {
+        let span = tracing::debug_span!("budget", "budget.weight" = weight, "budget.waited_s" = field::Empty);
         let started = Instant::now();
-        match self.process_budget.wait_for_room(&caller.process, 1) {
-            None => {
-                return Err(VenueError::BudgetExhausted(format!(
-                    "process `{}` has no API calls per minute configured",
-                    caller.process
-                )));
-            }
-            Some(wait) if !wait.is_zero() => {
-                if Instant::now() + wait > caller.deadline {
+        let result = self.admit_inner(caller, weight).instrument(span.clone()).await;
+        span.record("budget.waited_s", started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn admit_inner(&self, caller: &Caller, weight: u32) -> Result<(), VenueError> {
+        let started = Instant::now();
+        loop {
+            match self.process_budget.try_take(&caller.process, 1) {
+                Ok(()) => break,
+                Err(None) => {
                     return Err(VenueError::BudgetExhausted(format!(
-                        "process `{}` used its calls per minute; room in {:.1}s, after its deadline",
-                        caller.process,
-                        wait.as_secs_f64()
+                        "process `{}` has no API calls per minute configured",
+                        caller.process
                     )));
                 }
-                tokio::time::sleep(wait).await;
+                Err(Some(wait)) => {
+                    if Instant::now() + wait > caller.deadline {
+                        return Err(VenueError::BudgetExhausted(format!(
+                            "process `{}` used its calls per minute; room in {:.1}s, after its deadline",
+                            caller.process,
+                            wait.as_secs_f64()
+                        )));
+                    }
+                    tokio::time::sleep(wait).await;
+                }
             }
-            Some(_) => {}
         }
-        self.budget
+        if let Err(a) = self
+            .budget
             .acquire(&caller.process, caller.priority, weight, caller.deadline)
             .await
-            .map_err(|a| {
-                VenueError::BudgetExhausted(match a {
-                    Admission::WouldMissDeadline { wait } => {
-                        format!(
-                            "global weight budget has room in {:.1}s, after the deadline",
-                            wait.as_secs_f64()
-                        )
-                    }
-                    Admission::TooHeavy { weight, cap } => format!("weight {weight} exceeds this caller's share {cap}"),
-                })
-            })?;
-        self.process_budget.track_api_call(&caller.process, 1);
+        {
+            self.process_budget.refund(&caller.process, 1);
+            return Err(VenueError::BudgetExhausted(match a {
+                Admission::WouldMissDeadline { wait } => {
+                    format!(
+                        "global weight budget has room in {:.1}s, after the deadline",
+                        wait.as_secs_f64()
+                    )
+                }
+                Admission::TooHeavy { weight, cap } => format!("weight {weight} exceeds this caller's share {cap}"),
+            }));
+        }
         let waited = started.elapsed();
         if waited > Duration::from_millis(1) {
             let m = &self.metrics.api;
