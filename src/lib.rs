@@ -14,5 +14,6 @@ pub mod processes;
 pub mod scheduler;
 pub mod sim;
 pub mod status;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;

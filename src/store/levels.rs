@@ -1,0 +1,282 @@
+//! Take-profit / stop-loss levels and the order intents that execute them.
+//!
+//! A trigger is one transaction: the level moves `armed → triggered` (only
+//! if still armed at the version read) and an intent row with the
+//! deterministic client order id is written, *before* anything is sent.
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::notifications::insert_notification;
+use super::{Store, dec, now_ms, opt_dec};
+use crate::exchange::OrderAck;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LevelStatus {
+    Armed,
+    Triggered,
+    Executed,
+    Failed,
+}
+
+impl LevelStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LevelStatus::Armed => "armed",
+            LevelStatus::Triggered => "triggered",
+            LevelStatus::Executed => "executed",
+            LevelStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "armed" => LevelStatus::Armed,
+            "triggered" => LevelStatus::Triggered,
+            "executed" => LevelStatus::Executed,
+            "failed" => LevelStatus::Failed,
+            other => anyhow::bail!("unknown level status `{other}`"),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Level {
+    pub id: i64,
+    pub account: String,
+    pub symbol: String,
+    pub take_profit: Option<Decimal>,
+    pub stop_loss: Option<Decimal>,
+    pub status: LevelStatus,
+    pub version: i64,
+    pub client_order_id: Option<String>,
+    pub order_id: Option<i64>,
+    pub trigger_kind: Option<String>,
+    pub trigger_price: Option<Decimal>,
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewLevel {
+    pub account: String,
+    pub symbol: String,
+    pub take_profit: Option<Decimal>,
+    pub stop_loss: Option<Decimal>,
+}
+
+/// An order the service decided to send, recorded before sending.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Intent {
+    pub client_order_id: String,
+    pub level_id: i64,
+    pub account: String,
+    pub symbol: String,
+    pub side: String,
+    pub qty: Decimal,
+    /// `take_profit` or `stop_loss`.
+    pub kind: String,
+    pub trigger_price: Decimal,
+    /// When the triggering price was observed (ms).
+    pub observed_at: i64,
+    pub status: String,
+}
+
+fn level(r: &AnyRow) -> anyhow::Result<Level> {
+    Ok(Level {
+        id: r.try_get("id")?,
+        account: r.try_get("account")?,
+        symbol: r.try_get("symbol")?,
+        take_profit: opt_dec(r, "take_profit")?,
+        stop_loss: opt_dec(r, "stop_loss")?,
+        status: LevelStatus::parse(&r.try_get::<String, _>("status")?)?,
+        version: r.try_get("version")?,
+        client_order_id: r.try_get("client_order_id")?,
+        order_id: r.try_get("order_id")?,
+        trigger_kind: r.try_get("trigger_kind")?,
+        trigger_price: opt_dec(r, "trigger_price")?,
+        error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn intent(r: &AnyRow) -> anyhow::Result<Intent> {
+    Ok(Intent {
+        client_order_id: r.try_get("client_order_id")?,
+        level_id: r.try_get("level_id")?,
+        account: r.try_get("account")?,
+        symbol: r.try_get("symbol")?,
+        side: r.try_get("side")?,
+        qty: dec(r, "qty")?,
+        kind: r.try_get("kind")?,
+        trigger_price: dec(r, "trigger_price")?,
+        observed_at: r.try_get("observed_at")?,
+        status: r.try_get("status")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_level(&self, l: &NewLevel) -> anyhow::Result<Level> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO levels (account, symbol, take_profit, stop_loss, status, version, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'armed', 1, $5, $5) RETURNING *",
+        )
+        .bind(l.account.clone())
+        .bind(l.symbol.clone())
+        .bind(l.take_profit.map(|d| d.to_string()))
+        .bind(l.stop_loss.map(|d| d.to_string()))
+        .bind(now)
+        .fetch_one(self.pool())
+        .await?;
+        level(&row)
+    }
+
+    pub async fn levels(&self, status: Option<LevelStatus>) -> anyhow::Result<Vec<Level>> {
+        let rows = sqlx::query("SELECT * FROM levels WHERE ($1 = '' OR status = $1) ORDER BY id")
+            .bind(status.map_or("", |s| s.as_str()).to_string())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(level).collect()
+    }
+
+    pub async fn level(&self, id: i64) -> anyhow::Result<Option<Level>> {
+        let row = sqlx::query("SELECT * FROM levels WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
+        row.as_ref().map(level).transpose()
+    }
+
+    /// Deletes a level unless an order for it is in flight. `Ok(false)`: nothing to delete.
+    pub async fn delete_level(&self, id: i64) -> anyhow::Result<Result<bool, LevelStatus>> {
+        match self.level(id).await? {
+            None => Ok(Ok(false)),
+            Some(l) if l.status == LevelStatus::Triggered => Ok(Err(l.status)),
+            Some(_) => {
+                let n = sqlx::query("DELETE FROM levels WHERE id = $1 AND status <> 'triggered'")
+                    .bind(id)
+                    .execute(self.pool())
+                    .await?
+                    .rows_affected();
+                Ok(Ok(n > 0))
+            }
+        }
+    }
+
+    /// Moves an armed level to `triggered` and records the intent, atomically.
+    /// `Ok(None)`: the level changed meanwhile (not armed, or another version).
+    pub async fn trigger_level(&self, l: &Level, side: &str, qty: Decimal, kind: &str, price: Decimal, observed_at: i64) -> anyhow::Result<Option<Intent>> {
+        let client_order_id = format!("sm-{}-{}", l.id, l.version);
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let won = sqlx::query(
+            "UPDATE levels SET status = 'triggered', version = version + 1, client_order_id = $1, trigger_kind = $2, \
+             trigger_price = $3, updated_at = $4 WHERE id = $5 AND status = 'armed' AND version = $6",
+        )
+        .bind(client_order_id.clone())
+        .bind(kind.to_string())
+        .bind(price.to_string())
+        .bind(now)
+        .bind(l.id)
+        .bind(l.version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if won == 0 {
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO order_intents (client_order_id, level_id, account, symbol, side, qty, kind, trigger_price, \
+             observed_at, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $10)",
+        )
+        .bind(client_order_id.clone())
+        .bind(l.id)
+        .bind(l.account.clone())
+        .bind(l.symbol.clone())
+        .bind(side.to_string())
+        .bind(qty.to_string())
+        .bind(kind.to_string())
+        .bind(price.to_string())
+        .bind(observed_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(Intent {
+            client_order_id,
+            level_id: l.id,
+            account: l.account.clone(),
+            symbol: l.symbol.clone(),
+            side: side.to_string(),
+            qty,
+            kind: kind.to_string(),
+            trigger_price: price,
+            observed_at,
+            status: "pending".into(),
+        }))
+    }
+
+    /// Intents whose outcome is not recorded yet (sent or not).
+    pub async fn pending_intents(&self) -> anyhow::Result<Vec<Intent>> {
+        let rows = sqlx::query("SELECT * FROM order_intents WHERE status = 'pending' ORDER BY created_at")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(intent).collect()
+    }
+
+    /// Records an executed close: intent, level and an outbox event, together.
+    pub async fn complete_intent(&self, i: &Intent, ack: &OrderAck, webhook: Option<&str>) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE order_intents SET status = 'executed', order_id = $1, avg_price = $2, updated_at = $3 WHERE client_order_id = $4")
+            .bind(ack.order_id as i64)
+            .bind(ack.avg_price.to_string())
+            .bind(now)
+            .bind(i.client_order_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE levels SET status = 'executed', order_id = $1, updated_at = $2 WHERE id = $3")
+            .bind(ack.order_id as i64)
+            .bind(now)
+            .bind(i.level_id)
+            .execute(&mut *tx)
+            .await?;
+        let payload = json!({
+            "event": "level_executed", "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
+            "kind": i.kind, "side": i.side, "qty": ack.executed_qty.to_string(), "avg_price": ack.avg_price.to_string(),
+            "trigger_price": i.trigger_price.to_string(), "order_id": ack.order_id, "client_order_id": i.client_order_id,
+        });
+        insert_notification(&mut tx, &format!("level-{}-executed", i.client_order_id), "level_executed", webhook, &payload, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a close the venue refused: intent and level fail, an outbox event is queued.
+    pub async fn fail_intent(&self, i: &Intent, error: &str, webhook: Option<&str>) -> anyhow::Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("UPDATE order_intents SET status = 'failed', error = $1, updated_at = $2 WHERE client_order_id = $3")
+            .bind(error.to_string())
+            .bind(now)
+            .bind(i.client_order_id.clone())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE levels SET status = 'failed', error = $1, updated_at = $2 WHERE id = $3")
+            .bind(error.to_string())
+            .bind(now)
+            .bind(i.level_id)
+            .execute(&mut *tx)
+            .await?;
+        let payload = json!({
+            "event": "level_failed", "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
+            "kind": i.kind, "error": error, "client_order_id": i.client_order_id,
+        });
+        insert_notification(&mut tx, &format!("level-{}-failed", i.client_order_id), "level_failed", webhook, &payload, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

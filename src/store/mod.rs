@@ -1,0 +1,143 @@
+//! The store: SQLite (a file, created on first run) or PostgreSQL, through
+//! one set of migrations and portable SQL (sqlx's `Any` driver).
+//!
+//! Decimals are TEXT and times are BIGINT milliseconds, so both engines
+//! store exactly the same values. Writes that belong together take one
+//! transaction; each concern has its own file of queries.
+
+mod dashboard;
+mod levels;
+mod market;
+mod notifications;
+mod runs;
+mod trades;
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use rust_decimal::Decimal;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use dashboard::Snapshot;
+pub use levels::{Intent, Level, LevelStatus, NewLevel};
+pub use market::{StoredPosition, StoredPrice};
+pub use notifications::{Alert, NewAlert, Notification};
+pub use trades::StoredTrade;
+
+/// Migrations, applied in order; `{{ID}}` is the dialect's auto-increment key.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../../migrations/0001_initial.sql"))];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+pub struct Store {
+    pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+impl Store {
+    /// Connects (creating a SQLite file and its directory if needed) and migrates.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite://") {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+            (Dialect::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_string())
+        } else {
+            anyhow::bail!("store.url must start with sqlite:// or postgres://");
+        };
+        let max = if dialect == Dialect::Sqlite { 4 } else { 10 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(&url)
+            .await
+            .with_context(|| format!("cannot open the store at {}", redact_url(&url)))?;
+        let store = Store { pool, dialect };
+        if dialect == Dialect::Sqlite {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
+        }
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let id = match self.dialect {
+            Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
+        };
+        for (name, sql) in MIGRATIONS {
+            let mut tx = self.pool.begin().await?;
+            let done: Option<AnyRow> = sqlx::query("SELECT name FROM schema_migrations WHERE name = $1")
+                .bind(*name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if done.is_some() {
+                continue;
+            }
+            for statement in sql.replace("{{ID}}", id).split(';').map(strip_comments).filter(|s| !s.is_empty()) {
+                // Our own migration files, not user input.
+                sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await.with_context(|| format!("migration {name}"))?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)")
+                .bind(*name)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(migration = name, "store migrated");
+        }
+        Ok(())
+    }
+}
+
+fn strip_comments(s: &str) -> String {
+    s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n").trim().to_string()
+}
+
+/// A URL fit for logs: no password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://[redacted]@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+pub fn now_ms() -> i64 {
+    crate::upstream::now_ms()
+}
+
+/// Reads a TEXT decimal column.
+pub(crate) fn dec(row: &AnyRow, column: &str) -> anyhow::Result<Decimal> {
+    let text: String = row.try_get(column)?;
+    Decimal::from_str(&text).with_context(|| format!("{column}: `{text}` is not a decimal"))
+}
+
+pub(crate) fn opt_dec(row: &AnyRow, column: &str) -> anyhow::Result<Option<Decimal>> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| Decimal::from_str(&t).with_context(|| format!("{column}: `{t}` is not a decimal"))).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn urls_in_logs_lose_their_password() {
+        assert_eq!(super::redact_url("postgres://u:pw@h:5432/db"), "postgres://[redacted]@h:5432/db");
+        assert_eq!(super::redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}
