@@ -1,21 +1,23 @@
-//! Wiring: configuration in, a running service out. Builds the processes,
-//! the scheduler and the HTTP server, and shuts them down in order on
-//! SIGTERM/SIGINT.
+//! Wiring: configuration in, a running service out. Opens the store, brings
+//! up the exchange, builds the processes and the scheduler, serves HTTP, and
+//! shuts everything down in order on SIGTERM/SIGINT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::ApiBudget;
 use crate::config::Config;
 use crate::exchange;
 use crate::http::{self, AppState};
-use crate::processes;
-use crate::scheduler::{ProcessHandle, Scheduler};
+use crate::processes::{self, Platform};
+use crate::scheduler::{ProcessHandle, RunRecord, Scheduler};
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// The per-process call limits: every process's, and the service's own.
@@ -33,22 +35,63 @@ pub fn process_budget(config: &Config) -> Arc<ApiBudget> {
 }
 
 /// Builds the scheduler for a validated configuration.
-pub fn build_scheduler(config: &Config, metrics: Arc<Metrics>, budget: Arc<ApiBudget>) -> Arc<Scheduler> {
+pub fn build_scheduler(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    budget: Arc<ApiBudget>,
+    platform: Option<&Arc<Platform>>,
+) -> Arc<Scheduler> {
     let handles = config
         .processes
         .iter()
-        .map(|(id, p)| ProcessHandle::new(id, p.clone(), processes::build(id, &p.kind, &p.settings)))
+        .map(|(id, p)| ProcessHandle::new(id, p.clone(), processes::build(id, p, platform)))
         .collect();
     Scheduler::new(handles, metrics, budget, config.enabled, config.scheduler.run_history)
+}
+
+/// Writes finished runs to the store and prunes them past retention.
+fn spawn_run_writer(store: Arc<Store>, retention: Duration) -> mpsc::UnboundedSender<RunRecord> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<RunRecord>();
+    tokio::spawn(async move {
+        let mut last_prune = tokio::time::Instant::now() - Duration::from_secs(3600);
+        while let Some(record) = rx.recv().await {
+            if let Err(e) = store.insert_run(&record).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot record a run in the store");
+            }
+            if last_prune.elapsed() > Duration::from_secs(600) {
+                last_prune = tokio::time::Instant::now();
+                let before = crate::store::now_ms() - retention.as_millis() as i64;
+                match store.prune_runs(before).await {
+                    Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned run history"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune run history"),
+                }
+            }
+        }
+    });
+    tx
 }
 
 /// Runs the service until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let budget = process_budget(&config);
+    let store = Arc::new(Store::open(&config.store.url).await?);
     let exchange_stop = CancellationToken::new();
     let exchange = exchange::setup::start(&config, metrics.clone(), budget.clone(), exchange_stop.clone()).await?;
-    let scheduler = build_scheduler(&config, metrics.clone(), budget);
+    let platform = Arc::new(Platform {
+        store: store.clone(),
+        venue: exchange.venue.clone(),
+        accounts: exchange.venue.account_names(),
+        symbols: config.exchange.symbols.clone(),
+        metrics: metrics.clone(),
+        http: crate::upstream::http_client()?,
+        webhook_url: config.notifications.webhook_url.clone(),
+        levels_generation: AtomicU64::new(0),
+    });
+    let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
+    let retention = Duration::from_secs_f64(config.store.run_retention_days * 86_400.0);
+    scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         scheduler: scheduler.clone(),
@@ -57,6 +100,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         started: SystemTime::now(),
         ready: ready.clone(),
         upstream: Some(exchange.upstream.clone()),
+        platform: Some(platform.clone()),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -64,11 +108,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("cannot listen on {addr} (http.listen): is another instance running?"))?;
     let local = listener.local_addr()?;
 
-    for p in scheduler.processes() {
-        if p.config.enabled && p.process.is_none() {
-            tracing::warn!(process = %p.id, kind = %p.config.kind, "this build has no implementation of this kind yet; the process is listed but not run");
-        }
-    }
     scheduler.start();
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -104,6 +143,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     exchange_stop.cancel();
+    // Let the run writer drain what the last runs sent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
 }
 

@@ -42,6 +42,8 @@ impl Trigger {
 pub struct RunContext {
     pub process_id: Arc<str>,
     pub trigger: Trigger,
+    /// The process's priority (1 = highest), for budget admission.
+    pub priority: u8,
     /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt: u32,
     /// When this attempt times out.
@@ -88,6 +90,16 @@ impl RunContext {
         self.budget.track_api_call(&self.process_id, count);
     }
 
+    /// Who this attempt is, for the exchange budget; cached answers up to `max_age` old are fine.
+    pub fn caller(&self, max_age: Option<std::time::Duration>) -> crate::exchange::Caller {
+        crate::exchange::Caller {
+            process: self.process_id.to_string(),
+            priority: self.priority,
+            deadline: self.deadline,
+            max_age,
+        }
+    }
+
     /// The seed's `can_make_api_calls`: whether `count` more calls fit this process's limit.
     pub fn can_make_api_calls(&self, count: u32) -> bool {
         self.budget.can_make_api_calls(&self.process_id, count)
@@ -119,12 +131,16 @@ pub enum ErrorKind {
     Signal,
     /// No API budget left before the run's deadline.
     BudgetExhausted,
+    /// The exchange failed or refused (see `script_manager_api_errors_total` for the kind).
+    Upstream,
+    /// The store failed.
+    Store,
     /// Anything else a process reports.
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Timeout,
         ErrorKind::Panic,
         ErrorKind::Cancelled,
@@ -132,6 +148,8 @@ impl ErrorKind {
         ErrorKind::ExitStatus,
         ErrorKind::Signal,
         ErrorKind::BudgetExhausted,
+        ErrorKind::Upstream,
+        ErrorKind::Store,
         ErrorKind::Internal,
     ];
 
@@ -144,6 +162,8 @@ impl ErrorKind {
             ErrorKind::ExitStatus => "exit_status",
             ErrorKind::Signal => "signal",
             ErrorKind::BudgetExhausted => "budget_exhausted",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::Store => "store",
             ErrorKind::Internal => "internal",
         }
     }

@@ -40,7 +40,7 @@ async fn run_once(config: ProcessConfig) -> (RunRecord, Arc<Scheduler>) {
             .unwrap()
             .is_empty()
     );
-    let process = processes::build("job", "command", &config.settings).expect("command kind builds");
+    let process = processes::build("job", &config, None).expect("command kind builds");
     let handle = ProcessHandle::new("job", config, Some(process));
     let budget = Arc::new(ApiBudget::new([("job".to_string(), 100)]));
     let scheduler = Scheduler::new(vec![handle], Arc::new(Metrics::new()), budget, true, 10);

@@ -3,18 +3,20 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Config, ExchangeConfig, ExchangeKind, HttpConfig, LogFormat, ProcessConfig, SchedulerConfig, TelemetryConfig,
-    UpstreamConfig,
+    Config, ExchangeConfig, ExchangeKind, HttpConfig, LogFormat, NotificationsConfig, ProcessConfig, SchedulerConfig,
+    StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
-/// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries).
-pub const BUILTIN_PROCESSES: [(&str, &str, f64, u32, u8, f64, u32); 6] = [
-    ("trade_sync", "Trade Sync", 30.0, 60, 1, 30.0, 3),
-    ("level_monitor", "Level Monitor", 2.0, 100, 1, 2.0, 1),
-    ("price_update", "Price Update", 10.0, 30, 2, 10.0, 2),
-    ("notification_check", "Notification Check", 5.0, 30, 2, 5.0, 2),
-    ("position_sync", "Position Sync", 60.0, 30, 3, 30.0, 3),
-    ("dashboard_sync", "Dashboard Sync", 30.0, 10, 4, 30.0, 1),
+/// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries, start offset s).
+/// Offsets let position sync run first, so the others start with positions to work on.
+#[allow(clippy::type_complexity)]
+pub const BUILTIN_PROCESSES: [(&str, &str, f64, u32, u8, f64, u32, f64); 6] = [
+    ("trade_sync", "Trade Sync", 30.0, 60, 1, 30.0, 3, 1.0),
+    ("level_monitor", "Level Monitor", 2.0, 100, 1, 2.0, 1, 1.5),
+    ("price_update", "Price Update", 10.0, 30, 2, 10.0, 2, 1.0),
+    ("notification_check", "Notification Check", 5.0, 30, 2, 5.0, 2, 2.0),
+    ("position_sync", "Position Sync", 60.0, 30, 3, 30.0, 3, 0.0),
+    ("dashboard_sync", "Dashboard Sync", 30.0, 10, 4, 30.0, 1, 3.0),
 ];
 
 /// Settings a process gets for every key it does not name.
@@ -37,7 +39,7 @@ pub fn process_defaults(kind: &str) -> ProcessConfig {
 pub fn builtin_processes() -> BTreeMap<String, ProcessConfig> {
     BUILTIN_PROCESSES
         .iter()
-        .map(|&(id, name, interval, limit, priority, timeout, retries)| {
+        .map(|&(id, name, interval, limit, priority, timeout, retries, offset)| {
             let process = ProcessConfig {
                 name: Some(name.to_string()),
                 interval_seconds: interval,
@@ -45,6 +47,7 @@ pub fn builtin_processes() -> BTreeMap<String, ProcessConfig> {
                 priority,
                 timeout_seconds: timeout,
                 retry_count: retries,
+                start_offset_seconds: offset,
                 ..process_defaults(id)
             };
             (id.to_string(), process)
@@ -87,6 +90,11 @@ pub fn config(with_builtin_processes: bool) -> Config {
             dedupe: true,
             cache: true,
         },
+        store: StoreConfig {
+            url: "sqlite://data/script-manager.db".into(),
+            run_retention_days: 7.0,
+        },
+        notifications: NotificationsConfig { webhook_url: None },
         processes: if with_builtin_processes {
             builtin_processes()
         } else {

@@ -155,6 +155,10 @@ fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
         validate::check_exchange(&exchange, &mut report);
     }
     let _ = piece::<super::UpstreamConfig>(figment, "upstream", problems);
+    let _ = piece::<super::NotificationsConfig>(figment, "notifications", problems);
+    if let Some(store) = piece(figment, "store", problems) {
+        validate::check_store(&store, &mut report);
+    }
     if let Some(level) = piece::<String>(figment, "log_level", problems) {
         validate::check_log_level(&level, &mut report);
     }

@@ -36,6 +36,8 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub exchange: ExchangeConfig,
     pub upstream: UpstreamConfig,
+    pub store: StoreConfig,
+    pub notifications: NotificationsConfig,
     /// Processes by id; the id is the table key and the `process` label.
     pub processes: BTreeMap<String, ProcessConfig>,
 }
@@ -70,6 +72,23 @@ pub struct SchedulerConfig {
     pub shutdown_grace_seconds: f64,
     /// How many finished runs per process are kept for `/api/script-manager/runs`.
     pub run_history: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://data/script-manager.db` (created on first run) or `postgres://user@host/db`.
+    /// A password in it is shown as `[redacted]` by `check-config`.
+    pub url: String,
+    /// Days of run history kept.
+    pub run_retention_days: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
+    pub webhook_url: Option<String>,
 }
 
 /// Which exchange, how much of its budget we allow ourselves, and the accounts.
@@ -149,7 +168,9 @@ impl ProcessConfig {
 impl Config {
     /// The configuration as TOML with every secret replaced by `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
-        let mut value = toml::Value::try_from(self).expect("config serializes to TOML");
+        let mut shown = self.clone();
+        shown.store.url = crate::store::redact_url(&shown.store.url);
+        let mut value = toml::Value::try_from(&shown).expect("config serializes to TOML");
         secret::redact_by_key(&mut value);
         toml::to_string_pretty(&value).expect("TOML value prints")
     }

@@ -172,3 +172,16 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
         report("exchange.simulator.volatility", "must be between 0 and 0.5".into());
     }
 }
+
+pub fn check_store(store: &super::StoreConfig, report: &mut dyn FnMut(&str, String)) {
+    let url = &store.url;
+    if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        report("store.url", "must start with sqlite:// or postgres://".into());
+    }
+    if !(store.run_retention_days > 0.0 && store.run_retention_days <= 3650.0) {
+        report(
+            "store.run_retention_days",
+            "must be greater than 0 and at most 3650".into(),
+        );
+    }
+}

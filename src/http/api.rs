@@ -52,6 +52,20 @@ pub async fn runs(
             .filter(|n| (1..=10_000).contains(n))
             .ok_or_else(|| ApiError::bad_request("limit must be a whole number between 1 and 10000"))?,
     };
+    if let Some(platform) = &state.platform {
+        let process = q.get("process").map(String::as_str);
+        if let Some(id) = process
+            && state.scheduler.process(id).is_none()
+        {
+            return Err(unknown(id));
+        }
+        let runs = platform
+            .store
+            .runs(process, limit as i64)
+            .await
+            .map_err(super::data::store_error)?;
+        return Ok(Json(Value::Array(runs)));
+    }
     let selected: Vec<_> = match q.get("process") {
         Some(id) => vec![state.scheduler.process(id).ok_or_else(|| unknown(id))?],
         None => state.scheduler.processes().iter().collect(),
@@ -126,7 +140,7 @@ fn unknown(id: &str) -> ApiError {
 }
 
 /// No token configured: 403 for everyone. Otherwise a matching bearer token, compared in constant time.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = state.admin_token.as_ref().filter(|t| !t.is_empty()) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -3,6 +3,7 @@
 //! call one of its methods.
 
 mod api;
+mod data;
 mod error;
 
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// The exchange client, for the budget gauges.
     pub upstream: Option<Arc<crate::upstream::Upstream>>,
+    /// The store and exchange behind the data API.
+    pub platform: Option<Arc<crate::processes::Platform>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -46,6 +49,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/script-manager/processes/{id}/pause", post(api::pause))
         .route("/api/script-manager/processes/{id}/resume", post(api::resume))
         .route("/api/script-manager/runs", get(api::runs))
+        .route("/api/prices", get(data::prices))
+        .route("/api/positions", get(data::positions))
+        .route("/api/trades", get(data::trades))
+        .route("/api/dashboard/{account}", get(data::dashboard))
+        .route("/api/levels", get(data::levels).post(data::create_level))
+        .route("/api/levels/{id}", get(data::level).delete(data::delete_level))
+        .route("/api/alerts", get(data::alerts).post(data::create_alert))
+        .route("/api/alerts/{id}", axum::routing::delete(data::delete_alert))
+        .route("/api/notifications", get(data::notifications))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -78,6 +90,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if let Some(upstream) = &state.upstream {
         upstream.refresh_gauges();
     }
+    state.metrics.domain.refresh(crate::store::now_ms());
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -6,16 +6,27 @@
 //! line in each match below.
 
 pub mod command;
+pub mod dashboard_sync;
+pub mod level_index;
+pub mod level_monitor;
+pub mod notification_check;
+pub mod platform;
+pub mod position_sync;
+pub mod price_update;
+pub mod trade_sync;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use figment::value::Value;
 
+pub use platform::Platform;
+
+use crate::config::ProcessConfig;
 use crate::process::Process;
 
-/// The seed's trading processes. Their implementations arrive with the
-/// exchange layer and the store; until then they are listed but not run.
+/// The seed's trading processes (they need the store and the exchange).
 pub const TRADING_KINDS: [&str; 6] = [
     "trade_sync",
     "level_monitor",
@@ -41,13 +52,22 @@ pub fn check_settings(kind: &str, settings: &BTreeMap<String, Value>) -> Result<
     }
 }
 
-/// Builds the implementation of a validated process; `None` if this build has none yet.
-pub fn build(id: &str, kind: &str, settings: &BTreeMap<String, Value>) -> Option<Arc<dyn Process>> {
-    match kind {
-        "command" => {
-            let settings = command::CommandSettings::parse(settings).ok()?;
-            Some(Arc::new(command::CommandProcess::new(id, settings)))
-        }
-        _ => None,
-    }
+/// Builds the implementation of a validated process; `None` for a trading
+/// kind when the service runs without a platform (store and exchange).
+pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>) -> Option<Arc<dyn Process>> {
+    let interval = Duration::from_secs_f64(config.interval_seconds);
+    let p = || platform.cloned();
+    Some(match config.kind.as_str() {
+        "command" => Arc::new(command::CommandProcess::new(
+            id,
+            command::CommandSettings::parse(&config.settings).ok()?,
+        )),
+        "trade_sync" => Arc::new(trade_sync::TradeSync::new(p()?)),
+        "level_monitor" => Arc::new(level_monitor::LevelMonitor::new(p()?, interval)),
+        "price_update" => Arc::new(price_update::PriceUpdate::new(p()?, interval)),
+        "notification_check" => Arc::new(notification_check::NotificationCheck::new(p()?, interval)),
+        "position_sync" => Arc::new(position_sync::PositionSync::new(p()?)),
+        "dashboard_sync" => Arc::new(dashboard_sync::DashboardSync::new(p()?)),
+        _ => return None,
+    })
 }

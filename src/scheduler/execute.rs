@@ -97,6 +97,9 @@ impl Scheduler {
             child_peak_rss_bytes: child.map(|c| c.peak_rss_bytes),
             trace_id,
         };
+        if let Some(sink) = self.run_sink.get() {
+            let _ = sink.send(record.clone());
+        }
         self.record_stats(&p, record);
         self.metrics.running.get_or_create(&labels(&p.id)).set(0);
         p.end();
@@ -174,6 +177,7 @@ impl Scheduler {
         let ctx = RunContext {
             process_id: p.id.clone(),
             trigger,
+            priority: p.config.priority,
             attempt,
             deadline,
             cancel: self.cancel_runs.child_token(),

@@ -37,6 +37,8 @@ pub struct Scheduler {
     tracker: TaskTracker,
     stop_ticking: CancellationToken,
     cancel_runs: CancellationToken,
+    /// Where finished runs go besides memory (the store's run history).
+    run_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunRecord>>,
 }
 
 /// Why a manual trigger was refused.
@@ -83,7 +85,13 @@ impl Scheduler {
             tracker: TaskTracker::new(),
             stop_ticking: CancellationToken::new(),
             cancel_runs: CancellationToken::new(),
+            run_sink: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sends every finished run to `sink` too (set once, before `start`).
+    pub fn record_runs_to(&self, sink: tokio::sync::mpsc::UnboundedSender<RunRecord>) {
+        let _ = self.run_sink.set(sink);
     }
 
     pub fn processes(&self) -> &[Arc<ProcessHandle>] {

@@ -34,14 +34,20 @@ impl Store {
             .await?;
         row.map(|r| {
             let data: String = r.try_get("data")?;
-            Ok(Snapshot { account: r.try_get("account")?, data: serde_json::from_str(&data)?, computed_at: r.try_get("computed_at")? })
+            Ok(Snapshot {
+                account: r.try_get("account")?,
+                data: serde_json::from_str(&data)?,
+                computed_at: r.try_get("computed_at")?,
+            })
         })
         .transpose()
     }
 
     /// Time of the oldest snapshot, if any.
     pub async fn oldest_snapshot_ms(&self) -> anyhow::Result<Option<i64>> {
-        let row = sqlx::query("SELECT MIN(computed_at) AS oldest FROM dashboard_snapshots").fetch_one(self.pool()).await?;
+        let row = sqlx::query("SELECT MIN(computed_at) AS oldest FROM dashboard_snapshots")
+            .fetch_one(self.pool())
+            .await?;
         Ok(row.try_get::<Option<i64>, _>("oldest")?)
     }
 }

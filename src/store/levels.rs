@@ -147,7 +147,10 @@ impl Store {
     }
 
     pub async fn level(&self, id: i64) -> anyhow::Result<Option<Level>> {
-        let row = sqlx::query("SELECT * FROM levels WHERE id = $1").bind(id).fetch_optional(self.pool()).await?;
+        let row = sqlx::query("SELECT * FROM levels WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
         row.as_ref().map(level).transpose()
     }
 
@@ -169,7 +172,15 @@ impl Store {
 
     /// Moves an armed level to `triggered` and records the intent, atomically.
     /// `Ok(None)`: the level changed meanwhile (not armed, or another version).
-    pub async fn trigger_level(&self, l: &Level, side: &str, qty: Decimal, kind: &str, price: Decimal, observed_at: i64) -> anyhow::Result<Option<Intent>> {
+    pub async fn trigger_level(
+        &self,
+        l: &Level,
+        side: &str,
+        qty: Decimal,
+        kind: &str,
+        price: Decimal,
+        observed_at: i64,
+    ) -> anyhow::Result<Option<Intent>> {
         let client_order_id = format!("sm-{}-{}", l.id, l.version);
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
@@ -250,7 +261,15 @@ impl Store {
             "kind": i.kind, "side": i.side, "qty": ack.executed_qty.to_string(), "avg_price": ack.avg_price.to_string(),
             "trigger_price": i.trigger_price.to_string(), "order_id": ack.order_id, "client_order_id": i.client_order_id,
         });
-        insert_notification(&mut tx, &format!("level-{}-executed", i.client_order_id), "level_executed", webhook, &payload, now).await?;
+        insert_notification(
+            &mut tx,
+            &format!("level-{}-executed", i.client_order_id),
+            "level_executed",
+            webhook,
+            &payload,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -259,12 +278,14 @@ impl Store {
     pub async fn fail_intent(&self, i: &Intent, error: &str, webhook: Option<&str>) -> anyhow::Result<()> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        sqlx::query("UPDATE order_intents SET status = 'failed', error = $1, updated_at = $2 WHERE client_order_id = $3")
-            .bind(error.to_string())
-            .bind(now)
-            .bind(i.client_order_id.clone())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE order_intents SET status = 'failed', error = $1, updated_at = $2 WHERE client_order_id = $3",
+        )
+        .bind(error.to_string())
+        .bind(now)
+        .bind(i.client_order_id.clone())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE levels SET status = 'failed', error = $1, updated_at = $2 WHERE id = $3")
             .bind(error.to_string())
             .bind(now)
@@ -275,7 +296,15 @@ impl Store {
             "event": "level_failed", "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
             "kind": i.kind, "error": error, "client_order_id": i.client_order_id,
         });
-        insert_notification(&mut tx, &format!("level-{}-failed", i.client_order_id), "level_failed", webhook, &payload, now).await?;
+        insert_notification(
+            &mut tx,
+            &format!("level-{}-failed", i.client_order_id),
+            "level_failed",
+            webhook,
+            &payload,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -46,7 +46,10 @@ impl Store {
     /// Replaces an account's open positions in one transaction.
     pub async fn replace_positions(&self, account: &str, positions: &[Position], now: i64) -> anyhow::Result<()> {
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM positions WHERE account = $1").bind(account.to_string()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM positions WHERE account = $1")
+            .bind(account.to_string())
+            .execute(&mut *tx)
+            .await?;
         for p in positions {
             sqlx::query(
                 "INSERT INTO positions (account, symbol, amount, entry_price, mark_price, unrealized_pnl, updated_at) \
@@ -94,7 +97,9 @@ impl Store {
     }
 
     pub async fn prices(&self) -> anyhow::Result<Vec<StoredPrice>> {
-        let rows = sqlx::query("SELECT * FROM prices ORDER BY symbol").fetch_all(self.pool()).await?;
+        let rows = sqlx::query("SELECT * FROM prices ORDER BY symbol")
+            .fetch_all(self.pool())
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(StoredPrice {

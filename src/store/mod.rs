@@ -45,10 +45,17 @@ impl Store {
         sqlx::any::install_default_drivers();
         let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite://") {
             let file = path.split('?').next().unwrap_or(path);
-            if let Some(dir) = std::path::Path::new(file).parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Some(dir) = std::path::Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
             (Dialect::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Dialect::Postgres, url.to_string())
@@ -90,9 +97,13 @@ impl Store {
             if done.is_some() {
                 continue;
             }
-            for statement in sql.replace("{{ID}}", id).split(';').map(strip_comments).filter(|s| !s.is_empty()) {
+            let sql = strip_comments(&sql.replace("{{ID}}", id));
+            for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
                 // Our own migration files, not user input.
-                sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *tx).await.with_context(|| format!("migration {name}"))?;
+                sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+                    .execute(&mut *tx)
+                    .await
+                    .with_context(|| format!("migration {name}"))?;
             }
             sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)")
                 .bind(*name)
@@ -107,7 +118,12 @@ impl Store {
 }
 
 fn strip_comments(s: &str) -> String {
-    s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n").trim().to_string()
+    s.lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
 }
 
 /// A URL fit for logs: no password.
@@ -130,14 +146,18 @@ pub(crate) fn dec(row: &AnyRow, column: &str) -> anyhow::Result<Decimal> {
 
 pub(crate) fn opt_dec(row: &AnyRow, column: &str) -> anyhow::Result<Option<Decimal>> {
     let text: Option<String> = row.try_get(column)?;
-    text.map(|t| Decimal::from_str(&t).with_context(|| format!("{column}: `{t}` is not a decimal"))).transpose()
+    text.map(|t| Decimal::from_str(&t).with_context(|| format!("{column}: `{t}` is not a decimal")))
+        .transpose()
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn urls_in_logs_lose_their_password() {
-        assert_eq!(super::redact_url("postgres://u:pw@h:5432/db"), "postgres://[redacted]@h:5432/db");
+        assert_eq!(
+            super::redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://[redacted]@h:5432/db"
+        );
         assert_eq!(super::redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 }

@@ -102,19 +102,31 @@ impl Store {
     }
 
     pub async fn delete_alert(&self, id: i64) -> anyhow::Result<bool> {
-        Ok(sqlx::query("DELETE FROM alerts WHERE id = $1").bind(id).execute(self.pool()).await?.rows_affected() > 0)
+        Ok(sqlx::query("DELETE FROM alerts WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected()
+            > 0)
     }
 
     /// Marks an active alert triggered and queues its notification, together.
-    pub async fn trigger_alert(&self, a: &Alert, price: Decimal, fallback_webhook: Option<&str>) -> anyhow::Result<bool> {
+    pub async fn trigger_alert(
+        &self,
+        a: &Alert,
+        price: Decimal,
+        fallback_webhook: Option<&str>,
+    ) -> anyhow::Result<bool> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        let won = sqlx::query("UPDATE alerts SET status = 'triggered', triggered_at = $1 WHERE id = $2 AND status = 'active'")
-            .bind(now)
-            .bind(a.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let won = sqlx::query(
+            "UPDATE alerts SET status = 'triggered', triggered_at = $1 WHERE id = $2 AND status = 'active'",
+        )
+        .bind(now)
+        .bind(a.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if won == 0 {
             return Ok(false);
         }
@@ -123,7 +135,15 @@ impl Store {
             "threshold": a.price.to_string(), "price": price.to_string(), "time": now,
         });
         let webhook = a.webhook_url.as_deref().or(fallback_webhook);
-        insert_notification(&mut tx, &format!("alert-{}", a.id), "price_alert", webhook, &payload, now).await?;
+        insert_notification(
+            &mut tx,
+            &format!("alert-{}", a.id),
+            "price_alert",
+            webhook,
+            &payload,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -154,7 +174,14 @@ impl Store {
     }
 
     /// Records a delivery attempt: `status` is `delivered`, `pending` (retry at `next_at`) or `failed`/`skipped`.
-    pub async fn record_delivery(&self, id: i64, status: &str, attempts: i64, next_at: i64, error: Option<&str>) -> anyhow::Result<()> {
+    pub async fn record_delivery(
+        &self,
+        id: i64,
+        status: &str,
+        attempts: i64,
+        next_at: i64,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
         sqlx::query(
             "UPDATE notifications SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4, \
@@ -172,15 +199,19 @@ impl Store {
     }
 
     pub async fn pending_notifications(&self) -> anyhow::Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM notifications WHERE status = 'pending'").fetch_one(self.pool()).await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM notifications WHERE status = 'pending'")
+            .fetch_one(self.pool())
+            .await?;
         Ok(row.try_get::<i64, _>("n")?)
     }
 
     pub async fn notifications(&self, limit: i64) -> anyhow::Result<Vec<Value>> {
-        let rows = sqlx::query("SELECT id, dedupe_key, kind, status, attempts, last_error FROM notifications ORDER BY id DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, dedupe_key, kind, status, attempts, last_error FROM notifications ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(json!({

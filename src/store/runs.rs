@@ -7,7 +7,9 @@ use super::Store;
 use crate::scheduler::RunRecord;
 
 fn ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl Store {
@@ -55,7 +57,9 @@ impl Store {
             .map(|r| {
                 let time = |c: &str| -> anyhow::Result<String> {
                     let ms: i64 = r.try_get(c)?;
-                    Ok(crate::status::fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)))
+                    Ok(crate::status::fmt_time(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
+                    ))
                 };
                 Ok(json!({
                     "id": r.try_get::<i64, _>("id")?,
@@ -78,6 +82,10 @@ impl Store {
 
     /// Deletes runs that finished before `before_ms`; returns how many.
     pub async fn prune_runs(&self, before_ms: i64) -> anyhow::Result<u64> {
-        Ok(sqlx::query("DELETE FROM runs WHERE finished_at < $1").bind(before_ms).execute(self.pool()).await?.rows_affected())
+        Ok(sqlx::query("DELETE FROM runs WHERE finished_at < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?
+            .rows_affected())
     }
 }

@@ -45,13 +45,18 @@ impl Store {
             .bind(symbol.to_string())
             .fetch_optional(self.pool())
             .await?;
-        Ok(row.map(|r| r.try_get::<i64, _>("next_from_id")).transpose()?.map(|v| v as u64))
+        Ok(row
+            .map(|r| r.try_get::<i64, _>("next_from_id"))
+            .transpose()?
+            .map(|v| v as u64))
     }
 
     /// Upserts a page of fills and advances the cursor past them, in one
     /// transaction: a crash leaves either both or neither. Returns new rows.
     pub async fn store_fills(&self, account: &str, symbol: &str, fills: &[Fill]) -> anyhow::Result<u64> {
-        let Some(last) = fills.iter().map(|f| f.id).max() else { return Ok(0) };
+        let Some(last) = fills.iter().map(|f| f.id).max() else {
+            return Ok(0);
+        };
         let mut tx = self.pool().begin().await?;
         let mut inserted = 0;
         for f in fills {
@@ -88,7 +93,12 @@ impl Store {
     }
 
     /// Newest first.
-    pub async fn trades(&self, account: Option<&str>, symbol: Option<&str>, limit: i64) -> anyhow::Result<Vec<StoredTrade>> {
+    pub async fn trades(
+        &self,
+        account: Option<&str>,
+        symbol: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<StoredTrade>> {
         let rows = sqlx::query(
             "SELECT * FROM trades WHERE ($1 = '' OR account = $1) AND ($2 = '' OR symbol = $2) \
              ORDER BY time DESC, id DESC LIMIT $3",

@@ -101,6 +101,7 @@ pub struct Metrics {
     pub api_limit: Family<ProcessLabels, Gauge>,
     pub scheduler_enabled: Gauge,
     pub api: super::api::ApiMetrics,
+    pub domain: super::domain::DomainMetrics,
 }
 
 impl Metrics {
@@ -137,6 +138,7 @@ impl Metrics {
             api_limit: Family::default(),
             scheduler_enabled: Gauge::default(),
             api: super::api::ApiMetrics::new(),
+            domain: super::domain::DomainMetrics::new(),
         };
         registry.register(
             "scheduler_enabled",
@@ -241,6 +243,7 @@ impl Metrics {
             m.api_limit.clone(),
         );
         m.api.register(api);
+        m.domain.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }

@@ -2,6 +2,7 @@
 //! export, and the service's own resource usage.
 
 pub mod api;
+pub mod domain;
 pub mod metrics;
 pub mod otel;
 mod resources;

@@ -40,6 +40,10 @@ pub async fn start(config: &str, env: &[(&str, &str)]) -> Service {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SCRIPT_MANAGER_HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("NO_COLOR", "1")
+        .env(
+            "SCRIPT_MANAGER_STORE__URL",
+            format!("sqlite://{}/store.db", dir.path().display()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null());

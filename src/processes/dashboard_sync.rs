@@ -1,0 +1,88 @@
+//! `dashboard_sync`: per-account analytics computed from the store (no
+//! exchange calls) and cached as snapshots that the data API serves.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::future::BoxFuture;
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use super::platform::{Platform, store_error};
+use crate::process::{Process, ProcessError, RunContext, RunReport};
+use crate::store::{StoredPosition, StoredTrade, now_ms};
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+pub struct DashboardSync {
+    platform: Arc<Platform>,
+}
+
+/// The analytics of one account at `now`: realized PnL over 24 h / 7 d / 30 d,
+/// win rate, trade count, volume and commission (30 d), exposure and unrealized PnL.
+pub fn analytics(trades: &[StoredTrade], positions: &[StoredPosition], now: i64) -> Value {
+    let pnl = |days: i64| -> Decimal {
+        trades
+            .iter()
+            .filter(|t| t.time >= now - days * DAY_MS)
+            .map(|t| t.realized_pnl)
+            .sum()
+    };
+    let month: Vec<&StoredTrade> = trades.iter().filter(|t| t.time >= now - 30 * DAY_MS).collect();
+    let closing: Vec<&&StoredTrade> = month.iter().filter(|t| !t.realized_pnl.is_zero()).collect();
+    let wins = closing.iter().filter(|t| t.realized_pnl > Decimal::ZERO).count();
+    let win_rate = if closing.is_empty() {
+        Decimal::ZERO
+    } else {
+        Decimal::from(wins) / Decimal::from(closing.len())
+    };
+    let volume: Decimal = month.iter().map(|t| t.price * t.qty).sum();
+    let commission: Decimal = month.iter().map(|t| t.commission).sum();
+    let exposure: Decimal = positions.iter().map(|p| (p.amount * p.mark_price).abs()).sum();
+    let unrealized: Decimal = positions.iter().map(|p| p.unrealized_pnl).sum();
+    json!({
+        "realized_pnl_24h": pnl(1).normalize().to_string(),
+        "realized_pnl_7d": pnl(7).normalize().to_string(),
+        "realized_pnl_30d": pnl(30).normalize().to_string(),
+        "win_rate": win_rate.round_dp(4).normalize().to_string(),
+        "trade_count": month.len(),
+        "volume": volume.normalize().to_string(),
+        "commission": commission.normalize().to_string(),
+        "exposure": exposure.normalize().to_string(),
+        "unrealized_pnl": unrealized.normalize().to_string(),
+        "open_positions": positions.len(),
+    })
+}
+
+impl DashboardSync {
+    pub fn new(platform: Arc<Platform>) -> Self {
+        DashboardSync { platform }
+    }
+
+    async fn run_once(&self, _ctx: RunContext) -> Result<RunReport, ProcessError> {
+        let p = &self.platform;
+        let now = now_ms();
+        for account in &p.accounts {
+            let trades = p
+                .store
+                .trades_since(account, now - 30 * DAY_MS)
+                .await
+                .map_err(store_error)?;
+            let positions = p.store.positions(Some(account)).await.map_err(store_error)?;
+            let data = analytics(&trades, &positions, now);
+            p.store.put_snapshot(account, &data, now).await.map_err(store_error)?;
+        }
+        if let Some(oldest) = p.store.oldest_snapshot_ms().await.map_err(store_error)? {
+            p.metrics.domain.oldest_snapshot_ms.store(oldest, Ordering::Relaxed);
+        }
+        Ok(RunReport {
+            summary: Some(format!("{} dashboards", p.accounts.len())),
+        })
+    }
+}
+
+impl Process for DashboardSync {
+    fn run(&self, ctx: RunContext) -> BoxFuture<'_, Result<RunReport, ProcessError>> {
+        Box::pin(self.run_once(ctx))
+    }
+}

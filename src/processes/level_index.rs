@@ -1,0 +1,185 @@
+//! Armed levels sorted by trigger price, per symbol, so a price tick costs
+//! O(log n + triggered) instead of a scan of every level.
+//!
+//! For a long position the stop-loss fires at or below its price and the
+//! take-profit at or above; for a short, the other way round. The direction
+//! comes from the position, or from the two prices when both are set.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rust_decimal::Decimal;
+
+use crate::store::Level;
+
+/// `take_profit` or `stop_loss`.
+pub type TriggerKind = &'static str;
+
+#[derive(Debug, Default)]
+struct SymbolIndex {
+    /// Fires when price ≤ key.
+    below: BTreeMap<(Decimal, i64), TriggerKind>,
+    /// Fires when price ≥ key.
+    above: BTreeMap<(Decimal, i64), TriggerKind>,
+}
+
+#[derive(Debug, Default)]
+pub struct LevelIndex {
+    symbols: HashMap<String, SymbolIndex>,
+    len: usize,
+}
+
+impl LevelIndex {
+    /// `direction(account, symbol)`: +1 long, -1 short, `None` flat.
+    pub fn build<'a>(
+        levels: impl IntoIterator<Item = &'a Level>,
+        direction: impl Fn(&str, &str) -> Option<i8>,
+    ) -> Self {
+        let mut index = LevelIndex::default();
+        for l in levels {
+            let dir = direction(&l.account, &l.symbol).or(match (l.take_profit, l.stop_loss) {
+                (Some(tp), Some(sl)) if tp > sl => Some(1),
+                (Some(tp), Some(sl)) if tp < sl => Some(-1),
+                _ => None,
+            });
+            if let Some(dir) = dir {
+                index.insert(l, dir);
+            }
+        }
+        index
+    }
+
+    pub fn insert(&mut self, l: &Level, direction: i8) {
+        let s = self.symbols.entry(l.symbol.clone()).or_default();
+        let long = direction > 0;
+        if let Some(tp) = l.take_profit {
+            let side = if long { &mut s.above } else { &mut s.below };
+            side.insert((tp, l.id), "take_profit");
+            self.len += 1;
+        }
+        if let Some(sl) = l.stop_loss {
+            let side = if long { &mut s.below } else { &mut s.above };
+            side.insert((sl, l.id), "stop_loss");
+            self.len += 1;
+        }
+    }
+
+    /// Levels whose price `price` has reached, stop-losses first.
+    pub fn crossed(&self, symbol: &str, price: Decimal) -> Vec<(i64, TriggerKind, Decimal)> {
+        let Some(s) = self.symbols.get(symbol) else {
+            return Vec::new();
+        };
+        let mut hits: Vec<(i64, TriggerKind, Decimal)> = s
+            .below
+            .range((price, i64::MIN)..)
+            .chain(s.above.range(..=(price, i64::MAX)))
+            .map(|(&(at, id), &kind)| (id, kind, at))
+            .collect();
+        hits.sort_by_key(|&(id, kind, _)| (id, kind != "stop_loss"));
+        hits.dedup_by_key(|h| h.0);
+        hits
+    }
+
+    /// Removes every entry of a level (after it fired).
+    pub fn remove(&mut self, symbol: &str, id: i64) {
+        if let Some(s) = self.symbols.get_mut(symbol) {
+            let before = s.below.len() + s.above.len();
+            s.below.retain(|&(_, i), _| i != id);
+            s.above.retain(|&(_, i), _| i != id);
+            self.len -= before - (s.below.len() + s.above.len());
+        }
+    }
+
+    pub fn symbols(&self) -> Vec<String> {
+        self.symbols
+            .iter()
+            .filter(|(_, s)| !s.below.is_empty() || !s.above.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Number of armed trigger prices.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::LevelStatus;
+
+    fn level(id: i64, symbol: &str, tp: Option<i64>, sl: Option<i64>) -> Level {
+        Level {
+            id,
+            account: "main".into(),
+            symbol: symbol.into(),
+            take_profit: tp.map(Decimal::from),
+            stop_loss: sl.map(Decimal::from),
+            status: LevelStatus::Armed,
+            version: 1,
+            client_order_id: None,
+            order_id: None,
+            trigger_kind: None,
+            trigger_price: None,
+            error: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn long_and_short_levels_fire_on_the_right_side() {
+        let levels = [
+            level(1, "BTC", Some(110), Some(90)), // long by its prices
+            level(2, "BTC", Some(80), Some(120)), // short by its prices
+            level(3, "BTC", None, Some(95)),      // long by its position
+            level(4, "BTC", None, Some(95)),      // flat: not indexed
+        ];
+        let idx = LevelIndex::build(&levels, |_, _| None);
+        assert_eq!(idx.len(), 4);
+        let idx = LevelIndex::build(&levels[2..3], |_, _| Some(1));
+        assert_eq!(idx.crossed("BTC", Decimal::from(96)), vec![]);
+        assert_eq!(
+            idx.crossed("BTC", Decimal::from(95)),
+            vec![(3, "stop_loss", Decimal::from(95))]
+        );
+
+        let idx = LevelIndex::build(&levels[..2], |_, _| None);
+        assert_eq!(idx.crossed("BTC", Decimal::from(100)), vec![]);
+        assert_eq!(
+            idx.crossed("BTC", Decimal::from(89)),
+            vec![(1, "stop_loss", Decimal::from(90))]
+        );
+        assert_eq!(
+            idx.crossed("BTC", Decimal::from(111)),
+            vec![(1, "take_profit", Decimal::from(110))]
+        );
+        assert_eq!(
+            idx.crossed("BTC", Decimal::from(121)),
+            vec![
+                (1, "take_profit", Decimal::from(110)),
+                (2, "stop_loss", Decimal::from(120))
+            ]
+        );
+        assert_eq!(
+            idx.crossed("BTC", Decimal::from(79)),
+            vec![
+                (1, "stop_loss", Decimal::from(90)),
+                (2, "take_profit", Decimal::from(80))
+            ]
+        );
+        assert!(idx.crossed("ETH", Decimal::from(1)).is_empty());
+    }
+
+    #[test]
+    fn removed_levels_stop_firing() {
+        let mut idx = LevelIndex::build(&[level(1, "BTC", Some(110), Some(90))], |_, _| None);
+        idx.remove("BTC", 1);
+        assert!(idx.is_empty());
+        assert!(idx.crossed("BTC", Decimal::from(50)).is_empty());
+    }
+}

@@ -1,0 +1,47 @@
+//! `position_sync`: one positions call per account; replaces the account's
+//! open positions in the store (which tells trade sync which symbols are active).
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::platform::{Platform, store_error, venue_error};
+use crate::process::{Process, ProcessError, RunContext, RunReport};
+use crate::store::now_ms;
+
+pub struct PositionSync {
+    platform: Arc<Platform>,
+}
+
+impl PositionSync {
+    pub fn new(platform: Arc<Platform>) -> Self {
+        PositionSync { platform }
+    }
+
+    async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
+        let p = &self.platform;
+        let mut open = 0;
+        for account in &p.accounts {
+            let positions = p
+                .venue
+                .positions(&ctx.caller(None), account)
+                .await
+                .map_err(venue_error)?;
+            p.store
+                .replace_positions(account, &positions, now_ms())
+                .await
+                .map_err(store_error)?;
+            open += positions.len();
+        }
+        p.metrics.domain.positions_open.set(open as i64);
+        Ok(RunReport {
+            summary: Some(format!("{open} open positions")),
+        })
+    }
+}
+
+impl Process for PositionSync {
+    fn run(&self, ctx: RunContext) -> BoxFuture<'_, Result<RunReport, ProcessError>> {
+        Box::pin(self.run_once(ctx))
+    }
+}

@@ -1,0 +1,66 @@
+//! `price_update`: one batched price call for every symbol in use, written to
+//! the price cache (the `prices` table) that the data API and dashboards read.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::platform::{Platform, store_error, venue_error};
+use crate::process::{Process, ProcessError, RunContext, RunReport};
+use crate::store::now_ms;
+
+pub struct PriceUpdate {
+    platform: Arc<Platform>,
+    /// A price fetched by another process this recently is fresh enough.
+    max_age: Duration,
+}
+
+impl PriceUpdate {
+    pub fn new(platform: Arc<Platform>, interval: Duration) -> Self {
+        PriceUpdate {
+            platform,
+            max_age: interval / 2,
+        }
+    }
+
+    async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
+        let p = &self.platform;
+        let mut symbols = p.store.symbols_in_use().await.map_err(store_error)?;
+        symbols.extend(p.symbols.iter().cloned());
+        symbols.sort();
+        symbols.dedup();
+        if symbols.is_empty() {
+            return Ok(RunReport {
+                summary: Some("no symbols in use".into()),
+            });
+        }
+        let observed = now_ms();
+        let prices = p
+            .venue
+            .prices(&ctx.caller(Some(self.max_age)), &symbols)
+            .await
+            .map_err(venue_error)?;
+        p.store.upsert_prices(&prices, observed).await.map_err(store_error)?;
+        let oldest = p.store.prices().await.map_err(store_error)?;
+        let oldest_in_use = oldest
+            .iter()
+            .filter(|s| symbols.contains(&s.symbol))
+            .map(|s| s.observed_at)
+            .min();
+        p.metrics
+            .domain
+            .oldest_price_ms
+            .store(oldest_in_use.unwrap_or(observed), Ordering::Relaxed);
+        Ok(RunReport {
+            summary: Some(format!("{} prices", prices.len())),
+        })
+    }
+}
+
+impl Process for PriceUpdate {
+    fn run(&self, ctx: RunContext) -> BoxFuture<'_, Result<RunReport, ProcessError>> {
+        Box::pin(self.run_once(ctx))
+    }
+}
