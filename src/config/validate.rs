@@ -159,10 +159,10 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
         }
     }
     let sim = &x.simulator;
-    if sim.symbols.is_empty() || sim.symbols.values().any(|&p| p.is_nan() || p <= 0.0) {
+    if sim.symbols.values().any(|&p| p.is_nan() || p <= 0.0) {
         report(
             "exchange.simulator.symbols",
-            "needs at least one symbol, each with a price above 0".into(),
+            "every symbol needs an opening price above 0".into(),
         );
     }
     if sim.weight_limit == 0 {

@@ -54,7 +54,8 @@ pub struct SimulatorConfig {
     /// Address of the in-process simulator; port 0 picks a free one.
     pub listen: String,
     pub seed: u64,
-    /// Symbols and their opening prices.
+    /// Symbols and their opening prices; empty means the ten default ones.
+    /// (A list here replaces the defaults rather than adding to them.)
     pub symbols: BTreeMap<String, f64>,
     /// REQUEST_WEIGHT per minute, as `exchangeInfo` reports it.
     pub weight_limit: u32,
@@ -70,24 +71,29 @@ pub struct SimulatorConfig {
     pub faults: Faults,
 }
 
+/// The symbols the simulator lists when none are configured, with opening prices.
+pub fn default_symbols() -> BTreeMap<String, f64> {
+    let symbols = [
+        ("BTCUSDT", 100_000.0),
+        ("ETHUSDT", 4_000.0),
+        ("SOLUSDT", 200.0),
+        ("BNBUSDT", 700.0),
+        ("XRPUSDT", 2.5),
+        ("DOGEUSDT", 0.35),
+        ("ADAUSDT", 0.9),
+        ("AVAXUSDT", 40.0),
+        ("LINKUSDT", 20.0),
+        ("LTCUSDT", 100.0),
+    ];
+    symbols.iter().map(|&(s, p)| (s.to_string(), p)).collect()
+}
+
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        let symbols = [
-            ("BTCUSDT", 100_000.0),
-            ("ETHUSDT", 4_000.0),
-            ("SOLUSDT", 200.0),
-            ("BNBUSDT", 700.0),
-            ("XRPUSDT", 2.5),
-            ("DOGEUSDT", 0.35),
-            ("ADAUSDT", 0.9),
-            ("AVAXUSDT", 40.0),
-            ("LINKUSDT", 20.0),
-            ("LTCUSDT", 100.0),
-        ];
         SimulatorConfig {
             listen: "127.0.0.1:0".into(),
             seed: 42,
-            symbols: symbols.iter().map(|&(s, p)| (s.to_string(), p)).collect(),
+            symbols: BTreeMap::new(),
             weight_limit: 2400,
             ban_after_violations: 3,
             price_step_ms: 500,
@@ -125,8 +131,12 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(config: &SimulatorConfig, accounts: &[SimAccountSpec]) -> Arc<Self> {
-        let prices = config
-            .symbols
+        let symbols = if config.symbols.is_empty() {
+            default_symbols()
+        } else {
+            config.symbols.clone()
+        };
+        let prices = symbols
             .iter()
             .map(|(s, &p)| (s.clone(), Decimal::from_f64(p).unwrap_or(Decimal::ONE)))
             .collect();

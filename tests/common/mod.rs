@@ -191,3 +191,198 @@ pub fn process_gone(pid: i32) -> bool {
             .unwrap_or(false),
     }
 }
+
+impl Service {
+    /// SIGKILL: no shutdown, no flush, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Polls `GET path` until `check` holds.
+    pub async fn wait_get(
+        &self,
+        what: &str,
+        path: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let doc = self.get_json(path).await;
+            if check(&doc) {
+                return doc;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; {path}: {doc:#}\noutput:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A simulated exchange in its own process, so it outlives service restarts.
+pub struct SimProcess {
+    child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl SimProcess {
+    pub async fn start(simulator_toml: &str) -> SimProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sim.toml");
+        std::fs::write(&path, format!("[exchange.simulator]\n{simulator_toml}\n")).unwrap();
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_script-manager"))
+            .args(["sim", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(&path)
+            .env_clear()
+            .env(
+                "SCRIPT_MANAGER_STORE__URL",
+                format!("sqlite://{}/unused.db", dir.path().display()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let sim = SimProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            http: script_manager::upstream::http_client().unwrap(),
+            _dir: dir,
+        };
+        for _ in 0..200 {
+            if sim.http.get(format!("{}/fapi/v1/time", sim.base)).send().await.is_ok() {
+                return sim;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("simulator did not start");
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: &serde_json::Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+    }
+
+    /// Service configuration that points at this simulator as if it were Binance.
+    pub fn exchange_toml(&self) -> String {
+        format!(
+            "[exchange]\nkind = \"binance-usdm\"\nbase_url = \"{}\"\n\
+             [exchange.accounts.main]\napi_key = \"sim-main-key\"\napi_secret = \"sim-main-secret\"\n\
+             [exchange.accounts.alt]\napi_key = \"sim-alt-key\"\napi_secret = \"sim-alt-secret\"\n",
+            self.base
+        )
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A store of its own for one test: a SQLite file, or a fresh PostgreSQL
+/// database (dropped afterwards) on the machine's server.
+pub struct TestStore {
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pg_name: Option<String>,
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("SM_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn psql(sql: &str) {
+    let out = Command::new("psql")
+        .arg(postgres_admin_url())
+        .args(["-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("psql {sql}: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => panic!("psql is needed for PostgreSQL tests: {e}"),
+    }
+}
+
+impl TestStore {
+    pub fn new(backend: Backend) -> TestStore {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => TestStore {
+                url: format!("sqlite://{}/store.db", dir.path().display()),
+                _dir: dir,
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                use std::sync::atomic::{AtomicU32, Ordering};
+                static N: AtomicU32 = AtomicU32::new(0);
+                let name = format!("sm_test_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+                psql(&format!("CREATE DATABASE {name}"));
+                let admin = postgres_admin_url();
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
+                TestStore {
+                    url: format!("{base}/{name}"),
+                    _dir: dir,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            let _ = Command::new("psql")
+                .arg(postgres_admin_url())
+                .args(["-q", "-c", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")])
+                .output();
+        }
+    }
+}
