@@ -89,6 +89,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         webhook_url: config.notifications.webhook_url.clone(),
         levels_generation: AtomicU64::new(0),
     });
+    if let Err(e) = processes::demo::seed(&platform, &config).await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
+    }
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
     let retention = Duration::from_secs_f64(config.store.run_retention_days * 86_400.0);
     scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));

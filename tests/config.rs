@@ -215,6 +215,18 @@ fn redacted_output_holds_no_secret() {
 }
 
 #[test]
+fn the_default_configuration_file_matches_the_built_in_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/script-manager.toml");
+    let from_file = load(&LoadOptions {
+        config_path: Some(path),
+        env: Some(vec![]),
+    })
+    .unwrap();
+    let built_in = ok(None, &[]);
+    assert_eq!(from_file.to_redacted_toml(), built_in.to_redacted_toml());
+}
+
+#[test]
 fn every_example_configuration_is_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
     let mut seen = 0;

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Config, ExchangeConfig, ExchangeKind, HttpConfig, LogFormat, NotificationsConfig, ProcessConfig, SchedulerConfig,
-    StoreConfig, TelemetryConfig, UpstreamConfig,
+    Config, DemoConfig, ExchangeConfig, ExchangeKind, HttpConfig, LogFormat, NotificationsConfig, ProcessConfig,
+    SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
 /// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries, start offset s).
@@ -95,6 +95,10 @@ pub fn config(with_builtin_processes: bool) -> Config {
             run_retention_days: 7.0,
         },
         notifications: NotificationsConfig { webhook_url: None },
+        demo: DemoConfig {
+            enabled: true,
+            distance: 0.003,
+        },
         processes: if with_builtin_processes {
             builtin_processes()
         } else {

@@ -156,6 +156,11 @@ fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
     }
     let _ = piece::<super::UpstreamConfig>(figment, "upstream", problems);
     let _ = piece::<super::NotificationsConfig>(figment, "notifications", problems);
+    if let Some(demo) = piece::<super::DemoConfig>(figment, "demo", problems)
+        && !(demo.distance > 0.0 && demo.distance < 0.5)
+    {
+        report("demo.distance", "must be between 0 and 0.5".into());
+    }
     if let Some(store) = piece(figment, "store", problems) {
         validate::check_store(&store, &mut report);
     }

@@ -38,6 +38,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub store: StoreConfig,
     pub notifications: NotificationsConfig,
+    pub demo: DemoConfig,
     /// Processes by id; the id is the table key and the `process` label.
     pub processes: BTreeMap<String, ProcessConfig>,
 }
@@ -89,6 +90,17 @@ pub struct StoreConfig {
 pub struct NotificationsConfig {
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
+}
+
+/// Demo data for the simulated exchange: on a first run (no levels, no
+/// alerts yet) a take-profit/stop-loss level for each open demo position and
+/// a couple of price alerts are created, so every process has work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoConfig {
+    pub enabled: bool,
+    /// Distance of the demo levels and alerts from the current price (0.005 = 0.5 %).
+    pub distance: f64,
 }
 
 /// Which exchange, how much of its budget we allow ourselves, and the accounts.

@@ -7,6 +7,7 @@
 
 pub mod command;
 pub mod dashboard_sync;
+pub mod demo;
 pub mod level_index;
 pub mod level_monitor;
 pub mod notification_check;
