@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+"""Writes grafana/dashboards/*.json. The dashboards are data; this keeps
+their conventions in one place: a `datasource` variable, fixed uids,
+$__rate_interval, a unit and a description on every panel, exemplars on
+latency panels. Run it after changing a panel: scripts/gen-dashboards.py"""
+import json
+import os
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+ROOT = os.path.join(os.path.dirname(__file__), "..", "grafana", "dashboards")
+
+
+def target(expr, legend, ref, exemplar=False, instant=False):
+    t = {"datasource": DS, "expr": expr, "legendFormat": legend, "refId": ref, "exemplar": exemplar}
+    if instant:
+        t["instant"] = True
+        t["range"] = False
+    return t
+
+
+def panel(title, description, unit, exprs, x, y, w=12, h=8, kind="timeseries", exemplar=False, extra=None):
+    refs = "ABCDEFGH"
+    p = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "targets": [target(e, l, refs[i], exemplar, instant=(kind in ("stat", "table"))) for i, (e, l) in enumerate(exprs)],
+        "options": {},
+    }
+    if kind == "timeseries":
+        p["options"] = {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]}}
+    if extra:
+        p.update(extra)
+    return p
+
+
+def dashboard(uid, title, description, panels, variables=()):
+    for i, p in enumerate(panels):
+        p["id"] = i + 1
+    templating = [
+        {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+         "current": {"text": "Prometheus", "value": "prometheus"}, "hide": 0},
+    ] + list(variables)
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["script-manager"],
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "time": {"from": "now-1h", "to": "now"},
+        "refresh": "30s",
+        "templating": {"list": templating},
+        "panels": panels,
+        "links": [{"title": "script-manager dashboards", "type": "dashboards", "tags": ["script-manager"]}],
+    }
+
+
+RI = "$__rate_interval"
+
+
+def quantiles(metric, by, where=""):
+    sel = f"{{{where}}}" if where else ""
+    return [
+        (f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{sel}[{RI}])))", f"p{int(q * 100)} {{{{{by}}}}}")
+        for q in (0.5, 0.95, 0.99)
+    ]
+
+
+overview = dashboard(
+    "script-manager-overview",
+    "script-manager: overview",
+    "Every process's health, the shared exchange API budget, and the service's resources.",
+    [
+        panel("Process status", "Failures in a row per process (0 = healthy). Red means the process is failing now.", "short",
+              [("max by (process) (script_manager_process_consecutive_failures)", "{{process}}")], 0, 0, 12, 6, kind="stat",
+              extra={"options": {"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background", "textMode": "value_and_name"},
+                     "fieldConfig": {"defaults": {"unit": "short", "thresholds": {"mode": "absolute", "steps": [
+                         {"color": "green", "value": None}, {"color": "orange", "value": 1}, {"color": "red", "value": 3}]}}, "overrides": []}}),
+        panel("Running, paused, scheduler", "Processes executing right now, paused by an operator, and whether the scheduler runs at all (SCRIPT_MANAGER_ENABLED).", "short",
+              [("sum(script_manager_process_running)", "executing"), ("sum(script_manager_process_paused)", "paused"),
+               ("max(script_manager_scheduler_enabled)", "scheduler enabled"), ("count(script_manager_build_info)", "instances")], 12, 0, 12, 6, kind="stat"),
+        panel("Runs per minute by outcome", "Finished runs per minute, per process and outcome (success, error, timeout).", "opm",
+              [(f"sum by (process, outcome) (rate(script_manager_process_runs_total[{RI}])) * 60", "{{process}} {{outcome}}")], 0, 6),
+        panel("Success ratio", "Share of runs that succeeded, per process.", "percentunit",
+              [(f"sum by (process) (rate(script_manager_process_runs_total{{outcome=\"success\"}}[{RI}])) / sum by (process) (rate(script_manager_process_runs_total[{RI}]))", "{{process}}")], 12, 6),
+        panel("Run duration p50 / p95 / p99", "Wall time of runs, all attempts included. Exemplars link to the run's trace.", "s",
+              quantiles("script_manager_process_run_duration_seconds", "process"), 0, 14, exemplar=True),
+        panel("Scheduling lag p99", "Actual start minus scheduled start of runs: how late the scheduler is.", "s",
+              [(f"histogram_quantile(0.99, sum by (process, le) (rate(script_manager_process_schedule_lag_seconds_bucket[{RI}])))", "{{process}}")], 12, 14, exemplar=True),
+        panel("Skipped ticks", "Ticks that started no run: overlap (still running), missed (coalesced), paused.", "opm",
+              [(f"sum by (process, reason) (rate(script_manager_process_skipped_runs_total[{RI}])) * 60", "{{process}} {{reason}}")], 0, 22),
+        panel("Errors by kind", "Failed runs per minute by error kind (timeout, upstream, budget_exhausted, store, ...).", "opm",
+              [(f"sum by (process, kind) (rate(script_manager_process_errors_total[{RI}])) * 60", "{{process}} {{kind}}")], 12, 22),
+        panel("API calls per minute against limits", "Exchange calls each process made in the sliding last minute, and its configured limit.", "short",
+              [("script_manager_api_calls_last_minute", "{{process}} calls"), ("script_manager_api_limit_calls_per_minute", "{{process}} limit")], 0, 30),
+        panel("Global weight budget", "Weight used this minute: our count, the venue's header, our limit (venue x margin) and the venue's limit.", "short",
+              [("script_manager_api_weight_used", "ours"), ("script_manager_api_upstream_used_weight", "venue's count"),
+               ("script_manager_api_weight_limit", "our limit"), ("script_manager_api_upstream_weight_limit", "venue limit")], 12, 30),
+        panel("429 / 418 answers", "Rate-limit answers from the venue in each interval: 429 (warning), 418 (IP ban).", "short",
+              [(f"sum by (status) (increase(script_manager_api_rate_limit_responses_total[{RI}]))", "{{status}}")], 0, 38),
+        panel("Requests saved by cache and de-duplication", "Upstream requests sent, and requests answered by the cache or by an identical request in flight instead.", "reqps",
+              [(f"sum(rate(script_manager_api_calls_total[{RI}]))", "sent"),
+               (f"sum(rate(script_manager_api_cache_requests_total{{result=\"hit\"}}[{RI}]))", "cache hits"),
+               (f"sum(rate(script_manager_api_deduplicated_total[{RI}]))", "de-duplicated")], 12, 38),
+        panel("Upstream latency p95 by endpoint", "Latency of exchange requests by route. Exemplars link to the request's trace.", "s",
+              [(f"histogram_quantile(0.95, sum by (endpoint, le) (rate(script_manager_api_request_duration_seconds_bucket[{RI}])))", "{{endpoint}}")], 0, 46, exemplar=True),
+        panel("Budget waits", "Requests that waited for budget per process, and the p95 wait.", "s",
+              [(f"histogram_quantile(0.95, sum by (le) (rate(script_manager_api_throttle_wait_seconds_bucket[{RI}])))", "p95 wait"),
+               (f"sum by (process) (rate(script_manager_api_throttled_total[{RI}]))", "{{process}} waits/s")], 12, 46),
+        panel("Upstream errors by kind", "Failed exchange calls per minute by kind.", "opm",
+              [(f"sum by (kind) (rate(script_manager_api_errors_total[{RI}])) * 60", "{{kind}}")], 0, 54),
+        panel("Weight spent by process", "Request weight per minute, per process.", "short",
+              [(f"sum by (process) (rate(script_manager_api_weight_total[{RI}])) * 60", "{{process}}")], 12, 54),
+        panel("Memory", "Resident memory of the service.", "bytes",
+              [("script_manager_resident_memory_bytes", "resident")], 0, 62, 8),
+        panel("CPU", "CPU time used by the service per second (1 = one core).", "percentunit",
+              [(f"rate(script_manager_cpu_seconds_total[{RI}])", "cpu")], 8, 62, 8),
+        panel("File descriptors", "Open file descriptors against the limit.", "short",
+              [("script_manager_open_fds", "open"), ("script_manager_max_fds", "limit")], 16, 62, 8),
+        panel("Uptime", "Time since the service started.", "s",
+              [("time() - script_manager_start_time_seconds", "{{instance}}")], 0, 70, 8, 4, kind="stat"),
+        panel("Venue clock offset", "Venue clock minus ours, measured at start-up and on -1021.", "s",
+              [("script_manager_api_clock_offset_seconds", "offset")], 8, 70, 8, 4, kind="stat"),
+    ],
+)
+
+PROC = 'process="$process"'
+process = dashboard(
+    "script-manager-process",
+    "script-manager: process",
+    "One process in detail: runs, errors, timing, budget and configuration.",
+    [
+        panel("Status", "Failures in a row, executing now, paused.", "short",
+              [(f"script_manager_process_consecutive_failures{{{PROC}}}", "failures in a row"),
+               (f"script_manager_process_running{{{PROC}}}", "executing"), (f"script_manager_process_paused{{{PROC}}}", "paused")], 0, 0, 8, 6, kind="stat"),
+        panel("Since last run / success / error", "Seconds since the last run finished, the last success, and the last failure.", "s",
+              [(f"time() - script_manager_process_last_run_timestamp_seconds{{{PROC}}}", "last run"),
+               (f"time() - script_manager_process_last_success_timestamp_seconds{{{PROC}}}", "last success"),
+               (f"time() - script_manager_process_last_error_timestamp_seconds{{{PROC}}}", "last error")], 8, 0, 8, 6, kind="stat"),
+        panel("Configuration", "Interval, timeout, priority, retries, enabled: the configuration the alerts compare against.", "short",
+              [(f"script_manager_process_interval_seconds{{{PROC}}}", "interval s"), (f"script_manager_process_timeout_seconds{{{PROC}}}", "timeout s"),
+               (f"script_manager_process_priority{{{PROC}}}", "priority"), (f"script_manager_process_max_retries{{{PROC}}}", "retries"),
+               (f"script_manager_process_enabled{{{PROC}}}", "enabled")], 16, 0, 8, 6, kind="stat"),
+        panel("Runs by outcome", "Finished runs per minute by outcome.", "opm",
+              [(f"sum by (outcome) (rate(script_manager_process_runs_total{{{PROC}}}[{RI}])) * 60", "{{outcome}}")], 0, 6),
+        panel("Errors by kind", "Failures per minute by kind.", "opm",
+              [(f"sum by (kind) (rate(script_manager_process_errors_total{{{PROC}}}[{RI}])) * 60", "{{kind}}")], 12, 6),
+        panel("Duration p50 / p95 / p99 against the interval", "Run duration quantiles and the interval; exemplars link to traces.", "s",
+              quantiles("script_manager_process_run_duration_seconds", "process", PROC) + [(f"script_manager_process_interval_seconds{{{PROC}}}", "interval")], 0, 14, exemplar=True),
+        panel("Scheduling lag p50 / p99", "How late runs start compared to their tick.", "s",
+              [(f"histogram_quantile({q}, sum by (le) (rate(script_manager_process_schedule_lag_seconds_bucket{{{PROC}}}[{RI}])))", f"p{int(q*100)}") for q in (0.5, 0.99)], 12, 14, exemplar=True),
+        panel("Retries and skipped ticks", "Attempts beyond the first, and ticks skipped by reason.", "opm",
+              [(f"sum(rate(script_manager_process_retries_total{{{PROC}}}[{RI}])) * 60", "retries"),
+               (f"sum by (reason) (rate(script_manager_process_skipped_runs_total{{{PROC}}}[{RI}])) * 60", "skipped: {{reason}}")], 0, 22),
+        panel("API calls against the limit", "Calls in the sliding last minute, the configured limit, and weight spent per minute.", "short",
+              [(f"script_manager_api_calls_last_minute{{{PROC}}}", "calls last minute"), (f"script_manager_api_limit_calls_per_minute{{{PROC}}}", "limit"),
+               (f"sum(rate(script_manager_api_weight_total{{{PROC}}}[{RI}])) * 60", "weight per minute"),
+               (f"sum(rate(script_manager_api_calls_total{{{PROC}}}[{RI}])) * 60", "calls sent per minute")], 12, 22),
+        panel("Child program resources", "For command processes: CPU time of the child programs per second, and the last child's peak memory.", "short",
+              [(f"rate(script_manager_process_child_cpu_seconds_total{{{PROC}}}[{RI}])", "child cpu (cores)"),
+               (f"script_manager_process_child_peak_rss_bytes{{{PROC}}} / 1048576", "child peak RSS (MiB)")], 0, 30),
+        panel("Budget waits", "Requests of this process that waited for the API budget, per second.", "reqps",
+              [(f"sum(rate(script_manager_api_throttled_total{{{PROC}}}[{RI}]))", "waits")], 12, 30),
+    ],
+    variables=[{
+        "name": "process", "label": "Process", "type": "query", "datasource": DS,
+        "query": {"query": "label_values(script_manager_process_enabled, process)", "refId": "process"},
+        "definition": "label_values(script_manager_process_enabled, process)", "refresh": 2, "hide": 0,
+        "current": {"text": "trade_sync", "value": "trade_sync"},
+    }],
+)
+
+trading = dashboard(
+    "script-manager-trading",
+    "script-manager: trading",
+    "The platform's work: prices, take-profit/stop-loss levels, trades, notifications, dashboards.",
+    [
+        panel("Price age", "Age of the oldest cached price in use; level_monitor fetches fresher ones itself.", "s",
+              [("script_manager_price_age_seconds", "oldest price")], 0, 0, 8, 6, kind="stat"),
+        panel("Levels armed", "Take-profit/stop-loss levels waiting for their price.", "short",
+              [("script_manager_levels_armed", "armed")], 8, 0, 8, 6, kind="stat"),
+        panel("Open positions", "Open positions across accounts at the last position sync.", "short",
+              [("script_manager_positions_open", "open")], 16, 0, 8, 6, kind="stat"),
+        panel("Level triggers", "Crossed levels in each interval by kind and outcome (executed, failed, unknown = settled later).", "short",
+              [(f"sum by (kind, outcome) (increase(script_manager_level_triggers_total[{RI}]))", "{{kind}} {{outcome}}")], 0, 6),
+        panel("Trigger latency p50 / p95", "Price observed by the venue to close order acknowledged.", "s",
+              [(f"histogram_quantile({q}, sum by (le) (rate(script_manager_level_trigger_latency_seconds_bucket[{RI}])))", f"p{int(q*100)}") for q in (0.5, 0.95)], 12, 6, exemplar=True),
+        panel("Trades synced per minute", "Fills newly stored by trade sync.", "opm",
+              [(f"sum(rate(script_manager_trades_synced_total[{RI}])) * 60", "trades")], 0, 14),
+        panel("Notifications", "Webhook delivery attempts per minute by outcome, and the outbox backlog.", "short",
+              [(f"sum by (outcome) (rate(script_manager_notifications_total[{RI}])) * 60", "{{outcome}} per minute"),
+               ("script_manager_notification_outbox_pending", "pending")], 12, 14),
+        panel("Dashboard snapshot age", "Age of the oldest cached per-account analytics.", "s",
+              [("script_manager_dashboard_snapshot_age_seconds", "oldest snapshot")], 0, 22, 8, 6, kind="stat"),
+    ],
+)
+
+for name, d in (("overview", overview), ("process", process), ("trading", trading)):
+    with open(os.path.join(ROOT, f"{name}.json"), "w") as f:
+        json.dump(d, f, indent=2)
+        f.write("\n")
+print("wrote", ", ".join(f"{n}.json" for n in ("overview", "process", "trading")))
