@@ -29,7 +29,11 @@ impl Drop for Killed {
 }
 
 fn binary(name: &str) -> String {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/sbin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/sbin"])
+    {
         let p = Path::new(dir).join(name);
         if p.is_file() {
             return p.display().to_string();
@@ -47,7 +51,11 @@ async fn alert_receiver() -> (u16, Arc<Mutex<Vec<(String, String, String)>>>) {
         async move {
             for a in body["alerts"].as_array().cloned().unwrap_or_default() {
                 let label = |k: &str| a["labels"][k].as_str().unwrap_or("").to_string();
-                sink.lock().unwrap().push((a["status"].as_str().unwrap_or("").to_string(), label("alertname"), label("process")));
+                sink.lock().unwrap().push((
+                    a["status"].as_str().unwrap_or("").to_string(),
+                    label("alertname"),
+                    label("process"),
+                ));
             }
             "ok"
         }
@@ -88,8 +96,16 @@ fn panel_queries() -> Vec<(String, String, String)> {
         let d: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
-                let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$process", "trade_sync");
-                out.push((path.file_name().unwrap().to_string_lossy().to_string(), p["title"].as_str().unwrap().to_string(), expr));
+                let expr = t["expr"]
+                    .as_str()
+                    .unwrap()
+                    .replace("$__rate_interval", "1m")
+                    .replace("$process", "trade_sync");
+                out.push((
+                    path.file_name().unwrap().to_string_lossy().to_string(),
+                    p["title"].as_str().unwrap().to_string(),
+                    expr,
+                ));
             }
         }
     }
@@ -141,13 +157,17 @@ interval_seconds = 2
 
     // Alertmanager with the repository's routing; only the receiver address changes.
     let am_port = common::free_port();
-    let am_config = std::fs::read_to_string(repo("alertmanager.yml"))
-        .unwrap()
-        .replace("http://alert-receiver:8080", &format!("http://127.0.0.1:{receiver_port}"));
+    let am_config = std::fs::read_to_string(repo("alertmanager.yml")).unwrap().replace(
+        "http://alert-receiver:8080",
+        &format!("http://127.0.0.1:{receiver_port}"),
+    );
     std::fs::write(dir.path().join("alertmanager.yml"), am_config).unwrap();
     let _am = Killed(
         Command::new(binary("prometheus-alertmanager"))
-            .arg(format!("--config.file={}", dir.path().join("alertmanager.yml").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ))
             .arg(format!("--storage.path={}", dir.path().join("am").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg("--cluster.listen-address=")
@@ -216,27 +236,62 @@ interval_seconds = 2
     }
     used.push_str(&std::fs::read_to_string(repo("alerts/script-manager.rules.yml")).unwrap());
     let unused_doc = std::fs::read_to_string(repo("docs/metrics.md")).unwrap_or_default();
-    let base = |n: &str| n.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").to_string();
-    let unused: Vec<_> = families.iter().filter(|f| !used.contains(f.as_str()) && !unused_doc.contains(f.as_str())).collect();
-    assert!(unused.is_empty(), "exported but in no panel, alert or docs/metrics.md: {unused:?}");
-    let unknown: Vec<_> = metric_names(&used).into_iter().filter(|n| !families.contains(&base(n))).collect();
-    assert!(unknown.is_empty(), "panels or alerts name metrics the service does not export: {unknown:?}");
+    let base = |n: &str| {
+        n.trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count")
+            .to_string()
+    };
+    let unused: Vec<_> = families
+        .iter()
+        .filter(|f| !used.contains(f.as_str()) && !unused_doc.contains(f.as_str()))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "exported but in no panel, alert or docs/metrics.md: {unused:?}"
+    );
+    let unknown: Vec<_> = metric_names(&used)
+        .into_iter()
+        .filter(|n| !families.contains(&base(n)))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "panels or alerts name metrics the service does not export: {unknown:?}"
+    );
 
     // (b) The failing process's alert arrives through Alertmanager, then resolves.
     let firing = |status: &str| {
-        alerts.lock().unwrap().iter().any(|(s, name, process)| s == status && name == "ScriptManagerProcessFailing" && process == "flaky")
+        alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, name, process)| s == status && name == "ScriptManagerProcessFailing" && process == "flaky")
     };
     let deadline = Instant::now() + Duration::from_secs(180);
     while !firing("firing") {
-        assert!(Instant::now() < deadline, "no firing alert; got {:?}", alerts.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "no firing alert; got {:?}",
+            alerts.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let others: Vec<_> = alerts.lock().unwrap().iter().filter(|(_, _, p)| p != "flaky").cloned().collect();
+    let others: Vec<_> = alerts
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, _, p)| p != "flaky")
+        .cloned()
+        .collect();
     assert!(others.is_empty(), "only the injected fault alerts: {others:?}");
     std::fs::remove_file(&fault).unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
     while !firing("resolved") {
-        assert!(Instant::now() < deadline, "no resolved notification; got {:?}", alerts.lock().unwrap());
+        assert!(
+            Instant::now() < deadline,
+            "no resolved notification; got {:?}",
+            alerts.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

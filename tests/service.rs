@@ -62,6 +62,19 @@ async fn status_document_has_the_seed_shape_and_more() {
     assert_eq!(doc["processes"]["trade_sync"]["process_name"], "Trade Sync");
     assert_eq!(doc["processes"]["trade_sync"]["interval_seconds"], 30.0);
 
+    let runbooks = svc
+        .http
+        .get(svc.url("/docs/runbooks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        runbooks.contains("## ScriptManagerProcessFailing"),
+        "the alerts' runbook_url target is served"
+    );
     let one: Value = svc.get_json("/api/script-manager/processes/hello").await;
     assert_eq!(one["id"], "hello");
     let runs: Value = svc.get_json("/api/script-manager/runs?process=hello&limit=2").await;

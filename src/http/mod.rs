@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/docs/runbooks", get(runbooks))
         .route("/api/script-manager/status", get(api::status))
         .route("/api/script-manager/processes", get(api::processes))
         .route("/api/script-manager/processes/{id}", get(api::process))
@@ -67,6 +68,15 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The runbooks the alerts' `runbook_url` points to.
+async fn runbooks() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+        include_str!("../../docs/runbooks.md"),
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
