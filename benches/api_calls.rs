@@ -1,0 +1,292 @@
+//! `cargo bench --bench api_calls [-- SPEEDUP WINDOW_S]`
+//!
+//! The seed's headline: exchange calls per minute of the six processes
+//! against the simulated exchange, for the workload 10 accounts, 20 symbols,
+//! 30 open positions, 60 armed levels, 100 alerts, in three configurations:
+//! coordinated (defaults), uncoordinated (`upstream.batching/dedupe/cache =
+//! false`), and the seed's "before" pattern (its old intervals, no
+//! coordination); plus the floor, the fewest calls that keep every data type
+//! as fresh as its interval requires.
+//!
+//! Time is accelerated: every interval (and timeout and offset) is divided by
+//! SPEEDUP (default 10) and the simulator's meter is read over WINDOW_S
+//! seconds (default 30) of wall time, which stand for SPEEDUP × WINDOW_S
+//! seconds of platform time; calls per minute are reported in platform time.
+//! Ratios between configurations do not depend on the speed-up. Budgets are
+//! set out of the way so the numbers are demand, not what a limit allowed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use rust_decimal::Decimal;
+use script_manager::budget::{ApiBudget, GlobalBudget};
+use script_manager::config::{Config, ProcessConfig, process_defaults};
+use script_manager::exchange::binance::Binance;
+use script_manager::exchange::setup::sim_specs;
+use script_manager::exchange::{Account, Caller, Venue};
+use script_manager::processes::Platform;
+use script_manager::sim::{self, SimulatorConfig};
+use script_manager::store::{NewAlert, NewLevel, Store};
+use script_manager::telemetry::Metrics;
+use script_manager::upstream::{Knobs, Upstream, UpstreamOptions, http_client};
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const ACCOUNTS: usize = 10;
+const SYMBOLS: usize = 20;
+const LEVELS: usize = 60;
+const ALERTS: usize = 100;
+
+/// (id, kind, interval s) of each scheduled process.
+type Plan = Vec<(&'static str, &'static str, f64)>;
+
+fn seed_intervals() -> Plan {
+    vec![
+        ("trade_sync", "trade_sync", 30.0),
+        ("level_monitor", "level_monitor", 2.0),
+        ("price_update", "price_update", 10.0),
+        ("notification_check", "notification_check", 5.0),
+        ("position_sync", "position_sync", 60.0),
+        ("dashboard_sync", "dashboard_sync", 30.0),
+    ]
+}
+
+/// The seed's problem statement: main.py auto-sync every 2 s, background_sync.py every 30 s,
+/// monitor/main.py every 1 s; one open view: TradesView (sync 30 s, prices 2 s, notifications 3 s),
+/// DashboardView and PositionsView (30 s); MonitoringView's refresh makes no exchange call.
+fn before_intervals() -> Plan {
+    vec![
+        ("main_auto_sync", "trade_sync", 2.0),
+        ("background_sync", "trade_sync", 30.0),
+        ("trades_view_sync", "trade_sync", 30.0),
+        ("monitor", "level_monitor", 1.0),
+        ("trades_view_prices", "price_update", 2.0),
+        ("trades_view_notifications", "notification_check", 3.0),
+        ("positions_view_sync", "position_sync", 30.0),
+        ("dashboard_view_sync", "dashboard_sync", 30.0),
+    ]
+}
+
+struct Outcome {
+    calls_per_min: f64,
+    weight_per_min: f64,
+    failed_runs: u64,
+    pairs: usize,
+}
+
+fn accounts() -> Vec<Account> {
+    (0..ACCOUNTS)
+        .map(|i| Account {
+            name: format!("acct{i}"),
+            api_key: script_manager::config::Secret::new(format!("key-{i}")),
+            api_secret: script_manager::config::Secret::new(format!("secret-{i}")),
+        })
+        .collect()
+}
+
+async fn meter_totals(http: &reqwest::Client, base: &str) -> (f64, f64) {
+    let m: Value = http
+        .get(format!("{base}/sim/meter"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let calls: f64 = m["requests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    let weight: f64 = m["weight_by_minute"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    (calls, weight)
+}
+
+async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
+    let stop = CancellationToken::new();
+    let mut symbols = BTreeMap::new();
+    for i in 0..SYMBOLS {
+        symbols.insert(format!("SYM{i:02}USDT"), 10.0 + 7.0 * i as f64);
+    }
+    let sim_config = SimulatorConfig {
+        symbols,
+        weight_limit: 100_000_000,
+        fills_per_minute: 6.0 * speedup,
+        opening_positions: 3,
+        volatility: 0.0002,
+        ..SimulatorConfig::default()
+    };
+    let accounts = accounts();
+    let (addr, _sim) = sim::start(&sim_config, &sim_specs(&accounts), stop.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{addr}");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(&format!("sqlite://{}/bench.db", dir.path().display()))
+            .await
+            .unwrap(),
+    );
+    let metrics = Arc::new(Metrics::new());
+    let limits = plan
+        .iter()
+        .map(|(id, _, _)| (id.to_string(), 1_000_000))
+        .chain([("service".to_string(), 1_000_000)]);
+    let process_budget = Arc::new(ApiBudget::new(limits));
+    let budget = Arc::new(GlobalBudget::new(100_000_000, 0.8, 0.2, ["level_monitor".to_string()]));
+    let upstream = Upstream::new(
+        UpstreamOptions {
+            base_url: base.clone(),
+            knobs,
+            recv_window_ms: 5000,
+            timeout: Duration::from_secs(10),
+        },
+        budget,
+        process_budget.clone(),
+        metrics.clone(),
+    )
+    .unwrap();
+    let venue = Arc::new(Binance::new(upstream.clone(), accounts.clone()));
+    let caller = Caller::new("service", 1, Instant::now() + Duration::from_secs(30));
+    upstream.sync_time(&caller).await.unwrap();
+
+    // The workload: 60 armed levels far from the price on open positions, 100 alerts that never fire.
+    let mut levels = 0;
+    let mut positions = 0;
+    for a in &accounts {
+        let open = venue.positions(&caller, &a.name).await.unwrap();
+        positions += open.len();
+        for p in open {
+            for k in 0..2 {
+                if levels < LEVELS {
+                    let (tp, sl) = if p.amount > Decimal::ZERO {
+                        (p.mark_price * Decimal::from(3 + k), p.mark_price / Decimal::from(3 + k))
+                    } else {
+                        (p.mark_price / Decimal::from(3 + k), p.mark_price * Decimal::from(3 + k))
+                    };
+                    let level = NewLevel {
+                        account: a.name.clone(),
+                        symbol: p.symbol.clone(),
+                        take_profit: Some(tp.round_dp(6)),
+                        stop_loss: Some(sl.round_dp(6)),
+                    };
+                    store.insert_level(&level).await.unwrap();
+                    levels += 1;
+                }
+            }
+        }
+    }
+    for i in 0..ALERTS {
+        let alert = NewAlert {
+            symbol: format!("SYM{:02}USDT", i % SYMBOLS),
+            condition: "above".into(),
+            price: Decimal::from(1_000_000 + i as i64),
+            webhook_url: None,
+        };
+        store.insert_alert(&alert).await.unwrap();
+    }
+    assert_eq!(
+        (levels, positions >= 30),
+        (LEVELS, true),
+        "workload: {levels} levels, {positions} positions"
+    );
+
+    let platform = Arc::new(Platform {
+        store: store.clone(),
+        venue: venue.clone(),
+        accounts: venue.account_names(),
+        symbols: Vec::new(),
+        metrics: metrics.clone(),
+        http: http_client().unwrap(),
+        webhook_url: None,
+        levels_generation: AtomicU64::new(0),
+    });
+    let mut config: Config = script_manager::config::load(&script_manager::config::LoadOptions {
+        config_path: None,
+        env: Some(vec![("SCRIPT_MANAGER_BUILTIN_PROCESSES".into(), "false".into())]),
+    })
+    .unwrap();
+    for (i, &(id, kind, interval)) in plan.iter().enumerate() {
+        let p = ProcessConfig {
+            interval_seconds: interval / speedup,
+            timeout_seconds: interval / speedup,
+            start_offset_seconds: (i as f64 * 0.1) / speedup,
+            max_api_calls_per_minute: 1_000_000,
+            retry_count: 0,
+            ..process_defaults(kind)
+        };
+        config.processes.insert(id.to_string(), p);
+    }
+    let scheduler = script_manager::app::build_scheduler(&config, metrics.clone(), process_budget, Some(&platform));
+    scheduler.start();
+    let http = http_client().unwrap();
+    // Warm up past the longest interval, so every process has run and caches are filled.
+    tokio::time::sleep(Duration::from_secs_f64(60.0 / speedup + 1.0)).await;
+    let failed_before: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
+    let (c0, w0) = meter_totals(&http, &base).await;
+    tokio::time::sleep(Duration::from_secs_f64(window)).await;
+    let (c1, w1) = meter_totals(&http, &base).await;
+    let failed_after: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
+    let mut pairs = 0;
+    for a in venue.account_names() {
+        let mut symbols = store.account_symbols(&a).await.unwrap();
+        symbols.extend(store.traded_symbols(&a, 0).await.unwrap());
+        symbols.sort();
+        symbols.dedup();
+        pairs += symbols.len();
+    }
+    scheduler.shutdown(Duration::from_secs(5)).await;
+    stop.cancel();
+    let platform_minutes = window * speedup / 60.0;
+    Outcome {
+        calls_per_min: (c1 - c0) / platform_minutes,
+        weight_per_min: (w1 - w0) / platform_minutes,
+        failed_runs: failed_after - failed_before,
+        pairs,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let speedup: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(10.0);
+    let window: f64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(30.0);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let on = Knobs { batching: true, dedupe: true, cache: true };
+        let off = Knobs { batching: false, dedupe: false, cache: false };
+        let coordinated = run(&seed_intervals(), on, speedup, window).await;
+        let uncoordinated = run(&seed_intervals(), off, speedup, window).await;
+        let before = run(&before_intervals(), off, speedup, window).await;
+        // Floor: prices once per level_monitor interval (2 s, one batched call, weight 2),
+        // positions once a minute per account (weight 5), fills every 30 s per covered
+        // (account, symbol) pair (weight 5); dashboards and notifications need no call of their own.
+        let pairs = coordinated.pairs as f64;
+        let floor_calls = 30.0 + ACCOUNTS as f64 + 2.0 * pairs;
+        let floor_weight = 30.0 * 2.0 + ACCOUNTS as f64 * 5.0 + 2.0 * pairs * 5.0;
+        for (name, o) in [("coordinated", &coordinated), ("uncoordinated", &uncoordinated), ("seed_before", &before)] {
+            println!(
+                "config={name} calls_per_min={:.1} weight_per_min={:.1} failed_runs={}",
+                o.calls_per_min, o.weight_per_min, o.failed_runs
+            );
+        }
+        println!("config=floor calls_per_min={floor_calls:.1} weight_per_min={floor_weight:.1} pairs={pairs}");
+        println!(
+            "ratio coordinated/uncoordinated={:.3} coordinated/seed_before={:.3} coordinated/floor={:.3} (speedup={speedup} window_s={window})",
+            coordinated.calls_per_min / uncoordinated.calls_per_min,
+            coordinated.calls_per_min / before.calls_per_min,
+            coordinated.calls_per_min / floor_calls,
+        );
+    });
+}
