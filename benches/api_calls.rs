@@ -75,6 +75,8 @@ struct Outcome {
     weight_per_min: f64,
     failed_runs: u64,
     pairs: usize,
+    /// (account, symbol, trade-sync interval) triples with at least one new fill, per minute.
+    changed_per_min: f64,
 }
 
 fn accounts() -> Vec<Account> {
@@ -208,6 +210,7 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         metrics: metrics.clone(),
         http: http_client().unwrap(),
         webhook_url: None,
+        batching: knobs.batching,
         levels_generation: AtomicU64::new(0),
     });
     let mut config: Config = script_manager::config::load(&script_manager::config::LoadOptions {
@@ -233,8 +236,29 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
     tokio::time::sleep(Duration::from_secs_f64(60.0 / speedup + 1.0)).await;
     let failed_before: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
     let (c0, w0) = meter_totals(&http, &base).await;
+    let t0 = script_manager::store::now_ms();
     tokio::time::sleep(Duration::from_secs_f64(window)).await;
     let (c1, w1) = meter_totals(&http, &base).await;
+    let t1 = script_manager::store::now_ms();
+    // Fills that appeared in the window, bucketed by trade sync interval (30 s platform time).
+    let bucket_ms = (30_000.0 / speedup) as i64;
+    let mut changed = std::collections::BTreeSet::new();
+    for a in &accounts {
+        let fills: Value = http
+            .get(format!("{base}/sim/fills?account={}", a.name))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for f in fills.as_array().unwrap() {
+            let t = f["time"].as_i64().unwrap();
+            if t >= t0 && t < t1 {
+                changed.insert((a.name.clone(), f["symbol"].as_str().unwrap().to_string(), t / bucket_ms));
+            }
+        }
+    }
     let failed_after: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
     let mut pairs = 0;
     for a in venue.account_names() {
@@ -252,6 +276,7 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         weight_per_min: (w1 - w0) / platform_minutes,
         failed_runs: failed_after - failed_before,
         pairs,
+        changed_per_min: changed.len() as f64 / platform_minutes,
     }
 }
 
@@ -269,19 +294,22 @@ fn main() {
         let coordinated = run(&seed_intervals(), on, speedup, window).await;
         let uncoordinated = run(&seed_intervals(), off, speedup, window).await;
         let before = run(&before_intervals(), off, speedup, window).await;
-        // Floor: prices once per level_monitor interval (2 s, one batched call, weight 2),
-        // positions once a minute per account (weight 5), fills every 30 s per covered
-        // (account, symbol) pair (weight 5); dashboards and notifications need no call of their own.
+        // Floor: prices once per level_monitor interval (2 s: 30 batched calls of weight 2 a minute);
+        // per account one positions call per trade sync interval (30 s: 2 a minute, weight 5), which
+        // also keeps positions fresher than their 60 s; and one fills call (weight 5) per
+        // (account, symbol, 30 s) that actually had a new fill. Dashboards and notifications need
+        // no call of their own.
         let pairs = coordinated.pairs as f64;
-        let floor_calls = 30.0 + ACCOUNTS as f64 + 2.0 * pairs;
-        let floor_weight = 30.0 * 2.0 + ACCOUNTS as f64 * 5.0 + 2.0 * pairs * 5.0;
+        let changed = coordinated.changed_per_min;
+        let floor_calls = 30.0 + 2.0 * ACCOUNTS as f64 + changed;
+        let floor_weight = 30.0 * 2.0 + 2.0 * ACCOUNTS as f64 * 5.0 + changed * 5.0;
         for (name, o) in [("coordinated", &coordinated), ("uncoordinated", &uncoordinated), ("seed_before", &before)] {
             println!(
                 "config={name} calls_per_min={:.1} weight_per_min={:.1} failed_runs={}",
                 o.calls_per_min, o.weight_per_min, o.failed_runs
             );
         }
-        println!("config=floor calls_per_min={floor_calls:.1} weight_per_min={floor_weight:.1} pairs={pairs}");
+        println!("config=floor calls_per_min={floor_calls:.1} weight_per_min={floor_weight:.1} covered_pairs={pairs} changed_pairs_per_min={changed:.1}");
         println!(
             "ratio coordinated/uncoordinated={:.3} coordinated/seed_before={:.3} coordinated/floor={:.3} (speedup={speedup} window_s={window})",
             coordinated.calls_per_min / uncoordinated.calls_per_min,

@@ -87,6 +87,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         metrics: metrics.clone(),
         http: crate::upstream::http_client()?,
         webhook_url: config.notifications.webhook_url.clone(),
+        batching: config.upstream.batching,
         levels_generation: AtomicU64::new(0),
     });
     if let Err(e) = processes::demo::seed(&platform, &config).await {

@@ -227,6 +227,18 @@ impl Venue for Binance {
         }))
     }
 
+    fn position_update_times<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, VenueError>> {
+        Box::pin(self.tally(async move {
+            let acct = self.account(account)?;
+            let raw: Vec<RawPosition> = self.get(caller, POSITION_RISK, vec![], Some(acct), 5).await?;
+            Ok(raw.into_iter().map(|r| (r.symbol, r.update_time)).collect())
+        }))
+    }
+
     fn positions<'a>(
         &'a self,
         caller: &'a Caller,

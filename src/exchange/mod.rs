@@ -28,6 +28,13 @@ pub trait Venue: Send + Sync + 'static {
         caller: &'a Caller,
         account: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Position>, VenueError>>;
+    /// When each symbol's position of `account` last changed (ms), open or not: a fill
+    /// changes it, so a symbol whose time has not moved has no new fills.
+    fn position_update_times<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(String, i64)>, VenueError>>;
     /// Fills of `account` in `symbol` with trade id ≥ `from_id` (oldest first, at most `limit`).
     fn fills_since<'a>(
         &'a self,

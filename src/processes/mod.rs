@@ -63,7 +63,11 @@ pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>)
             id,
             command::CommandSettings::parse(&config.settings).ok()?,
         )),
-        "trade_sync" => Arc::new(trade_sync::TradeSync::new(p()?)),
+        "trade_sync" => {
+            let platform = p()?;
+            let batching = platform.batching;
+            Arc::new(trade_sync::TradeSync::new(platform, interval, batching))
+        }
         "level_monitor" => Arc::new(level_monitor::LevelMonitor::new(p()?, interval)),
         "price_update" => Arc::new(price_update::PriceUpdate::new(p()?, interval)),
         "notification_check" => Arc::new(notification_check::NotificationCheck::new(p()?, interval)),

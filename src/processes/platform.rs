@@ -20,6 +20,8 @@ pub struct Platform {
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
+    /// `upstream.batching`: trade sync asks one positions call which symbols changed.
+    pub batching: bool,
     /// Bumped whenever levels change outside level_monitor (the data API), so it re-reads them.
     pub levels_generation: AtomicU64,
 }

@@ -4,11 +4,19 @@
 //!
 //! Symbols covered per account: open positions, levels, active alerts,
 //! symbols traded within the recent window, and `exchange.symbols`.
+//!
+//! Binance lists fills per symbol, so polling every covered symbol costs one
+//! call each. With batching on (the default), one positions call per account
+//! tells which symbols' positions changed since the last sync (every fill
+//! changes one), and only those are polled; a full sweep of every covered
+//! symbol still runs on the first run and every `FULL_SWEEP_EVERY` runs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use tokio::sync::Mutex;
 
 use super::platform::{Platform, store_error, venue_error};
 use crate::process::{Process, ProcessError, RunContext, RunReport};
@@ -18,14 +26,32 @@ use crate::store::now_ms;
 const PAGE: u32 = 1000;
 /// Symbols traded this recently stay covered.
 const RECENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Runs between full sweeps of every covered symbol (a safety net; 1 h at the default interval).
+const FULL_SWEEP_EVERY: u64 = 120;
+
+#[derive(Default)]
+struct Seen {
+    runs: u64,
+    /// (account, symbol) → the position update time its fills were synced up to.
+    synced_update: HashMap<(String, String), i64>,
+}
 
 pub struct TradeSync {
     platform: Arc<Platform>,
+    /// Use the positions call to skip symbols without new fills.
+    batching: bool,
+    interval: Duration,
+    seen: Mutex<Seen>,
 }
 
 impl TradeSync {
-    pub fn new(platform: Arc<Platform>) -> Self {
-        TradeSync { platform }
+    pub fn new(platform: Arc<Platform>, interval: Duration, batching: bool) -> Self {
+        TradeSync {
+            platform,
+            batching,
+            interval,
+            seen: Mutex::new(Seen::default()),
+        }
     }
 
     async fn symbols(&self, account: &str) -> anyhow::Result<Vec<String>> {
@@ -44,37 +70,66 @@ impl TradeSync {
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
+        let mut seen = self.seen.lock().await;
+        let full_sweep = !self.batching || seen.runs.is_multiple_of(FULL_SWEEP_EVERY);
         let mut new = 0;
+        let mut polled = 0;
         for account in &p.accounts {
-            for symbol in self.symbols(account).await.map_err(store_error)? {
-                loop {
-                    let from = p
-                        .store
-                        .cursor(account, &symbol)
-                        .await
-                        .map_err(store_error)?
-                        .unwrap_or(0);
-                    let fills = p
-                        .venue
-                        .fills_since(&ctx.caller(None), account, &symbol, Some(from), PAGE)
-                        .await
-                        .map_err(venue_error)?;
-                    let inserted = p
-                        .store
-                        .store_fills(account, &symbol, &fills)
-                        .await
-                        .map_err(store_error)?;
-                    p.metrics.domain.trades_synced.inc_by(inserted);
-                    new += inserted;
-                    if fills.len() < PAGE as usize {
-                        break;
-                    }
+            let covered = self.symbols(account).await.map_err(store_error)?;
+            // Update times observed *before* the fills are read: a fill after this moment moves them again.
+            let updates: HashMap<String, i64> = if full_sweep {
+                HashMap::new()
+            } else {
+                let caller = ctx.caller(Some(self.interval / 2));
+                p.venue
+                    .position_update_times(&caller, account)
+                    .await
+                    .map_err(venue_error)?
+                    .into_iter()
+                    .collect()
+            };
+            for symbol in covered {
+                let key = (account.clone(), symbol.clone());
+                let update = updates.get(&symbol).copied();
+                if !full_sweep
+                    && let (Some(update), Some(&synced)) = (update, seen.synced_update.get(&key))
+                    && update <= synced
+                {
+                    continue;
                 }
+                polled += 1;
+                new += self.sync_symbol(&ctx, account, &symbol).await?;
+                let mark = update.unwrap_or_else(|| seen.synced_update.get(&key).copied().unwrap_or(0));
+                seen.synced_update.insert(key, mark);
             }
         }
+        seen.runs += 1;
         Ok(RunReport {
-            summary: Some(format!("{new} new trades")),
+            summary: Some(format!("{new} new trades from {polled} symbols polled")),
         })
+    }
+
+    async fn sync_symbol(&self, ctx: &RunContext, account: &str, symbol: &str) -> Result<u64, ProcessError> {
+        let p = &self.platform;
+        let mut new = 0;
+        loop {
+            let from = p.store.cursor(account, symbol).await.map_err(store_error)?.unwrap_or(0);
+            let fills = p
+                .venue
+                .fills_since(&ctx.caller(None), account, symbol, Some(from), PAGE)
+                .await
+                .map_err(venue_error)?;
+            let inserted = p
+                .store
+                .store_fills(account, symbol, &fills)
+                .await
+                .map_err(store_error)?;
+            p.metrics.domain.trades_synced.inc_by(inserted);
+            new += inserted;
+            if fills.len() < PAGE as usize {
+                return Ok(new);
+            }
+        }
     }
 }
 

@@ -184,10 +184,8 @@ impl Book {
                 position.entry = price; // flipped: the rest opened at this price
             }
         }
+        // A closed position keeps its row: Binance reports its last update time too.
         position.update_time = now_ms;
-        if position.amount.is_zero() {
-            account.positions.remove(symbol);
-        }
         let quote = (price * qty).round_dp(8);
         account.fills.push(SimFill {
             symbol: symbol.to_string(),
@@ -315,7 +313,7 @@ mod tests {
             .market_order("k", "BTCUSDT", "SELL", Decimal::from(5), "c2", 2)
             .unwrap();
         assert_eq!(o.executed_qty, Decimal::from(2), "never more than the position");
-        assert!(b.accounts["k"].positions.is_empty());
+        assert!(b.accounts["k"].positions["BTCUSDT"].amount.is_zero());
         assert_eq!(b.accounts["k"].fills.last().unwrap().realized_pnl, Decimal::from(2_000));
         assert_eq!(
             b.market_order("k", "BTCUSDT", "SELL", Decimal::ONE, "c2", 3)
