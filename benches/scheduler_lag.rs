@@ -79,15 +79,16 @@ fn main() {
         });
         let (cpu0, wall0) = (cpu_seconds(), Instant::now());
         scheduler.start();
-        tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+        // Half an interval past the end, so the tick at DURATION_S is counted whatever the jitter.
+        tokio::time::sleep(Duration::from_secs_f64(duration + interval / 2.0)).await;
         let (cpu1, wall1) = (cpu_seconds(), Instant::now());
         let rss = rss_mb();
         scheduler.shutdown(Duration::from_secs(5)).await;
         drop(scheduler);
         let mut lags = collector.await.unwrap();
         lags.sort_by(|a, b| a.total_cmp(b));
-        // Ticks at 0, interval, 2×interval, … strictly before the end.
-        let per_job = (duration / interval).ceil() as usize;
+        // Ticks at 0, interval, 2×interval, … up to DURATION_S.
+        let per_job = (duration / interval).floor() as usize + 1;
         let expected = per_job * n;
         let runs = lags.len();
         println!(

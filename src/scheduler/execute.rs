@@ -13,7 +13,7 @@ use tracing::{Instrument, field};
 use super::state::{ProcessHandle, RunRecord};
 use super::{CANCEL_GRACE, Scheduler};
 use crate::process::{ErrorKind, ProcessError, RunContext, RunReport, RunUsage, Trigger};
-use crate::telemetry::metrics::{ErrorLabels, Outcome, RunLabels, TraceLabels, labels, unix_now};
+use crate::telemetry::metrics::{ErrorLabels, Outcome, TraceLabels, labels, unix_now};
 use crate::telemetry::otel;
 
 /// The outcome of a whole run (all attempts).
@@ -101,7 +101,7 @@ impl Scheduler {
             let _ = sink.send(record.clone());
         }
         self.record_stats(&p, record);
-        self.metrics.running.get_or_create(&labels(&p.id)).set(0);
+        p.series().running.set(0);
         p.end();
     }
 
@@ -208,35 +208,35 @@ impl Scheduler {
         trace_id: Option<String>,
     ) {
         let m = &self.metrics;
-        let l = labels(&p.id);
-        m.runs
-            .get_or_create(&RunLabels {
-                process: p.id.to_string(),
-                outcome,
-            })
-            .inc();
-        m.duration.get_or_create(&l).observe(
+        let series = p.series();
+        match outcome {
+            Outcome::success => series.success.inc(),
+            Outcome::error => series.error.inc(),
+            Outcome::timeout => series.timeout.inc(),
+        };
+        series.duration.observe(
             duration.as_secs_f64(),
             trace_id.map(|trace_id| TraceLabels { trace_id }),
             None,
         );
         if finished.attempts > 0 {
-            m.lag.get_or_create(&l).observe(lag.as_secs_f64());
+            series.lag.observe(lag.as_secs_f64());
         }
         if let Some(child) = finished.usage.child() {
+            let l = labels(&p.id);
             m.child_cpu.get_or_create(&l).inc_by(child.cpu_seconds);
             m.child_peak_rss.get_or_create(&l).set(child.peak_rss_bytes as i64);
         }
         let now = unix_now();
-        m.last_run.get_or_create(&l).set(now);
+        series.last_run.set(now);
         match &finished.result {
             Ok(_) => {
-                m.last_success.get_or_create(&l).set(now);
-                m.consecutive_failures.get_or_create(&l).set(0);
+                series.last_success.set(now);
+                series.consecutive_failures.set(0);
             }
             Err(e) => {
-                m.last_error.get_or_create(&l).set(now);
-                m.consecutive_failures.get_or_create(&l).inc();
+                series.last_error.set(now);
+                series.consecutive_failures.inc();
                 m.errors
                     .get_or_create(&ErrorLabels {
                         process: p.id.to_string(),

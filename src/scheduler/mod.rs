@@ -73,6 +73,7 @@ impl Scheduler {
         let index = processes.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
         for p in &processes {
             metrics.init_process(&p.id, &p.config);
+            let _ = p.series.set(metrics.series(&p.id));
         }
         metrics.scheduler_enabled.set(enabled as i64);
         Arc::new(Scheduler {
@@ -189,7 +190,7 @@ impl Scheduler {
     }
 
     fn launch(self: &Arc<Self>, p: Arc<ProcessHandle>, trigger: Trigger, scheduled: Instant, next_tick: Instant) {
-        self.metrics.running.get_or_create(&labels(&p.id)).set(1);
+        p.series().running.set(1);
         let me = self.clone();
         self.tracker
             .spawn(async move { me.execute(p, trigger, scheduled, next_tick).await });

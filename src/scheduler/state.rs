@@ -24,6 +24,8 @@ pub struct ProcessHandle {
     running: AtomicBool,
     paused: AtomicBool,
     stats: Mutex<Stats>,
+    /// Set by the scheduler when it takes the process in.
+    pub(crate) series: std::sync::OnceLock<crate::telemetry::metrics::ProcessSeries>,
 }
 
 /// Counters and timestamps behind the status document.
@@ -82,6 +84,7 @@ impl ProcessHandle {
             running: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             stats: Mutex::default(),
+            series: std::sync::OnceLock::new(),
         }
     }
 
@@ -111,6 +114,10 @@ impl ProcessHandle {
 
     pub(crate) fn end(&self) {
         self.running.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn series(&self) -> &crate::telemetry::metrics::ProcessSeries {
+        self.series.get().expect("set when the scheduler takes the process in")
     }
 
     pub fn stats(&self) -> MutexGuard<'_, Stats> {

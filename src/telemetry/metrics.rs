@@ -76,6 +76,22 @@ const LAG_BUCKETS: [f64; 15] = [
 type F64Gauge = Gauge<f64, AtomicU64>;
 type DurationHistogram = HistogramWithExemplars<TraceLabels>;
 
+/// One process's hot series, resolved once, so recording a run neither
+/// allocates label sets nor looks them up.
+#[derive(Clone)]
+pub struct ProcessSeries {
+    pub success: Counter,
+    pub error: Counter,
+    pub timeout: Counter,
+    pub duration: DurationHistogram,
+    pub lag: Histogram,
+    pub running: Gauge,
+    pub last_run: F64Gauge,
+    pub last_success: F64Gauge,
+    pub last_error: F64Gauge,
+    pub consecutive_failures: Gauge,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub enabled: Family<ProcessLabels, Gauge>,
@@ -295,6 +311,31 @@ impl Metrics {
         let _ = self.duration.get_or_create(&l);
         let _ = self.lag.get_or_create(&l);
         self.api.init_process(id);
+    }
+
+    /// The hot series of a process (created if needed).
+    pub fn series(&self, id: &str) -> ProcessSeries {
+        let l = labels(id);
+        let run = |outcome| {
+            self.runs
+                .get_or_create(&RunLabels {
+                    process: id.into(),
+                    outcome,
+                })
+                .clone()
+        };
+        ProcessSeries {
+            success: run(Outcome::success),
+            error: run(Outcome::error),
+            timeout: run(Outcome::timeout),
+            duration: self.duration.get_or_create(&l).clone(),
+            lag: self.lag.get_or_create(&l).clone(),
+            running: self.running.get_or_create(&l).clone(),
+            last_run: self.last_run.get_or_create(&l).clone(),
+            last_success: self.last_success.get_or_create(&l).clone(),
+            last_error: self.last_error.get_or_create(&l).clone(),
+            consecutive_failures: self.consecutive_failures.get_or_create(&l).clone(),
+        }
     }
 
     pub fn skip(&self, id: &str, reason: SkipReason, count: u64) {
