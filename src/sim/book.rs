@@ -80,14 +80,20 @@ pub struct OrderReject {
 }
 
 impl Book {
+    /// Ids start from the wall clock, so a restarted simulator never reuses the
+    /// ids of an earlier run (a store's sync cursors stay valid).
     pub fn new(seed: u64, volatility: f64, prices: BTreeMap<String, Decimal>) -> Self {
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         Book {
             rng: StdRng::seed_from_u64(seed),
             volatility,
             prices,
             accounts: HashMap::new(),
-            next_trade_id: 1_000,
-            next_order_id: 5_000_000,
+            next_trade_id: base,
+            next_order_id: base,
         }
     }
 
@@ -321,6 +327,18 @@ mod tests {
                 .code,
             -4116
         );
+    }
+
+    #[test]
+    fn a_restarted_simulator_never_reuses_trade_ids() {
+        let mut first = book();
+        first.add_account("k", "main", "s", 0, 3);
+        let last = first.accounts["k"].fills.iter().map(|f| f.id).max().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let mut second = book();
+        second.add_account("k", "main", "s", 0, 3);
+        let first_new = second.accounts["k"].fills.iter().map(|f| f.id).min().unwrap();
+        assert!(first_new > last, "{first_new} after {last}");
     }
 
     #[test]
