@@ -8,6 +8,7 @@ pub mod app;
 pub mod budget;
 pub mod config;
 pub mod exchange;
+pub mod ha;
 pub mod http;
 pub mod process;
 pub mod processes;
