@@ -124,19 +124,7 @@ impl Service {
         timeout: Duration,
         check: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let doc = self.get_json("/api/script-manager/status").await;
-            if check(&doc) {
-                return doc;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; status: {doc:#}\noutput:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_get(what, "/api/script-manager/status", timeout, check).await
     }
 
     pub fn pid(&self) -> i32 {
