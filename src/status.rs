@@ -11,12 +11,12 @@ use crate::scheduler::{ProcessHandle, Scheduler};
 
 /// `running` (scheduled and healthy), `error` (last run failed), `paused`, or
 /// `stopped` (disabled, scheduler off, or kind not available in this build).
-pub fn status_of(scheduler: &Scheduler, p: &ProcessHandle) -> &'static str {
+fn status_of(scheduler: &Scheduler, p: &ProcessHandle, consecutive_failures: u64) -> &'static str {
     if !scheduler.enabled() || !p.schedulable() {
         "stopped"
     } else if p.is_paused() {
         "paused"
-    } else if p.stats().consecutive_failures > 0 {
+    } else if consecutive_failures > 0 {
         "error"
     } else {
         "running"
@@ -36,7 +36,8 @@ fn state_of(p: &ProcessHandle) -> &'static str {
 
 pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
     let calls = scheduler.budget().calls_last_minute(&p.id);
-    let s = p.stats().clone();
+    let s = p.stats();
+    let status = status_of(scheduler, p, s.consecutive_failures);
     let avg = if s.total_runs > 0 {
         s.total_duration / s.total_runs as f64
     } else {
@@ -46,7 +47,7 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
         "id": &*p.id,
         "process_name": p.name,
         "kind": p.config.kind,
-        "status": status_of(scheduler, p),
+        "status": status,
         "state": state_of(p),
         "enabled": p.config.enabled,
         "paused": p.is_paused(),
@@ -60,7 +61,7 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
         "last_error": s.last_error.map(fmt_time),
         "last_error_message": s.last_error_message,
         "last_error_kind": s.last_error_kind,
-        "next_run": if status_of(scheduler, p) == "stopped" { None } else { s.next_run.map(fmt_time) },
+        "next_run": if status == "stopped" { None } else { s.next_run.map(fmt_time) },
         "metrics": {
             "total_runs": s.total_runs,
             "success_count": s.success_count,
@@ -83,14 +84,15 @@ pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate
     let mut processes = serde_json::Map::new();
     let (mut running, mut errors, mut paused, mut total_calls) = (0, 0, 0, 0u64);
     for p in scheduler.processes() {
-        match status_of(scheduler, p) {
-            "running" => running += 1,
-            "error" => errors += 1,
-            "paused" => paused += 1,
+        let doc = process_document(scheduler, p);
+        match doc["status"].as_str() {
+            Some("running") => running += 1,
+            Some("error") => errors += 1,
+            Some("paused") => paused += 1,
             _ => {}
         }
-        total_calls += scheduler.budget().calls_last_minute(&p.id) as u64;
-        processes.insert(p.id.to_string(), process_document(scheduler, p));
+        total_calls += doc["metrics"]["api_calls_last_minute"].as_u64().unwrap_or(0);
+        processes.insert(p.id.to_string(), doc);
     }
     json!({
         "processes": processes,

@@ -235,17 +235,13 @@ fn record_error(error: figment::Error, prefix: &[String], problems: &mut Vec<Pro
             .metadata
             .as_ref()
             .map(|m| describe(m, &full))
-            .unwrap_or_else(|| source_of_unknown(&key));
+            .unwrap_or_else(|| "configuration".into());
         problems.push(Problem {
             key,
             message: e.kind.to_string(),
             source,
         });
     }
-}
-
-fn source_of_unknown(_key: &str) -> String {
-    "configuration".into()
 }
 
 fn describe(metadata: &Metadata, path: &[String]) -> String {

@@ -24,6 +24,7 @@ use crate::exchange::{Account, Caller, VenueError};
 use crate::telemetry::Metrics;
 use crate::telemetry::api::{CacheLabels, CallLabels, EndpointLabels, KindLabels, StatusLabels};
 use crate::telemetry::metrics::{ProcessLabels, TraceLabels};
+use crate::telemetry::otel;
 
 pub use send::{encode, now_ms};
 
@@ -407,8 +408,6 @@ impl Upstream {
         Ok(())
     }
 }
-
-use crate::telemetry::otel;
 
 /// An owned copy of a request, for the shared (de-duplicated) future.
 struct OwnedRequest {
