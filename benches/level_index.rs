@@ -91,7 +91,7 @@ fn main() {
             let crossed = index.crossed("BTCUSDT", Decimal::from(40_000));
             assert_eq!(crossed.len(), 1);
             let intent = store
-                .trigger_level(&l, "SELL", Decimal::ONE, crossed[0].1, Decimal::from(40_000), 0)
+                .trigger_level(&script_manager::store::Fence::none(), &l, ("SELL", Decimal::ONE), (crossed[0].1, Decimal::from(40_000), 0))
                 .await
                 .unwrap()
                 .expect("armed");

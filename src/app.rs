@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::budget::ApiBudget;
 use crate::config::Config;
 use crate::exchange;
+use crate::ha::Coordinator;
+use crate::ha::budget::ClusterBudget;
 use crate::http::{self, AppState};
 use crate::processes::{self, Platform};
 use crate::scheduler::{ProcessHandle, RunRecord, Scheduler};
@@ -72,13 +74,64 @@ fn spawn_run_writer(store: Arc<Store>, retention: Duration) -> mpsc::UnboundedSe
     tx
 }
 
+/// Makes the scheduler claim each tick, starts the heartbeat and the pruning
+/// of old cluster-budget minutes (both stop with `stop`).
+fn join_cluster(
+    scheduler: &Arc<Scheduler>,
+    ha: &Arc<Coordinator>,
+    cluster: Option<Arc<ClusterBudget>>,
+    metrics: &Metrics,
+    stop: CancellationToken,
+) {
+    let schedulable: Vec<String> = scheduler
+        .processes()
+        .iter()
+        .filter(|p| p.schedulable())
+        .map(|p| p.id.to_string())
+        .collect();
+    metrics.ha.init(&schedulable);
+    scheduler.coordinate_with(ha.clone());
+    ha.spawn_heartbeat(stop.clone());
+    tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
+    if let Some(cluster) = cluster {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                }
+                let minute = crate::store::now_ms() / 60_000;
+                if let Err(e) = cluster.prune(minute - 10).await {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot prune the cluster budget");
+                }
+            }
+        });
+    }
+}
+
 /// Runs the service until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let budget = process_budget(&config);
     let store = Arc::new(Store::open(&config.store.url).await?);
     let exchange_stop = CancellationToken::new();
-    let exchange = exchange::setup::start(&config, metrics.clone(), budget.clone(), exchange_stop.clone()).await?;
+    let ha_stop = CancellationToken::new();
+    let ha = match config.ha.enabled {
+        true => Some(Coordinator::connect(&config.store.url, &config.ha, metrics.clone()).await?),
+        false => None,
+    };
+    let cluster = match &ha {
+        Some(ha) => Some(Arc::new(ClusterBudget::new(ha.pool().clone()).await?)),
+        None => None,
+    };
+    let exchange = exchange::setup::start(
+        &config,
+        metrics.clone(),
+        budget.clone(),
+        cluster.clone(),
+        exchange_stop.clone(),
+    )
+    .await?;
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: exchange.venue.clone(),
@@ -96,6 +149,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
     let retention = Duration::from_secs_f64(config.store.run_retention_days * 86_400.0);
     scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));
+    if let Some(ha) = &ha {
+        join_cluster(&scheduler, ha, cluster.clone(), &metrics, ha_stop.clone());
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         scheduler: scheduler.clone(),
@@ -144,6 +200,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         cancelled = report.cancelled,
         "scheduler stopped"
     );
+    ha_stop.cancel();
+    if let Some(ha) = &ha {
+        ha.leave().await;
+    }
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     exchange_stop.cancel();

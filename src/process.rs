@@ -51,6 +51,8 @@ pub struct RunContext {
     /// Fires when the attempt must stop (timeout or shutdown).
     pub cancel: CancellationToken,
     pub budget: Arc<ApiBudget>,
+    /// The condition on every store write of this run (the lease token under HA).
+    pub fence: crate::store::Fence,
     /// What the attempt reports as it goes, read by the scheduler whatever the outcome.
     pub usage: Arc<RunUsage>,
 }
@@ -135,12 +137,14 @@ pub enum ErrorKind {
     Upstream,
     /// The store failed.
     Store,
+    /// A write was refused because another replica took over the lease (HA).
+    Fenced,
     /// Anything else a process reports.
     Internal,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Timeout,
         ErrorKind::Panic,
         ErrorKind::Cancelled,
@@ -150,6 +154,7 @@ impl ErrorKind {
         ErrorKind::BudgetExhausted,
         ErrorKind::Upstream,
         ErrorKind::Store,
+        ErrorKind::Fenced,
         ErrorKind::Internal,
     ];
 
@@ -164,6 +169,7 @@ impl ErrorKind {
             ErrorKind::BudgetExhausted => "budget_exhausted",
             ErrorKind::Upstream => "upstream",
             ErrorKind::Store => "store",
+            ErrorKind::Fenced => "fenced",
             ErrorKind::Internal => "internal",
         }
     }

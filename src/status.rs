@@ -56,6 +56,7 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
         "priority": p.config.priority,
         "retry_count": p.config.retry_count,
         "max_api_calls_per_minute": p.config.max_api_calls_per_minute,
+        "lease": lease_of(scheduler, p),
         "last_run": s.last_run.map(fmt_time),
         "last_success": s.last_success.map(fmt_time),
         "last_error": s.last_error.map(fmt_time),
@@ -78,6 +79,23 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
             "last_error_message": s.last_error_message,
         },
     })
+}
+
+/// Under HA: which replica holds the process's lease and until when (null on a single replica).
+fn lease_of(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
+    let Some(ha) = scheduler.coordinator() else {
+        return Value::Null;
+    };
+    match ha.holder(&p.id) {
+        Some(h) => json!({
+            "holder": h.replica,
+            "lease_expires_at": fmt_time(h.lease_expires_at),
+            "expired": h.expired,
+            "token": h.token,
+            "held_here": ha.holds(&p.id),
+        }),
+        None => json!({"holder": null, "lease_expires_at": null, "expired": true, "token": null, "held_here": false}),
+    }
 }
 
 pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate::budget::Usage>) -> Value {
@@ -110,6 +128,11 @@ pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate
         "error_processes": errors,
         "paused_processes": paused,
         "scheduler_enabled": scheduler.enabled(),
+        "ha": scheduler.coordinator().map(|ha| json!({
+            "replica": &*ha.replica,
+            "replicas_alive": ha.replicas_alive(),
+            "store_up": ha.store_up(),
+        })),
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": fmt_time(started),
         "uptime_seconds": started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),

@@ -206,6 +206,22 @@ impl GlobalBudget {
         }
     }
 
+    /// The venue's current minute (unix minutes, venue clock).
+    pub fn venue_minute(&self) -> i64 {
+        venue_now_ms(self.lock().clock_offset_ms).div_euclid(60_000)
+    }
+
+    /// How long until the venue's next minute starts.
+    pub fn until_next_minute(&self) -> Duration {
+        until_next_minute(self.lock().clock_offset_ms)
+    }
+
+    /// The share of the budget `process` may use.
+    pub fn cap(&self, process: &str) -> u32 {
+        let limit = self.limit();
+        self.cap_for(process, limit)
+    }
+
     /// Whether callers are held back by a 429/418 right now.
     pub fn paused(&self) -> bool {
         self.lock().paused_until.is_some_and(|u| u > Instant::now())

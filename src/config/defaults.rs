@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Config, DemoConfig, ExchangeConfig, ExchangeKind, HttpConfig, LogFormat, NotificationsConfig, ProcessConfig,
-    SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
+    Config, DemoConfig, ExchangeConfig, ExchangeKind, HaConfig, HttpConfig, LogFormat, NotificationsConfig,
+    ProcessConfig, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
 /// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries, start offset s).
@@ -98,6 +98,12 @@ pub fn config(with_builtin_processes: bool) -> Config {
         demo: DemoConfig {
             enabled: true,
             distance: 0.003,
+        },
+        ha: HaConfig {
+            enabled: false,
+            replica_id: None,
+            lease_margin_seconds: 5.0,
+            heartbeat_seconds: 1.0,
         },
         processes: if with_builtin_processes {
             builtin_processes()

@@ -161,8 +161,13 @@ fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
     {
         report("demo.distance", "must be between 0 and 0.5".into());
     }
-    if let Some(store) = piece(figment, "store", problems) {
-        validate::check_store(&store, &mut report);
+    let store = piece::<super::StoreConfig>(figment, "store", problems);
+    if let Some(store) = &store {
+        validate::check_store(store, &mut report);
+    }
+    if let Some(ha) = piece(figment, "ha", problems) {
+        let kind = piece::<super::ExchangeKind>(figment, "exchange.kind", &mut Vec::new());
+        validate::check_ha(&ha, store.as_ref(), kind, &mut report);
     }
     if let Some(level) = piece::<String>(figment, "log_level", problems) {
         validate::check_log_level(&level, &mut report);

@@ -39,6 +39,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub notifications: NotificationsConfig,
     pub demo: DemoConfig,
+    pub ha: HaConfig,
     /// Processes by id; the id is the table key and the `process` label.
     pub processes: BTreeMap<String, ProcessConfig>,
 }
@@ -90,6 +91,21 @@ pub struct StoreConfig {
 pub struct NotificationsConfig {
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
+}
+
+/// Several replicas on one PostgreSQL (issue 7): each tick runs on the
+/// replica that holds the process's lease, and every write of a run is fenced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// Requires a `postgres://` store.
+    pub enabled: bool,
+    /// This replica's name in leases, logs and the status API; hostname-pid when unset.
+    pub replica_id: Option<String>,
+    /// A lease lasts a run's timeout plus this margin, from its last renewal.
+    pub lease_margin_seconds: f64,
+    /// How often a replica renews its leases and reports itself alive.
+    pub heartbeat_seconds: f64,
 }
 
 /// Demo data for the simulated exchange: on a first run (no levels, no

@@ -185,3 +185,45 @@ pub fn check_store(store: &super::StoreConfig, report: &mut dyn FnMut(&str, Stri
         );
     }
 }
+
+pub fn check_ha(
+    ha: &super::HaConfig,
+    store: Option<&super::StoreConfig>,
+    exchange: Option<super::ExchangeKind>,
+    report: &mut dyn FnMut(&str, String),
+) {
+    if ha.enabled && store.is_some_and(|s| s.url.starts_with("sqlite://")) {
+        report(
+            "ha.enabled",
+            "needs a postgres:// store.url: replicas cannot share a SQLite file".into(),
+        );
+    }
+    if ha.enabled && exchange == Some(super::ExchangeKind::Simulated) {
+        report(
+            "ha.enabled",
+            "needs a shared exchange: with exchange.kind = \"simulated\" every replica would simulate its own; \
+             run `script-manager sim` once and point exchange.kind = \"binance-usdm\" and exchange.base_url at it"
+                .into(),
+        );
+    }
+    if ha
+        .replica_id
+        .as_deref()
+        .is_some_and(|id| id.trim().is_empty() || id.len() > 200)
+    {
+        report(
+            "ha.replica_id",
+            "must be 1 to 200 characters (or unset for hostname-pid)".into(),
+        );
+    }
+    if !(ha.lease_margin_seconds >= 1.0 && ha.lease_margin_seconds <= 3600.0) {
+        report("ha.lease_margin_seconds", "must be between 1 and 3600".into());
+    }
+    if !(ha.heartbeat_seconds > 0.0 && ha.heartbeat_seconds <= ha.lease_margin_seconds / 2.0) {
+        report(
+            "ha.heartbeat_seconds",
+            "must be greater than 0 and at most half of ha.lease_margin_seconds, so a lease is renewed before it ends"
+                .into(),
+        );
+    }
+}

@@ -74,6 +74,7 @@ pub async fn start(
     config: &Config,
     metrics: Arc<Metrics>,
     process_budget: Arc<ApiBudget>,
+    cluster: Option<Arc<crate::ha::budget::ClusterBudget>>,
     stop: CancellationToken,
 ) -> anyhow::Result<Exchange> {
     let x = &config.exchange;
@@ -108,6 +109,9 @@ pub async fn start(
         process_budget,
         metrics,
     )?;
+    if let Some(cluster) = cluster {
+        upstream.share_budget(cluster);
+    }
     let venue = Arc::new(Binance::new(upstream.clone(), accounts));
     bootstrap(&venue, &upstream).await;
     Ok(Exchange {

@@ -1,128 +1,223 @@
 //! Leases with fencing tokens, kept in PostgreSQL and timed by the
 //! database's clock, never the replicas'.
 //!
-//! A tick of a process is identified by its slot (its index on a grid all
-//! replicas share). [`Leases::claim`] grants the slot to one replica only:
-//! the row is taken if its lease has expired or its holder is the claimant,
-//! and only for a slot later than the last one granted. Every grant bumps
-//! the process's fencing token; a write made for a run must check, in its own
-//! transaction, that the token is still current ([`Leases::is_current`]), so a
-//! replica that was frozen past its lease cannot commit anything.
+//! One row per process says which replica holds it, until when, the last
+//! grid slot granted and the fencing token. A replica that holds a lease
+//! keeps it by renewing it; another may take it only once it has expired or
+//! was released. Each claim is for one slot (a tick on the grid all replicas
+//! share, numbered from the database's clock), is granted at most once, and
+//! bumps the token; a write made for a run commits only while its token is
+//! still the current one (`store::Fence`), so a replica that was frozen past
+//! its lease cannot commit anything.
 
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Row};
 
 /// The answer to a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This replica runs the slot; writes must carry `token`.
-    Won { token: i64, expires_at_ms: i64 },
-    /// Another replica holds an unexpired lease.
-    Held { holder: String, expires_at_ms: i64 },
-    /// The slot (or a later one) was already granted: the tick ran elsewhere.
-    AlreadyRan { last_slot: i64 },
+    /// This replica runs the tick; its writes must carry `token`.
+    Won {
+        token: i64,
+        slot: i64,
+        /// The lease was another replica's and lapsed without being released: a failover.
+        took_over: bool,
+    },
+    /// Another replica holds the lease, or this slot was already granted.
+    Lost,
 }
+
+/// What the heartbeat reads back: one row per process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseView {
+    pub process: String,
+    pub holder: String,
+    pub token: i64,
+    /// Unix milliseconds, database clock.
+    pub expires_at_ms: i64,
+    pub expired: bool,
+}
+
+/// The slot of the tick nearest to the database's now on a grid of
+/// `interval_ms` shifted by `offset_ms`. Rounding (not flooring) lets a
+/// replica fire a few milliseconds early or late and still name the same tick.
+const SLOT: &str = "round((extract(epoch from now()) * 1000 - $4) / $5)::bigint";
 
 pub struct Leases {
     pool: PgPool,
 }
 
 impl Leases {
+    /// Creates the coordination tables if needed.
     pub async fn new(pool: PgPool) -> anyhow::Result<Self> {
-        sqlx::query(
+        for statement in [
             "CREATE TABLE IF NOT EXISTS ha_leases (
                 process TEXT PRIMARY KEY,
                 holder TEXT NOT NULL,
                 token BIGINT NOT NULL,
                 last_slot BIGINT NOT NULL,
-                expires_at TIMESTAMPTZ NOT NULL
+                expires_at TIMESTAMPTZ NOT NULL,
+                released BOOLEAN NOT NULL DEFAULT false,
+                taken_over BOOLEAN NOT NULL DEFAULT false
             )",
-        )
-        .execute(&pool)
-        .await?;
+            "CREATE TABLE IF NOT EXISTS ha_replicas (
+                replica TEXT PRIMARY KEY,
+                last_seen TIMESTAMPTZ NOT NULL
+            )",
+        ] {
+            sqlx::query(statement).execute(&pool).await?;
+        }
         Ok(Leases { pool })
     }
 
-    /// Claims `slot` of `process` for `holder`, for `lease_ms` of database time.
-    pub async fn claim(&self, process: &str, holder: &str, slot: i64, lease_ms: i64) -> anyhow::Result<Claim> {
-        let won = sqlx::query(
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Claims the current tick of `process` (on the grid `interval_ms` +
+    /// `offset_ms`) for `holder`, with a lease of `lease_ms`. A manual run
+    /// (`manual`) needs the lease but no new slot.
+    pub async fn claim(
+        &self,
+        process: &str,
+        holder: &str,
+        lease_ms: i64,
+        grid: (i64, i64),
+        manual: bool,
+    ) -> anyhow::Result<Claim> {
+        let (interval_ms, offset_ms) = grid;
+        let sql = format!(
             "INSERT INTO ha_leases (process, holder, token, last_slot, expires_at)
-             VALUES ($1, $2, 1, $3, now() + make_interval(secs => $4::double precision / 1000))
+             VALUES ($1, $2, 1, {SLOT} - CASE WHEN $6 THEN 1 ELSE 0 END,
+                     now() + make_interval(secs => $3::double precision / 1000))
              ON CONFLICT (process) DO UPDATE
-                SET holder = excluded.holder, token = ha_leases.token + 1,
-                    last_slot = excluded.last_slot, expires_at = excluded.expires_at
-              WHERE ha_leases.last_slot < excluded.last_slot
-                AND (ha_leases.expires_at < now() OR ha_leases.holder = excluded.holder)
-             RETURNING token, (extract(epoch from expires_at) * 1000)::bigint AS expires_ms",
-        )
-        .bind(process)
-        .bind(holder)
-        .bind(slot)
-        .bind(lease_ms)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = won {
-            return Ok(Claim::Won {
+                SET holder = excluded.holder,
+                    token = ha_leases.token + 1,
+                    last_slot = CASE WHEN $6 THEN ha_leases.last_slot ELSE {SLOT} END,
+                    expires_at = excluded.expires_at,
+                    released = false,
+                    taken_over = ha_leases.holder <> excluded.holder AND NOT ha_leases.released
+              WHERE ($6 OR ha_leases.last_slot < {SLOT})
+                AND (ha_leases.holder = excluded.holder OR ha_leases.released OR ha_leases.expires_at < now())
+             RETURNING token, last_slot, taken_over"
+        );
+        let won = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(process)
+            .bind(holder)
+            .bind(lease_ms)
+            .bind(offset_ms as f64)
+            .bind(interval_ms.max(1) as f64)
+            .bind(manual)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match won {
+            Some(row) => Claim::Won {
                 token: row.try_get("token")?,
-                expires_at_ms: row.try_get("expires_ms")?,
-            });
-        }
-        let row = sqlx::query(
-            "SELECT holder, last_slot, (extract(epoch from expires_at) * 1000)::bigint AS expires_ms,
-                    expires_at < now() AS expired
-               FROM ha_leases WHERE process = $1",
-        )
-        .bind(process)
-        .fetch_one(&self.pool)
-        .await?;
-        let last_slot: i64 = row.try_get("last_slot")?;
-        let expired: bool = row.try_get("expired")?;
-        if last_slot >= slot || expired {
-            return Ok(Claim::AlreadyRan { last_slot });
-        }
-        Ok(Claim::Held {
-            holder: row.try_get("holder")?,
-            expires_at_ms: row.try_get("expires_ms")?,
+                slot: row.try_get("last_slot")?,
+                took_over: row.try_get("taken_over")?,
+            },
+            None => Claim::Lost,
         })
     }
 
-    /// Extends a lease while a long run is in flight; `false` if it was lost.
-    pub async fn renew(&self, process: &str, holder: &str, token: i64, lease_ms: i64) -> anyhow::Result<bool> {
-        let n = sqlx::query(
-            "UPDATE ha_leases SET expires_at = now() + make_interval(secs => $4::double precision / 1000)
-              WHERE process = $1 AND holder = $2 AND token = $3 AND expires_at >= now()",
+    /// Extends the unexpired leases `holder` holds among `processes` (each
+    /// by its own lease length) and reports the holder alive. Returns the
+    /// processes whose lease was extended, with their tokens.
+    pub async fn renew(&self, holder: &str, processes: &[(String, i64)]) -> anyhow::Result<Vec<(String, i64)>> {
+        let names: Vec<String> = processes.iter().map(|(p, _)| p.clone()).collect();
+        let leases: Vec<i64> = processes.iter().map(|(_, ms)| *ms).collect();
+        let rows = sqlx::query(
+            "UPDATE ha_leases l SET expires_at = now() + make_interval(secs => v.ms::double precision / 1000)
+               FROM unnest($2::text[], $3::bigint[]) AS v(process, ms)
+              WHERE l.process = v.process AND l.holder = $1 AND NOT l.released AND l.expires_at >= now()
+             RETURNING l.process, l.token",
         )
-        .bind(process)
         .bind(holder)
-        .bind(token)
-        .bind(lease_ms)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .bind(&names)
+        .bind(&leases)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("process")?, r.try_get("token")?)))
+            .collect()
     }
 
-    /// Ends a lease early (the run finished), keeping its slot and token.
-    pub async fn release(&self, process: &str, holder: &str, token: i64) -> anyhow::Result<()> {
-        sqlx::query("UPDATE ha_leases SET expires_at = now() WHERE process = $1 AND holder = $2 AND token = $3")
+    /// Records `replica` alive now; returns how many replicas were seen within `window_ms`.
+    pub async fn heartbeat(&self, replica: &str, window_ms: i64) -> anyhow::Result<i64> {
+        sqlx::query(
+            "INSERT INTO ha_replicas (replica, last_seen) VALUES ($1, now())
+             ON CONFLICT (replica) DO UPDATE SET last_seen = now()",
+        )
+        .bind(replica)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(
+            "SELECT count(*) AS alive FROM ha_replicas
+              WHERE last_seen > now() - make_interval(secs => $1::double precision / 1000)",
+        )
+        .bind(window_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("alive")?)
+    }
+
+    /// Every lease, for the status document.
+    pub async fn view(&self) -> anyhow::Result<Vec<LeaseView>> {
+        let rows = sqlx::query(
+            "SELECT process, holder, token, (extract(epoch from expires_at) * 1000)::bigint AS expires_ms,
+                    (released OR expires_at < now()) AS expired
+               FROM ha_leases ORDER BY process",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LeaseView {
+                    process: r.try_get("process")?,
+                    holder: r.try_get("holder")?,
+                    token: r.try_get("token")?,
+                    expires_at_ms: r.try_get("expires_ms")?,
+                    expired: r.try_get("expired")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Gives up `holder`'s leases at once (graceful shutdown), so another
+    /// replica takes over at its next tick instead of after the lease time.
+    pub async fn release_all(&self, holder: &str) -> anyhow::Result<u64> {
+        Ok(
+            sqlx::query("UPDATE ha_leases SET released = true, expires_at = now() WHERE holder = $1 AND NOT released")
+                .bind(holder)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Gives up one lease (the process was paused here).
+    pub async fn release(&self, process: &str, holder: &str) -> anyhow::Result<()> {
+        sqlx::query("UPDATE ha_leases SET released = true, expires_at = now() WHERE process = $1 AND holder = $2")
             .bind(process)
             .bind(holder)
-            .bind(token)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Inside a write's transaction: whether `token` is still the process's
-    /// current one. Locks the lease row until the transaction ends, so a
-    /// claim cannot slip in between the check and the commit.
-    pub async fn is_current(tx: &mut Transaction<'_, Postgres>, process: &str, token: i64) -> anyhow::Result<bool> {
-        let row = sqlx::query("SELECT token FROM ha_leases WHERE process = $1 FOR SHARE")
-            .bind(process)
-            .fetch_optional(&mut **tx)
+    /// The database's clock, unix milliseconds.
+    pub async fn now_ms(&self) -> anyhow::Result<i64> {
+        let row = sqlx::query("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms")
+            .fetch_one(&self.pool)
             .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>("token"))
-            .transpose()?
-            .is_some_and(|t| t == token))
+        Ok(row.try_get("now_ms")?)
+    }
+
+    /// Removes the replica's heartbeat row (graceful shutdown).
+    pub async fn leave(&self, replica: &str) -> anyhow::Result<()> {
+        sqlx::query("DELETE FROM ha_replicas WHERE replica = $1")
+            .bind(replica)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

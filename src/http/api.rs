@@ -103,6 +103,10 @@ pub async fn trigger(
             "scheduler_disabled",
             "the scheduler is disabled (SCRIPT_MANAGER_ENABLED=false)",
         ),
+        TriggerError::HeldElsewhere(holder) => ApiError::conflict(
+            "held_by_another_replica",
+            format!("replica `{holder}` holds the lease of `{id}`; trigger it there"),
+        ),
         TriggerError::ShuttingDown => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",

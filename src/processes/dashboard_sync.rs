@@ -59,7 +59,7 @@ impl DashboardSync {
         DashboardSync { platform }
     }
 
-    async fn run_once(&self, _ctx: RunContext) -> Result<RunReport, ProcessError> {
+    async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
         let now = now_ms();
         for account in &p.accounts {
@@ -70,7 +70,10 @@ impl DashboardSync {
                 .map_err(store_error)?;
             let positions = p.store.positions(Some(account)).await.map_err(store_error)?;
             let data = analytics(&trades, &positions, now);
-            p.store.put_snapshot(account, &data, now).await.map_err(store_error)?;
+            p.store
+                .put_snapshot(&ctx.fence, account, &data, now)
+                .await
+                .map_err(store_error)?;
         }
         if let Some(oldest) = p.store.oldest_snapshot_ms().await.map_err(store_error)? {
             p.metrics.domain.oldest_snapshot_ms.store(oldest, Ordering::Relaxed);

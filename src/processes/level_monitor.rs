@@ -139,12 +139,17 @@ impl LevelMonitor {
             tracing::warn!(level = level.id, symbol = %level.symbol, "level crossed but no open position to close");
             let intent = p
                 .store
-                .trigger_level(level, "NONE", Decimal::ZERO, kind, price, observed_at)
+                .trigger_level(&ctx.fence, level, ("NONE", Decimal::ZERO), (kind, price, observed_at))
                 .await
                 .map_err(store_error)?;
             if let Some(intent) = intent {
                 p.store
-                    .fail_intent(&intent, "no open position to close", p.webhook_url.as_deref())
+                    .fail_intent(
+                        &ctx.fence,
+                        &intent,
+                        "no open position to close",
+                        p.webhook_url.as_deref(),
+                    )
                     .await
                     .map_err(store_error)?;
                 self.count(kind, "failed");
@@ -158,7 +163,12 @@ impl LevelMonitor {
         };
         let Some(intent) = p
             .store
-            .trigger_level(level, side.as_str(), position.amount.abs(), kind, price, observed_at)
+            .trigger_level(
+                &ctx.fence,
+                level,
+                (side.as_str(), position.amount.abs()),
+                (kind, price, observed_at),
+            )
             .await
             .map_err(store_error)?
         else {
@@ -214,7 +224,7 @@ impl LevelMonitor {
         match result {
             Ok(ack) => {
                 p.store
-                    .complete_intent(intent, &ack, p.webhook_url.as_deref())
+                    .complete_intent(&ctx.fence, intent, &ack, p.webhook_url.as_deref())
                     .await
                     .map_err(store_error)?;
                 let latency = (now_ms() - intent.observed_at).max(0) as f64 / 1000.0;
@@ -225,7 +235,7 @@ impl LevelMonitor {
             }
             Err(e @ (VenueError::Rejected { .. } | VenueError::Auth(_))) => {
                 p.store
-                    .fail_intent(intent, &e.to_string(), p.webhook_url.as_deref())
+                    .fail_intent(&ctx.fence, intent, &e.to_string(), p.webhook_url.as_deref())
                     .await
                     .map_err(store_error)?;
                 self.count(kind, "failed");

@@ -68,7 +68,7 @@ impl NotificationCheck {
             };
             if crossed
                 && p.store
-                    .trigger_alert(alert, price.price, p.webhook_url.as_deref())
+                    .trigger_alert(&ctx.fence, alert, price.price, p.webhook_url.as_deref())
                     .await
                     .map_err(store_error)?
             {
@@ -108,7 +108,7 @@ impl NotificationCheck {
                 },
             };
             p.store
-                .record_delivery(n.id, status, attempts, next_at, error.as_deref())
+                .record_delivery(&ctx.fence, n.id, status, attempts, next_at, error.as_deref())
                 .await
                 .map_err(store_error)?;
             p.metrics

@@ -28,6 +28,9 @@ pub struct Platform {
 
 /// A store failure, as a run error.
 pub fn store_error(e: anyhow::Error) -> ProcessError {
+    if let Some(fenced) = e.downcast_ref::<crate::store::Fenced>() {
+        return ProcessError::permanent(ErrorKind::Fenced, fenced.to_string());
+    }
     ProcessError::retriable(ErrorKind::Store, format!("store: {e:#}"))
 }
 

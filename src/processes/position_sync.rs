@@ -28,7 +28,7 @@ impl PositionSync {
                 .await
                 .map_err(venue_error)?;
             p.store
-                .replace_positions(account, &positions, now_ms())
+                .replace_positions(&ctx.fence, account, &positions, now_ms())
                 .await
                 .map_err(store_error)?;
             open += positions.len();

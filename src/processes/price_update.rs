@@ -42,7 +42,10 @@ impl PriceUpdate {
             .prices(&ctx.caller(Some(self.max_age)), &symbols)
             .await
             .map_err(venue_error)?;
-        p.store.upsert_prices(&prices, observed).await.map_err(store_error)?;
+        p.store
+            .upsert_prices(&ctx.fence, &prices, observed)
+            .await
+            .map_err(store_error)?;
         let oldest = p.store.prices().await.map_err(store_error)?;
         let oldest_in_use = oldest
             .iter()

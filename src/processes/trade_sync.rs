@@ -121,7 +121,7 @@ impl TradeSync {
                 .map_err(venue_error)?;
             let inserted = p
                 .store
-                .store_fills(account, symbol, &fills)
+                .store_fills(&ctx.fence, account, symbol, &fills)
                 .await
                 .map_err(store_error)?;
             p.metrics.domain.trades_synced.inc_by(inserted);

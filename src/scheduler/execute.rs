@@ -10,9 +10,10 @@ use futures::FutureExt;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{Instrument, field};
 
-use super::state::{ProcessHandle, RunRecord};
+use super::state::{ProcessHandle, RunLease, RunRecord};
 use super::{CANCEL_GRACE, Scheduler};
 use crate::process::{ErrorKind, ProcessError, RunContext, RunReport, RunUsage, Trigger};
+use crate::store::Fence;
 use crate::telemetry::metrics::{ErrorLabels, Outcome, TraceLabels, labels, unix_now};
 use crate::telemetry::otel;
 
@@ -31,6 +32,15 @@ impl Scheduler {
         scheduled: Instant,
         next_tick: Instant,
     ) {
+        let lease = match self.claim(&p, trigger).await {
+            Ok(lease) => lease,
+            Err(()) => return p.end(),
+        };
+        p.series().running.set(1);
+        let fence = match &lease {
+            Some(l) => self.ha.get().map(|ha| ha.fence(&p.id, l.token)).unwrap_or_default(),
+            None => Fence::none(),
+        };
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let lag = if trigger == Trigger::Schedule {
@@ -53,7 +63,10 @@ impl Scheduler {
         if let Some(id) = &trace_id {
             span.record("trace_id", id.as_str());
         }
-        let finished = self.attempts(&p, trigger, next_tick).instrument(span.clone()).await;
+        let finished = self
+            .attempts(&p, trigger, next_tick, &fence)
+            .instrument(span.clone())
+            .await;
         let duration = started.elapsed();
         let outcome = match &finished.result {
             Ok(_) => Outcome::success,
@@ -96,6 +109,7 @@ impl Scheduler {
             child_cpu_seconds: child.map(|c| c.cpu_seconds),
             child_peak_rss_bytes: child.map(|c| c.peak_rss_bytes),
             trace_id,
+            lease,
         };
         if let Some(sink) = self.run_sink.get() {
             let _ = sink.send(record.clone());
@@ -105,8 +119,25 @@ impl Scheduler {
         p.end();
     }
 
+    /// Under HA, wins the lease of this tick first: `Err` when it runs elsewhere.
+    async fn claim(&self, p: &ProcessHandle, trigger: Trigger) -> Result<Option<RunLease>, ()> {
+        let Some(ha) = self.ha.get() else {
+            return Ok(None);
+        };
+        let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
+        let manual = trigger == Trigger::Manual;
+        match ha.claim(&p.id, p.timeout, (p.interval, offset), manual).await {
+            Some(granted) => Ok(Some(RunLease {
+                replica: ha.replica.clone(),
+                slot: granted.slot,
+                token: granted.token,
+            })),
+            None => Err(()),
+        }
+    }
+
     /// Runs attempts until one succeeds, a failure is final, or a retry could not finish before `next_tick`.
-    async fn attempts(&self, p: &ProcessHandle, trigger: Trigger, next_tick: Instant) -> Finished {
+    async fn attempts(&self, p: &ProcessHandle, trigger: Trigger, next_tick: Instant, fence: &Fence) -> Finished {
         let usage = Arc::new(RunUsage::default());
         let mut attempt = 1;
         loop {
@@ -120,7 +151,10 @@ impl Scheduler {
             if let Some(id) = otel::span_id(&span) {
                 span.record("span_id", id.as_str());
             }
-            let result = self.attempt(p, trigger, attempt, &usage).instrument(span.clone()).await;
+            let result = self
+                .attempt(p, trigger, attempt, &usage, fence)
+                .instrument(span.clone())
+                .await;
             span.record("run.outcome", if result.is_ok() { "success" } else { "error" });
             let Err(error) = &result else {
                 return Finished {
@@ -166,6 +200,7 @@ impl Scheduler {
         trigger: Trigger,
         attempt: u32,
         usage: &Arc<RunUsage>,
+        fence: &Fence,
     ) -> Result<RunReport, ProcessError> {
         let Some(process) = &p.process else {
             return Err(ProcessError::permanent(
@@ -183,6 +218,7 @@ impl Scheduler {
             cancel: self.cancel_runs.child_token(),
             budget: self.budget.clone(),
             usage: usage.clone(),
+            fence: fence.clone(),
         };
         let cancel = ctx.cancel.clone();
         let work = AssertUnwindSafe(process.run(ctx)).catch_unwind();

@@ -17,9 +17,10 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use state::{ProcessHandle, RunRecord, Stats};
+pub use state::{ProcessHandle, RunLease, RunRecord, Stats};
 
 use crate::budget::ApiBudget;
+use crate::ha::Coordinator;
 use crate::process::Trigger;
 use crate::telemetry::Metrics;
 use crate::telemetry::metrics::{SkipReason, labels};
@@ -39,10 +40,12 @@ pub struct Scheduler {
     cancel_runs: CancellationToken,
     /// Where finished runs go besides memory (the store's run history).
     run_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunRecord>>,
+    /// Under HA: claims each tick's lease before running it (set once, before `start`).
+    ha: std::sync::OnceLock<Arc<Coordinator>>,
 }
 
 /// Why a manual trigger was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TriggerError {
     UnknownProcess,
     AlreadyRunning,
@@ -50,6 +53,8 @@ pub enum TriggerError {
     Unavailable,
     SchedulerDisabled,
     ShuttingDown,
+    /// Under HA: another replica holds the process's lease (its name).
+    HeldElsewhere(String),
 }
 
 /// What happened to the runs in flight at shutdown.
@@ -87,12 +92,22 @@ impl Scheduler {
             stop_ticking: CancellationToken::new(),
             cancel_runs: CancellationToken::new(),
             run_sink: std::sync::OnceLock::new(),
+            ha: std::sync::OnceLock::new(),
         })
     }
 
     /// Sends every finished run to `sink` too (set once, before `start`).
     pub fn record_runs_to(&self, sink: tokio::sync::mpsc::UnboundedSender<RunRecord>) {
         let _ = self.run_sink.set(sink);
+    }
+
+    /// Runs a tick only where `ha` wins its lease, on the grid all replicas share.
+    pub fn coordinate_with(&self, ha: Arc<Coordinator>) {
+        let _ = self.ha.set(ha);
+    }
+
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.ha.get()
     }
 
     pub fn processes(&self) -> &[Arc<ProcessHandle>] {
@@ -127,7 +142,11 @@ impl Scheduler {
             .enumerate()
             .filter(|(_, p)| p.schedulable())
             .map(|(i, p)| {
-                let first = start + Duration::from_secs_f64(p.config.start_offset_seconds);
+                let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
+                let first = match self.ha.get() {
+                    Some(ha) => start + ha.until_next_tick(p.interval, offset, Duration::ZERO),
+                    None => start + offset,
+                };
                 self.note_next_run(p, first);
                 Reverse((first, p.config.priority, i))
             })
@@ -161,6 +180,9 @@ impl Scheduler {
     /// Handles one due tick of process `i`; returns its next tick.
     fn tick(self: &Arc<Self>, i: usize, due: Instant, now: Instant) -> Instant {
         let p = &self.processes[i];
+        if let Some(ha) = self.ha.get() {
+            return self.tick_shared(ha, i, due, now);
+        }
         let missed = (now.duration_since(due).as_nanos() / p.interval.as_nanos().max(1)) as u32;
         let scheduled = due + p.interval * missed;
         let next = scheduled + p.interval;
@@ -178,6 +200,24 @@ impl Scheduler {
         next
     }
 
+    /// A tick on the grid all replicas share: the next one is computed from
+    /// the database's clock each time, so replicas stay aligned; whether
+    /// this replica runs it is decided by the claim at the start of the run.
+    fn tick_shared(self: &Arc<Self>, ha: &Coordinator, i: usize, due: Instant, now: Instant) -> Instant {
+        let p = &self.processes[i];
+        let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
+        let next = now + ha.until_next_tick(p.interval, offset, p.interval / 4);
+        self.note_next_run(p, next);
+        if p.is_paused() {
+            self.skipped(p, SkipReason::paused, 1);
+        } else if !p.try_begin() {
+            self.skipped(p, SkipReason::overlap, 1);
+        } else {
+            self.launch(p.clone(), Trigger::Schedule, due, next);
+        }
+        next
+    }
+
     fn skipped(&self, p: &ProcessHandle, reason: SkipReason, count: u64) {
         self.metrics.skip(&p.id, reason, count);
         p.stats().skipped_count += count;
@@ -190,7 +230,6 @@ impl Scheduler {
     }
 
     fn launch(self: &Arc<Self>, p: Arc<ProcessHandle>, trigger: Trigger, scheduled: Instant, next_tick: Instant) {
-        p.series().running.set(1);
         let me = self.clone();
         self.tracker
             .spawn(async move { me.execute(p, trigger, scheduled, next_tick).await });
@@ -210,6 +249,12 @@ impl Scheduler {
         }
         if !p.config.enabled {
             return Err(TriggerError::Disabled);
+        }
+        if let Some(ha) = self.ha.get()
+            && !ha.holds(id)
+            && let Some(holder) = ha.holder(id).filter(|h| !h.expired && *h.replica != *ha.replica)
+        {
+            return Err(TriggerError::HeldElsewhere(holder.replica));
         }
         if !p.try_begin() {
             return Err(TriggerError::AlreadyRunning);
@@ -232,6 +277,11 @@ impl Scheduler {
     fn set_paused(&self, id: &str, paused: bool) -> Option<bool> {
         let p = self.process(id)?;
         let changed = p.set_paused(paused);
+        if paused && let Some(ha) = self.ha.get() {
+            // Paused here: let another replica run it.
+            let (ha, id) = (ha.clone(), p.id.clone());
+            tokio::spawn(async move { ha.release(&id).await });
+        }
         self.metrics.paused.get_or_create(&labels(id)).set(paused as i64);
         if changed {
             tracing::info!(process = %id, paused, "process {}", if paused { "paused" } else { "resumed" });

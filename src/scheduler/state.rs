@@ -70,6 +70,17 @@ pub struct RunRecord {
     pub child_cpu_seconds: Option<f64>,
     pub child_peak_rss_bytes: Option<u64>,
     pub trace_id: Option<String>,
+    /// Under HA: the grid slot this run was for, the replica that ran it and its lease token.
+    pub lease: Option<RunLease>,
+}
+
+/// What a run held under HA.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunLease {
+    pub replica: Arc<str>,
+    /// `None` for a manual run.
+    pub slot: Option<i64>,
+    pub token: i64,
 }
 
 impl ProcessHandle {

@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
-use super::Store;
+use super::{Fence, Store};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -14,7 +14,8 @@ pub struct Snapshot {
 }
 
 impl Store {
-    pub async fn put_snapshot(&self, account: &str, data: &Value, now: i64) -> anyhow::Result<()> {
+    pub async fn put_snapshot(&self, fence: &Fence, account: &str, data: &Value, now: i64) -> anyhow::Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         sqlx::query(
             "INSERT INTO dashboard_snapshots (account, data, computed_at) VALUES ($1, $2, $3) \
              ON CONFLICT (account) DO UPDATE SET data = excluded.data, computed_at = excluded.computed_at",
@@ -22,8 +23,9 @@ impl Store {
         .bind(account.to_string())
         .bind(data.to_string())
         .bind(now)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

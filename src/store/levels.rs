@@ -11,7 +11,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::notifications::insert_notification;
-use super::{Store, dec, now_ms, opt_dec};
+use super::{Fence, Store, dec, now_ms, opt_dec};
 use crate::exchange::OrderAck;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,16 +174,14 @@ impl Store {
     /// `Ok(None)`: the level changed meanwhile (not armed, or another version).
     pub async fn trigger_level(
         &self,
+        fence: &Fence,
         l: &Level,
-        side: &str,
-        qty: Decimal,
-        kind: &str,
-        price: Decimal,
-        observed_at: i64,
+        (side, qty): (&str, Decimal),
+        (kind, price, observed_at): (&str, Decimal, i64),
     ) -> anyhow::Result<Option<Intent>> {
         let client_order_id = format!("sm-{}-{}", l.id, l.version);
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let won = sqlx::query(
             "UPDATE levels SET status = 'triggered', version = version + 1, client_order_id = $1, trigger_kind = $2, \
              trigger_price = $3, updated_at = $4 WHERE id = $5 AND status = 'armed' AND version = $6",
@@ -240,9 +238,15 @@ impl Store {
     }
 
     /// Records an executed close: intent, level and an outbox event, together.
-    pub async fn complete_intent(&self, i: &Intent, ack: &OrderAck, webhook: Option<&str>) -> anyhow::Result<()> {
+    pub async fn complete_intent(
+        &self,
+        fence: &Fence,
+        i: &Intent,
+        ack: &OrderAck,
+        webhook: Option<&str>,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         sqlx::query("UPDATE order_intents SET status = 'executed', order_id = $1, avg_price = $2, updated_at = $3 WHERE client_order_id = $4")
             .bind(ack.order_id as i64)
             .bind(ack.avg_price.to_string())
@@ -275,9 +279,15 @@ impl Store {
     }
 
     /// Records a close the venue refused: intent and level fail, an outbox event is queued.
-    pub async fn fail_intent(&self, i: &Intent, error: &str, webhook: Option<&str>) -> anyhow::Result<()> {
+    pub async fn fail_intent(
+        &self,
+        fence: &Fence,
+        i: &Intent,
+        error: &str,
+        webhook: Option<&str>,
+    ) -> anyhow::Result<()> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         sqlx::query(
             "UPDATE order_intents SET status = 'failed', error = $1, updated_at = $2 WHERE client_order_id = $3",
         )

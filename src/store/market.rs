@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, dec};
+use super::{Fence, Store, dec};
 use crate::exchange::{Position, Price};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,8 +44,14 @@ fn position(r: &AnyRow) -> anyhow::Result<StoredPosition> {
 
 impl Store {
     /// Replaces an account's open positions in one transaction.
-    pub async fn replace_positions(&self, account: &str, positions: &[Position], now: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn replace_positions(
+        &self,
+        fence: &Fence,
+        account: &str,
+        positions: &[Position],
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         sqlx::query("DELETE FROM positions WHERE account = $1")
             .bind(account.to_string())
             .execute(&mut *tx)
@@ -77,8 +83,8 @@ impl Store {
         rows.iter().map(position).collect()
     }
 
-    pub async fn upsert_prices(&self, prices: &[Price], observed_at: i64) -> anyhow::Result<()> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn upsert_prices(&self, fence: &Fence, prices: &[Price], observed_at: i64) -> anyhow::Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
         for p in prices {
             sqlx::query(
                 "INSERT INTO prices (symbol, price, observed_at, venue_time) VALUES ($1, $2, $3, $4) \

@@ -6,6 +6,7 @@
 //! transaction; each concern has its own file of queries.
 
 mod dashboard;
+mod fence;
 mod levels;
 mod market;
 mod notifications;
@@ -20,13 +21,17 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use dashboard::Snapshot;
+pub use fence::{Fence, Fenced};
 pub use levels::{Intent, Level, LevelStatus, NewLevel};
 pub use market::{StoredPosition, StoredPrice};
 pub use notifications::{Alert, NewAlert, Notification};
 pub use trades::StoredTrade;
 
 /// Migrations, applied in order; `{{ID}}` is the dialect's auto-increment key.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_initial", include_str!("../../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
+    ("0002_run_slots", include_str!("../../migrations/0002_run_slots.sql")),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Store, dec, now_ms};
+use super::{Fence, Store, dec, now_ms};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {
@@ -113,12 +113,13 @@ impl Store {
     /// Marks an active alert triggered and queues its notification, together.
     pub async fn trigger_alert(
         &self,
+        fence: &Fence,
         a: &Alert,
         price: Decimal,
         fallback_webhook: Option<&str>,
     ) -> anyhow::Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let won = sqlx::query(
             "UPDATE alerts SET status = 'triggered', triggered_at = $1 WHERE id = $2 AND status = 'active'",
         )
@@ -176,6 +177,7 @@ impl Store {
     /// Records a delivery attempt: `status` is `delivered`, `pending` (retry at `next_at`) or `failed`/`skipped`.
     pub async fn record_delivery(
         &self,
+        fence: &Fence,
         id: i64,
         status: &str,
         attempts: i64,
@@ -183,6 +185,7 @@ impl Store {
         error: Option<&str>,
     ) -> anyhow::Result<()> {
         let now = now_ms();
+        let mut tx = self.begin_fenced(fence).await?;
         sqlx::query(
             "UPDATE notifications SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4, \
              delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
@@ -193,8 +196,9 @@ impl Store {
         .bind(error.map(String::from))
         .bind(now)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -16,8 +16,8 @@ impl Store {
     pub async fn insert_run(&self, r: &RunRecord) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO runs (process, trigger, started_at, finished_at, duration_seconds, lag_seconds, attempts, \
-             outcome, error_kind, error_message, api_calls, trace_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             outcome, error_kind, error_message, api_calls, trace_id, slot, replica, lease_token) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(r.process.to_string())
         .bind(r.trigger.as_str())
@@ -31,6 +31,9 @@ impl Store {
         .bind(r.error_message.clone())
         .bind(r.api_calls as i64)
         .bind(r.trace_id.clone())
+        .bind(r.lease.as_ref().and_then(|l| l.slot))
+        .bind(r.lease.as_ref().map(|l| l.replica.to_string()))
+        .bind(r.lease.as_ref().map(|l| l.token))
         .execute(self.pool())
         .await?;
         Ok(())
@@ -75,6 +78,9 @@ impl Store {
                     "error_message": r.try_get::<Option<String>, _>("error_message")?,
                     "api_calls": r.try_get::<i64, _>("api_calls")?,
                     "trace_id": r.try_get::<Option<String>, _>("trace_id")?,
+                    "slot": r.try_get::<Option<i64>, _>("slot")?,
+                    "replica": r.try_get::<Option<String>, _>("replica")?,
+                    "lease_token": r.try_get::<Option<i64>, _>("lease_token")?,
                 }))
             })
             .collect()

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, dec, now_ms};
+use super::{Fence, Store, dec, now_ms};
 use crate::exchange::Fill;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,11 +53,11 @@ impl Store {
 
     /// Upserts a page of fills and advances the cursor past them, in one
     /// transaction: a crash leaves either both or neither. Returns new rows.
-    pub async fn store_fills(&self, account: &str, symbol: &str, fills: &[Fill]) -> anyhow::Result<u64> {
+    pub async fn store_fills(&self, fence: &Fence, account: &str, symbol: &str, fills: &[Fill]) -> anyhow::Result<u64> {
         let Some(last) = fills.iter().map(|f| f.id).max() else {
             return Ok(0);
         };
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.begin_fenced(fence).await?;
         let mut inserted = 0;
         for f in fills {
             inserted += sqlx::query(

@@ -118,6 +118,7 @@ pub struct Metrics {
     pub scheduler_enabled: Gauge,
     pub api: super::api::ApiMetrics,
     pub domain: super::domain::DomainMetrics,
+    pub ha: super::ha::HaMetrics,
 }
 
 impl Metrics {
@@ -155,6 +156,7 @@ impl Metrics {
             scheduler_enabled: Gauge::default(),
             api: super::api::ApiMetrics::new(),
             domain: super::domain::DomainMetrics::new(),
+            ha: super::ha::HaMetrics::default(),
         };
         registry.register(
             "scheduler_enabled",
@@ -260,6 +262,7 @@ impl Metrics {
         );
         m.api.register(api);
         m.domain.register(registry);
+        m.ha.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod ha;
 pub mod metrics;
 pub mod otel;
 mod resources;

@@ -21,6 +21,7 @@ use tracing::{Instrument, field};
 
 use crate::budget::{Admission, ApiBudget, GlobalBudget};
 use crate::exchange::{Account, Caller, VenueError};
+use crate::ha::budget::ClusterBudget;
 use crate::telemetry::Metrics;
 use crate::telemetry::api::{CacheLabels, CallLabels, EndpointLabels, KindLabels, StatusLabels};
 use crate::telemetry::metrics::{ProcessLabels, TraceLabels};
@@ -74,6 +75,8 @@ pub struct Upstream {
     clock_offset_ms: AtomicI64,
     cache: cache::Cache,
     in_flight: Mutex<HashMap<String, SharedCall>>,
+    /// Under HA: the budget all replicas share (counted in PostgreSQL).
+    cluster: std::sync::OnceLock<Arc<ClusterBudget>>,
 }
 
 pub struct UpstreamOptions {
@@ -107,7 +110,13 @@ impl Upstream {
             clock_offset_ms: AtomicI64::new(0),
             cache: cache::Cache::default(),
             in_flight: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Counts every call in the cluster's budget too (HA; set once, before the first call).
+    pub fn share_budget(&self, cluster: Arc<ClusterBudget>) {
+        let _ = self.cluster.set(cluster);
     }
 
     pub fn base_url(&self) -> &str {
@@ -316,6 +325,11 @@ impl Upstream {
         {
             self.budget.observe_used_weight(used);
             m.upstream_used_weight.set(used as i64);
+            if let Some(cluster) = self.cluster.get()
+                && let Err(e) = cluster.observe_used(self.budget.venue_minute(), used).await
+            {
+                tracing::debug!(error = %format!("{e:#}"), "cannot record the venue's weight count in the cluster budget");
+            }
         }
         if (200..300).contains(&answer.status) {
             return Ok(answer.body);
@@ -395,6 +409,12 @@ impl Upstream {
                 Admission::TooHeavy { weight, cap } => format!("weight {weight} exceeds this caller's share {cap}"),
             }));
         }
+        if let Some(cluster) = self.cluster.get()
+            && let Err(e) = self.admit_cluster(cluster, caller, weight).await
+        {
+            self.process_budget.refund(&caller.process, 1);
+            return Err(e);
+        }
         let waited = started.elapsed();
         if waited > Duration::from_millis(1) {
             let m = &self.metrics.api;
@@ -406,6 +426,37 @@ impl Upstream {
             m.throttle_wait.observe(waited.as_secs_f64());
         }
         Ok(())
+    }
+}
+
+impl Upstream {
+    /// The cluster's share for the venue's current minute; waits for the next
+    /// minute when it is spent, within the caller's deadline.
+    async fn admit_cluster(&self, cluster: &ClusterBudget, caller: &Caller, weight: u32) -> Result<(), VenueError> {
+        loop {
+            let minute = self.budget.venue_minute();
+            let limit = self.process_budget.limit(&caller.process);
+            let cap = self.budget.cap(&caller.process);
+            match cluster.try_take(&caller.process, limit, weight, cap, minute).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    let wait = self.budget.until_next_minute();
+                    if Instant::now() + wait > caller.deadline {
+                        return Err(VenueError::BudgetExhausted(format!(
+                            "the cluster's budget for this minute is spent (all replicas); room in {:.1}s, after the deadline",
+                            wait.as_secs_f64()
+                        )));
+                    }
+                    self.metrics.ha.cluster_budget_waits.inc();
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    return Err(VenueError::BudgetExhausted(format!(
+                        "the cluster's budget cannot be read (PostgreSQL): {e:#}"
+                    )));
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,96 @@
+//! Metrics of several replicas working as one (issue 7): who holds which
+//! lease, how claims went, fenced writes, and whether the coordination store
+//! answers. Without HA the families stay empty and the gauges at 0.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::metrics::ProcessLabels;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// `won` (this replica runs the tick), `lost` (another replica holds the
+    /// lease or ran the tick), `expired` (took over a lease its holder let
+    /// lapse: a failover), `error` (the store did not answer).
+    pub result: &'static str,
+}
+
+pub const CLAIM_RESULTS: [&str; 4] = ["won", "lost", "expired", "error"];
+
+#[derive(Default)]
+pub struct HaMetrics {
+    pub enabled: Gauge,
+    pub lease_held: Family<ProcessLabels, Gauge>,
+    pub claims: Family<ClaimLabels, Counter>,
+    pub fencing_rejections: Counter,
+    pub replicas: Gauge,
+    pub store_up: Gauge,
+    pub cluster_budget_waits: Counter,
+}
+
+impl HaMetrics {
+    pub fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("ha");
+        r.register(
+            "enabled",
+            "1 when this replica coordinates with others through PostgreSQL",
+            self.enabled.clone(),
+        );
+        r.register(
+            "lease_held",
+            "1 while this replica holds the process's lease (runs its ticks)",
+            self.lease_held.clone(),
+        );
+        r.register(
+            "claims",
+            "Attempts to claim a tick's lease, by result",
+            self.claims.clone(),
+        );
+        r.register(
+            "fencing_rejections",
+            "Writes refused because the run's lease token was no longer current",
+            self.fencing_rejections.clone(),
+        );
+        r.register(
+            "replicas",
+            "Replicas that reported themselves alive within the last few heartbeats",
+            self.replicas.clone(),
+        );
+        r.register(
+            "store_up",
+            "1 while the coordination store (PostgreSQL) answers this replica",
+            self.store_up.clone(),
+        );
+        r.register(
+            "cluster_budget_waits",
+            "Calls that waited because the cluster's shared budget for the minute was spent",
+            self.cluster_budget_waits.clone(),
+        );
+    }
+
+    /// Creates the series of an HA replica, so dashboards see zeros from start-up.
+    pub fn init(&self, processes: &[String]) {
+        self.enabled.set(1);
+        for result in CLAIM_RESULTS {
+            let _ = self.claims.get_or_create(&ClaimLabels { result });
+        }
+        for p in processes {
+            let _ = self.lease_held.get_or_create(&ProcessLabels { process: p.clone() });
+        }
+    }
+
+    pub fn held(&self, process: &str, held: bool) {
+        self.lease_held
+            .get_or_create(&ProcessLabels {
+                process: process.to_string(),
+            })
+            .set(held as i64);
+    }
+
+    pub fn claim(&self, result: &'static str) {
+        self.claims.get_or_create(&ClaimLabels { result }).inc();
+    }
+}
