@@ -181,6 +181,13 @@ pub fn process_gone(pid: i32) -> bool {
 }
 
 impl Service {
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the service.
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
     /// SIGKILL: no shutdown, no flush, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
