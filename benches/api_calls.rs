@@ -212,6 +212,7 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         webhook_url: None,
         batching: knobs.batching,
         levels_generation: AtomicU64::new(0),
+        shared_store: false,
     });
     let mut config: Config = script_manager::config::load(&script_manager::config::LoadOptions {
         config_path: None,

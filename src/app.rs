@@ -142,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         webhook_url: config.notifications.webhook_url.clone(),
         batching: config.upstream.batching,
         levels_generation: AtomicU64::new(0),
+        shared_store: config.ha.enabled,
     });
     if let Err(e) = processes::demo::seed(&platform, &config).await {
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");

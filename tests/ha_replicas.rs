@@ -252,6 +252,8 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
 
     // Slow answers, so the holder is caught in the middle of a run; then freeze it past its lease.
     sim.post("/sim/faults", &json!({"latency_ms": 1500})).await;
+    // A run that started before the fault may be about to finish; the next is slow throughout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     frozen
         .wait_get(
             "trade_sync in flight",
@@ -260,7 +262,6 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
             |p| p["state"] == "executing",
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     kill(&frozen, libc::SIGSTOP);
     sim.post("/sim/faults", &json!({})).await;
 

@@ -32,6 +32,8 @@ struct Loaded {
     index: LevelIndex,
     levels: HashMap<i64, Level>,
     generation: u64,
+    /// The store's fingerprint of armed levels, when other replicas may change them.
+    fingerprint: Option<(i64, i64)>,
     at: Instant,
 }
 
@@ -53,6 +55,10 @@ impl LevelMonitor {
     async fn load(&self) -> anyhow::Result<Loaded> {
         let p = &self.platform;
         let generation = p.levels_generation.load(Ordering::Acquire);
+        let fingerprint = match p.shared_store {
+            true => Some(p.store.armed_levels_fingerprint().await?),
+            false => None,
+        };
         let levels = p.store.levels(Some(LevelStatus::Armed)).await?;
         let positions = p.store.positions(None).await?;
         let direction = |account: &str, symbol: &str| {
@@ -66,8 +72,17 @@ impl LevelMonitor {
             index,
             levels: levels.into_iter().map(|l| (l.id, l)).collect(),
             generation,
+            fingerprint,
             at: Instant::now(),
         })
+    }
+
+    /// Under HA: whether another replica added, removed or fired a level since `loaded`.
+    async fn changed_elsewhere(&self, loaded: Option<(i64, i64)>) -> anyhow::Result<bool> {
+        match loaded {
+            Some(loaded) => Ok(self.platform.store.armed_levels_fingerprint().await? != loaded),
+            None => Ok(false),
+        }
     }
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
@@ -76,7 +91,9 @@ impl LevelMonitor {
         let stale = match &*state {
             None => true,
             Some(s) => {
-                s.generation != self.platform.levels_generation.load(Ordering::Acquire) || s.at.elapsed() > RELOAD_EVERY
+                s.generation != self.platform.levels_generation.load(Ordering::Acquire)
+                    || s.at.elapsed() > RELOAD_EVERY
+                    || self.changed_elsewhere(s.fingerprint).await.map_err(store_error)?
             }
         };
         if stale {

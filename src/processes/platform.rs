@@ -24,6 +24,8 @@ pub struct Platform {
     pub batching: bool,
     /// Bumped whenever levels change outside level_monitor (the data API), so it re-reads them.
     pub levels_generation: AtomicU64,
+    /// Other replicas write to the same store (HA): what is cached from it must be re-checked there.
+    pub shared_store: bool,
 }
 
 /// A store failure, as a run error.

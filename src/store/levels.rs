@@ -146,6 +146,15 @@ impl Store {
         rows.iter().map(level).collect()
     }
 
+    /// Changes whenever an armed level is added, removed or fired, by any
+    /// replica: (how many, highest id).
+    pub async fn armed_levels_fingerprint(&self) -> anyhow::Result<(i64, i64)> {
+        let row = sqlx::query("SELECT count(*) AS n, COALESCE(max(id), 0) AS m FROM levels WHERE status = 'armed'")
+            .fetch_one(self.pool())
+            .await?;
+        Ok((row.try_get("n")?, row.try_get("m")?))
+    }
+
     pub async fn level(&self, id: i64) -> anyhow::Result<Option<Level>> {
         let row = sqlx::query("SELECT * FROM levels WHERE id = $1")
             .bind(id)
