@@ -126,6 +126,22 @@ overview = dashboard(
               [("time() - script_manager_start_time_seconds", "{{instance}}")], 0, 70, 8, 4, kind="stat"),
         panel("Venue clock offset", "Venue clock minus ours, measured at start-up and on -1021.", "s",
               [("script_manager_api_clock_offset_seconds", "offset")], 8, 70, 8, 4, kind="stat"),
+        # Several replicas (ha.enabled): empty on a single replica.
+        panel("Lease holders (HA)", "Which replica holds each process's lease and so runs its ticks; "
+              "a process with no holder runs nowhere.", "short",
+              [("max by (process, instance) (script_manager_ha_lease_held) == 1", "{{process}} on {{instance}}")],
+              0, 74, 12, 8, kind="table"),
+        panel("Failovers (HA)", "Leases taken over after their holder let them lapse (crash, freeze, "
+              "lost PostgreSQL), per 5 minutes, by the replica that took over.", "short",
+              [('sum by (instance) (increase(script_manager_ha_claims_total{result="expired"}[5m]))', "{{instance}}")],
+              12, 74),
+        panel("Replicas alive (HA)", "Replicas that reported to PostgreSQL within the last heartbeats, as each sees it.", "short",
+              [("max(script_manager_ha_replicas)", "replicas")], 0, 82, 6, 4, kind="stat"),
+        panel("Coordination store (HA)", "1 while a replica reaches PostgreSQL; at 0 it runs nothing.", "short",
+              [("script_manager_ha_store_up", "{{instance}}")], 6, 82, 6, 4, kind="stat"),
+        panel("Fenced writes (HA)", "Writes refused because the run's lease had moved to another replica, per 5 minutes.", "short",
+              [("sum by (instance) (increase(script_manager_ha_fencing_rejections_total[5m]))", "{{instance}}")],
+              12, 82, 12, 4),
     ],
 )
 
