@@ -243,3 +243,37 @@ fn every_example_configuration_is_valid() {
     }
     assert!(seen >= 2, "examples found: {seen}");
 }
+
+#[test]
+fn ha_needs_postgres_and_a_shared_exchange_and_a_heartbeat_inside_the_lease() {
+    let found = problems(
+        Some("[ha]\nenabled = true\nlease_margin_seconds = 2\nheartbeat_seconds = 1.5\n"),
+        &[],
+    )
+    .join("\n");
+    for needle in [
+        "ha.enabled: needs a postgres:// store.url",
+        "ha.enabled: needs a shared exchange",
+        "ha.heartbeat_seconds: must be greater than 0 and at most half of ha.lease_margin_seconds",
+    ] {
+        assert!(found.contains(needle), "missing `{needle}` in:\n{found}");
+    }
+    let shared = "[store]\nurl = \"postgres://sm@db/sm\"\n[exchange]\nkind = \"binance-usdm\"\n\
+                  [exchange.accounts.main]\napi_key = \"k\"\napi_secret = \"s\"\n";
+    let config = ok(Some(shared), &[("SCRIPT_MANAGER_HA__ENABLED", "true")]);
+    assert!(config.ha.enabled);
+    assert_eq!(config.ha.replica_id, None, "hostname-pid is chosen at start-up");
+    assert_eq!(script_manager::ha::replica_id(&config.ha), {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let named = ok(
+        Some(shared),
+        &[
+            ("SCRIPT_MANAGER_HA__ENABLED", "true"),
+            ("SCRIPT_MANAGER_HA__REPLICA_ID", "replica-a"),
+        ],
+    );
+    assert_eq!(script_manager::ha::replica_id(&named.ha), "replica-a");
+    assert!(!ok(None, &[]).ha.enabled, "off by default");
+}

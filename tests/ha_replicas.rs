@@ -148,6 +148,7 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         }
     }
     assert_eq!(held, 1.0, "exactly one replica holds the lease");
+    promtool_accepts(&cluster[0].1.metrics().await);
 
     // SIGKILL the holder: another replica runs the next tick within one interval plus the lease.
     let i = cluster.iter().position(|(n, _)| *n == h).unwrap();
@@ -208,6 +209,30 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         "the load was enough to fill the budget: {meter}"
     );
     assert_eq!(meter["violations"], 0, "{meter}");
+}
+
+/// `promtool check metrics` on a replica's metrics, with the HA families filled in.
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    assert!(
+        text.contains("script_manager_ha_claims_total{result=\"won\"}"),
+        "{text}"
+    );
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (scripts/test installs Debian's prometheus package)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
 }
 
 fn kill(svc: &Service, signal: i32) {
