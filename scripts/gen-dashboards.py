@@ -141,7 +141,11 @@ overview = dashboard(
               [("script_manager_ha_store_up", "{{instance}}")], 6, 82, 6, 4, kind="stat"),
         panel("Fenced writes (HA)", "Writes refused because the run's lease had moved to another replica, per 5 minutes.", "short",
               [("sum by (instance) (increase(script_manager_ha_fencing_rejections_total[5m]))", "{{instance}}")],
-              12, 82, 12, 4),
+              12, 82, 6, 4),
+        panel("Cluster budget waits (HA)", "Calls that waited for the next minute because all replicas together "
+              "had spent the minute's budget, per 5 minutes.", "short",
+              [("sum by (instance) (increase(script_manager_ha_cluster_budget_waits_total[5m]))", "{{instance}}")],
+              18, 82, 6, 4),
     ],
 )
 

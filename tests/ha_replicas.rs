@@ -169,6 +169,7 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let gap_s = (takeover_at - killed_at) as f64 / 1000.0;
+    eprintln!("failover: {successor} ran tick {gap_s:.2}s after {h} was killed");
     // 0.3 s for the claim and process start-up on a loaded 2-core machine.
     assert!(
         gap_s <= TICK_INTERVAL_S + TICK_LEASE_S + 0.3,

@@ -22,7 +22,6 @@ pub const CLAIM_RESULTS: [&str; 4] = ["won", "lost", "expired", "error"];
 
 #[derive(Default)]
 pub struct HaMetrics {
-    pub enabled: Gauge,
     pub lease_held: Family<ProcessLabels, Gauge>,
     pub claims: Family<ClaimLabels, Counter>,
     pub fencing_rejections: Counter,
@@ -34,11 +33,6 @@ pub struct HaMetrics {
 impl HaMetrics {
     pub fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("ha");
-        r.register(
-            "enabled",
-            "1 when this replica coordinates with others through PostgreSQL",
-            self.enabled.clone(),
-        );
         r.register(
             "lease_held",
             "1 while this replica holds the process's lease (runs its ticks)",
@@ -73,7 +67,6 @@ impl HaMetrics {
 
     /// Creates the series of an HA replica, so dashboards see zeros from start-up.
     pub fn init(&self, processes: &[String]) {
-        self.enabled.set(1);
         for result in CLAIM_RESULTS {
             let _ = self.claims.get_or_create(&ClaimLabels { result });
         }
