@@ -74,6 +74,16 @@ fn spawn_run_writer(store: Arc<Store>, retention: Duration) -> mpsc::UnboundedSe
     tx
 }
 
+/// Processes the scheduler will tick.
+fn schedulable(scheduler: &Scheduler) -> Vec<String> {
+    scheduler
+        .processes()
+        .iter()
+        .filter(|p| p.schedulable() && scheduler.enabled())
+        .map(|p| p.id.to_string())
+        .collect()
+}
+
 /// Makes the scheduler claim each tick, starts the heartbeat and the pruning
 /// of old cluster-budget minutes (both stop with `stop`).
 fn join_cluster(
@@ -83,13 +93,7 @@ fn join_cluster(
     metrics: &Metrics,
     stop: CancellationToken,
 ) {
-    let schedulable: Vec<String> = scheduler
-        .processes()
-        .iter()
-        .filter(|p| p.schedulable())
-        .map(|p| p.id.to_string())
-        .collect();
-    metrics.ha.init(&schedulable);
+    metrics.ha.init(&schedulable(scheduler));
     scheduler.coordinate_with(ha.clone());
     ha.spawn_heartbeat(stop.clone());
     tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
@@ -150,8 +154,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
     let retention = Duration::from_secs_f64(config.store.run_retention_days * 86_400.0);
     scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));
-    if let Some(ha) = &ha {
-        join_cluster(&scheduler, ha, cluster.clone(), &metrics, ha_stop.clone());
+    match &ha {
+        Some(ha) => join_cluster(&scheduler, ha, cluster.clone(), &metrics, ha_stop.clone()),
+        None => metrics.ha.init_single(&schedulable(&scheduler)),
     }
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {

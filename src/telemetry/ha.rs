@@ -1,6 +1,6 @@
 //! Metrics of several replicas working as one (issue 7): who holds which
 //! lease, how claims went, fenced writes, and whether the coordination store
-//! answers. Without HA the families stay empty and the gauges at 0.
+//! answers. A single replica reports itself as holding everything it runs.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -67,11 +67,24 @@ impl HaMetrics {
 
     /// Creates the series of an HA replica, so dashboards see zeros from start-up.
     pub fn init(&self, processes: &[String]) {
-        for result in CLAIM_RESULTS {
-            let _ = self.claims.get_or_create(&ClaimLabels { result });
-        }
+        self.init_single(&[]);
+        self.replicas.set(0);
         for p in processes {
             let _ = self.lease_held.get_or_create(&ProcessLabels { process: p.clone() });
+        }
+    }
+
+    /// A single replica runs every process it schedules: it "holds" them all,
+    /// is the one replica alive, and has no coordination store to lose (so
+    /// dashboards and alerts read the same series with or without HA).
+    pub fn init_single(&self, processes: &[String]) {
+        for p in processes {
+            self.held(p, true);
+        }
+        self.replicas.set(1);
+        self.store_up.set(1);
+        for result in CLAIM_RESULTS {
+            let _ = self.claims.get_or_create(&ClaimLabels { result });
         }
     }
 
