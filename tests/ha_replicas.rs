@@ -221,6 +221,56 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         "the load was enough to fill the budget: {meter}"
     );
     assert_eq!(meter["violations"], 0, "{meter}");
+
+    // Pausing a process on its holder hands it to another replica.
+    let (successor_svc, last) = {
+        let i = cluster.iter().position(|(n, _)| *n == successor).unwrap();
+        (&cluster[i].1, &cluster[1 - i])
+    };
+    let (status, _) = successor_svc
+        .post_json("/api/script-manager/processes/tick/pause", &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while holder(&last.1, "tick").await.as_deref() != Some(last.0.as_str()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pause did not hand the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    successor_svc
+        .post_json("/api/script-manager/processes/tick/resume", &json!({}))
+        .await;
+
+    // A graceful stop releases the leases: the other replica runs the next tick, without waiting out the lease.
+    let (_, mut stopping) = cluster.remove(cluster.iter().position(|(n, _)| *n == last.0).unwrap());
+    let expired = r#"script_manager_ha_claims_total{result="expired"}"#;
+    let failovers_before = metric(&cluster[0].1, expired).await;
+    let stopped_at = now_ms();
+    assert!(stopping.stop(Duration::from_secs(20)).success());
+    let remaining = cluster[0].0.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let handover = loop {
+        let after = scheduled_runs(&db, "tick").await;
+        if let Some(r) = after.iter().find(|r| r.2 > stopped_at && r.1 == remaining) {
+            break r.2;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica took over after a graceful stop"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let handover_s = (handover - stopped_at) as f64 / 1000.0;
+    eprintln!("handover after a graceful stop: {handover_s:.2}s");
+    assert!(handover_s <= TICK_INTERVAL_S + 1.0, "handover after {handover_s:.2}s");
+    assert_eq!(
+        metric(&cluster[0].1, expired).await,
+        failovers_before,
+        "a released lease is taken over as a hand-over, not a failover"
+    );
+    assert_once_each(&scheduled_runs(&db, "tick").await, "to the end");
 }
 
 /// `promtool check metrics` on a replica's metrics, with the HA families filled in.
