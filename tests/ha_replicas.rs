@@ -499,17 +499,20 @@ impl PrivatePostgres {
         versions.pop().expect("initdb")
     }
 
-    /// Runs a server program, as `postgres` when we are root (PostgreSQL refuses root).
-    fn run(&self, program: &str, args: &[&str]) {
+    /// A server program, run as `postgres` when we are root (PostgreSQL refuses root).
+    fn command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        if unsafe { libc::geteuid() } == 0 {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&path);
             c
         } else {
             Command::new(&path)
-        };
-        let out = cmd.args(args).output().unwrap();
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap();
         assert!(
             out.status.success(),
             "{program} {args:?}: {}{}",
@@ -566,9 +569,8 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let _ = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(self.bin.join("pg_ctl"))
+        let _ = self
+            .command("pg_ctl")
             .args(["-D", &self.data(), "-m", "immediate", "stop"])
             .output();
     }
