@@ -158,7 +158,12 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "held_by_another_replica");
     assert!(body["error"]["message"].as_str().unwrap().contains(&h), "{body}");
-    promtool_accepts(&cluster[0].1.metrics().await);
+    let text = cluster[0].1.metrics().await;
+    assert!(
+        text.contains(r#"script_manager_ha_claims_total{result="won"}"#),
+        "{text}"
+    );
+    common::promtool_accepts(&text);
 
     // SIGKILL the holder: another replica runs the next tick within one interval plus the lease.
     let i = cluster.iter().position(|(n, _)| *n == h).unwrap();
@@ -271,30 +276,6 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         "a released lease is taken over as a hand-over, not a failover"
     );
     assert_once_each(&scheduled_runs(&db, "tick").await, "to the end");
-}
-
-/// `promtool check metrics` on a replica's metrics, with the HA families filled in.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    assert!(
-        text.contains("script_manager_ha_claims_total{result=\"won\"}"),
-        "{text}"
-    );
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is needed (scripts/test installs Debian's prometheus package)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success() && report.trim().is_empty(), "promtool: {report}");
 }
 
 fn kill(svc: &Service, signal: i32) {

@@ -233,26 +233,7 @@ async fn metrics_pass_promtool_and_speak_openmetrics_on_request() {
     ] {
         assert!(text.contains(series), "missing {series}");
     }
-    let promtool = which("promtool").expect("promtool is needed (scripts/test installs Debian's prometheus package)");
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}"
-    );
+    common::promtool_accepts(&text);
 
     let r = svc
         .http

@@ -190,6 +190,12 @@ impl Scheduler {
         if missed > 0 {
             self.skipped(p, SkipReason::missed, missed as u64);
         }
+        self.run_unless_paused_or_running(p, scheduled, next);
+        next
+    }
+
+    /// A due tick starts a run, unless the process is paused or still running (single flight).
+    fn run_unless_paused_or_running(self: &Arc<Self>, p: &Arc<ProcessHandle>, scheduled: Instant, next: Instant) {
         if p.is_paused() {
             self.skipped(p, SkipReason::paused, 1);
         } else if !p.try_begin() {
@@ -197,7 +203,6 @@ impl Scheduler {
         } else {
             self.launch(p.clone(), Trigger::Schedule, scheduled, next);
         }
-        next
     }
 
     /// A tick on the grid all replicas share: the next one is computed from
@@ -208,13 +213,7 @@ impl Scheduler {
         let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
         let next = now + ha.until_next_tick(p.interval, offset, p.interval / 4);
         self.note_next_run(p, next);
-        if p.is_paused() {
-            self.skipped(p, SkipReason::paused, 1);
-        } else if !p.try_begin() {
-            self.skipped(p, SkipReason::overlap, 1);
-        } else {
-            self.launch(p.clone(), Trigger::Schedule, due, next);
-        }
+        self.run_unless_paused_or_running(p, due, next);
         next
     }
 
