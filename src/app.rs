@@ -125,7 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         false => None,
     };
     let cluster = match &ha {
-        Some(ha) => Some(Arc::new(ClusterBudget::new(ha.pool().clone()).await?)),
+        Some(_) => Some(Arc::new(ClusterBudget::connect(&config.store.url).await?)),
         None => None,
     };
     let exchange = exchange::setup::start(

@@ -18,6 +18,17 @@ pub struct ClusterBudget {
 const WEIGHT: &str = "weight";
 
 impl ClusterBudget {
+    /// Its own connections, so a burst of calls never delays a lease renewal.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(6)
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .connect(url)
+            .await
+            .map_err(|e| anyhow::anyhow!("ha: cannot connect to {}: {e}", crate::store::redact_url(url)))?;
+        Self::new(pool).await
+    }
+
     pub async fn new(pool: PgPool) -> anyhow::Result<Self> {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS ha_budget (

@@ -69,10 +69,6 @@ impl Leases {
         Ok(Leases { pool })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Claims the current tick of `process` (on the grid `interval_ms` +
     /// `offset_ms`) for `holder`, with a lease of `lease_ms`. A manual run
     /// (`manual`) needs the lease but no new slot.

@@ -110,10 +110,6 @@ impl Coordinator {
         Ok(me)
     }
 
-    pub fn pool(&self) -> &sqlx::PgPool {
-        self.leases.pool()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
