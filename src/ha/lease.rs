@@ -190,7 +190,7 @@ impl Leases {
         )
     }
 
-    /// Gives up one lease (the process was paused here).
+    /// Gives up one lease (paused here, or shutting down while idle).
     pub async fn release(&self, process: &str, holder: &str) -> anyhow::Result<()> {
         sqlx::query("UPDATE ha_leases SET released = true, expires_at = now() WHERE process = $1 AND holder = $2")
             .bind(process)

@@ -228,7 +228,7 @@ impl Coordinator {
             .is_some_and(|h| h.valid_until > Instant::now())
     }
 
-    /// Stops holding `process` here (it was paused on this replica).
+    /// Stops holding `process` here (paused on this replica, or shutting down).
     pub async fn release(&self, process: &str) {
         if self.lock().held.remove(process).is_some() {
             self.metrics.ha.held(process, false);

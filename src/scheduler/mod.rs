@@ -292,6 +292,12 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.stop_ticking.cancel();
         self.tracker.close();
+        if let Some(ha) = self.ha.get() {
+            // Idle processes go to the other replicas now, not after the runs in flight here.
+            for p in self.processes.iter().filter(|p| !p.is_running()) {
+                ha.release(&p.id).await;
+            }
+        }
         let in_flight = self.tracker.len();
         let mut cancelled = false;
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
