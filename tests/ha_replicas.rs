@@ -204,8 +204,9 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
     let runs = scheduled_runs(&db, "tick").await;
     assert_once_each(&runs, "after the failover");
     let gap: Vec<i64> = missing(&runs);
+    // The run killed in flight (never recorded) and the ticks before the lease ran out.
     assert!(
-        gap.len() <= 3,
+        gap.len() as f64 <= 1.0 + (TICK_INTERVAL_S + TICK_LEASE_S) / TICK_INTERVAL_S,
         "only the ticks of the failover window are missing: {gap:?}"
     );
 
