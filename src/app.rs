@@ -89,28 +89,24 @@ fn schedulable(scheduler: &Scheduler) -> Vec<String> {
 fn join_cluster(
     scheduler: &Arc<Scheduler>,
     ha: &Arc<Coordinator>,
-    cluster: Option<Arc<ClusterBudget>>,
-    metrics: &Metrics,
+    cluster: Arc<ClusterBudget>,
     stop: CancellationToken,
 ) {
-    metrics.ha.init(&schedulable(scheduler));
     scheduler.coordinate_with(ha.clone());
     ha.spawn_heartbeat(stop.clone());
     tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
-    if let Some(cluster) = cluster {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-                }
-                let minute = crate::store::now_ms() / 60_000;
-                if let Err(e) = cluster.prune(minute - 10).await {
-                    tracing::debug!(error = %format!("{e:#}"), "cannot prune the cluster budget");
-                }
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             }
-        });
-    }
+            let minute = crate::store::now_ms() / 60_000;
+            if let Err(e) = cluster.prune(minute - 10).await {
+                tracing::debug!(error = %format!("{e:#}"), "cannot prune the cluster budget");
+            }
+        }
+    });
 }
 
 /// Runs the service until `shutdown` fires.
@@ -121,18 +117,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let exchange_stop = CancellationToken::new();
     let ha_stop = CancellationToken::new();
     let ha = match config.ha.enabled {
-        true => Some(Coordinator::connect(&config.store.url, &config.ha, metrics.clone()).await?),
+        true => Some((
+            Coordinator::connect(&config.store.url, &config.ha, metrics.clone()).await?,
+            Arc::new(ClusterBudget::connect(&config.store.url).await?),
+        )),
         false => None,
-    };
-    let cluster = match &ha {
-        Some(_) => Some(Arc::new(ClusterBudget::connect(&config.store.url).await?)),
-        None => None,
     };
     let exchange = exchange::setup::start(
         &config,
         metrics.clone(),
         budget.clone(),
-        cluster.clone(),
+        ha.as_ref().map(|(_, cluster)| cluster.clone()),
         exchange_stop.clone(),
     )
     .await?;
@@ -154,9 +149,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
     let retention = Duration::from_secs_f64(config.store.run_retention_days * 86_400.0);
     scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));
-    match &ha {
-        Some(ha) => join_cluster(&scheduler, ha, cluster.clone(), &metrics, ha_stop.clone()),
-        None => metrics.ha.init_single(&schedulable(&scheduler)),
+    metrics.ha.init(&schedulable(&scheduler), ha.is_some());
+    if let Some((coordinator, cluster)) = &ha {
+        join_cluster(&scheduler, coordinator, cluster.clone(), ha_stop.clone());
     }
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -207,8 +202,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "scheduler stopped"
     );
     ha_stop.cancel();
-    if let Some(ha) = &ha {
-        ha.leave().await;
+    if let Some((coordinator, _)) = &ha {
+        coordinator.leave().await;
     }
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

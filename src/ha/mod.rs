@@ -51,12 +51,12 @@ struct Held {
     lease: Duration,
 }
 
+/// What the heartbeat and the claims learn. Whether PostgreSQL answers and how
+/// many replicas are alive live in their gauges (`metrics.ha`), read back from there.
 #[derive(Default)]
 struct State {
     held: HashMap<Arc<str>, Held>,
     view: Vec<LeaseView>,
-    store_up: bool,
-    alive: i64,
 }
 
 pub struct Coordinator {
@@ -100,13 +100,9 @@ impl Coordinator {
             margin: Duration::from_secs_f64(config.lease_margin_seconds),
             heartbeat: Duration::from_secs_f64(config.heartbeat_seconds),
             db_offset_ms: AtomicI64::new(0),
-            state: Mutex::new(State {
-                store_up: true,
-                ..State::default()
-            }),
+            state: Mutex::default(),
         });
         me.measure_clock().await?;
-        me.metrics.ha.store_up.set(1);
         Ok(me)
     }
 
@@ -115,7 +111,7 @@ impl Coordinator {
     }
 
     /// A run's lease: its timeout plus the margin, renewed by the heartbeat while it runs.
-    pub fn lease_for(&self, timeout: Duration) -> Duration {
+    fn lease_for(&self, timeout: Duration) -> Duration {
         timeout + self.margin
     }
 
@@ -212,12 +208,12 @@ impl Coordinator {
 
     /// Replicas seen alive at the last heartbeat.
     pub fn replicas_alive(&self) -> i64 {
-        self.lock().alive
+        self.metrics.ha.replicas.get()
     }
 
     /// Whether PostgreSQL answered the last claim or heartbeat.
     pub fn store_up(&self) -> bool {
-        self.lock().store_up
+        self.metrics.ha.store_up.get() == 1
     }
 
     /// Whether this replica can prove it holds `process` right now.
@@ -239,8 +235,7 @@ impl Coordinator {
     }
 
     fn store_reachable(&self, up: bool, error: Option<&anyhow::Error>) {
-        let was = std::mem::replace(&mut self.lock().store_up, up);
-        self.metrics.ha.store_up.set(up as i64);
+        let was = self.metrics.ha.store_up.set(up as i64) == 1;
         match (was, up) {
             (true, false) => tracing::error!(
                 error = %error.map(|e| format!("{e:#}")).unwrap_or_default(),
@@ -292,7 +287,6 @@ impl Coordinator {
         }
         self.store_reachable(true, None);
         self.metrics.ha.replicas.set(alive);
-        self.lock().alive = alive;
         let mut lost = Vec::new();
         {
             let mut s = self.lock();

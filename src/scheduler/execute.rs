@@ -32,15 +32,10 @@ impl Scheduler {
         scheduled: Instant,
         next_tick: Instant,
     ) {
-        let lease = match self.claim(&p, trigger).await {
-            Ok(lease) => lease,
-            Err(()) => return p.end(),
+        let Some((lease, fence)) = self.claim(&p, trigger).await else {
+            return p.end();
         };
         p.series().running.set(1);
-        let fence = match &lease {
-            Some(l) => self.ha.get().map(|ha| ha.fence(&p.id, l.token)).unwrap_or_default(),
-            None => Fence::none(),
-        };
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let lag = if trigger == Trigger::Schedule {
@@ -119,21 +114,21 @@ impl Scheduler {
         p.end();
     }
 
-    /// Under HA, wins the lease of this tick first: `Err` when it runs elsewhere.
-    async fn claim(&self, p: &ProcessHandle, trigger: Trigger) -> Result<Option<RunLease>, ()> {
+    /// Under HA, wins the lease of this tick first (`None`: it runs elsewhere),
+    /// and returns the fence the run's writes carry.
+    async fn claim(&self, p: &ProcessHandle, trigger: Trigger) -> Option<(Option<RunLease>, Fence)> {
         let Some(ha) = self.ha.get() else {
-            return Ok(None);
+            return Some((None, Fence::none()));
         };
         let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
         let manual = trigger == Trigger::Manual;
-        match ha.claim(&p.id, p.timeout, (p.interval, offset), manual).await {
-            Some(granted) => Ok(Some(RunLease {
-                replica: ha.replica.clone(),
-                slot: granted.slot,
-                token: granted.token,
-            })),
-            None => Err(()),
-        }
+        let granted = ha.claim(&p.id, p.timeout, (p.interval, offset), manual).await?;
+        let lease = RunLease {
+            replica: ha.replica.clone(),
+            slot: granted.slot,
+            token: granted.token,
+        };
+        Some((Some(lease), ha.fence(&p.id, granted.token)))
     }
 
     /// Runs attempts until one succeeds, a failure is final, or a retry could not finish before `next_tick`.

@@ -65,27 +65,20 @@ impl HaMetrics {
         );
     }
 
-    /// Creates the series of an HA replica, so dashboards see zeros from start-up.
-    pub fn init(&self, processes: &[String]) {
-        self.init_single(&[]);
-        self.replicas.set(0);
+    /// Creates every series from start-up. A single replica (`clustered` false)
+    /// runs every process it schedules: it "holds" them all, is the one replica
+    /// alive and has no coordination store to lose, so dashboards and alerts
+    /// read the same series with or without HA.
+    pub fn init(&self, processes: &[String], clustered: bool) {
         for p in processes {
-            let _ = self.lease_held.get_or_create(&ProcessLabels { process: p.clone() });
+            self.held(p, !clustered);
         }
-    }
-
-    /// A single replica runs every process it schedules: it "holds" them all,
-    /// is the one replica alive, and has no coordination store to lose (so
-    /// dashboards and alerts read the same series with or without HA).
-    pub fn init_single(&self, processes: &[String]) {
-        for p in processes {
-            self.held(p, true);
-        }
-        self.replicas.set(1);
-        self.store_up.set(1);
         for result in CLAIM_RESULTS {
             let _ = self.claims.get_or_create(&ClaimLabels { result });
         }
+        // Under HA the heartbeat counts the replicas.
+        self.replicas.set(!clustered as i64);
+        self.store_up.set(1);
     }
 
     pub fn held(&self, process: &str, held: bool) {
