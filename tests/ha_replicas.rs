@@ -97,6 +97,18 @@ fn missing(runs: &[(i64, String, i64)]) -> Vec<i64> {
     }
 }
 
+/// Polls `probe` until it yields a value; after `timeout`, fails with the last thing it said.
+async fn eventually<T>(timeout: Duration, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(why) => assert!(std::time::Instant::now() < deadline, "{why}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn metric(svc: &Service, series: &str) -> f64 {
     common::sample(&svc.metrics().await, series).unwrap_or(0.0)
 }
@@ -119,15 +131,14 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
     let db = pool(&store.url).await;
 
     // At least 30 ticks with all three alive: each ran exactly once, none missing.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let runs = loop {
+    let runs = eventually(Duration::from_secs(60), async || {
         let runs = scheduled_runs(&db, "tick").await;
-        if runs.len() >= 32 {
-            break runs;
+        match runs.len() >= 32 {
+            true => Ok(runs),
+            false => Err(format!("only {} ticks ran", runs.len())),
         }
-        assert!(std::time::Instant::now() < deadline, "only {} ticks ran", runs.len());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    })
+    .await;
     assert_once_each(&runs, "three replicas");
     assert_eq!(
         missing(&runs),
@@ -170,19 +181,12 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
     let (_, mut victim) = cluster.remove(i);
     let killed_at = now_ms();
     victim.kill();
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let (takeover_at, successor) = loop {
-        let after: Vec<_> = scheduled_runs(&db, "tick")
-            .await
-            .into_iter()
-            .filter(|r| r.2 > killed_at && r.1 != h)
-            .collect();
-        if let Some(first) = after.first() {
-            break (first.2, first.1.clone());
-        }
-        assert!(std::time::Instant::now() < deadline, "no replica took over");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (takeover_at, successor) = eventually(Duration::from_secs(15), async || {
+        let runs = scheduled_runs(&db, "tick").await;
+        let first = runs.into_iter().find(|r| r.2 > killed_at && r.1 != h);
+        first.map(|r| (r.2, r.1)).ok_or("no replica took over".to_string())
+    })
+    .await;
     let gap_s = (takeover_at - killed_at) as f64 / 1000.0;
     eprintln!("failover: {successor} ran tick {gap_s:.2}s after {h} was killed");
     // 0.5 s for the claim and the run's start on a loaded 2-core machine.
@@ -192,14 +196,13 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
     );
     let survivor = &cluster.iter().find(|(n, _)| *n == successor).unwrap().1;
     assert!(metric(survivor, r#"script_manager_ha_claims_total{result="expired"}"#).await >= 1.0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while metric(survivor, "script_manager_ha_replicas").await != 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead replica is still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        let alive = metric(survivor, "script_manager_ha_replicas").await;
+        (alive == 2.0)
+            .then_some(())
+            .ok_or("the dead replica is still counted".to_string())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let runs = scheduled_runs(&db, "tick").await;
     assert_once_each(&runs, "after the failover");
@@ -237,14 +240,13 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         .post_json("/api/script-manager/processes/tick/pause", &json!({}))
         .await;
     assert_eq!(status, 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while holder(&last.1, "tick").await.as_deref() != Some(last.0.as_str()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pause did not hand the lease over"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(10), async || {
+        let now = holder(&last.1, "tick").await;
+        (now.as_deref() == Some(last.0.as_str()))
+            .then_some(())
+            .ok_or("the pause did not hand the lease over".to_string())
+    })
+    .await;
     successor_svc
         .post_json("/api/script-manager/processes/tick/resume", &json!({}))
         .await;
@@ -256,18 +258,14 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
     let stopped_at = now_ms();
     assert!(stopping.stop(Duration::from_secs(20)).success());
     let remaining = cluster[0].0.clone();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let handover = loop {
-        let after = scheduled_runs(&db, "tick").await;
-        if let Some(r) = after.iter().find(|r| r.2 > stopped_at && r.1 == remaining) {
-            break r.2;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no replica took over after a graceful stop"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let handover = eventually(Duration::from_secs(10), async || {
+        let runs = scheduled_runs(&db, "tick").await;
+        let first = runs.into_iter().find(|r| r.2 > stopped_at && r.1 == remaining);
+        first
+            .map(|r| r.2)
+            .ok_or("no replica took over after a graceful stop".to_string())
+    })
+    .await;
     let handover_s = (handover - stopped_at) as f64 / 1000.0;
     eprintln!("handover after a graceful stop: {handover_s:.2}s");
     assert!(handover_s <= TICK_INTERVAL_S + 1.0, "handover after {handover_s:.2}s");
@@ -335,31 +333,21 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
     sim.post("/sim/faults", &json!({})).await;
 
     let other = &cluster[0].1;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let successor = loop {
-        if let Some(n) = holder(other, "trade_sync").await.filter(|n| *n != h) {
-            break n;
-        }
-        assert!(std::time::Instant::now() < deadline, "nobody took over trade_sync");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let successor = &cluster.iter().find(|(n, _)| *n == successor).unwrap().1;
-    let before = metric(
-        successor,
-        r#"script_manager_process_runs_total{process="trade_sync",outcome="success"}"#,
-    )
+    let successor = eventually(Duration::from_secs(20), async || {
+        let now = holder(other, "trade_sync").await.filter(|n| *n != h);
+        now.ok_or("nobody took over trade_sync".to_string())
+    })
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(
-        successor,
-        r#"script_manager_process_runs_total{process="trade_sync",outcome="success"}"#,
-    )
-    .await
-        < before + 2.0
-    {
-        assert!(std::time::Instant::now() < deadline, "the new holder does not sync");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let successor = &cluster.iter().find(|(n, _)| *n == successor).unwrap().1;
+    let synced = r#"script_manager_process_runs_total{process="trade_sync",outcome="success"}"#;
+    let before = metric(successor, synced).await;
+    eventually(Duration::from_secs(20), async || {
+        let now = metric(successor, synced).await;
+        (now >= before + 2.0)
+            .then_some(())
+            .ok_or("the new holder does not sync".to_string())
+    })
+    .await;
 
     // A stop-loss crossed while the old holder is frozen closes exactly once.
     let positions = other
@@ -404,15 +392,13 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
 
     // Thaw the old holder: its run resumes, and everything it tries to write is refused.
     kill(&frozen, libc::SIGCONT);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while metric(&frozen, "script_manager_ha_fencing_rejections_total").await < 1.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no fenced write counted; output:\n{}",
-            frozen.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(20), async || {
+        let fenced = metric(&frozen, "script_manager_ha_fencing_rejections_total").await;
+        (fenced >= 1.0)
+            .then_some(())
+            .ok_or_else(|| format!("no fenced write counted; output:\n{}", frozen.log()))
+    })
+    .await;
     let m = frozen.metrics().await;
     assert_eq!(
         common::sample(&m, r#"script_manager_ha_lease_held{process="trade_sync"}"#),
@@ -574,11 +560,12 @@ async fn replicas_stop_while_postgres_is_away_and_resume_after() {
     let sim = SimProcess::start("fills_per_minute = 0.0").await;
     let config = format!("builtin_processes = false\n{HA}{TICK}{}", sim.exchange_toml());
     let cluster = replicas(&config, &pg.url()).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while total_runs(&cluster).await < 3 {
-        assert!(std::time::Instant::now() < deadline, "no ticks");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(20), async || {
+        (total_runs(&cluster).await >= 3)
+            .then_some(())
+            .ok_or("no ticks".to_string())
+    })
+    .await;
 
     pg.stop();
     // Once the lease time has passed, nobody can prove a lease, so nobody runs.
@@ -607,20 +594,21 @@ async fn replicas_stop_while_postgres_is_away_and_resume_after() {
     }
 
     pg.start();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while total_runs(&cluster).await < stalled + 3 {
-        assert!(std::time::Instant::now() < deadline, "ticks did not resume");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(Duration::from_secs(20), async || {
+        let runs = total_runs(&cluster).await;
+        (runs >= stalled + 3)
+            .then_some(())
+            .ok_or("ticks did not resume".to_string())
+    })
+    .await;
     for (name, svc) in &cluster {
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while metric(svc, "script_manager_ha_store_up").await != 1.0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} still reports PostgreSQL down"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(Duration::from_secs(5), async || {
+            let up = metric(svc, "script_manager_ha_store_up").await;
+            (up == 1.0)
+                .then_some(())
+                .ok_or(format!("{name} still reports PostgreSQL down"))
+        })
+        .await;
         assert!(svc.log().contains("PostgreSQL answers again"), "{name}");
     }
     let db = pool(&pg.url()).await;

@@ -62,15 +62,7 @@ async fn status_document_has_the_seed_shape_and_more() {
     assert_eq!(doc["processes"]["trade_sync"]["process_name"], "Trade Sync");
     assert_eq!(doc["processes"]["trade_sync"]["interval_seconds"], 30.0);
 
-    let runbooks = svc
-        .http
-        .get(svc.url("/docs/runbooks"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let runbooks = svc.get_text("/docs/runbooks").await;
     assert!(
         runbooks.contains("## ScriptManagerProcessFailing"),
         "the alerts' runbook_url target is served"

@@ -107,8 +107,12 @@ impl Service {
     }
 
     pub async fn metrics(&self) -> String {
+        self.get_text("/metrics").await
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
         self.http
-            .get(self.url("/metrics"))
+            .get(self.url(path))
             .send()
             .await
             .unwrap()
