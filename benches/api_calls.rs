@@ -17,20 +17,20 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use script_manager::budget::{ApiBudget, GlobalBudget};
+use script_manager::app::exchange::sim_specs;
+use script_manager::budget::{Admission, ProcessCalls, VenueWeight};
 use script_manager::config::{Config, ProcessConfig, process_defaults};
-use script_manager::exchange::binance::Binance;
-use script_manager::exchange::setup::sim_specs;
+use script_manager::exchange::binance::{Binance, TransportOptions};
 use script_manager::exchange::{Account, Caller, Venue};
+use script_manager::net::http_client;
 use script_manager::processes::Platform;
 use script_manager::sim::{self, SimulatorConfig};
 use script_manager::store::{NewAlert, NewLevel, Store};
 use script_manager::telemetry::Metrics;
-use script_manager::upstream::{Knobs, Upstream, UpstreamOptions, http_client};
+use script_manager::upstream::Knobs;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -143,23 +143,17 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         .iter()
         .map(|(id, _, _)| (id.to_string(), 1_000_000))
         .chain([("service".to_string(), 1_000_000)]);
-    let process_budget = Arc::new(ApiBudget::new(limits));
-    let budget = Arc::new(GlobalBudget::new(100_000_000, 0.8, 0.2, ["level_monitor".to_string()]));
-    let upstream = Upstream::new(
-        UpstreamOptions {
-            base_url: base.clone(),
-            knobs,
-            recv_window_ms: 5000,
-            timeout: Duration::from_secs(10),
-        },
-        budget,
-        process_budget.clone(),
-        metrics.clone(),
-    )
-    .unwrap();
-    let venue = Arc::new(Binance::new(upstream.clone(), accounts.clone()));
+    let process_budget = Arc::new(ProcessCalls::new(limits));
+    let budget = Arc::new(VenueWeight::new(100_000_000, 0.8, 0.2, ["level_monitor".to_string()]));
+    let options = TransportOptions {
+        base_url: base.clone(),
+        recv_window_ms: 5000,
+        timeout: Duration::from_secs(10),
+    };
+    let admission = Admission::new(process_budget.clone(), budget);
+    let venue = Arc::new(Binance::new(options, knobs, admission, metrics.clone(), accounts.clone()).unwrap());
     let caller = Caller::new("service", 1, Instant::now() + Duration::from_secs(30));
-    upstream.sync_time(&caller).await.unwrap();
+    venue.sync_time(&caller).await.unwrap();
 
     // The workload: 60 armed levels far from the price on open positions, 100 alerts that never fire.
     let mut levels = 0;
@@ -207,14 +201,13 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         venue: venue.clone(),
         accounts: venue.account_names(),
         symbols: Vec::new(),
-        metrics: metrics.clone(),
+        events: metrics.domain.clone(),
         http: http_client().unwrap(),
         webhook_url: None,
         batching: knobs.batching,
-        levels_generation: AtomicU64::new(0),
         shared_store: false,
     });
-    let mut config: Config = script_manager::config::load(&script_manager::config::LoadOptions {
+    let mut config: Config = script_manager::app::load_config(&script_manager::config::LoadOptions {
         config_path: None,
         env: Some(vec![("SCRIPT_MANAGER_BUILTIN_PROCESSES".into(), "false".into())]),
     })
@@ -237,10 +230,10 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
     tokio::time::sleep(Duration::from_secs_f64(60.0 / speedup + 1.0)).await;
     let failed_before: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
     let (c0, w0) = meter_totals(&http, &base).await;
-    let t0 = script_manager::store::now_ms();
+    let t0 = script_manager::clock::now_ms();
     tokio::time::sleep(Duration::from_secs_f64(window)).await;
     let (c1, w1) = meter_totals(&http, &base).await;
-    let t1 = script_manager::store::now_ms();
+    let t1 = script_manager::clock::now_ms();
     // Fills that appeared in the window, bucketed by trade sync interval (30 s platform time).
     let bucket_ms = (30_000.0 / speedup) as i64;
     let mut changed = std::collections::BTreeSet::new();

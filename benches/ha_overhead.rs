@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus_client::metrics::counter::Counter;
-use script_manager::ha::budget::ClusterBudget;
+use script_manager::ha::budget::PgClusterBudget;
 use script_manager::ha::lease::{Claim, Leases};
-use script_manager::store::{Fence, Store};
+use script_manager::process::Fence;
+use script_manager::store::Store;
 use sqlx::postgres::PgPoolOptions;
 
 const N: usize = 2_000;
@@ -64,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(url: &str) -> anyhow::Result<()> {
-    println!("ha_overhead: PostgreSQL at {}", script_manager::store::redact_url(url));
+    println!("ha_overhead: PostgreSQL at {}", script_manager::config::redact_url(url));
     let store = Store::open(url).await?;
     let pool = PgPoolOptions::new().max_connections(4).connect(url).await?;
     let leases = Arc::new(Leases::new(pool.clone()).await?);
@@ -91,7 +91,7 @@ async fn run(url: &str) -> anyhow::Result<()> {
     .await;
     report("claim a tick (another replica holds it)", lost);
 
-    let fence = Fence::lease(Arc::from("bench"), token, Counter::default());
+    let fence = Fence::lease(Arc::from("bench"), token);
     let none = Fence::none();
     let store = Arc::new(store);
     let data = serde_json::json!({"pnl": "12.5"});
@@ -112,7 +112,7 @@ async fn run(url: &str) -> anyhow::Result<()> {
     .await;
     report("snapshot write, fenced", fenced);
 
-    let budget = Arc::new(ClusterBudget::new(pool).await?);
+    let budget = Arc::new(PgClusterBudget::new(pool).await?);
     let minute = 1;
     let admits = timed(|_| {
         let budget = budget.clone();

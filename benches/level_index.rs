@@ -91,7 +91,7 @@ fn main() {
             let crossed = index.crossed("BTCUSDT", Decimal::from(40_000));
             assert_eq!(crossed.len(), 1);
             let intent = store
-                .trigger_level(&script_manager::store::Fence::none(), &l, ("SELL", Decimal::ONE), (crossed[0].1, Decimal::from(40_000), 0))
+                .trigger_level(&script_manager::process::Fence::none(), &l, ("SELL", Decimal::ONE), (crossed[0].1, Decimal::from(40_000), 0))
                 .await
                 .unwrap()
                 .expect("armed");
@@ -99,7 +99,7 @@ fn main() {
                 "symbol=BTCUSDT&side=SELL&type=MARKET&quantity=1&reduceOnly=true&newClientOrderId={}&recvWindow=5000&timestamp=1",
                 intent.client_order_id
             );
-            let signature = script_manager::exchange::sign::signature("secret", &query);
+            let signature = script_manager::exchange::binance::sign::signature("secret", &query);
             std::hint::black_box(signature);
             samples.push(started.elapsed().as_secs_f64() * 1e3);
         }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use script_manager::budget::ApiBudget;
+use script_manager::budget::ProcessCalls;
 use script_manager::config::{ProcessConfig, process_defaults};
 use script_manager::process::{Process, ProcessError, RunContext, RunReport};
 use script_manager::scheduler::{ProcessHandle, Scheduler};
-use script_manager::telemetry::Metrics;
+use script_manager::telemetry::{Metrics, resources};
 
 struct Noop;
 
@@ -23,18 +23,8 @@ impl Process for Noop {
     }
 }
 
-fn cpu_seconds() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(ru.ru_utime) + t(ru.ru_stime)
-}
-
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |pages| pages * 4096.0 / 1048576.0)
+    resources::resident_bytes() as f64 / 1048576.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -67,7 +57,7 @@ fn main() {
                 ProcessHandle::new(&format!("job_{i}"), config, Some(p))
             })
             .collect();
-        let scheduler = Scheduler::new(handles, Arc::new(Metrics::new()), Arc::new(ApiBudget::new([])), true, 1);
+        let scheduler = Scheduler::new(handles, Arc::new(Metrics::new()), Arc::new(ProcessCalls::new([])), true, 1);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         scheduler.record_runs_to(tx);
         let collector = tokio::spawn(async move {
@@ -77,11 +67,11 @@ fn main() {
             }
             lags
         });
-        let (cpu0, wall0) = (cpu_seconds(), Instant::now());
+        let (cpu0, wall0) = (resources::cpu_seconds(), Instant::now());
         scheduler.start();
         // Half an interval past the end, so the tick at DURATION_S is counted whatever the jitter.
         tokio::time::sleep(Duration::from_secs_f64(duration + interval / 2.0)).await;
-        let (cpu1, wall1) = (cpu_seconds(), Instant::now());
+        let (cpu1, wall1) = (resources::cpu_seconds(), Instant::now());
         let rss = rss_mb();
         scheduler.shutdown(Duration::from_secs(5)).await;
         drop(scheduler);

@@ -8,9 +8,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use script_manager::config::process_defaults;
-use script_manager::telemetry::Metrics;
-use script_manager::telemetry::metrics::{ErrorLabels, Outcome, RunLabels, TraceLabels, labels};
+use script_manager::process::ErrorKind;
+use script_manager::telemetry::process::{FinishedRun, Outcome};
+use script_manager::telemetry::{Metrics, ProcessInfo};
 
 struct Counting;
 static ALLOCATED: AtomicU64 = AtomicU64::new(0);
@@ -29,31 +29,33 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn main() {
+    let info = ProcessInfo {
+        enabled: true,
+        interval_seconds: 30.0,
+        timeout_seconds: 30.0,
+        priority: 3,
+        retry_count: 1,
+        max_api_calls_per_minute: 60,
+        error_kinds: &ErrorKind::NAMES,
+    };
     for n in [6usize, 100, 1000] {
         let m = Metrics::new();
         for i in 0..n {
             let id = format!("process_{i}");
-            m.init_process(&id, &process_defaults("command"));
-            m.runs
-                .get_or_create(&RunLabels {
-                    process: id.clone(),
-                    outcome: Outcome::success,
-                })
-                .inc();
-            m.errors
-                .get_or_create(&ErrorLabels {
-                    process: id.clone(),
-                    kind: "timeout",
-                })
-                .inc();
-            m.duration.get_or_create(&labels(&id)).observe(
-                0.042,
-                Some(TraceLabels {
-                    trace_id: format!("{i:032x}"),
-                }),
-                None,
+            let series = m.init_process(&id, &info);
+            // One failed run: every run, error, duration and lag series has a value.
+            m.process.finished(
+                &series,
+                FinishedRun {
+                    outcome: Outcome::timeout,
+                    duration_seconds: 0.042,
+                    lag_seconds: Some(0.0007),
+                    trace_id: Some(format!("{i:032x}")),
+                    error_kind: Some("timeout"),
+                    child: None,
+                    process: &id,
+                },
             );
-            m.lag.get_or_create(&labels(&id)).observe(0.0007);
         }
         for (format, encode) in [
             ("prometheus", Metrics::encode_prometheus as fn(&Metrics) -> String),

@@ -2,14 +2,18 @@
 //! on one scheduler, shares one exchange API budget between it, and reports
 //! everything as Prometheus metrics, OpenTelemetry spans and logs.
 //!
-//! See ARCHITECTURE.md at the repository root for the map of the code.
+//! See ARCHITECTURE.md at the repository root for the map of the code and
+//! the layer order its modules keep (checked by `tests/layers.rs`).
 
 pub mod app;
 pub mod budget;
+pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod exchange;
 pub mod ha;
 pub mod http;
+pub mod net;
 pub mod process;
 pub mod processes;
 pub mod scheduler;

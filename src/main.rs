@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use script_manager::config::{self, LoadOptions};
-use script_manager::{app, telemetry};
+use script_manager::config::{Config, LoadOptions};
+use script_manager::{app, sim, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         config_path: cli.config.clone(),
         env: None,
     };
-    let config = match config::load(&options) {
+    let config = match app::load_config(&options) {
         Ok(config) => config,
         Err(e) => {
             eprint!("script-manager: {e}");
@@ -54,42 +54,22 @@ fn main() -> ExitCode {
             eprintln!("script-manager: configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Run => run(config),
-        Command::Sim { listen } => run_sim(config, listen),
-    }
-}
-
-fn run_sim(mut config: config::Config, listen: String) -> ExitCode {
-    config.exchange.simulator.listen = listen;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let result: anyhow::Result<()> = runtime.block_on(async {
-        let telemetry = telemetry::otel::init(&config)?;
-        let stop = app::shutdown_on_signals();
-        let accounts = script_manager::exchange::setup::accounts(&config);
-        let specs = script_manager::exchange::setup::sim_specs(&accounts);
-        let (addr, _sim) = script_manager::sim::start(&config.exchange.simulator, &specs, stop.clone()).await?;
-        let names: Vec<_> = accounts.iter().map(|a| a.name.as_str()).collect();
-        tracing::info!(
-            "simulated exchange on http://{addr} (accounts: {}); meter at /sim/meter",
-            names.join(", ")
-        );
-        stop.cancelled().await;
-        tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
-        Ok(())
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("script-manager: {e:#}");
-            ExitCode::FAILURE
+        Command::Run => serve(config, app::run),
+        Command::Sim { listen } => {
+            let mut config = config;
+            config.exchange.simulator.listen = listen;
+            serve(config, run_sim)
         }
     }
 }
 
-fn run(config: config::Config) -> ExitCode {
+/// Runs `service` on a multi-threaded runtime with tracing installed until
+/// SIGTERM/SIGINT, then flushes spans. Exit 0, or 1 with the error.
+fn serve<F, Fut>(config: Config, service: F) -> ExitCode
+where
+    F: FnOnce(Config, tokio_util::sync::CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -98,9 +78,9 @@ fn run(config: config::Config) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let telemetry = telemetry::otel::init(&config)?;
+        let telemetry = telemetry::otel::init(&app::tracing_settings(&config))?;
         let shutdown = app::shutdown_on_signals();
-        let result = app::run(config, shutdown).await;
+        let result = service(config, shutdown).await;
         tokio::task::spawn_blocking(move || telemetry.shutdown()).await.ok();
         result
     });
@@ -111,4 +91,18 @@ fn run(config: config::Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The simulated exchange alone, until `stop`.
+async fn run_sim(config: Config, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
+    let accounts = app::exchange::accounts(&config);
+    let specs = app::exchange::sim_specs(&accounts);
+    let (addr, _sim) = sim::start(&config.exchange.simulator, &specs, stop.clone()).await?;
+    let names: Vec<_> = accounts.iter().map(|a| a.name.as_str()).collect();
+    tracing::info!(
+        "simulated exchange on http://{addr} (accounts: {}); meter at /sim/meter",
+        names.join(", ")
+    );
+    stop.cancelled().await;
+    Ok(())
 }

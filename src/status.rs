@@ -1,12 +1,14 @@
 //! The status document of `GET /api/script-manager/status`: the seed's shape,
 //! field for field, plus what an operator needs next (state, schedule, last
 //! error).
+//!
+//! Owns: the document's shape. Imports `scheduler`, `budget` (usage) and `clock`.
 
 use std::time::SystemTime;
 
-use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
+use crate::clock::rfc3339 as fmt_time;
 use crate::scheduler::{ProcessHandle, Scheduler};
 
 /// `running` (scheduled and healthy), `error` (last run failed), `paused`, or
@@ -128,23 +130,17 @@ pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate
         "error_processes": errors,
         "paused_processes": paused,
         "scheduler_enabled": scheduler.enabled(),
-        "ha": scheduler.coordinator().map(|ha| json!({
-            "replica": &*ha.replica,
-            "replicas_alive": ha.replicas_alive(),
-            "store_up": ha.store_up(),
-        })),
+        "ha": scheduler.coordinator().map(|ha| {
+            let view = ha.cluster();
+            json!({
+                "replica": &*view.replica,
+                "replicas_alive": view.replicas_alive,
+                "store_up": view.store_up,
+            })
+        }),
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": fmt_time(started),
         "uptime_seconds": started.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0),
         "generated_at": fmt_time(SystemTime::now()),
     })
-}
-
-/// RFC 3339 in UTC with millisecond precision.
-pub fn fmt_time(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-pub fn rfc3339<S: Serializer>(t: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    fmt_time(*t).serialize(serializer)
 }

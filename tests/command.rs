@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use figment::value::Value;
-use script_manager::budget::ApiBudget;
+use script_manager::budget::ProcessCalls;
 use script_manager::config::{ProcessConfig, process_defaults};
 use script_manager::process::ErrorKind;
 use script_manager::processes;
@@ -42,7 +42,7 @@ async fn run_once(config: ProcessConfig) -> (RunRecord, Arc<Scheduler>) {
     );
     let process = processes::build("job", &config, None).expect("command kind builds");
     let handle = ProcessHandle::new("job", config, Some(process));
-    let budget = Arc::new(ApiBudget::new([("job".to_string(), 100)]));
+    let budget = Arc::new(ProcessCalls::new([("job".to_string(), 100)]));
     let scheduler = Scheduler::new(vec![handle], Arc::new(Metrics::new()), budget, true, 10);
     scheduler.trigger("job").unwrap();
     let p = scheduler.process("job").unwrap().clone();

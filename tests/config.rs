@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use script_manager::config::{Config, ConfigError, LoadOptions, load};
+use script_manager::app::load_config as load;
+use script_manager::config::{Config, ConfigError, LoadOptions};
 
 fn file(text: &str) -> tempfile::NamedTempFile {
     let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();

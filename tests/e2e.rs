@@ -200,7 +200,7 @@ interval_seconds = 2
             .unwrap(),
     );
     let prom = format!("http://127.0.0.1:{prom_port}");
-    let http = script_manager::upstream::http_client().unwrap();
+    let http = script_manager::net::http_client().unwrap();
 
     // (a) Every panel query returns data.
     let queries = panel_queries();

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rust_decimal::Decimal;
-use script_manager::budget::{ApiBudget, GlobalBudget};
+use script_manager::app::exchange::{demo_accounts, sim_specs};
+use script_manager::budget::{Admission, ProcessCalls, VenueWeight};
 use script_manager::config::Secret;
-use script_manager::exchange::binance::Binance;
+use script_manager::exchange::binance::{Binance, TransportOptions};
 use script_manager::exchange::orders::close_exactly_once;
-use script_manager::exchange::setup::{demo_accounts, sim_specs};
 use script_manager::exchange::{Account, Caller, OrderSide, Venue, VenueErrorKind};
+use script_manager::net::http_client;
 use script_manager::sim::{self, Faults, SimulatorConfig};
 use script_manager::telemetry::Metrics;
-use script_manager::upstream::{Knobs, Upstream, UpstreamOptions, http_client};
+use script_manager::upstream::Knobs;
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,6 @@ const ALL_ON: Knobs = Knobs {
 struct Rig {
     addr: SocketAddr,
     venue: Binance,
-    upstream: Arc<Upstream>,
     metrics: Arc<Metrics>,
     http: reqwest::Client,
     _stop: tokio_util::sync::DropGuard,
@@ -74,7 +74,7 @@ async fn rig(o: RigOptions) -> Rig {
         .await
         .unwrap();
     let metrics = Arc::new(Metrics::new());
-    let budget = Arc::new(GlobalBudget::new(
+    let budget = Arc::new(VenueWeight::new(
         o.weight_limit,
         o.margin,
         o.reserved_share,
@@ -85,23 +85,16 @@ async fn rig(o: RigOptions) -> Rig {
         .iter()
         .map(|(p, l)| (p.to_string(), *l))
         .chain([("service".to_string(), 100)]);
-    let upstream = Upstream::new(
-        UpstreamOptions {
-            base_url: format!("http://{addr}"),
-            knobs: o.knobs,
-            recv_window_ms: o.recv_window_ms,
-            timeout: o.timeout,
-        },
-        budget,
-        Arc::new(ApiBudget::new(limits)),
-        metrics.clone(),
-    )
-    .unwrap();
-    let venue = Binance::new(upstream.clone(), o.accounts);
+    let options = TransportOptions {
+        base_url: format!("http://{addr}"),
+        recv_window_ms: o.recv_window_ms,
+        timeout: o.timeout,
+    };
+    let admission = Admission::new(Arc::new(ProcessCalls::new(limits)), budget);
+    let venue = Binance::new(options, o.knobs, admission, metrics.clone(), o.accounts).unwrap();
     Rig {
         addr,
         venue,
-        upstream,
         metrics,
         http: http_client().unwrap(),
         _stop: stop.drop_guard(),
@@ -525,7 +518,7 @@ async fn recovers_from_clock_offset(offset_ms: i64, recv_window_ms: u64) {
         ..Default::default()
     })
     .await;
-    rig.upstream
+    rig.venue
         .sync_time(&caller("service", 1, Duration::from_secs(5)))
         .await
         .unwrap();
@@ -542,7 +535,7 @@ async fn recovers_from_clock_offset(offset_ms: i64, recv_window_ms: u64) {
     }
     let rejected = rig.meter().await["answers"]["-1021"].as_u64().unwrap_or(0);
     assert_eq!(rejected, 1, "one -1021, then a re-sync; no flood");
-    let offset = rig.upstream.clock_offset_ms();
+    let offset = rig.venue.clock_offset_ms();
     assert!(
         (offset - offset_ms).abs() < 500,
         "measured offset {offset} for {offset_ms}"

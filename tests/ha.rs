@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestStore};
-use prometheus_client::metrics::counter::Counter;
-use script_manager::ha::budget::ClusterBudget;
+use script_manager::ha::budget::PgClusterBudget as ClusterBudget;
 use script_manager::ha::lease::{Claim, Leases};
-use script_manager::store::{Fence, Fenced, Store};
+use script_manager::process::{ErrorKind, Fence, Fenced};
+use script_manager::processes::platform::store_error;
+use script_manager::store::Store;
+use script_manager::telemetry::Metrics;
 use sqlx::postgres::PgPoolOptions;
 
 /// A grid whose slot changes every millisecond: each claim is for a new tick.
@@ -100,9 +102,11 @@ async fn one_replica_wins_a_tick_and_keeps_the_lease_while_it_renews() {
 async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
     let (leases, _pool, pg) = leases().await;
     let store = Store::open(&pg.url).await.unwrap();
-    let rejections = Counter::default();
+    // Rejections are counted where a refused write is mapped to a run error.
+    let metrics = Metrics::new();
+    let rejections = || fencing_rejections(&metrics);
     let t1 = won(&leases.claim("position_sync", "a", 300, EVERY_MS, false).await.unwrap()).unwrap();
-    let fence_a = Fence::lease(Arc::from("position_sync"), t1, rejections.clone());
+    let fence_a = Fence::lease(Arc::from("position_sync"), t1);
     store
         .replace_positions(&fence_a, "main", &[], 1)
         .await
@@ -142,10 +146,11 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
         .expect_err("a's write is fenced off");
     let fenced = err.downcast_ref::<Fenced>().expect("a Fenced error");
     assert_eq!((fenced.token, fenced.current), (t1, Some(t2)));
-    assert_eq!(rejections.get(), 1);
-    let fence_b = Fence::lease(Arc::from("position_sync"), t2, rejections.clone());
+    assert_eq!(store_error(&metrics.domain, err).kind, ErrorKind::Fenced);
+    assert_eq!(rejections(), 1);
+    let fence_b = Fence::lease(Arc::from("position_sync"), t2);
     store.replace_positions(&fence_b, "main", &[], 3).await.unwrap();
-    assert_eq!(rejections.get(), 1);
+    assert_eq!(rejections(), 1);
     // A release hands over at once, and is not counted as a failover.
     assert_eq!(leases.release_all("b").await.unwrap(), 1);
     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -227,4 +232,14 @@ async fn the_cluster_budget_never_grants_more_than_its_cap() {
         3,
         "weight + 2 process rows of the old minute"
     );
+}
+
+/// `script_manager_ha_fencing_rejections_total` as scraped.
+fn fencing_rejections(metrics: &Metrics) -> u64 {
+    metrics
+        .encode_prometheus()
+        .lines()
+        .find_map(|l| l.strip_prefix("script_manager_ha_fencing_rejections_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the series exists")
 }

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use script_manager::budget::ApiBudget;
+use script_manager::budget::ProcessCalls;
 use script_manager::config::{ProcessConfig, process_defaults};
 use script_manager::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
 use script_manager::scheduler::{ProcessHandle, Scheduler, TriggerError};
@@ -64,7 +64,7 @@ fn harness(procs: Vec<(&'static str, ProcessConfig, Box<Work>)>) -> Harness {
             ProcessHandle::new(id, config, Some(p))
         })
         .collect();
-    let budget = Arc::new(ApiBudget::new([]));
+    let budget = Arc::new(ProcessCalls::new([]));
     let scheduler = Scheduler::new(handles, metrics.clone(), budget, true, 100);
     Harness {
         scheduler,

@@ -405,7 +405,7 @@ async fn the_simulator_runs_alone() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let http = script_manager::upstream::http_client().unwrap();
+    let http = script_manager::net::http_client().unwrap();
     let mut body = None;
     for _ in 0..100 {
         if let Ok(r) = http

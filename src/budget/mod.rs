@@ -1,140 +1,69 @@
 //! The API budget: who may call the exchange, and how much.
 //!
-//! Two layers admit every upstream request: this module's per-process limit
-//! (the seed's calls per sliding minute, `track_api_call` /
-//! `can_make_api_calls`), then [`GlobalBudget`], the venue's weight per fixed
-//! minute shared by all processes with priority admission.
+//! Every request is admitted by [`Admission`], one face over three steps, in
+//! this order: [`ProcessCalls`] (the caller's calls per sliding minute, the
+//! seed's semantics), [`VenueWeight`] (the venue's weight per fixed minute,
+//! shared by all processes with priorities and a reserve, corrected by the
+//! venue's headers and paused by its 429/418), and, with several replicas, a
+//! [`ClusterBudget`] that every replica takes from (implemented on
+//! PostgreSQL in `ha::budget`).
+//!
+//! Owns: limits, waiting and refusals. Imports only `clock`: no exchange, no
+//! metrics (the caller records what [`Admitted`] reports), no `ha`.
 
-mod global;
+mod admission;
+mod calls;
+mod cluster;
+mod weight;
 
-pub use global::{Admission, GlobalBudget, Usage};
-
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-const WINDOW: Duration = Duration::from_secs(60);
+pub use admission::{Admission, Admitted};
+pub use calls::ProcessCalls;
+pub use cluster::ClusterBudget;
+pub use weight::{Usage, VenueWeight, WeightRefusal};
 
-#[derive(Debug, Default)]
-pub struct ApiBudget {
-    limits: HashMap<String, u32>,
-    calls: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+/// The caller id of the service's own calls (clock sync, exchangeInfo, demo data).
+pub const SERVICE_CALLER: &str = "service";
+
+/// Calls per minute the service's own calls may make.
+pub const SERVICE_CALLS_PER_MINUTE: u32 = 30;
+
+/// Who is calling, for admission: process id, priority, how long it may
+/// wait, and how old a cached answer it accepts.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub process: String,
+    pub priority: u8,
+    pub deadline: Instant,
+    /// `None`: only a fresh answer will do.
+    pub max_age: Option<Duration>,
 }
 
-impl ApiBudget {
-    /// A budget with a calls-per-minute limit for each process id.
-    pub fn new(limits: impl IntoIterator<Item = (String, u32)>) -> Self {
-        ApiBudget {
-            limits: limits.into_iter().collect(),
-            calls: Mutex::default(),
+impl Caller {
+    pub fn new(process: &str, priority: u8, deadline: Instant) -> Self {
+        Caller {
+            process: process.to_string(),
+            priority,
+            deadline,
+            max_age: None,
         }
     }
 
-    /// Records `count` calls made now by `process`.
-    pub fn track_api_call(&self, process: &str, count: u32) {
-        if count == 0 {
-            return;
-        }
-        let now = Instant::now();
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let window = calls.entry(process.to_string()).or_default();
-        prune(window, now);
-        window.push_back((now, count));
-    }
-
-    /// Whether `count` more calls keep `process` within its limit for the last minute.
-    pub fn can_make_api_calls(&self, process: &str, count: u32) -> bool {
-        self.calls_last_minute(process).saturating_add(count) <= self.limit(process)
-    }
-
-    /// Calls `process` made in the sliding minute ending now.
-    pub fn calls_last_minute(&self, process: &str) -> u32 {
-        let now = Instant::now();
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        calls.get_mut(process).map_or(0, |window| {
-            prune(window, now);
-            window.iter().map(|&(_, n)| n).sum()
-        })
-    }
-
-    /// Takes `count` calls now if they fit (`Ok`), or says how long until they
-    /// would (`Err(Some(wait))`), or that they never will (`Err(None)`).
-    /// Check and record happen under one lock, so concurrent callers cannot both pass.
-    pub fn try_take(&self, process: &str, count: u32) -> Result<(), Option<Duration>> {
-        let limit = self.limit(process);
-        if count > limit {
-            return Err(None);
-        }
-        let now = Instant::now();
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        let window = calls.entry(process.to_string()).or_default();
-        prune(window, now);
-        let mut used: u32 = window.iter().map(|&(_, n)| n).sum();
-        if used + count <= limit {
-            window.push_back((now, count));
-            return Ok(());
-        }
-        for &(at, n) in window.iter() {
-            used -= n;
-            if used + count <= limit {
-                return Err(Some((at + WINDOW).saturating_duration_since(now)));
-            }
-        }
-        Err(Some(WINDOW))
-    }
-
-    /// Gives back calls taken with [`try_take`](Self::try_take) that were never sent.
-    pub fn refund(&self, process: &str, count: u32) {
-        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(window) = calls.get_mut(process)
-            && let Some(pos) = window.iter().rposition(|&(_, n)| n == count)
-        {
-            window.remove(pos);
-        }
-    }
-
-    /// The configured limit; 0 for an unknown process.
-    pub fn limit(&self, process: &str) -> u32 {
-        self.limits.get(process).copied().unwrap_or(0)
+    pub fn accepting_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age);
+        self
     }
 }
 
-fn prune(window: &mut VecDeque<(Instant, u32)>, now: Instant) {
-    while window.front().is_some_and(|&(at, _)| now.duration_since(at) >= WINDOW) {
-        window.pop_front();
-    }
-}
+/// Why a call was not admitted: no room before the caller's deadline, or never.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused(pub String);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn sliding_minute_forgets_old_calls() {
-        let budget = ApiBudget::new([("a".to_string(), 10)]);
-        budget.track_api_call("a", 6);
-        assert!(budget.can_make_api_calls("a", 4));
-        assert!(!budget.can_make_api_calls("a", 5));
-        tokio::time::advance(Duration::from_secs(30)).await;
-        budget.track_api_call("a", 4);
-        assert_eq!(budget.calls_last_minute("a"), 10);
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert_eq!(budget.calls_last_minute("a"), 4);
-        assert!(budget.can_make_api_calls("a", 6));
-        assert!(!budget.can_make_api_calls("b", 1), "unknown processes have no budget");
-        assert_eq!(budget.try_take("a", 6), Ok(()));
-        assert_eq!(budget.try_take("a", 11), Err(None), "never fits");
-        // 10 used: 4 (expire in 29 s) + 6 (expire in 60 s); one more needs the first group gone.
-        assert_eq!(budget.try_take("a", 1), Err(Some(Duration::from_secs(29))));
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(budget.try_take("a", 5), Err(Some(Duration::from_secs(50))));
-        assert_eq!(budget.try_take("a", 11), Err(None));
-        tokio::time::advance(Duration::from_secs(19)).await;
-        assert_eq!(budget.try_take("a", 4), Ok(()));
-        assert_eq!(budget.calls_last_minute("a"), 10);
-        budget.refund("a", 4);
-        assert_eq!(budget.calls_last_minute("a"), 6);
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }

@@ -83,7 +83,7 @@ pub fn config(with_builtin_processes: bool) -> Config {
             request_timeout_seconds: 10.0,
             symbols: Vec::new(),
             accounts: BTreeMap::new(),
-            simulator: crate::sim::SimulatorConfig::default(),
+            simulator: super::SimulatorConfig::default(),
         },
         upstream: UpstreamConfig {
             batching: true,

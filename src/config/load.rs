@@ -51,8 +51,15 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Loads, layers and validates the configuration.
-pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
+/// Checks a process kind's own settings: `Err` if the kind is unknown,
+/// otherwise the problems found as (setting key, message). The process
+/// layer provides it (`processes::check_settings`), so that configuration
+/// imports nothing of the service.
+pub type KindCheck = fn(&str, &std::collections::BTreeMap<String, Value>) -> Result<Vec<(String, String)>, String>;
+
+/// Loads, layers and validates the configuration; `kinds` checks each
+/// process's kind-specific settings.
+pub fn load(options: &LoadOptions, kinds: KindCheck) -> Result<Config, ConfigError> {
     let env: Vec<(String, String)> = options.env.clone().unwrap_or_else(|| std::env::vars().collect());
     let path = options.config_path.clone().or_else(|| {
         env.iter()
@@ -85,7 +92,7 @@ pub fn load(options: &LoadOptions) -> Result<Config, ConfigError> {
     figment = fill_process_defaults(figment);
 
     let mut problems = Vec::new();
-    let config = extract(&figment, &mut problems);
+    let config = extract(&figment, kinds, &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigError { problems }),
@@ -131,13 +138,13 @@ fn fill_process_defaults(mut figment: Figment) -> Figment {
 }
 
 /// Deserializes and checks piece by piece, so one bad piece does not hide the others.
-fn extract(figment: &Figment, problems: &mut Vec<Problem>) -> Option<Config> {
+fn extract(figment: &Figment, kinds: KindCheck, problems: &mut Vec<Problem>) -> Option<Config> {
     let mut semantic = Vec::new();
     let mut report = |key: &str, message: String| semantic.push((key.to_string(), message));
     if let Ok(Value::Dict(_, root)) = figment.find_value("processes") {
         for id in root.keys() {
             match piece::<super::ProcessConfig>(figment, &format!("processes.{id}"), problems) {
-                Some(p) => validate::check_process(id, &p, &mut report),
+                Some(p) => validate::check_process(id, &p, kinds, &mut report),
                 None => continue,
             }
         }

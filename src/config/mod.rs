@@ -4,11 +4,16 @@
 //! the environment; see [`load`]) and checked by [`validate`], which reports
 //! every problem at once, each naming its key and the source that set it, so
 //! that an operator can fix a bad deployment in one go.
+//!
+//! Owns: the settings types, layering, validation, redaction of secrets.
+//! Imports nothing of the service (ground floor): a process kind's own
+//! settings are checked by the kind, handed in as a [`KindCheck`].
 
 mod defaults;
 mod env;
 mod load;
 mod secret;
+mod simulator;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,8 +22,9 @@ use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
 pub use defaults::process_defaults;
-pub use load::{ConfigError, LoadOptions, Problem, load};
-pub use secret::Secret;
+pub use load::{ConfigError, KindCheck, LoadOptions, Problem, load};
+pub use secret::{Secret, redact_url};
+pub use simulator::{Faults, SimulatorConfig, default_symbols};
 
 /// The whole configuration of one service instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,7 +142,7 @@ pub struct ExchangeConfig {
     /// Symbols trade sync always covers.
     pub symbols: Vec<String>,
     pub accounts: BTreeMap<String, AccountConfig>,
-    pub simulator: crate::sim::SimulatorConfig,
+    pub simulator: SimulatorConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +203,7 @@ impl Config {
     /// The configuration as TOML with every secret replaced by `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.store.url = crate::store::redact_url(&shown.store.url);
+        shown.store.url = redact_url(&shown.store.url);
         let mut value = toml::Value::try_from(&shown).expect("config serializes to TOML");
         secret::redact_by_key(&mut value);
         toml::to_string_pretty(&value).expect("TOML value prints")

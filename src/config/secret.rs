@@ -1,6 +1,6 @@
 //! Secrets stay secret: a wrapper whose `Debug`, `Display` and `Serialize`
 //! never show the value, and a redactor for free-form settings (a command's
-//! environment) whose keys look like they hold credentials.
+//! environment) whose keys look like they hold credentials, and of URLs.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use subtle::ConstantTimeEq;
@@ -100,6 +100,14 @@ pub fn redact_by_key(value: &mut toml::Value) {
     }
 }
 
+/// A URL fit for logs: no password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://{REDACTED}@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +131,14 @@ mod tests {
         let text = toml::to_string(&v).unwrap();
         assert!(!text.contains("\"x\"") && !text.contains("\"y\""), "{text}");
         assert!(text.contains("/bin"));
+    }
+
+    #[test]
+    fn urls_in_logs_lose_their_password() {
+        assert_eq!(
+            super::redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://[redacted]@h:5432/db"
+        );
+        assert_eq!(super::redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{ExchangeConfig, ExchangeKind, HttpConfig, ProcessConfig, SchedulerConfig, TelemetryConfig};
+use super::{ExchangeConfig, ExchangeKind, HttpConfig, KindCheck, ProcessConfig, SchedulerConfig, TelemetryConfig};
 
 /// Longest interval we accept: a week. Longer periods belong in a calendar, not here.
 const MAX_INTERVAL_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
@@ -48,7 +48,7 @@ pub fn check_scheduler(scheduler: &SchedulerConfig, report: &mut dyn FnMut(&str,
     }
 }
 
-pub fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, String)) {
+pub fn check_process(id: &str, p: &ProcessConfig, kinds: KindCheck, report: &mut dyn FnMut(&str, String)) {
     let key = |field: &str| format!("processes.{id}.{field}");
     if id.is_empty()
         || !id
@@ -99,7 +99,7 @@ pub fn check_process(id: &str, p: &ProcessConfig, report: &mut dyn FnMut(&str, S
             format!("must be 0 or more (got {})", p.start_offset_seconds),
         );
     }
-    match crate::processes::check_settings(&p.kind, &p.settings) {
+    match kinds(&p.kind, &p.settings) {
         Err(message) => report(&key("kind"), message),
         Ok(problems) => {
             for (field, message) in problems {

@@ -67,6 +67,12 @@ pub enum VenueError {
     BudgetExhausted(String),
 }
 
+impl From<crate::budget::Refused> for VenueError {
+    fn from(refused: crate::budget::Refused) -> Self {
+        VenueError::BudgetExhausted(refused.0)
+    }
+}
+
 impl VenueError {
     pub fn kind(&self) -> VenueErrorKind {
         match self {

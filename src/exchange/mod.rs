@@ -1,19 +1,24 @@
 //! The exchange seen by processes: one [`Venue`] trait, the Binance USDⓈ-M
-//! Futures implementation over the shared upstream client, and the domain
-//! types it returns. Every call names its caller ([`Caller`]) so the budget
-//! can admit it by process, priority and deadline.
+//! Futures implementation ([`binance`]), closing a position exactly once
+//! ([`orders`]), and the closed set of failure kinds ([`VenueError`]). Every
+//! call names its caller ([`Caller`]) so the budget can admit it by
+//! process, priority and deadline.
+//!
+//! Owns: everything venue-specific (routes, weights, signing, headers, error
+//! codes). Imports `upstream`, `budget`, `domain`, `telemetry`, `config`
+//! (credentials), `net`, `clock`; never `ha`, `store`, `sim` or the processes.
 
 pub mod binance;
 mod error;
 pub mod orders;
-pub mod setup;
-pub mod sign;
 mod types;
 
 use futures::future::BoxFuture;
 
+pub use crate::budget::Caller;
+pub use crate::domain::{Fill, OrderAck, OrderSide, OrderStatus, Position, Price};
 pub use error::{VenueError, VenueErrorKind};
-pub use types::{Account, Caller, ExchangeInfo, Fill, OrderAck, OrderSide, OrderStatus, Position, Price};
+pub use types::{Account, ExchangeInfo};
 
 /// What the platform needs from an exchange.
 pub trait Venue: Send + Sync + 'static {

@@ -1,10 +1,4 @@
-//! Exchange data as the platform uses it (decimals, not floats).
-
-use std::time::Duration;
-
-use rust_decimal::Decimal;
-use serde::Serialize;
-use tokio::time::Instant;
+//! What only the exchange speaks: account credentials and the venue's limits and symbols.
 
 use crate::config::Secret;
 
@@ -16,127 +10,9 @@ pub struct Account {
     pub api_secret: Secret,
 }
 
-/// Who is calling, for admission: process id, priority, how long it may
-/// wait, and how old a cached answer it accepts.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub process: String,
-    pub priority: u8,
-    pub deadline: Instant,
-    /// `None`: only a fresh answer will do.
-    pub max_age: Option<Duration>,
-}
-
-impl Caller {
-    pub fn new(process: &str, priority: u8, deadline: Instant) -> Self {
-        Caller {
-            process: process.to_string(),
-            priority,
-            deadline,
-            max_age: None,
-        }
-    }
-
-    pub fn accepting_age(mut self, max_age: Duration) -> Self {
-        self.max_age = Some(max_age);
-        self
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeInfo {
     /// REQUEST_WEIGHT per minute.
     pub weight_limit_per_minute: u32,
     pub symbols: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Price {
-    pub symbol: String,
-    pub price: Decimal,
-    /// Venue time of the price, ms since the epoch.
-    pub time_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Position {
-    pub symbol: String,
-    /// Signed: > 0 long, < 0 short.
-    pub amount: Decimal,
-    pub entry_price: Decimal,
-    pub mark_price: Decimal,
-    pub unrealized_pnl: Decimal,
-    pub update_time_ms: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum OrderSide {
-    Buy,
-    Sell,
-}
-
-impl OrderSide {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderSide::Buy => "BUY",
-            OrderSide::Sell => "SELL",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "BUY" => Some(OrderSide::Buy),
-            "SELL" => Some(OrderSide::Sell),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Fill {
-    pub symbol: String,
-    pub id: u64,
-    pub order_id: u64,
-    pub side: OrderSide,
-    pub price: Decimal,
-    pub qty: Decimal,
-    pub realized_pnl: Decimal,
-    pub commission: Decimal,
-    pub time_ms: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub enum OrderStatus {
-    New,
-    PartiallyFilled,
-    Filled,
-    Canceled,
-    Rejected,
-    Expired,
-    Other(String),
-}
-
-impl OrderStatus {
-    pub fn parse(s: &str) -> Self {
-        match s {
-            "NEW" => OrderStatus::New,
-            "PARTIALLY_FILLED" => OrderStatus::PartiallyFilled,
-            "FILLED" => OrderStatus::Filled,
-            "CANCELED" => OrderStatus::Canceled,
-            "REJECTED" => OrderStatus::Rejected,
-            "EXPIRED" => OrderStatus::Expired,
-            other => OrderStatus::Other(other.to_string()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OrderAck {
-    pub order_id: u64,
-    pub client_order_id: String,
-    pub symbol: String,
-    pub status: OrderStatus,
-    pub executed_qty: Decimal,
-    pub avg_price: Decimal,
 }

@@ -1,4 +1,5 @@
-//! One API budget for the whole cluster, kept in PostgreSQL.
+//! One API budget for the whole cluster, kept in PostgreSQL: the `budget`
+//! layer's [`ClusterBudget`] step of admission.
 //!
 //! Each replica still admits a call through its own budgets first (per
 //! process, then the venue's weight with priorities and the 429 pause); then
@@ -8,16 +9,19 @@
 //! limit × margin from all of them together. The venue's own count
 //! (`X-MBX-USED-WEIGHT-1M`) raises the row, as it raises the local one.
 
+use futures::future::BoxFuture;
 use sqlx::{PgPool, Row};
 
-pub struct ClusterBudget {
+use crate::budget::ClusterBudget;
+
+pub struct PgClusterBudget {
     pool: PgPool,
 }
 
 /// The weight scope; a process's calls are counted under `calls:<process>`.
 const WEIGHT: &str = "weight";
 
-impl ClusterBudget {
+impl PgClusterBudget {
     /// Its own connections, so a burst of calls never delays a lease renewal.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -25,7 +29,7 @@ impl ClusterBudget {
             .acquire_timeout(std::time::Duration::from_secs(2))
             .connect(url)
             .await
-            .map_err(|e| anyhow::anyhow!("ha: cannot connect to {}: {e}", crate::store::redact_url(url)))?;
+            .map_err(|e| anyhow::anyhow!("ha: cannot connect to {}: {e}", crate::config::redact_url(url)))?;
         Self::new(pool).await
     }
 
@@ -40,7 +44,7 @@ impl ClusterBudget {
         )
         .execute(&pool)
         .await?;
-        Ok(ClusterBudget { pool })
+        Ok(PgClusterBudget { pool })
     }
 
     /// Takes one call of `process` (up to `calls_limit` in the minute) and
@@ -98,6 +102,30 @@ impl ClusterBudget {
             .execute(&self.pool)
             .await?
             .rows_affected())
+    }
+}
+
+impl ClusterBudget for PgClusterBudget {
+    fn try_take<'a>(
+        &'a self,
+        process: &'a str,
+        calls_limit: u32,
+        weight: u32,
+        weight_cap: u32,
+        minute: i64,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(PgClusterBudget::try_take(
+            self,
+            process,
+            calls_limit,
+            weight,
+            weight_cap,
+            minute,
+        ))
+    }
+
+    fn observe_used(&self, minute: i64, used: u32) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(PgClusterBudget::observe_used(self, minute, used))
     }
 }
 

@@ -2,75 +2,31 @@
 //! exchange. Writes (levels, alerts) need the admin token; bad input is a
 //! 422 naming the field.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::api::authorize;
+use super::auth::Admin;
+use super::error::{store_error, unprocessable};
+use super::query::{self, Q, limit};
 use super::{ApiError, AppState};
-use crate::processes::Platform;
-use crate::store::{Level, NewAlert, NewLevel};
+use crate::store::{Level, NewAlert, NewLevel, Store};
 
-type Q = Result<Query<HashMap<String, String>>, QueryRejection>;
-
-pub fn store_error(e: anyhow::Error) -> ApiError {
-    tracing::error!(error = %format!("{e:#}"), "store failure behind the data API");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_unavailable",
-        "the store did not answer; try again",
-    )
-}
-
-fn platform(state: &AppState) -> Result<&Arc<Platform>, ApiError> {
-    state.platform.as_ref().ok_or_else(|| {
+fn store(state: &AppState) -> Result<&Arc<Store>, ApiError> {
+    state.store.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_store",
             "this instance runs without a store",
         )
     })
-}
-
-fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_field",
-        format!("{field}: {}", message.into()),
-    )
-}
-
-/// Query parameters, with unknown ones refused.
-fn query(q: Q, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
-    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "unknown query parameter `{k}`; use {}",
-            allowed.join(", ")
-        )));
-    }
-    Ok(q)
-}
-
-fn limit(q: &HashMap<String, String>) -> Result<i64, ApiError> {
-    match q.get("limit") {
-        None => Ok(100),
-        Some(v) => v
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| ApiError::bad_request("limit must be a whole number between 1 and 10000")),
-    }
 }
 
 fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
@@ -130,14 +86,13 @@ fn refuse_unknown(map: &serde_json::Map<String, Value>, allowed: &[&str]) -> Res
 }
 
 pub async fn prices(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rows = platform(&state)?.store.prices().await.map_err(store_error)?;
+    let rows = store(&state)?.prices().await.map_err(store_error)?;
     Ok(Json(json!(rows)))
 }
 
 pub async fn positions(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
-    let q = query(q, &["account"])?;
-    let rows = platform(&state)?
-        .store
+    let q = query::params(q, &["account"])?;
+    let rows = store(&state)?
         .positions(q.get("account").map(String::as_str))
         .await
         .map_err(store_error)?;
@@ -145,9 +100,8 @@ pub async fn positions(State(state): State<AppState>, q: Q) -> Result<Json<Value
 }
 
 pub async fn trades(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
-    let q = query(q, &["account", "symbol", "limit"])?;
-    let rows = platform(&state)?
-        .store
+    let q = query::params(q, &["account", "symbol", "limit"])?;
+    let rows = store(&state)?
         .trades(
             q.get("account").map(String::as_str),
             q.get("symbol").map(String::as_str),
@@ -159,14 +113,13 @@ pub async fn trades(State(state): State<AppState>, q: Q) -> Result<Json<Value>, 
 }
 
 pub async fn dashboard(State(state): State<AppState>, Path(account): Path<String>) -> Result<Json<Value>, ApiError> {
-    let p = platform(&state)?;
-    if !p.accounts.contains(&account) {
+    if !state.accounts.contains(&account) {
         return Err(ApiError::not_found(format!("no account `{account}`")));
     }
-    match p.store.snapshot(&account).await.map_err(store_error)? {
+    match store(&state)?.snapshot(&account).await.map_err(store_error)? {
         Some(s) => Ok(Json(json!({
             "account": s.account,
-            "computed_at": crate::status::fmt_time(std::time::UNIX_EPOCH + std::time::Duration::from_millis(s.computed_at as u64)),
+            "computed_at": crate::clock::rfc3339_ms(s.computed_at),
             "analytics": s.data,
         }))),
         None => Err(ApiError::not_found(format!(
@@ -176,9 +129,7 @@ pub async fn dashboard(State(state): State<AppState>, Path(account): Path<String
 }
 
 pub async fn levels(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(
-        platform(&state)?.store.levels(None).await.map_err(store_error)?
-    )))
+    Ok(Json(json!(store(&state)?.levels(None).await.map_err(store_error)?)))
 }
 
 fn parse_id(id: &str) -> Result<i64, ApiError> {
@@ -188,26 +139,21 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
 
 pub async fn level(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    match platform(&state)?.store.level(id).await.map_err(store_error)? {
+    match store(&state)?.level(id).await.map_err(store_error)? {
         Some(l) => Ok(Json(json!(l))),
         None => Err(ApiError::not_found(format!("no level {id}"))),
     }
 }
 
-pub async fn create_level(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let p = platform(&state)?;
+pub async fn create_level(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let store = store(&state)?;
     let map = json_body(&body)?;
     refuse_unknown(&map, &["account", "symbol", "take_profit", "stop_loss"])?;
     let account = text(&map, "account")?.to_string();
-    if !p.accounts.contains(&account) {
+    if !state.accounts.contains(&account) {
         return Err(unprocessable(
             "account",
-            format!("unknown account; known: {}", p.accounts.join(", ")),
+            format!("unknown account; known: {}", state.accounts.join(", ")),
         ));
     }
     let symbol = symbol(&map)?;
@@ -221,8 +167,7 @@ pub async fn create_level(
     {
         return Err(unprocessable("stop_loss", "must differ from take_profit"));
     }
-    let level: Level = p
-        .store
+    let level: Level = store
         .insert_level(&NewLevel {
             account,
             symbol,
@@ -231,23 +176,17 @@ pub async fn create_level(
         })
         .await
         .map_err(store_error)?;
-    p.levels_generation.fetch_add(1, Ordering::AcqRel);
     Ok((StatusCode::CREATED, Json(json!(level))).into_response())
 }
 
 pub async fn delete_level(
+    _: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = parse_id(&id)?;
-    let p = platform(&state)?;
-    match p.store.delete_level(id).await.map_err(store_error)? {
-        Ok(true) => {
-            p.levels_generation.fetch_add(1, Ordering::AcqRel);
-            Ok(StatusCode::NO_CONTENT.into_response())
-        }
+    match store(&state)?.delete_level(id).await.map_err(store_error)? {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(false) => Err(ApiError::not_found(format!("no level {id}"))),
         Err(_) => Err(ApiError::conflict(
             "order_in_flight",
@@ -257,18 +196,11 @@ pub async fn delete_level(
 }
 
 pub async fn alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(
-        platform(&state)?.store.alerts(false).await.map_err(store_error)?
-    )))
+    Ok(Json(json!(store(&state)?.alerts(false).await.map_err(store_error)?)))
 }
 
-pub async fn create_alert(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let p = platform(&state)?;
+pub async fn create_alert(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let store = store(&state)?;
     let map = json_body(&body)?;
     refuse_unknown(&map, &["symbol", "condition", "price", "webhook_url"])?;
     let symbol = symbol(&map)?;
@@ -286,8 +218,7 @@ pub async fn create_alert(
         }
         Some(_) => return Err(unprocessable("webhook_url", "must be an http(s) URL")),
     };
-    let alert = p
-        .store
+    let alert = store
         .insert_alert(&NewAlert {
             symbol,
             condition: condition.to_string(),
@@ -300,13 +231,12 @@ pub async fn create_alert(
 }
 
 pub async fn delete_alert(
+    _: Admin,
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
     let id = parse_id(&id)?;
-    if platform(&state)?.store.delete_alert(id).await.map_err(store_error)? {
+    if store(&state)?.delete_alert(id).await.map_err(store_error)? {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(ApiError::not_found(format!("no alert {id}")))
@@ -314,12 +244,8 @@ pub async fn delete_alert(
 }
 
 pub async fn notifications(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
-    let q = query(q, &["limit"])?;
+    let q = query::params(q, &["limit"])?;
     Ok(Json(Value::Array(
-        platform(&state)?
-            .store
-            .notifications(limit(&q)?)
-            .await
-            .map_err(store_error)?,
+        store(&state)?.notifications(limit(&q)?).await.map_err(store_error)?,
     )))
 }

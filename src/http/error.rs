@@ -49,3 +49,29 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// The store failed behind a request: logged with its cause, answered 503 without it.
+pub fn store_error(e: anyhow::Error) -> ApiError {
+    tracing::error!(error = %format!("{e:#}"), "store failure behind the HTTP API");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the store did not answer; try again",
+    )
+}
+
+/// A field of a request body that cannot be accepted (422 naming it).
+pub fn unprocessable(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        format!("{field}: {}", message.into()),
+    )
+}
+
+/// No process with this id.
+pub fn unknown_process(id: &str) -> ApiError {
+    ApiError::not_found(format!(
+        "no process `{id}`; GET /api/script-manager/processes lists them"
+    ))
+}

@@ -1,10 +1,16 @@
 //! The HTTP surface (DESIGN §7): metrics, health, the status API and the
-//! operator actions. Handlers are thin: they read the scheduler's state or
-//! call one of its methods.
+//! operator actions, and the platform's data API. Handlers are thin: they
+//! read the scheduler's state, call one of its methods, or read the store.
+//!
+//! Owns: routes, authorization ([`auth`]), the JSON error shape ([`error`]).
+//! Imports `scheduler`, `status`, `store`, `budget` (usage gauges),
+//! `telemetry`, `config` (tokens), `clock`; never the processes or `exchange`.
 
 mod api;
+mod auth;
 mod data;
 mod error;
+mod query;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,10 +25,11 @@ use serde_json::json;
 
 pub use error::ApiError;
 
+use crate::budget::VenueWeight;
 use crate::config::Secret;
 use crate::scheduler::Scheduler;
+use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::labels;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -31,10 +38,12 @@ pub struct AppState {
     pub admin_token: Option<Secret>,
     pub started: SystemTime,
     pub ready: Arc<AtomicBool>,
-    /// The exchange client, for the budget gauges.
-    pub upstream: Option<Arc<crate::upstream::Upstream>>,
-    /// The store and exchange behind the data API.
-    pub platform: Option<Arc<crate::processes::Platform>>,
+    /// The venue's weight budget, for the status document and its gauges.
+    pub weight: Option<Arc<VenueWeight>>,
+    /// The store behind the data API and the run history.
+    pub store: Option<Arc<Store>>,
+    /// Account names the data API knows.
+    pub accounts: Vec<String>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -91,16 +100,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
     for p in state.scheduler.processes() {
         let calls = state.scheduler.budget().calls_last_minute(&p.id);
+        state.metrics.process.api_calls_last_minute(&p.id, calls);
+    }
+    if let Some(weight) = &state.weight {
+        let u = weight.usage();
         state
             .metrics
-            .api_calls_last_minute
-            .get_or_create(&labels(&p.id))
-            .set(calls as i64);
+            .api
+            .weight_usage(u.used, u.limit, u.venue_used, u.venue_limit);
     }
-    if let Some(upstream) = &state.upstream {
-        upstream.refresh_gauges();
-    }
-    state.metrics.domain.refresh(crate::store::now_ms());
+    state.metrics.domain.refresh(crate::clock::now_ms());
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -2,15 +2,15 @@
 //! exchange calls) and cached as snapshots that the data API serves.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::platform::{Platform, store_error};
+use super::platform::Platform;
+use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::{StoredPosition, StoredTrade, now_ms};
+use crate::store::{StoredPosition, StoredTrade};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -67,16 +67,25 @@ impl DashboardSync {
                 .store
                 .trades_since(account, now - 30 * DAY_MS)
                 .await
-                .map_err(store_error)?;
-            let positions = p.store.positions(Some(account)).await.map_err(store_error)?;
+                .map_err(|e| self.platform.store_error(e))?;
+            let positions = p
+                .store
+                .positions(Some(account))
+                .await
+                .map_err(|e| self.platform.store_error(e))?;
             let data = analytics(&trades, &positions, now);
             p.store
                 .put_snapshot(&ctx.fence, account, &data, now)
                 .await
-                .map_err(store_error)?;
+                .map_err(|e| self.platform.store_error(e))?;
         }
-        if let Some(oldest) = p.store.oldest_snapshot_ms().await.map_err(store_error)? {
-            p.metrics.domain.oldest_snapshot_ms.store(oldest, Ordering::Relaxed);
+        if let Some(oldest) = p
+            .store
+            .oldest_snapshot_ms()
+            .await
+            .map_err(|e| self.platform.store_error(e))?
+        {
+            p.events.oldest_snapshot_ms(oldest);
         }
         Ok(RunReport {
             summary: Some(format!("{} dashboards", p.accounts.len())),

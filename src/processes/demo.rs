@@ -7,9 +7,8 @@ use rust_decimal::prelude::FromPrimitive;
 use tokio::time::Instant;
 
 use super::Platform;
+use crate::budget::{Caller, SERVICE_CALLER};
 use crate::config::{Config, ExchangeKind};
-use crate::exchange::Caller;
-use crate::exchange::setup::SERVICE_CALLER;
 use crate::store::{NewAlert, NewLevel};
 
 pub async fn seed(platform: &Platform, config: &Config) -> anyhow::Result<()> {

@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -18,12 +17,12 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::level_index::LevelIndex;
-use super::platform::{Platform, store_error, venue_error};
+use super::platform::{Platform, venue_error};
+use crate::clock::now_ms;
 use crate::exchange::orders::close_exactly_once;
 use crate::exchange::{Caller, OrderSide, VenueError};
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::{Intent, Level, LevelStatus, now_ms};
-use crate::telemetry::domain::TriggerLabels;
+use crate::store::{Intent, Level, LevelStatus};
 
 /// Re-read levels and positions at least this often (positions change underneath).
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
@@ -54,7 +53,7 @@ impl LevelMonitor {
 
     async fn load(&self) -> anyhow::Result<Loaded> {
         let p = &self.platform;
-        let generation = p.levels_generation.load(Ordering::Acquire);
+        let generation = p.store.levels_generation();
         let fingerprint = match p.shared_store {
             true => Some(p.store.armed_levels_fingerprint().await?),
             false => None,
@@ -91,20 +90,19 @@ impl LevelMonitor {
         let stale = match &*state {
             None => true,
             Some(s) => {
-                s.generation != self.platform.levels_generation.load(Ordering::Acquire)
+                s.generation != self.platform.store.levels_generation()
                     || s.at.elapsed() > RELOAD_EVERY
-                    || self.changed_elsewhere(s.fingerprint).await.map_err(store_error)?
+                    || self
+                        .changed_elsewhere(s.fingerprint)
+                        .await
+                        .map_err(|e| self.platform.store_error(e))?
             }
         };
         if stale {
-            *state = Some(self.load().await.map_err(store_error)?);
+            *state = Some(self.load().await.map_err(|e| self.platform.store_error(e))?);
         }
         let loaded = state.as_mut().expect("loaded above");
-        self.platform
-            .metrics
-            .domain
-            .levels_armed
-            .set(loaded.levels.len() as i64);
+        self.platform.events.levels_armed(loaded.levels.len());
         if loaded.index.is_empty() {
             return Ok(RunReport {
                 summary: Some(format!("no armed levels; {settled} settled")),
@@ -128,11 +126,7 @@ impl LevelMonitor {
                 self.fire(&ctx, &level, kind, price.price, price.time_ms).await?;
             }
         }
-        self.platform
-            .metrics
-            .domain
-            .levels_armed
-            .set(loaded.levels.len() as i64);
+        self.platform.events.levels_armed(loaded.levels.len());
         Ok(RunReport {
             summary: Some(format!("{fired} levels fired; {settled} settled")),
         })
@@ -148,7 +142,11 @@ impl LevelMonitor {
         observed_at: i64,
     ) -> Result<(), ProcessError> {
         let p = &self.platform;
-        let positions = p.store.positions(Some(&level.account)).await.map_err(store_error)?;
+        let positions = p
+            .store
+            .positions(Some(&level.account))
+            .await
+            .map_err(|e| self.platform.store_error(e))?;
         let Some(position) = positions
             .iter()
             .find(|pos| pos.symbol == level.symbol && !pos.amount.is_zero())
@@ -158,7 +156,7 @@ impl LevelMonitor {
                 .store
                 .trigger_level(&ctx.fence, level, ("NONE", Decimal::ZERO), (kind, price, observed_at))
                 .await
-                .map_err(store_error)?;
+                .map_err(|e| self.platform.store_error(e))?;
             if let Some(intent) = intent {
                 p.store
                     .fail_intent(
@@ -168,7 +166,7 @@ impl LevelMonitor {
                         p.webhook_url.as_deref(),
                     )
                     .await
-                    .map_err(store_error)?;
+                    .map_err(|e| self.platform.store_error(e))?;
                 self.count(kind, "failed");
             }
             return Ok(());
@@ -187,7 +185,7 @@ impl LevelMonitor {
                 (kind, price, observed_at),
             )
             .await
-            .map_err(store_error)?
+            .map_err(|e| self.platform.store_error(e))?
         else {
             return Ok(()); // changed meanwhile (deleted, or fired elsewhere)
         };
@@ -200,38 +198,28 @@ impl LevelMonitor {
         let p = &self.platform;
         let caller: Caller = ctx.caller(None);
         let side = OrderSide::parse(&intent.side).unwrap_or(OrderSide::Sell);
-        let result = if look_up_first {
-            match p
+        let known = match look_up_first {
+            true => p
                 .venue
                 .order_by_client_id(&caller, &intent.account, &intent.symbol, &intent.client_order_id)
                 .await
-            {
-                Ok(Some(ack)) => Ok(ack),
-                Ok(None) => {
-                    close_exactly_once(
-                        &*p.venue,
-                        &caller,
-                        &intent.account,
-                        &intent.symbol,
-                        side,
-                        intent.qty,
-                        &intent.client_order_id,
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
+                .transpose(),
+            false => None,
+        };
+        let result = match known {
+            Some(found) => found,
+            None => {
+                close_exactly_once(
+                    &*p.venue,
+                    &caller,
+                    &intent.account,
+                    &intent.symbol,
+                    side,
+                    intent.qty,
+                    &intent.client_order_id,
+                )
+                .await
             }
-        } else {
-            close_exactly_once(
-                &*p.venue,
-                &caller,
-                &intent.account,
-                &intent.symbol,
-                side,
-                intent.qty,
-                &intent.client_order_id,
-            )
-            .await
         };
         let kind: &'static str = if intent.kind == "take_profit" {
             "take_profit"
@@ -243,9 +231,9 @@ impl LevelMonitor {
                 p.store
                     .complete_intent(&ctx.fence, intent, &ack, p.webhook_url.as_deref())
                     .await
-                    .map_err(store_error)?;
+                    .map_err(|e| self.platform.store_error(e))?;
                 let latency = (now_ms() - intent.observed_at).max(0) as f64 / 1000.0;
-                p.metrics.domain.trigger_latency.observe(latency);
+                p.events.trigger_latency(latency);
                 self.count(kind, "executed");
                 tracing::info!(client_order_id = %intent.client_order_id, order_id = ack.order_id, "close executed");
                 Ok(())
@@ -254,7 +242,7 @@ impl LevelMonitor {
                 p.store
                     .fail_intent(&ctx.fence, intent, &e.to_string(), p.webhook_url.as_deref())
                     .await
-                    .map_err(store_error)?;
+                    .map_err(|e| self.platform.store_error(e))?;
                 self.count(kind, "failed");
                 Err(venue_error(e))
             }
@@ -268,7 +256,12 @@ impl LevelMonitor {
 
     /// Intents left pending by an earlier tick or a restart.
     async fn settle_pending(&self, ctx: &RunContext) -> Result<usize, ProcessError> {
-        let pending = self.platform.store.pending_intents().await.map_err(store_error)?;
+        let pending = self
+            .platform
+            .store
+            .pending_intents()
+            .await
+            .map_err(|e| self.platform.store_error(e))?;
         for intent in &pending {
             tracing::info!(client_order_id = %intent.client_order_id, "settling an order of unknown outcome");
             self.execute(ctx, intent, true).await?;
@@ -277,12 +270,7 @@ impl LevelMonitor {
     }
 
     fn count(&self, kind: &'static str, outcome: &'static str) {
-        self.platform
-            .metrics
-            .domain
-            .level_triggers
-            .get_or_create(&TriggerLabels { kind, outcome })
-            .inc();
+        self.platform.events.level_triggered(kind, outcome);
     }
 }
 

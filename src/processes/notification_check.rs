@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, store_error, venue_error};
+use super::platform::{Platform, venue_error};
+use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::{Notification, now_ms};
-use crate::telemetry::domain::OutcomeLabels;
+use crate::store::Notification;
 
 /// Attempts before a notification is given up (and counted as failed).
 const MAX_ATTEMPTS: i64 = 12;
@@ -34,8 +34,13 @@ impl NotificationCheck {
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let triggered = self.check_alerts(&ctx).await?;
         let (delivered, waiting) = self.deliver(&ctx).await?;
-        let pending = self.platform.store.pending_notifications().await.map_err(store_error)?;
-        self.platform.metrics.domain.outbox_pending.set(pending);
+        let pending = self
+            .platform
+            .store
+            .pending_notifications()
+            .await
+            .map_err(|e| self.platform.store_error(e))?;
+        self.platform.events.outbox_pending(pending);
         Ok(RunReport {
             summary: Some(format!(
                 "{triggered} alerts triggered, {delivered} delivered, {waiting} to retry"
@@ -45,7 +50,7 @@ impl NotificationCheck {
 
     async fn check_alerts(&self, ctx: &RunContext) -> Result<usize, ProcessError> {
         let p = &self.platform;
-        let alerts = p.store.alerts(true).await.map_err(store_error)?;
+        let alerts = p.store.alerts(true).await.map_err(|e| self.platform.store_error(e))?;
         if alerts.is_empty() {
             return Ok(0);
         }
@@ -70,7 +75,7 @@ impl NotificationCheck {
                 && p.store
                     .trigger_alert(&ctx.fence, alert, price.price, p.webhook_url.as_deref())
                     .await
-                    .map_err(store_error)?
+                    .map_err(|e| self.platform.store_error(e))?
             {
                 triggered += 1;
             }
@@ -80,7 +85,11 @@ impl NotificationCheck {
 
     async fn deliver(&self, ctx: &RunContext) -> Result<(usize, usize), ProcessError> {
         let p = &self.platform;
-        let due = p.store.due_notifications(now_ms(), BATCH).await.map_err(store_error)?;
+        let due = p
+            .store
+            .due_notifications(now_ms(), BATCH)
+            .await
+            .map_err(|e| self.platform.store_error(e))?;
         let (mut delivered, mut waiting) = (0, 0);
         for n in due {
             if ctx.cancel.is_cancelled() {
@@ -110,12 +119,8 @@ impl NotificationCheck {
             p.store
                 .record_delivery(&ctx.fence, n.id, status, attempts, next_at, error.as_deref())
                 .await
-                .map_err(store_error)?;
-            p.metrics
-                .domain
-                .notifications
-                .get_or_create(&OutcomeLabels { outcome })
-                .inc();
+                .map_err(|e| self.platform.store_error(e))?;
+            p.events.notification(outcome);
         }
         Ok((delivered, waiting))
     }

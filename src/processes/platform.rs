@@ -1,13 +1,13 @@
 //! What the trading processes share: the store, the venue, the accounts and
-//! symbols they cover, metrics, and an HTTP client for webhooks.
+//! symbols they cover, the handle they report through, and an HTTP client
+//! for webhooks. Also the mapping of store and venue failures to run errors.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
-use crate::exchange::{Venue, VenueError};
-use crate::process::{ErrorKind, ProcessError};
+use crate::exchange::{Venue, VenueError, VenueErrorKind};
+use crate::process::{ErrorKind, Fenced, ProcessError};
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::domain::DomainEvents;
 
 pub struct Platform {
     pub store: Arc<Store>,
@@ -16,21 +16,27 @@ pub struct Platform {
     pub accounts: Vec<String>,
     /// Symbols trade sync always covers (`exchange.symbols`).
     pub symbols: Vec<String>,
-    pub metrics: Arc<Metrics>,
+    pub events: DomainEvents,
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
     /// `upstream.batching`: trade sync asks one positions call which symbols changed.
     pub batching: bool,
-    /// Bumped whenever levels change outside level_monitor (the data API), so it re-reads them.
-    pub levels_generation: AtomicU64,
     /// Other replicas write to the same store (HA): what is cached from it must be re-checked there.
     pub shared_store: bool,
 }
 
-/// A store failure, as a run error.
-pub fn store_error(e: anyhow::Error) -> ProcessError {
-    if let Some(fenced) = e.downcast_ref::<crate::store::Fenced>() {
+impl Platform {
+    /// A store failure, as a run error (see [`store_error`]).
+    pub fn store_error(&self, e: anyhow::Error) -> ProcessError {
+        store_error(&self.events, e)
+    }
+}
+
+/// A store failure, as a run error; a fenced write is counted here, where it is mapped.
+pub fn store_error(events: &DomainEvents, e: anyhow::Error) -> ProcessError {
+    if let Some(fenced) = e.downcast_ref::<Fenced>() {
+        events.write_fenced();
         return ProcessError::permanent(ErrorKind::Fenced, fenced.to_string());
     }
     ProcessError::retriable(ErrorKind::Store, format!("store: {e:#}"))
@@ -39,7 +45,7 @@ pub fn store_error(e: anyhow::Error) -> ProcessError {
 /// A venue failure, as a run error of a matching kind.
 pub fn venue_error(e: VenueError) -> ProcessError {
     let kind = match e.kind() {
-        crate::exchange::VenueErrorKind::BudgetExhausted => ErrorKind::BudgetExhausted,
+        VenueErrorKind::BudgetExhausted => ErrorKind::BudgetExhausted,
         _ => ErrorKind::Upstream,
     };
     ProcessError::new(kind, e.to_string(), e.retriable())

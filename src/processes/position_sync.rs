@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, store_error, venue_error};
+use super::platform::{Platform, venue_error};
+use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::now_ms;
 
 pub struct PositionSync {
     platform: Arc<Platform>,
@@ -30,10 +30,10 @@ impl PositionSync {
             p.store
                 .replace_positions(&ctx.fence, account, &positions, now_ms())
                 .await
-                .map_err(store_error)?;
+                .map_err(|e| self.platform.store_error(e))?;
             open += positions.len();
         }
-        p.metrics.domain.positions_open.set(open as i64);
+        p.events.positions_open(open);
         Ok(RunReport {
             summary: Some(format!("{open} open positions")),
         })

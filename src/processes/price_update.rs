@@ -2,14 +2,13 @@
 //! the price cache (the `prices` table) that the data API and dashboards read.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, store_error, venue_error};
+use super::platform::{Platform, venue_error};
+use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::now_ms;
 
 pub struct PriceUpdate {
     platform: Arc<Platform>,
@@ -27,7 +26,11 @@ impl PriceUpdate {
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
-        let mut symbols = p.store.symbols_in_use().await.map_err(store_error)?;
+        let mut symbols = p
+            .store
+            .symbols_in_use()
+            .await
+            .map_err(|e| self.platform.store_error(e))?;
         symbols.extend(p.symbols.iter().cloned());
         symbols.sort();
         symbols.dedup();
@@ -45,17 +48,14 @@ impl PriceUpdate {
         p.store
             .upsert_prices(&ctx.fence, &prices, observed)
             .await
-            .map_err(store_error)?;
-        let oldest = p.store.prices().await.map_err(store_error)?;
+            .map_err(|e| self.platform.store_error(e))?;
+        let oldest = p.store.prices().await.map_err(|e| self.platform.store_error(e))?;
         let oldest_in_use = oldest
             .iter()
             .filter(|s| symbols.contains(&s.symbol))
             .map(|s| s.observed_at)
             .min();
-        p.metrics
-            .domain
-            .oldest_price_ms
-            .store(oldest_in_use.unwrap_or(observed), Ordering::Relaxed);
+        p.events.oldest_price_ms(oldest_in_use.unwrap_or(observed));
         Ok(RunReport {
             summary: Some(format!("{} prices", prices.len())),
         })

@@ -18,9 +18,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
-use super::platform::{Platform, store_error, venue_error};
+use super::platform::{Platform, venue_error};
+use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::now_ms;
 
 /// Binance returns at most 1000 fills per call.
 const PAGE: u32 = 1000;
@@ -75,7 +75,7 @@ impl TradeSync {
         let mut new = 0;
         let mut polled = 0;
         for account in &p.accounts {
-            let covered = self.symbols(account).await.map_err(store_error)?;
+            let covered = self.symbols(account).await.map_err(|e| self.platform.store_error(e))?;
             // Update times observed *before* the fills are read: a fill after this moment moves them again.
             let updates: HashMap<String, i64> = if full_sweep {
                 HashMap::new()
@@ -113,7 +113,12 @@ impl TradeSync {
         let p = &self.platform;
         let mut new = 0;
         loop {
-            let from = p.store.cursor(account, symbol).await.map_err(store_error)?.unwrap_or(0);
+            let from = p
+                .store
+                .cursor(account, symbol)
+                .await
+                .map_err(|e| self.platform.store_error(e))?
+                .unwrap_or(0);
             let fills = p
                 .venue
                 .fills_since(&ctx.caller(None), account, symbol, Some(from), PAGE)
@@ -123,8 +128,8 @@ impl TradeSync {
                 .store
                 .store_fills(&ctx.fence, account, symbol, &fills)
                 .await
-                .map_err(store_error)?;
-            p.metrics.domain.trades_synced.inc_by(inserted);
+                .map_err(|e| self.platform.store_error(e))?;
+            p.events.trades_synced(inserted);
             new += inserted;
             if fills.len() < PAGE as usize {
                 return Ok(new);

@@ -1,6 +1,6 @@
-//! One run of one process: attempts with a timeout each, retries with
-//! backoff, panic isolation, and the bookkeeping (metrics, stats, history,
-//! spans, logs) that follows.
+//! One run of one process: the claim (HA), attempts with a timeout each,
+//! retries with backoff, panic isolation, and the run's span. What is
+//! recorded afterwards is in `record.rs`.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -10,18 +10,17 @@ use futures::FutureExt;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{Instrument, field};
 
-use super::state::{ProcessHandle, RunLease, RunRecord};
+use super::state::ProcessHandle;
 use super::{CANCEL_GRACE, Scheduler};
-use crate::process::{ErrorKind, ProcessError, RunContext, RunReport, RunUsage, Trigger};
-use crate::store::Fence;
-use crate::telemetry::metrics::{ErrorLabels, Outcome, TraceLabels, labels, unix_now};
+use crate::process::{ErrorKind, Fence, ProcessError, RunContext, RunLease, RunReport, RunUsage, Trigger};
 use crate::telemetry::otel;
+use crate::telemetry::process::Outcome;
 
 /// The outcome of a whole run (all attempts).
-struct Finished {
-    result: Result<RunReport, ProcessError>,
-    attempts: u32,
-    usage: Arc<RunUsage>,
+pub(super) struct Finished {
+    pub result: Result<RunReport, ProcessError>,
+    pub attempts: u32,
+    pub usage: Arc<RunUsage>,
 }
 
 impl Scheduler {
@@ -35,7 +34,7 @@ impl Scheduler {
         let Some((lease, fence)) = self.claim(&p, trigger).await else {
             return p.end();
         };
-        p.series().running.set(1);
+        p.series().running(true);
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let lag = if trigger == Trigger::Schedule {
@@ -69,7 +68,7 @@ impl Scheduler {
             Err(_) => Outcome::error,
         };
         span.record("run.attempts", finished.attempts);
-        span.record("run.outcome", outcome_str(outcome));
+        span.record("run.outcome", outcome.as_str());
         span.record(
             "otel.status_code",
             if outcome == Outcome::success { "OK" } else { "ERROR" },
@@ -86,31 +85,15 @@ impl Scheduler {
             }
         }
         drop(_enter);
-
-        self.record_metrics(&p, outcome, &finished, duration, lag, trace_id.clone());
-        let child = finished.usage.child();
-        let record = RunRecord {
-            process: p.id.clone(),
-            trigger,
-            started_at: started_wall,
-            finished_at: SystemTime::now(),
-            duration_seconds: duration.as_secs_f64(),
-            lag_seconds: lag.as_secs_f64(),
-            attempts: finished.attempts,
-            outcome: outcome_str(outcome),
-            error_kind: finished.result.as_ref().err().map(|e| e.kind),
-            error_message: finished.result.as_ref().err().map(|e| e.message.clone()),
-            api_calls: finished.usage.api_calls(),
-            child_cpu_seconds: child.map(|c| c.cpu_seconds),
-            child_peak_rss_bytes: child.map(|c| c.peak_rss_bytes),
-            trace_id,
+        self.record(
+            &p,
             lease,
-        };
-        if let Some(sink) = self.run_sink.get() {
-            let _ = sink.send(record.clone());
-        }
-        self.record_stats(&p, record);
-        p.series().running.set(0);
+            trigger,
+            finished,
+            (started_wall, duration, lag, outcome),
+            trace_id,
+        );
+        p.series().running(false);
         p.end();
     }
 
@@ -124,11 +107,11 @@ impl Scheduler {
         let manual = trigger == Trigger::Manual;
         let granted = ha.claim(&p.id, p.timeout, (p.interval, offset), manual).await?;
         let lease = RunLease {
-            replica: ha.replica.clone(),
+            replica: ha.replica(),
             slot: granted.slot,
             token: granted.token,
         };
-        Some((Some(lease), ha.fence(&p.id, granted.token)))
+        Some((Some(lease), Fence::lease(p.id.clone(), granted.token)))
     }
 
     /// Runs attempts until one succeeds, a failure is final, or a retry could not finish before `next_tick`.
@@ -179,7 +162,7 @@ impl Scheduler {
                 };
             }
             tracing::info!(kind = error.kind.as_str(), error = %error.message, backoff_s = backoff.as_secs_f64(), "attempt failed; retrying");
-            self.metrics.retries.get_or_create(&labels(&p.id)).inc();
+            p.series().retried();
             tokio::select! {
                 _ = sleep(backoff) => {}
                 _ = self.cancel_runs.cancelled() => return Finished { result, attempts: attempt, usage: usage.clone() },
@@ -227,92 +210,6 @@ impl Scheduler {
         cancel.cancel();
         let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
         Err(stopped)
-    }
-
-    fn record_metrics(
-        &self,
-        p: &ProcessHandle,
-        outcome: Outcome,
-        finished: &Finished,
-        duration: Duration,
-        lag: Duration,
-        trace_id: Option<String>,
-    ) {
-        let m = &self.metrics;
-        let series = p.series();
-        match outcome {
-            Outcome::success => series.success.inc(),
-            Outcome::error => series.error.inc(),
-            Outcome::timeout => series.timeout.inc(),
-        };
-        series.duration.observe(
-            duration.as_secs_f64(),
-            trace_id.map(|trace_id| TraceLabels { trace_id }),
-            None,
-        );
-        if finished.attempts > 0 {
-            series.lag.observe(lag.as_secs_f64());
-        }
-        if let Some(child) = finished.usage.child() {
-            let l = labels(&p.id);
-            m.child_cpu.get_or_create(&l).inc_by(child.cpu_seconds);
-            m.child_peak_rss.get_or_create(&l).set(child.peak_rss_bytes as i64);
-        }
-        let now = unix_now();
-        series.last_run.set(now);
-        match &finished.result {
-            Ok(_) => {
-                series.last_success.set(now);
-                series.consecutive_failures.set(0);
-            }
-            Err(e) => {
-                series.last_error.set(now);
-                series.consecutive_failures.inc();
-                m.errors
-                    .get_or_create(&ErrorLabels {
-                        process: p.id.to_string(),
-                        kind: e.kind.as_str(),
-                    })
-                    .inc();
-            }
-        }
-    }
-
-    fn record_stats(&self, p: &ProcessHandle, record: RunRecord) {
-        let mut s = p.stats();
-        s.total_runs += 1;
-        s.total_duration += record.duration_seconds;
-        s.last_duration = Some(record.duration_seconds);
-        s.last_run = Some(record.finished_at);
-        match record.outcome {
-            "success" => {
-                s.success_count += 1;
-                s.consecutive_failures = 0;
-                s.last_success = Some(record.finished_at);
-            }
-            outcome => {
-                s.error_count += 1;
-                if outcome == "timeout" {
-                    s.timeout_count += 1;
-                }
-                s.consecutive_failures += 1;
-                s.last_error = Some(record.finished_at);
-                s.last_error_message = record.error_message.clone();
-                s.last_error_kind = record.error_kind;
-            }
-        }
-        if s.history.len() >= self.history_len {
-            s.history.pop_front();
-        }
-        s.history.push_back(record);
-    }
-}
-
-fn outcome_str(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::success => "success",
-        Outcome::error => "error",
-        Outcome::timeout => "timeout",
     }
 }
 

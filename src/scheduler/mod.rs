@@ -4,8 +4,15 @@
 //! One loop owns the timetable (a min-heap of next ticks); each run is its
 //! own task, tracked so shutdown can wait for it. The loop never waits for a
 //! run, so a slow process cannot delay another's tick.
+//!
+//! Owns: timetable, single flight, runs' life cycle and their records in
+//! memory. Imports `process`, `budget` (a run's call count), `config` (a
+//! process's settings), `telemetry` and `clock`; it depends on its own
+//! [`Coordinator`] trait, never on `ha`, `store` or the processes.
 
+mod coordinator;
 mod execute;
+mod record;
 mod state;
 
 use std::cmp::Reverse;
@@ -17,13 +24,14 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use state::{ProcessHandle, RunLease, RunRecord, Stats};
+pub use coordinator::{ClusterView, Coordinator, Granted, Holder};
+pub use state::{ProcessHandle, Stats};
 
-use crate::budget::ApiBudget;
-use crate::ha::Coordinator;
-use crate::process::Trigger;
-use crate::telemetry::Metrics;
-use crate::telemetry::metrics::{SkipReason, labels};
+use crate::budget::ProcessCalls;
+use crate::process::{ErrorKind, Trigger};
+pub use crate::process::{RunLease, RunRecord};
+use crate::telemetry::process::SkipReason;
+use crate::telemetry::{Metrics, ProcessInfo};
 
 /// How long a cancelled attempt gets to clean up (kill its child, ...) before it is dropped.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
@@ -32,7 +40,7 @@ pub struct Scheduler {
     processes: Vec<Arc<ProcessHandle>>,
     index: HashMap<Arc<str>, usize>,
     metrics: Arc<Metrics>,
-    budget: Arc<ApiBudget>,
+    budget: Arc<ProcessCalls>,
     enabled: bool,
     history_len: usize,
     tracker: TaskTracker,
@@ -41,7 +49,7 @@ pub struct Scheduler {
     /// Where finished runs go besides memory (the store's run history).
     run_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunRecord>>,
     /// Under HA: claims each tick's lease before running it (set once, before `start`).
-    ha: std::sync::OnceLock<Arc<Coordinator>>,
+    ha: std::sync::OnceLock<Arc<dyn Coordinator>>,
 }
 
 /// Why a manual trigger was refused.
@@ -70,17 +78,26 @@ impl Scheduler {
     pub fn new(
         processes: Vec<ProcessHandle>,
         metrics: Arc<Metrics>,
-        budget: Arc<ApiBudget>,
+        budget: Arc<ProcessCalls>,
         enabled: bool,
         history_len: usize,
     ) -> Arc<Self> {
         let processes: Vec<_> = processes.into_iter().map(Arc::new).collect();
         let index = processes.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
         for p in &processes {
-            metrics.init_process(&p.id, &p.config);
-            let _ = p.series.set(metrics.series(&p.id));
+            let c = &p.config;
+            let info = ProcessInfo {
+                enabled: c.enabled,
+                interval_seconds: c.interval_seconds,
+                timeout_seconds: c.timeout_seconds,
+                priority: c.priority,
+                retry_count: c.retry_count,
+                max_api_calls_per_minute: c.max_api_calls_per_minute,
+                error_kinds: &ErrorKind::NAMES,
+            };
+            let _ = p.series.set(metrics.init_process(&p.id, &info));
         }
-        metrics.scheduler_enabled.set(enabled as i64);
+        metrics.scheduler_enabled(enabled);
         Arc::new(Scheduler {
             processes,
             index,
@@ -102,11 +119,11 @@ impl Scheduler {
     }
 
     /// Runs a tick only where `ha` wins its lease, on the grid all replicas share.
-    pub fn coordinate_with(&self, ha: Arc<Coordinator>) {
+    pub fn coordinate_with(&self, ha: Arc<dyn Coordinator>) {
         let _ = self.ha.set(ha);
     }
 
-    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+    pub fn coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
         self.ha.get()
     }
 
@@ -122,7 +139,7 @@ impl Scheduler {
         self.enabled
     }
 
-    pub fn budget(&self) -> &Arc<ApiBudget> {
+    pub fn budget(&self) -> &Arc<ProcessCalls> {
         &self.budget
     }
 
@@ -208,7 +225,7 @@ impl Scheduler {
     /// A tick on the grid all replicas share: the next one is computed from
     /// the database's clock each time, so replicas stay aligned; whether
     /// this replica runs it is decided by the claim at the start of the run.
-    fn tick_shared(self: &Arc<Self>, ha: &Coordinator, i: usize, due: Instant, now: Instant) -> Instant {
+    fn tick_shared(self: &Arc<Self>, ha: &Arc<dyn Coordinator>, i: usize, due: Instant, now: Instant) -> Instant {
         let p = &self.processes[i];
         let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
         let next = now + ha.until_next_tick(p.interval, offset, p.interval / 4);
@@ -218,7 +235,7 @@ impl Scheduler {
     }
 
     fn skipped(&self, p: &ProcessHandle, reason: SkipReason, count: u64) {
-        self.metrics.skip(&p.id, reason, count);
+        self.metrics.process.skipped(&p.id, reason, count);
         p.stats().skipped_count += count;
         tracing::debug!(process = %p.id, ?reason, count, "tick skipped");
     }
@@ -251,7 +268,7 @@ impl Scheduler {
         }
         if let Some(ha) = self.ha.get()
             && !ha.holds(id)
-            && let Some(holder) = ha.holder(id).filter(|h| !h.expired && *h.replica != *ha.replica)
+            && let Some(holder) = ha.holder(id).filter(|h| !h.expired && *h.replica != *ha.replica())
         {
             return Err(TriggerError::HeldElsewhere(holder.replica));
         }
@@ -281,7 +298,7 @@ impl Scheduler {
             let (ha, id) = (ha.clone(), p.id.clone());
             tokio::spawn(async move { ha.release(&id).await });
         }
-        self.metrics.paused.get_or_create(&labels(id)).set(paused as i64);
+        self.metrics.process.paused(id, paused);
         if changed {
             tracing::info!(process = %id, paused, "process {}", if paused { "paused" } else { "resumed" });
         }

@@ -7,10 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
 use crate::config::ProcessConfig;
-use crate::process::{ErrorKind, Process, Trigger};
+use crate::process::{ErrorKind, Process, RunRecord};
 
 /// One process under the scheduler.
 pub struct ProcessHandle {
@@ -25,7 +23,7 @@ pub struct ProcessHandle {
     paused: AtomicBool,
     stats: Mutex<Stats>,
     /// Set by the scheduler when it takes the process in.
-    pub(crate) series: std::sync::OnceLock<crate::telemetry::metrics::ProcessSeries>,
+    pub(crate) series: std::sync::OnceLock<crate::telemetry::process::ProcessSeries>,
 }
 
 /// Counters and timestamps behind the status document.
@@ -46,41 +44,6 @@ pub struct Stats {
     pub consecutive_failures: u64,
     pub next_run: Option<SystemTime>,
     pub history: VecDeque<RunRecord>,
-}
-
-/// One finished run, as served by `/api/script-manager/runs`.
-#[derive(Debug, Clone, Serialize)]
-pub struct RunRecord {
-    pub process: Arc<str>,
-    pub trigger: Trigger,
-    #[serde(serialize_with = "crate::status::rfc3339")]
-    pub started_at: SystemTime,
-    #[serde(serialize_with = "crate::status::rfc3339")]
-    pub finished_at: SystemTime,
-    pub duration_seconds: f64,
-    /// Actual start minus scheduled start (0 for manual runs).
-    pub lag_seconds: f64,
-    pub attempts: u32,
-    /// `success`, `error` or `timeout`.
-    pub outcome: &'static str,
-    pub error_kind: Option<ErrorKind>,
-    pub error_message: Option<String>,
-    pub api_calls: u32,
-    /// CPU time and peak RSS of the child program (command kind).
-    pub child_cpu_seconds: Option<f64>,
-    pub child_peak_rss_bytes: Option<u64>,
-    pub trace_id: Option<String>,
-    /// Under HA: the grid slot this run was for, the replica that ran it and its lease token.
-    pub lease: Option<RunLease>,
-}
-
-/// What a run held under HA.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct RunLease {
-    pub replica: Arc<str>,
-    /// `None` for a manual run.
-    pub slot: Option<i64>,
-    pub token: i64,
 }
 
 impl ProcessHandle {
@@ -127,7 +90,7 @@ impl ProcessHandle {
         self.running.store(false, Ordering::Release);
     }
 
-    pub(crate) fn series(&self) -> &crate::telemetry::metrics::ProcessSeries {
+    pub(crate) fn series(&self) -> &crate::telemetry::process::ProcessSeries {
         self.series.get().expect("set when the scheduler takes the process in")
     }
 

@@ -83,10 +83,7 @@ impl Book {
     /// Ids start from the wall clock, so a restarted simulator never reuses the
     /// ids of an earlier run (a store's sync cursors stay valid).
     pub fn new(seed: u64, volatility: f64, prices: BTreeMap<String, Decimal>) -> Self {
-        let base = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let base = crate::clock::now_ms().max(0) as u64;
         Book {
             rng: StdRng::seed_from_u64(seed),
             volatility,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -17,14 +17,8 @@ use serde_json::{Value, json};
 
 use super::limits::Verdict;
 use super::{Faults, Sim};
-use crate::exchange::sign;
-
-pub fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::clock::now_ms as wall_ms;
+use crate::exchange::binance::{sign, weights};
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
@@ -40,26 +34,6 @@ pub fn router(sim: Arc<Sim>) -> Router {
 
 fn binance_error(status: StatusCode, code: i64, msg: &str) -> Response {
     (status, Json(json!({"code": code, "msg": msg}))).into_response()
-}
-
-/// IP weight of a route (`../shared/reference/binance-usdm.md`).
-fn weight(method: &Method, path: &str, params: &HashMap<String, String>) -> Option<u32> {
-    Some(match (method.as_str(), path) {
-        ("GET", "/fapi/v1/time") => 1,
-        ("GET", "/fapi/v1/exchangeInfo") => 1,
-        ("GET", "/fapi/v1/ticker/price") => {
-            if params.contains_key("symbol") {
-                1
-            } else {
-                2
-            }
-        }
-        ("GET", "/fapi/v2/positionRisk") => 5,
-        ("GET", "/fapi/v1/userTrades") => 5,
-        ("GET", "/fapi/v1/order") => 1,
-        ("POST", "/fapi/v1/order") => 0,
-        _ => return None,
-    })
 }
 
 fn parse_form(s: &str) -> HashMap<String, String> {
@@ -112,7 +86,7 @@ async fn fapi(
         query.clone()
     };
     let params = parse_form(&payload);
-    let Some(weight) = weight(&method, &path, &params) else {
+    let Some(weight) = weights::weight(&method, &path, params.contains_key("symbol")) else {
         return binance_error(StatusCode::NOT_FOUND, -1000, "Unknown route.");
     };
     let faults = sim.faults();

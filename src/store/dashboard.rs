@@ -4,7 +4,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
-use super::{Fence, Store};
+use super::Store;
+use crate::process::Fence;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {

@@ -11,8 +11,10 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::notifications::insert_notification;
-use super::{Fence, Store, dec, now_ms, opt_dec};
-use crate::exchange::OrderAck;
+use super::{Store, dec, opt_dec};
+use crate::clock::now_ms;
+use crate::domain::OrderAck;
+use crate::process::Fence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,6 +137,7 @@ impl Store {
         .bind(now)
         .fetch_one(self.pool())
         .await?;
+        self.levels_changed();
         level(&row)
     }
 
@@ -174,6 +177,7 @@ impl Store {
                     .execute(self.pool())
                     .await?
                     .rows_affected();
+                self.levels_changed();
                 Ok(Ok(n > 0))
             }
         }

@@ -6,8 +6,9 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Fence, Store, dec};
-use crate::exchange::{Position, Price};
+use super::{Store, dec};
+use crate::domain::{Position, Price};
+use crate::process::Fence;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredPosition {

@@ -4,6 +4,10 @@
 //! Decimals are TEXT and times are BIGINT milliseconds, so both engines
 //! store exactly the same values. Writes that belong together take one
 //! transaction; each concern has its own file of queries.
+//!
+//! Owns: the schema, migrations and every query. Imports `domain` (the
+//! facts it keeps), `process` (a run's `Fence` and `RunRecord`), `config`
+//! (URL redaction) and `clock`; never the exchange, scheduler or status.
 
 mod dashboard;
 mod fence;
@@ -14,6 +18,7 @@ mod runs;
 mod trades;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use rust_decimal::Decimal;
@@ -21,7 +26,6 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use dashboard::Snapshot;
-pub use fence::{Fence, Fenced};
 pub use levels::{Intent, Level, LevelStatus, NewLevel};
 pub use market::{StoredPosition, StoredPrice};
 pub use notifications::{Alert, NewAlert, Notification};
@@ -42,6 +46,9 @@ pub enum Dialect {
 pub struct Store {
     pool: AnyPool,
     pub dialect: Dialect,
+    /// Bumped whenever this instance adds or removes a level, so a cache of
+    /// armed levels (level_monitor) knows to re-read them.
+    levels_generation: AtomicU64,
 }
 
 impl Store {
@@ -72,8 +79,12 @@ impl Store {
             .max_connections(max)
             .connect(&url)
             .await
-            .with_context(|| format!("cannot open the store at {}", redact_url(&url)))?;
-        let store = Store { pool, dialect };
+            .with_context(|| format!("cannot open the store at {}", crate::config::redact_url(&url)))?;
+        let store = Store {
+            pool,
+            dialect,
+            levels_generation: AtomicU64::new(0),
+        };
         if dialect == Dialect::Sqlite {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
         }
@@ -83,6 +94,15 @@ impl Store {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Changes whenever a level is added or removed through this store.
+    pub fn levels_generation(&self) -> u64 {
+        self.levels_generation.load(Ordering::Acquire)
+    }
+
+    fn levels_changed(&self) {
+        self.levels_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
@@ -112,7 +132,7 @@ impl Store {
             }
             sqlx::query("INSERT INTO schema_migrations (name, applied_at) VALUES ($1, $2)")
                 .bind(*name)
-                .bind(now_ms())
+                .bind(crate::clock::now_ms())
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
@@ -131,18 +151,6 @@ fn strip_comments(s: &str) -> String {
         .to_string()
 }
 
-/// A URL fit for logs: no password.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://[redacted]@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
-
-pub fn now_ms() -> i64 {
-    crate::upstream::now_ms()
-}
-
 /// Reads a TEXT decimal column.
 pub(crate) fn dec(row: &AnyRow, column: &str) -> anyhow::Result<Decimal> {
     let text: String = row.try_get(column)?;
@@ -153,16 +161,4 @@ pub(crate) fn opt_dec(row: &AnyRow, column: &str) -> anyhow::Result<Option<Decim
     let text: Option<String> = row.try_get(column)?;
     text.map(|t| Decimal::from_str(&t).with_context(|| format!("{column}: `{t}` is not a decimal")))
         .transpose()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn urls_in_logs_lose_their_password() {
-        assert_eq!(
-            super::redact_url("postgres://u:pw@h:5432/db"),
-            "postgres://[redacted]@h:5432/db"
-        );
-        assert_eq!(super::redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
-    }
 }

@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use super::{Fence, Store, dec, now_ms};
+use super::{Store, dec};
+use crate::clock::now_ms;
+use crate::process::Fence;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Alert {

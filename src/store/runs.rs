@@ -4,13 +4,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::Store;
-use crate::scheduler::RunRecord;
-
-fn ms(t: std::time::SystemTime) -> i64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::clock::{ms_of, rfc3339_ms};
+use crate::process::RunRecord;
 
 impl Store {
     pub async fn insert_run(&self, r: &RunRecord) -> anyhow::Result<()> {
@@ -21,8 +16,8 @@ impl Store {
         )
         .bind(r.process.to_string())
         .bind(r.trigger.as_str())
-        .bind(ms(r.started_at))
-        .bind(ms(r.finished_at))
+        .bind(ms_of(r.started_at))
+        .bind(ms_of(r.finished_at))
         .bind(r.duration_seconds)
         .bind(r.lag_seconds)
         .bind(r.attempts as i64)
@@ -58,12 +53,7 @@ impl Store {
         };
         rows.iter()
             .map(|r| {
-                let time = |c: &str| -> anyhow::Result<String> {
-                    let ms: i64 = r.try_get(c)?;
-                    Ok(crate::status::fmt_time(
-                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64),
-                    ))
-                };
+                let time = |c: &str| -> anyhow::Result<String> { Ok(rfc3339_ms(r.try_get(c)?)) };
                 Ok(json!({
                     "id": r.try_get::<i64, _>("id")?,
                     "process": r.try_get::<String, _>("process")?,

@@ -5,8 +5,10 @@ use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Fence, Store, dec, now_ms};
-use crate::exchange::Fill;
+use super::{Store, dec};
+use crate::clock::now_ms;
+use crate::domain::Fill;
+use crate::process::Fence;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredTrade {

@@ -11,36 +11,36 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::metrics::{ProcessLabels, TraceLabels};
+use super::process::{ProcessLabels, TraceLabels, labels};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CallLabels {
-    pub process: String,
+struct CallLabels {
+    process: String,
     /// Route template, e.g. `/fapi/v1/ticker/price`.
-    pub endpoint: &'static str,
+    endpoint: &'static str,
     /// `2xx`, `4xx`, `5xx`, or `transport` when no answer came.
-    pub status_class: &'static str,
+    status_class: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    pub endpoint: &'static str,
+struct EndpointLabels {
+    endpoint: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabels {
-    pub status: &'static str,
+struct StatusLabels {
+    status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CacheLabels {
-    pub endpoint: &'static str,
-    pub result: &'static str,
+struct CacheLabels {
+    endpoint: &'static str,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
-    pub kind: &'static str,
+struct KindLabels {
+    kind: &'static str,
 }
 
 /// Latency of upstream requests: 1 ms to 30 s.
@@ -51,21 +51,20 @@ const LATENCY_BUCKETS: [f64; 14] = [
 const WAIT_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
 
 pub struct ApiMetrics {
-    pub calls: Family<CallLabels, Counter>,
-    pub weight: Family<ProcessLabels, Counter>,
-    pub duration:
-        Family<EndpointLabels, HistogramWithExemplars<TraceLabels>, fn() -> HistogramWithExemplars<TraceLabels>>,
-    pub weight_used: Gauge,
-    pub weight_limit: Gauge,
-    pub upstream_used_weight: Gauge,
-    pub upstream_weight_limit: Gauge,
-    pub throttled: Family<ProcessLabels, Counter>,
-    pub throttle_wait: Histogram,
-    pub rate_limit_responses: Family<StatusLabels, Counter>,
-    pub deduplicated: Counter,
-    pub cache: Family<CacheLabels, Counter>,
-    pub errors: Family<KindLabels, Counter>,
-    pub clock_offset: Gauge<f64, AtomicU64>,
+    calls: Family<CallLabels, Counter>,
+    weight: Family<ProcessLabels, Counter>,
+    duration: Family<EndpointLabels, HistogramWithExemplars<TraceLabels>, fn() -> HistogramWithExemplars<TraceLabels>>,
+    weight_used: Gauge,
+    weight_limit: Gauge,
+    upstream_used_weight: Gauge,
+    upstream_weight_limit: Gauge,
+    throttled: Family<ProcessLabels, Counter>,
+    throttle_wait: Histogram,
+    rate_limit_responses: Family<StatusLabels, Counter>,
+    deduplicated: Counter,
+    cache: Family<CacheLabels, Counter>,
+    errors: Family<KindLabels, Counter>,
+    clock_offset: Gauge<f64, AtomicU64>,
 }
 
 fn latency_histogram() -> HistogramWithExemplars<TraceLabels> {
@@ -167,13 +166,13 @@ impl ApiMetrics {
         );
     }
 
-    /// Series that must exist from start-up.
-    pub fn init(&self, endpoints: &[&'static str]) {
+    /// Series that must exist from start-up: every route, every error kind.
+    pub fn init(&self, endpoints: &[&'static str], error_kinds: &[&'static str]) {
         for status in ["429", "418"] {
             let _ = self.rate_limit_responses.get_or_create(&StatusLabels { status });
         }
-        for kind in crate::exchange::VenueErrorKind::ALL {
-            let _ = self.errors.get_or_create(&KindLabels { kind: kind.as_str() });
+        for &kind in error_kinds {
+            let _ = self.errors.get_or_create(&KindLabels { kind });
         }
         for &endpoint in endpoints {
             let _ = self.duration.get_or_create(&EndpointLabels { endpoint });
@@ -184,10 +183,87 @@ impl ApiMetrics {
     }
 
     pub fn init_process(&self, process: &str) {
-        let l = ProcessLabels {
-            process: process.to_string(),
-        };
+        let l = labels(process);
         let _ = self.weight.get_or_create(&l);
         let _ = self.throttled.get_or_create(&l);
     }
+
+    /// One request sent (or that got no answer): its status class, weight and latency.
+    pub fn request(&self, call: Sent<'_>) {
+        self.calls
+            .get_or_create(&CallLabels {
+                process: call.process.to_string(),
+                endpoint: call.endpoint,
+                status_class: call.status_class,
+            })
+            .inc();
+        self.weight
+            .get_or_create(&labels(call.process))
+            .inc_by(call.weight as u64);
+        self.duration
+            .get_or_create(&EndpointLabels {
+                endpoint: call.endpoint,
+            })
+            .observe(
+                call.seconds,
+                call.trace_id.map(|trace_id| TraceLabels { trace_id }),
+                None,
+            );
+    }
+
+    /// A cache look-up for `endpoint`.
+    pub fn cache_lookup(&self, endpoint: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache.get_or_create(&CacheLabels { endpoint, result }).inc();
+    }
+
+    /// A request answered by an identical one already in flight.
+    pub fn deduplicated(&self) {
+        self.deduplicated.inc();
+    }
+
+    /// A request that waited `seconds` for budget.
+    pub fn throttled(&self, process: &str, seconds: f64) {
+        self.throttled.get_or_create(&labels(process)).inc();
+        self.throttle_wait.observe(seconds);
+    }
+
+    /// A 429 or 418 from the venue.
+    pub fn rate_limited(&self, status: &'static str) {
+        self.rate_limit_responses.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// A failed call, by error kind.
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    /// The venue's count of this minute's weight, from its header.
+    pub fn venue_used_weight(&self, used: u32) {
+        self.upstream_used_weight.set(used as i64);
+    }
+
+    /// Our budget and the venue's, refreshed at scrape time.
+    pub fn weight_usage(&self, used: u32, limit: u32, venue_used: u32, venue_limit: u32) {
+        self.weight_used.set(used as i64);
+        self.weight_limit.set(limit as i64);
+        self.upstream_used_weight.set(venue_used as i64);
+        self.upstream_weight_limit.set(venue_limit as i64);
+    }
+
+    /// Venue clock minus ours.
+    pub fn clock_offset(&self, offset_ms: i64) {
+        self.clock_offset.set(offset_ms as f64 / 1000.0);
+    }
+}
+
+/// One request sent, for [`ApiMetrics::request`].
+pub struct Sent<'a> {
+    pub process: &'a str,
+    pub endpoint: &'static str,
+    /// `2xx`, `3xx`, `4xx`, `5xx`, or `transport` when no answer came.
+    pub status_class: &'static str,
+    pub weight: u32,
+    pub seconds: f64,
+    pub trace_id: Option<String>,
 }

@@ -1,8 +1,11 @@
 //! Metrics of the platform's own work: trades, positions, prices, levels,
-//! notifications, dashboards. Ages are computed at scrape time from the
-//! timestamps the processes leave here.
+//! notifications, dashboards. Processes report through [`DomainEvents`], a
+//! cheap clone of the handle, by what happened (`level_triggered(kind,
+//! outcome)`), never through families. Ages are computed at scrape time
+//! from the timestamps the processes leave here.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -12,49 +15,54 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TriggerLabels {
+struct TriggerLabels {
     /// `take_profit` or `stop_loss`.
-    pub kind: &'static str,
+    kind: &'static str,
     /// `executed`, `failed` or `unknown` (outcome not known yet; resolved on a later tick).
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+struct OutcomeLabels {
     /// `delivered`, `retried`, `failed` or `skipped` (no receiver configured).
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
+
+/// Level kinds, the `kind` label of level metrics.
+pub const LEVEL_KINDS: [&str; 2] = ["take_profit", "stop_loss"];
+/// Outcomes of a crossed level.
+pub const TRIGGER_OUTCOMES: [&str; 3] = ["executed", "failed", "unknown"];
+/// Outcomes of a webhook delivery attempt.
+pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "retried", "failed", "skipped"];
 
 /// Trigger latency: 1 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-pub struct DomainMetrics {
-    pub trades_synced: Counter,
-    pub positions_open: Gauge,
-    price_age: Gauge<f64, std::sync::atomic::AtomicU64>,
-    pub levels_armed: Gauge,
-    pub level_triggers: Family<TriggerLabels, Counter>,
-    pub trigger_latency: Histogram,
-    pub notifications: Family<OutcomeLabels, Counter>,
-    pub outbox_pending: Gauge,
-    snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+/// The handle processes report through.
+#[derive(Clone)]
+pub struct DomainEvents {
+    trades_synced: Counter,
+    positions_open: Gauge,
+    price_age: Gauge<f64, AtomicU64>,
+    levels_armed: Gauge,
+    level_triggers: Family<TriggerLabels, Counter>,
+    trigger_latency: Histogram,
+    notifications: Family<OutcomeLabels, Counter>,
+    outbox_pending: Gauge,
+    snapshot_age: Gauge<f64, AtomicU64>,
     /// Oldest observation time (ms) among the prices in use; 0 = none yet.
-    pub oldest_price_ms: AtomicI64,
+    oldest_price_ms: Arc<AtomicI64>,
     /// Oldest dashboard snapshot time (ms); 0 = none yet.
-    pub oldest_snapshot_ms: AtomicI64,
+    oldest_snapshot_ms: Arc<AtomicI64>,
+    /// `script_manager_ha_fencing_rejections_total`, counted where a refused write is mapped.
+    fenced_writes: Counter,
 }
 
-impl Default for DomainMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl DomainMetrics {
+impl DomainEvents {
     pub fn new() -> Self {
-        let m = DomainMetrics {
+        let m = DomainEvents {
             trades_synced: Counter::default(),
             positions_open: Gauge::default(),
             price_age: Gauge::default(),
@@ -64,18 +72,24 @@ impl DomainMetrics {
             notifications: Family::default(),
             outbox_pending: Gauge::default(),
             snapshot_age: Gauge::default(),
-            oldest_price_ms: AtomicI64::new(0),
-            oldest_snapshot_ms: AtomicI64::new(0),
+            oldest_price_ms: Arc::default(),
+            oldest_snapshot_ms: Arc::default(),
+            fenced_writes: Counter::default(),
         };
-        for kind in ["take_profit", "stop_loss"] {
-            for outcome in ["executed", "failed", "unknown"] {
+        for kind in LEVEL_KINDS {
+            for outcome in TRIGGER_OUTCOMES {
                 let _ = m.level_triggers.get_or_create(&TriggerLabels { kind, outcome });
             }
         }
-        for outcome in ["delivered", "retried", "failed", "skipped"] {
+        for outcome in DELIVERY_OUTCOMES {
             let _ = m.notifications.get_or_create(&OutcomeLabels { outcome });
         }
         m
+    }
+
+    /// Counts refused (fenced) writes in the HA family.
+    pub(super) fn count_fenced_in(&mut self, counter: Counter) {
+        self.fenced_writes = counter;
     }
 
     /// Registers under `script_manager_`.
@@ -130,6 +144,52 @@ impl DomainMetrics {
         );
     }
 
+    pub fn trades_synced(&self, count: u64) {
+        self.trades_synced.inc_by(count);
+    }
+
+    pub fn positions_open(&self, count: usize) {
+        self.positions_open.set(count as i64);
+    }
+
+    pub fn levels_armed(&self, count: usize) {
+        self.levels_armed.set(count as i64);
+    }
+
+    /// A level of `kind` (one of [`LEVEL_KINDS`]) was crossed and ended `outcome` (one of [`TRIGGER_OUTCOMES`]).
+    pub fn level_triggered(&self, kind: &'static str, outcome: &'static str) {
+        self.level_triggers
+            .get_or_create(&TriggerLabels { kind, outcome })
+            .inc();
+    }
+
+    /// From the price that crossed a level to the venue's acknowledgement of its close.
+    pub fn trigger_latency(&self, seconds: f64) {
+        self.trigger_latency.observe(seconds);
+    }
+
+    /// A webhook delivery attempt ended `outcome` (one of [`DELIVERY_OUTCOMES`]).
+    pub fn notification(&self, outcome: &'static str) {
+        self.notifications.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn outbox_pending(&self, count: i64) {
+        self.outbox_pending.set(count);
+    }
+
+    pub fn oldest_price_ms(&self, at_ms: i64) {
+        self.oldest_price_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    pub fn oldest_snapshot_ms(&self, at_ms: i64) {
+        self.oldest_snapshot_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// A write refused because the run's lease moved on (HA fencing).
+    pub fn write_fenced(&self) {
+        self.fenced_writes.inc();
+    }
+
     /// Updates the age gauges from the timestamps (called at scrape time).
     pub fn refresh(&self, now_ms: i64) {
         let age = |at: i64| {
@@ -142,5 +202,11 @@ impl DomainMetrics {
         self.price_age.set(age(self.oldest_price_ms.load(Ordering::Relaxed)));
         self.snapshot_age
             .set(age(self.oldest_snapshot_ms.load(Ordering::Relaxed)));
+    }
+}
+
+impl Default for DomainEvents {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -8,26 +8,26 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::metrics::ProcessLabels;
+use super::process::labels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClaimLabels {
+struct ClaimLabels {
     /// `won` (this replica runs the tick), `lost` (another replica holds the
     /// lease or ran the tick), `expired` (took over a lease its holder let
     /// lapse: a failover), `error` (the store did not answer).
-    pub result: &'static str,
+    result: &'static str,
 }
 
 pub const CLAIM_RESULTS: [&str; 4] = ["won", "lost", "expired", "error"];
 
 #[derive(Default)]
 pub struct HaMetrics {
-    pub lease_held: Family<ProcessLabels, Gauge>,
-    pub claims: Family<ClaimLabels, Counter>,
-    pub fencing_rejections: Counter,
-    pub replicas: Gauge,
-    pub store_up: Gauge,
-    pub cluster_budget_waits: Counter,
+    lease_held: Family<super::process::ProcessLabels, Gauge>,
+    claims: Family<ClaimLabels, Counter>,
+    fencing_rejections: Counter,
+    replicas: Gauge,
+    store_up: Gauge,
+    cluster_budget_waits: Counter,
 }
 
 impl HaMetrics {
@@ -82,14 +82,28 @@ impl HaMetrics {
     }
 
     pub fn held(&self, process: &str, held: bool) {
-        self.lease_held
-            .get_or_create(&ProcessLabels {
-                process: process.to_string(),
-            })
-            .set(held as i64);
+        self.lease_held.get_or_create(&labels(process)).set(held as i64);
     }
 
+    /// A claim ended `result` (one of [`CLAIM_RESULTS`]).
     pub fn claim(&self, result: &'static str) {
         self.claims.get_or_create(&ClaimLabels { result }).inc();
+    }
+
+    pub fn replicas(&self, alive: i64) {
+        self.replicas.set(alive);
+    }
+
+    pub fn store_up(&self, up: bool) {
+        self.store_up.set(up as i64);
+    }
+
+    pub fn cluster_budget_waits(&self, count: u32) {
+        self.cluster_budget_waits.inc_by(count as u64);
+    }
+
+    /// The counter refused writes are counted in (handed to whoever maps them).
+    pub(super) fn fencing_counter(&self) -> Counter {
+        self.fencing_rejections.clone()
     }
 }

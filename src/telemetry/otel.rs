@@ -13,8 +13,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::{Config, LogFormat};
-
 /// Keeps the tracer provider alive; [`Telemetry::shutdown`] flushes pending spans.
 pub struct Telemetry {
     provider: SdkTracerProvider,
@@ -40,15 +38,27 @@ pub fn traces_url(endpoint: &str) -> String {
     }
 }
 
+/// What the subscriber needs to know (from `log_level`, `log_format` and `[telemetry]`).
+#[derive(Debug, Clone)]
+pub struct TracingSettings {
+    /// A tracing filter: `info`, `debug`, `script_manager=debug`, ...
+    pub log_level: String,
+    /// One JSON object per line instead of text.
+    pub json: bool,
+    pub service_name: String,
+    /// OTLP/HTTP endpoint; spans stay in the process when `None`.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// Installs the global subscriber. Call once, inside the tokio runtime.
-pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
-    crate::upstream::install_crypto();
+pub fn init(settings: &TracingSettings) -> anyhow::Result<Telemetry> {
+    crate::net::install_crypto();
     let mut builder = SdkTracerProvider::builder().with_resource(
         Resource::builder()
-            .with_service_name(config.telemetry.service_name.clone())
+            .with_service_name(settings.service_name.clone())
             .build(),
     );
-    if let Some(endpoint) = config.telemetry.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+    if let Some(endpoint) = settings.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(traces_url(endpoint))
@@ -58,10 +68,10 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let provider = builder.build();
     let tracer = provider.tracer("script-manager");
 
-    let filter = EnvFilter::try_new(&config.log_level)?;
-    let fmt = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_target(false).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
+    let filter = EnvFilter::try_new(&settings.log_level)?;
+    let fmt = match settings.json {
+        false => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        true => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(true)

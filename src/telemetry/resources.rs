@@ -69,31 +69,39 @@ struct Usage {
 }
 
 fn read_usage() -> Usage {
-    // SAFETY: getrusage writes into the struct we hand it and nothing else.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let cpu_seconds = if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
-        timeval_seconds(ru.ru_utime) + timeval_seconds(ru.ru_stime)
-    } else {
-        0.0
-    };
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1);
-    let resident_bytes = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
-        .map_or(0, |pages| pages * page);
-    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
     let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: getrlimit writes into the struct we hand it and nothing else.
     let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
         i64::try_from(limit.rlim_cur).unwrap_or(i64::MAX)
     } else {
         0
     };
     Usage {
-        cpu_seconds,
-        resident_bytes,
-        open_fds,
+        cpu_seconds: cpu_seconds(),
+        resident_bytes: resident_bytes(),
+        open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64),
         max_fds,
     }
+}
+
+/// CPU time this process has used (user + system), in seconds.
+pub fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we hand it and nothing else.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0 {
+        timeval_seconds(ru.ru_utime) + timeval_seconds(ru.ru_stime)
+    } else {
+        0.0
+    }
+}
+
+/// Resident memory of this process, in bytes (from `/proc/self/statm`).
+pub fn resident_bytes() -> i64 {
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1);
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<i64>().ok()))
+        .map_or(0, |pages| pages * page)
 }
 
 pub fn timeval_seconds(tv: libc::timeval) -> f64 {
@@ -114,7 +122,7 @@ fn start_time_seconds() -> f64 {
     });
     match (started, boot) {
         (Some(started), Some(boot)) => boot + started / ticks,
-        _ => super::metrics::unix_now(),
+        _ => crate::clock::unix_seconds(),
     }
 }
 
@@ -127,7 +135,7 @@ mod tests {
         let u = read_usage();
         assert!(u.resident_bytes > 1 << 20, "{u:?}");
         assert!(u.open_fds >= 3 && u.max_fds >= u.open_fds, "{u:?}");
-        let now = super::super::metrics::unix_now();
+        let now = crate::clock::unix_seconds();
         let start = start_time_seconds();
         assert!(start <= now + 1.0 && start > now - 3600.0, "start {start} now {now}");
     }

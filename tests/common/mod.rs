@@ -68,7 +68,7 @@ pub async fn start(config: &str, env: &[(&str, &str)]) -> Service {
         base: format!("http://127.0.0.1:{port}"),
         output,
         dir,
-        http: script_manager::upstream::http_client().unwrap(),
+        http: script_manager::net::http_client().unwrap(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -288,7 +288,7 @@ impl SimProcess {
         let sim = SimProcess {
             child,
             base: format!("http://127.0.0.1:{port}"),
-            http: script_manager::upstream::http_client().unwrap(),
+            http: script_manager::net::http_client().unwrap(),
             _dir: dir,
         };
         for _ in 0..200 {

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::CommandSettings;
 use crate::process::ChildUsage;
-use crate::telemetry::timeval_seconds;
+use crate::telemetry::resources::timeval_seconds;
 
 pub enum Status {
     Exited(i32),

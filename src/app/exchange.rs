@@ -1,5 +1,5 @@
 //! Brings the exchange up from configuration: the accounts, the in-process
-//! simulator when `exchange.kind = "simulated"`, the shared budget and
+//! simulator when `exchange.kind = "simulated"`, the budgets and the
 //! client, and a first clock sync and `exchangeInfo` read.
 
 use std::net::SocketAddr;
@@ -9,23 +9,16 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::binance::Binance;
-use super::{Account, Caller, Venue};
-use crate::budget::{ApiBudget, GlobalBudget};
+use crate::budget::{Admission, Caller, ProcessCalls, SERVICE_CALLER, VenueWeight};
 use crate::config::{Config, ExchangeKind, Secret};
+use crate::exchange::binance::{Binance, TransportOptions};
+use crate::exchange::{Account, Venue};
 use crate::sim::{self, SimAccountSpec};
 use crate::telemetry::Metrics;
-use crate::upstream::{Knobs, Upstream, UpstreamOptions};
-
-/// The caller id of the service's own calls (clock sync, exchangeInfo).
-pub const SERVICE_CALLER: &str = "service";
-
-/// Budget (calls per minute) of the service's own calls.
-pub const SERVICE_CALLS_PER_MINUTE: u32 = 30;
+use crate::upstream::Knobs;
 
 pub struct Exchange {
     pub venue: Arc<Binance>,
-    pub upstream: Arc<Upstream>,
     /// The in-process simulator, when running one.
     pub simulator: Option<(SocketAddr, Arc<sim::Sim>)>,
 }
@@ -70,11 +63,30 @@ pub fn sim_specs(accounts: &[Account]) -> Vec<SimAccountSpec> {
         .collect()
 }
 
+/// The coordination knobs of `[upstream]`.
+pub fn knobs(config: &Config) -> Knobs {
+    Knobs {
+        batching: config.upstream.batching,
+        dedupe: config.upstream.dedupe,
+        cache: config.upstream.cache,
+    }
+}
+
+/// The venue's weight budget of `[exchange]`, starting from `venue_limit`.
+pub fn venue_weight(config: &Config, venue_limit: u32) -> Arc<VenueWeight> {
+    let x = &config.exchange;
+    Arc::new(VenueWeight::new(
+        venue_limit,
+        x.weight_safety_margin,
+        x.reserved_share,
+        x.reserved_for.iter().cloned(),
+    ))
+}
+
 pub async fn start(
     config: &Config,
     metrics: Arc<Metrics>,
-    process_budget: Arc<ApiBudget>,
-    cluster: Option<Arc<crate::ha::budget::ClusterBudget>>,
+    calls: Arc<ProcessCalls>,
     stop: CancellationToken,
 ) -> anyhow::Result<Exchange> {
     let x = &config.exchange;
@@ -88,52 +100,30 @@ pub async fn start(
         // Binance's documented default until exchangeInfo answers.
         ExchangeKind::BinanceUsdm => (x.base_url.clone(), None, 2400),
     };
-    let budget = Arc::new(GlobalBudget::new(
-        venue_limit,
-        x.weight_safety_margin,
-        x.reserved_share,
-        x.reserved_for.iter().cloned(),
-    ));
-    let upstream = Upstream::new(
-        UpstreamOptions {
-            base_url,
-            knobs: Knobs {
-                batching: config.upstream.batching,
-                dedupe: config.upstream.dedupe,
-                cache: config.upstream.cache,
-            },
-            recv_window_ms: x.recv_window_ms,
-            timeout: Duration::from_secs_f64(x.request_timeout_seconds),
-        },
-        budget,
-        process_budget,
-        metrics,
-    )?;
-    if let Some(cluster) = cluster {
-        upstream.share_budget(cluster);
-    }
-    let venue = Arc::new(Binance::new(upstream.clone(), accounts));
-    bootstrap(&venue, &upstream).await;
-    Ok(Exchange {
-        venue,
-        upstream,
-        simulator,
-    })
+    let admission = Admission::new(calls, venue_weight(config, venue_limit));
+    let options = TransportOptions {
+        base_url,
+        recv_window_ms: x.recv_window_ms,
+        timeout: Duration::from_secs_f64(x.request_timeout_seconds),
+    };
+    let venue = Arc::new(Binance::new(options, knobs(config), admission, metrics, accounts)?);
+    Ok(Exchange { venue, simulator })
 }
 
 /// Clock offset and limits. Failures are logged, not fatal: the venue may
 /// come back, and every process reports its own errors meanwhile.
-async fn bootstrap(venue: &Binance, upstream: &Arc<Upstream>) {
+pub async fn bootstrap(venue: &Binance) {
     let caller = Caller::new(SERVICE_CALLER, 1, Instant::now() + Duration::from_secs(15));
-    if let Err(e) = upstream.sync_time(&caller).await {
+    if let Err(e) = venue.sync_time(&caller).await {
         tracing::warn!(error = %e, "cannot read the venue's clock; signed calls may be rejected until it answers");
     }
     match venue.exchange_info(&caller).await {
         Ok(info) => {
-            upstream.budget.set_venue_limit(info.weight_limit_per_minute);
+            let weight = &venue.admission().weight;
+            weight.set_venue_limit(info.weight_limit_per_minute);
             tracing::info!(
                 weight_limit = info.weight_limit_per_minute,
-                our_limit = upstream.budget.limit(),
+                our_limit = weight.limit(),
                 symbols = info.symbols.len(),
                 "venue limits read from exchangeInfo"
             );

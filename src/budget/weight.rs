@@ -11,21 +11,21 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 /// Why admission failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
+pub enum WeightRefusal {
     /// The budget would not have room before the caller's deadline.
     WouldMissDeadline { wait: Duration },
     /// The request can never fit (weight above the share this caller may use).
     TooHeavy { weight: u32, cap: u32 },
 }
 
-pub struct GlobalBudget {
+pub struct VenueWeight {
     state: Mutex<State>,
     changed: Notify,
     margin: f64,
@@ -55,7 +55,7 @@ pub struct Usage {
     pub paused: bool,
 }
 
-impl GlobalBudget {
+impl VenueWeight {
     /// `venue_limit` is the venue's weight per minute until `exchangeInfo` says otherwise.
     pub fn new(
         venue_limit: u32,
@@ -63,7 +63,7 @@ impl GlobalBudget {
         reserved_share: f64,
         reserved_for: impl IntoIterator<Item = String>,
     ) -> Self {
-        GlobalBudget {
+        VenueWeight {
             state: Mutex::new(State {
                 venue_limit,
                 minute: 0,
@@ -87,7 +87,11 @@ impl GlobalBudget {
 
     /// Our limit: the venue's times the safety margin.
     pub fn limit(&self) -> u32 {
-        (self.lock().venue_limit as f64 * self.margin).floor() as u32
+        self.our_limit(&self.lock())
+    }
+
+    fn our_limit(&self, s: &State) -> u32 {
+        (s.venue_limit as f64 * self.margin).floor() as u32
     }
 
     pub fn set_venue_limit(&self, venue_limit: u32) {
@@ -102,7 +106,7 @@ impl GlobalBudget {
 
     pub fn usage(&self) -> Usage {
         let mut s = self.lock();
-        let limit = (s.venue_limit as f64 * self.margin).floor() as u32;
+        let limit = self.our_limit(&s);
         roll(&mut s);
         Usage {
             used: s.used,
@@ -129,7 +133,7 @@ impl GlobalBudget {
         priority: u8,
         weight: u32,
         deadline: Instant,
-    ) -> Result<Duration, Admission> {
+    ) -> Result<Duration, WeightRefusal> {
         let started = Instant::now();
         let mut ticket: Option<(u8, u64)> = None;
         loop {
@@ -140,13 +144,12 @@ impl GlobalBudget {
                 let mut s = self.lock();
                 roll(&mut s);
                 let now = Instant::now();
-                let limit = (s.venue_limit as f64 * self.margin).floor() as u32;
-                let cap = self.cap_for(process, limit);
+                let cap = self.cap_for(process, self.our_limit(&s));
                 if weight > cap {
                     if let Some(t) = ticket.take() {
                         s.waiters.remove(&t);
                     }
-                    return Err(Admission::TooHeavy { weight, cap });
+                    return Err(WeightRefusal::TooHeavy { weight, cap });
                 }
                 match s.paused_until.filter(|&until| until > now) {
                     Some(until) => until,
@@ -176,7 +179,7 @@ impl GlobalBudget {
                     self.lock().waiters.remove(&t);
                     self.changed.notify_waiters();
                 }
-                return Err(Admission::WouldMissDeadline {
+                return Err(WeightRefusal::WouldMissDeadline {
                     wait: wake_at - Instant::now(),
                 });
             }
@@ -229,11 +232,7 @@ impl GlobalBudget {
 }
 
 fn venue_now_ms(offset: i64) -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-        + offset
+    crate::clock::now_ms() + offset
 }
 
 fn until_next_minute(offset: i64) -> Duration {
@@ -261,7 +260,7 @@ mod tests {
 
     #[tokio::test]
     async fn admits_up_to_limit_times_margin() {
-        let b = GlobalBudget::new(100, 0.8, 0.0, []);
+        let b = VenueWeight::new(100, 0.8, 0.0, []);
         assert_eq!(b.limit(), 80);
         // Avoid straddling a minute boundary in this test.
         if until_next_minute(0) < Duration::from_secs(2) {
@@ -273,7 +272,7 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(10);
         assert!(matches!(
             b.acquire("p", 1, 1, soon).await,
-            Err(Admission::WouldMissDeadline { .. })
+            Err(WeightRefusal::WouldMissDeadline { .. })
         ));
         assert_eq!(b.usage().used, 80);
     }
@@ -283,7 +282,7 @@ mod tests {
         if until_next_minute(0) < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        let b = GlobalBudget::new(100, 1.0, 0.2, ["level_monitor".to_string()]);
+        let b = VenueWeight::new(100, 1.0, 0.2, ["level_monitor".to_string()]);
         let soon = || Instant::now() + Duration::from_millis(10);
         for _ in 0..80 {
             b.acquire("trade_sync", 1, 1, soon()).await.unwrap();
@@ -298,7 +297,7 @@ mod tests {
         assert!(b.acquire("level_monitor", 1, 1, soon()).await.is_err());
         assert!(matches!(
             b.acquire("x", 1, 90, soon()).await,
-            Err(Admission::TooHeavy { .. })
+            Err(WeightRefusal::TooHeavy { .. })
         ));
     }
 
@@ -307,7 +306,7 @@ mod tests {
         if until_next_minute(0) < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        let b = GlobalBudget::new(100, 0.5, 0.0, []);
+        let b = VenueWeight::new(100, 0.5, 0.0, []);
         b.observe_used_weight(45);
         let soon = Instant::now() + Duration::from_millis(10);
         b.acquire("p", 1, 5, soon).await.unwrap();
@@ -318,6 +317,6 @@ mod tests {
         b.pause_for(Duration::from_secs(30));
         assert!(b.paused());
         let r = b.acquire("p", 1, 0, Instant::now() + Duration::from_secs(1)).await;
-        assert!(matches!(r, Err(Admission::WouldMissDeadline { .. })), "{r:?}");
+        assert!(matches!(r, Err(WeightRefusal::WouldMissDeadline { .. })), "{r:?}");
     }
 }

@@ -1,15 +1,25 @@
-//! One HTTP exchange with the venue: signing, the request span, and the
-//! mapping of every answer to success or a known error kind.
+//! One HTTP exchange with Binance: signing with the venue's clock offset,
+//! the `X-MBX-APIKEY` header, the client span, the used-weight header (which
+//! corrects the budget), 429/418 (which pause every caller) and the mapping
+//! of every answer to success or a known error kind.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
+use tokio::time::Instant;
 use tracing::field;
 
-use crate::exchange::{Account, VenueError, sign};
+use super::sign;
+use crate::budget::{Admission, Caller};
+use crate::clock::now_ms;
+use crate::exchange::{Account, VenueError};
+use crate::telemetry::Metrics;
+use crate::telemetry::api::Sent;
 use crate::telemetry::otel;
 
 /// The venue's error body: `{"code": -1003, "msg": "..."}`.
@@ -19,23 +29,150 @@ struct ErrorBody {
     msg: String,
 }
 
-pub struct Prepared {
+struct Prepared {
     pub method: Method,
     pub url: String,
     pub body: Option<String>,
     pub api_key: Option<String>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// How requests leave: where to, how long a signature is valid, how long to wait.
+#[derive(Debug, Clone)]
+pub struct TransportOptions {
+    pub base_url: String,
+    pub recv_window_ms: u64,
+    pub timeout: Duration,
+}
+
+/// One request as the client describes it.
+pub struct Request {
+    pub method: Method,
+    /// The route, also the `endpoint` label.
+    pub endpoint: &'static str,
+    pub params: Vec<(String, String)>,
+    /// Signs the request with this account's keys.
+    pub account: Option<Account>,
+    pub weight: u32,
+}
+
+pub struct Transport {
+    http: reqwest::Client,
+    options: TransportOptions,
+    /// Venue clock minus ours, for signed timestamps.
+    clock_offset_ms: AtomicI64,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+}
+
+impl Transport {
+    pub fn new(
+        mut options: TransportOptions,
+        admission: Arc<Admission>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        options.base_url = options.base_url.trim_end_matches('/').to_string();
+        Ok(Transport {
+            http: crate::net::http_client()?,
+            options,
+            clock_offset_ms: AtomicI64::new(0),
+            admission,
+            metrics,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.options.base_url
+    }
+
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Signed timestamps and the budget's minutes follow the venue's clock from now on.
+    pub fn set_clock_offset_ms(&self, offset: i64) {
+        self.clock_offset_ms.store(offset, Ordering::Relaxed);
+        self.admission.weight.set_clock_offset_ms(offset);
+        self.metrics.api.clock_offset(offset);
+    }
+
+    /// Sends an admitted request for `caller` and reads the venue's headers.
+    pub async fn send(&self, caller: &Caller, req: &Request) -> Result<Bytes, VenueError> {
+        let prepared = prepare(
+            &self.options.base_url,
+            req.method.clone(),
+            req.endpoint,
+            &req.params,
+            req.account.as_ref(),
+            self.options.recv_window_ms,
+            self.clock_offset_ms(),
+        );
+        let started = Instant::now();
+        let is_write = req.method != Method::GET;
+        let result = send(&self.http, prepared, req.endpoint, self.options.timeout).await;
+        self.metrics.api.request(Sent {
+            process: &caller.process,
+            endpoint: req.endpoint,
+            status_class: match &result {
+                Ok(a) => status_class(a.status),
+                Err(_) => "transport",
+            },
+            weight: req.weight,
+            seconds: started.elapsed().as_secs_f64(),
+            trace_id: otel::trace_id(&tracing::Span::current()),
+        });
+        let answer = result?;
+        if let Some(used) = answer
+            .headers
+            .get("x-mbx-used-weight-1m")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            self.metrics.api.venue_used_weight(used);
+            self.admission.observe_used_weight(used).await;
+        }
+        if (200..300).contains(&answer.status) {
+            return Ok(answer.body);
+        }
+        let error = classify(&answer, is_write);
+        self.on_rate_limit(&error);
+        Err(error)
+    }
+
+    /// A 429 or 418 stops every caller until `Retry-After` has passed.
+    fn on_rate_limit(&self, error: &VenueError) {
+        match error {
+            VenueError::RateLimited { retry_after } => {
+                self.metrics.api.rate_limited("429");
+                tracing::warn!(
+                    retry_after_s = retry_after.as_secs(),
+                    "venue answered 429: every caller waits"
+                );
+                self.admission.pause_for(*retry_after);
+            }
+            VenueError::Banned { until } => {
+                self.metrics.api.rate_limited("418");
+                tracing::error!(
+                    retry_after_s = until.as_secs(),
+                    "venue answered 418 (IP ban): every caller waits"
+                );
+                self.admission.pause_for(*until);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
 }
 
 /// Builds the URL (and body for POST); signed requests get `recvWindow`,
 /// `timestamp` (venue time) and `signature` last.
-pub fn prepare(
+fn prepare(
     base_url: &str,
     method: Method,
     endpoint: &str,
@@ -90,7 +227,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// What came back, before interpretation.
-pub struct Answer {
+struct Answer {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -98,7 +235,7 @@ pub struct Answer {
 
 /// Sends one request inside an HTTP client span. Transport failures are
 /// `Transient` for reads and `UnknownOutcome` for writes.
-pub async fn send(
+async fn send(
     http: &reqwest::Client,
     prepared: Prepared,
     endpoint: &'static str,
@@ -165,7 +302,7 @@ pub async fn send(
 }
 
 /// Maps a non-2xx answer to its error kind.
-pub fn classify(answer: &Answer, is_write: bool) -> VenueError {
+fn classify(answer: &Answer, is_write: bool) -> VenueError {
     let retry_after = answer
         .headers
         .get("retry-after")

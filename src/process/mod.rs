@@ -2,7 +2,17 @@
 //!
 //! The scheduler knows nothing about what a process does: it hands a
 //! [`RunContext`] to [`Process::run`] and records the [`RunReport`] or
-//! [`ProcessError`] that comes back.
+//! [`ProcessError`] that comes back, as a [`RunRecord`].
+//!
+//! Owns: the `Process` trait, what a run gets (`RunContext`, the `Fence` its
+//! writes carry) and what it reports. Imports only `budget` (callers and the
+//! per-process call count) and `clock`; the store and scheduler import this.
+
+mod fence;
+mod record;
+
+pub use fence::{Fence, Fenced};
+pub use record::{RunLease, RunRecord};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +21,7 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::ApiBudget;
+use crate::budget::{Caller, ProcessCalls};
 
 /// A unit of periodic work. One implementation per file under `processes/`.
 pub trait Process: Send + Sync + 'static {
@@ -50,9 +60,9 @@ pub struct RunContext {
     pub deadline: Instant,
     /// Fires when the attempt must stop (timeout or shutdown).
     pub cancel: CancellationToken,
-    pub budget: Arc<ApiBudget>,
+    pub budget: Arc<ProcessCalls>,
     /// The condition on every store write of this run (the lease token under HA).
-    pub fence: crate::store::Fence,
+    pub fence: Fence,
     /// What the attempt reports as it goes, read by the scheduler whatever the outcome.
     pub usage: Arc<RunUsage>,
 }
@@ -93,8 +103,8 @@ impl RunContext {
     }
 
     /// Who this attempt is, for the exchange budget; cached answers up to `max_age` old are fine.
-    pub fn caller(&self, max_age: Option<std::time::Duration>) -> crate::exchange::Caller {
-        crate::exchange::Caller {
+    pub fn caller(&self, max_age: Option<std::time::Duration>) -> Caller {
+        Caller {
             process: self.process_id.to_string(),
             priority: self.priority,
             deadline: self.deadline,
@@ -158,7 +168,18 @@ impl ErrorKind {
         ErrorKind::Internal,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    /// Every kind's label value, for series that must exist from start-up.
+    pub const NAMES: [&'static str; 11] = {
+        let mut names = [""; 11];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = Self::ALL[i].as_str();
+            i += 1;
+        }
+        names
+    };
+
+    pub const fn as_str(self) -> &'static str {
         match self {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Panic => "panic",

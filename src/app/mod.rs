@@ -1,38 +1,55 @@
 //! Wiring: configuration in, a running service out. Opens the store, brings
-//! up the exchange, builds the processes and the scheduler, serves HTTP, and
-//! shuts everything down in order on SIGTERM/SIGINT.
+//! up the exchange ([`exchange`]), builds the processes and the scheduler,
+//! serves HTTP, and shuts everything down in order on SIGTERM/SIGINT.
+//!
+//! Owns: the order things start and stop in. The top floor: it may import
+//! every module, and nothing imports it.
+
+pub mod exchange;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::ApiBudget;
-use crate::config::Config;
-use crate::exchange;
+use crate::budget::{ProcessCalls, SERVICE_CALLER, SERVICE_CALLS_PER_MINUTE};
+use crate::config::{Config, ConfigError, LoadOptions};
 use crate::ha::Coordinator;
-use crate::ha::budget::ClusterBudget;
+use crate::ha::budget::PgClusterBudget;
 use crate::http::{self, AppState};
 use crate::processes::{self, Platform};
 use crate::scheduler::{ProcessHandle, RunRecord, Scheduler};
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::telemetry::otel::TracingSettings;
+
+/// Loads and validates the configuration, each process kind checking its own settings.
+pub fn load_config(options: &LoadOptions) -> Result<Config, ConfigError> {
+    crate::config::load(options, processes::check_settings)
+}
+
+/// What the tracing subscriber needs from the configuration.
+pub fn tracing_settings(config: &Config) -> TracingSettings {
+    TracingSettings {
+        log_level: config.log_level.clone(),
+        json: config.log_format == crate::config::LogFormat::Json,
+        service_name: config.telemetry.service_name.clone(),
+        otlp_endpoint: config.telemetry.otlp_endpoint.clone(),
+    }
+}
 
 /// The per-process call limits: every process's, and the service's own.
-pub fn process_budget(config: &Config) -> Arc<ApiBudget> {
-    Arc::new(ApiBudget::new(
+pub fn process_budget(config: &Config) -> Arc<ProcessCalls> {
+    Arc::new(ProcessCalls::new(
         config
             .processes
             .iter()
             .map(|(id, p)| (id.clone(), p.max_api_calls_per_minute))
-            .chain([(
-                exchange::setup::SERVICE_CALLER.to_string(),
-                exchange::setup::SERVICE_CALLS_PER_MINUTE,
-            )]),
+            .chain([(SERVICE_CALLER.to_string(), SERVICE_CALLS_PER_MINUTE)]),
     ))
 }
 
@@ -40,7 +57,7 @@ pub fn process_budget(config: &Config) -> Arc<ApiBudget> {
 pub fn build_scheduler(
     config: &Config,
     metrics: Arc<Metrics>,
-    budget: Arc<ApiBudget>,
+    budget: Arc<ProcessCalls>,
     platform: Option<&Arc<Platform>>,
 ) -> Arc<Scheduler> {
     let handles = config
@@ -62,7 +79,7 @@ fn spawn_run_writer(store: Arc<Store>, retention: Duration) -> mpsc::UnboundedSe
             }
             if last_prune.elapsed() > Duration::from_secs(600) {
                 last_prune = tokio::time::Instant::now();
-                let before = crate::store::now_ms() - retention.as_millis() as i64;
+                let before = crate::clock::now_ms() - retention.as_millis() as i64;
                 match store.prune_runs(before).await {
                     Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned run history"),
                     Ok(_) => {}
@@ -89,10 +106,10 @@ fn schedulable(scheduler: &Scheduler) -> Vec<String> {
 fn join_cluster(
     scheduler: &Arc<Scheduler>,
     ha: &Arc<Coordinator>,
-    cluster: Arc<ClusterBudget>,
+    cluster: Arc<PgClusterBudget>,
     stop: CancellationToken,
 ) {
-    scheduler.coordinate_with(ha.clone());
+    scheduler.coordinate_with(ha.clone() as Arc<dyn crate::scheduler::Coordinator>);
     ha.spawn_heartbeat(stop.clone());
     tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
     tokio::spawn(async move {
@@ -101,7 +118,7 @@ fn join_cluster(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             }
-            let minute = crate::store::now_ms() / 60_000;
+            let minute = crate::clock::now_ms() / 60_000;
             if let Err(e) = cluster.prune(minute - 10).await {
                 tracing::debug!(error = %format!("{e:#}"), "cannot prune the cluster budget");
             }
@@ -119,28 +136,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let ha = match config.ha.enabled {
         true => Some((
             Coordinator::connect(&config.store.url, &config.ha, metrics.clone()).await?,
-            Arc::new(ClusterBudget::connect(&config.store.url).await?),
+            Arc::new(PgClusterBudget::connect(&config.store.url).await?),
         )),
         false => None,
     };
-    let exchange = exchange::setup::start(
-        &config,
-        metrics.clone(),
-        budget.clone(),
-        ha.as_ref().map(|(_, cluster)| cluster.clone()),
-        exchange_stop.clone(),
-    )
-    .await?;
+    let exchange = exchange::start(&config, metrics.clone(), budget.clone(), exchange_stop.clone()).await?;
+    if let Some((_, cluster)) = &ha {
+        exchange.venue.admission().share_with(cluster.clone());
+    }
+    exchange::bootstrap(&exchange.venue).await;
+    let accounts = exchange.venue.account_names();
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: exchange.venue.clone(),
-        accounts: exchange.venue.account_names(),
+        accounts: accounts.clone(),
         symbols: config.exchange.symbols.clone(),
-        metrics: metrics.clone(),
-        http: crate::upstream::http_client()?,
+        events: metrics.domain.clone(),
+        http: crate::net::http_client()?,
         webhook_url: config.notifications.webhook_url.clone(),
         batching: config.upstream.batching,
-        levels_generation: AtomicU64::new(0),
         shared_store: config.ha.enabled,
     });
     if let Err(e) = processes::demo::seed(&platform, &config).await {
@@ -160,8 +174,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         admin_token: config.http.admin_token.clone(),
         started: SystemTime::now(),
         ready: ready.clone(),
-        upstream: Some(exchange.upstream.clone()),
-        platform: Some(platform.clone()),
+        weight: Some(exchange.venue.admission().weight.clone()),
+        store: Some(store.clone()),
+        accounts,
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -1,0 +1,132 @@
+//! Each process's calls per sliding minute: the seed's `track_api_call` /
+//! `can_make_api_calls`, and the first step of admission (`try_take`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct ProcessCalls {
+    limits: HashMap<String, u32>,
+    calls: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+}
+
+impl ProcessCalls {
+    /// A budget with a calls-per-minute limit for each process id.
+    pub fn new(limits: impl IntoIterator<Item = (String, u32)>) -> Self {
+        ProcessCalls {
+            limits: limits.into_iter().collect(),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// Records `count` calls made now by `process`.
+    pub fn track_api_call(&self, process: &str, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let window = calls.entry(process.to_string()).or_default();
+        prune(window, now);
+        window.push_back((now, count));
+    }
+
+    /// Whether `count` more calls keep `process` within its limit for the last minute.
+    pub fn can_make_api_calls(&self, process: &str, count: u32) -> bool {
+        self.calls_last_minute(process).saturating_add(count) <= self.limit(process)
+    }
+
+    /// Calls `process` made in the sliding minute ending now.
+    pub fn calls_last_minute(&self, process: &str) -> u32 {
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.get_mut(process).map_or(0, |window| {
+            prune(window, now);
+            window.iter().map(|&(_, n)| n).sum()
+        })
+    }
+
+    /// Takes `count` calls now if they fit (`Ok`), or says how long until they
+    /// would (`Err(Some(wait))`), or that they never will (`Err(None)`).
+    /// Check and record happen under one lock, so concurrent callers cannot both pass.
+    pub fn try_take(&self, process: &str, count: u32) -> Result<(), Option<Duration>> {
+        let limit = self.limit(process);
+        if count > limit {
+            return Err(None);
+        }
+        let now = Instant::now();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        let window = calls.entry(process.to_string()).or_default();
+        prune(window, now);
+        let mut used: u32 = window.iter().map(|&(_, n)| n).sum();
+        if used + count <= limit {
+            window.push_back((now, count));
+            return Ok(());
+        }
+        for &(at, n) in window.iter() {
+            used -= n;
+            if used + count <= limit {
+                return Err(Some((at + WINDOW).saturating_duration_since(now)));
+            }
+        }
+        Err(Some(WINDOW))
+    }
+
+    /// Gives back calls taken with [`try_take`](Self::try_take) that were never sent.
+    pub fn refund(&self, process: &str, count: u32) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(window) = calls.get_mut(process)
+            && let Some(pos) = window.iter().rposition(|&(_, n)| n == count)
+        {
+            window.remove(pos);
+        }
+    }
+
+    /// The configured limit; 0 for an unknown process.
+    pub fn limit(&self, process: &str) -> u32 {
+        self.limits.get(process).copied().unwrap_or(0)
+    }
+}
+
+fn prune(window: &mut VecDeque<(Instant, u32)>, now: Instant) {
+    while window.front().is_some_and(|&(at, _)| now.duration_since(at) >= WINDOW) {
+        window.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn sliding_minute_forgets_old_calls() {
+        let budget = ProcessCalls::new([("a".to_string(), 10)]);
+        budget.track_api_call("a", 6);
+        assert!(budget.can_make_api_calls("a", 4));
+        assert!(!budget.can_make_api_calls("a", 5));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        budget.track_api_call("a", 4);
+        assert_eq!(budget.calls_last_minute("a"), 10);
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(budget.calls_last_minute("a"), 4);
+        assert!(budget.can_make_api_calls("a", 6));
+        assert!(!budget.can_make_api_calls("b", 1), "unknown processes have no budget");
+        assert_eq!(budget.try_take("a", 6), Ok(()));
+        assert_eq!(budget.try_take("a", 11), Err(None), "never fits");
+        // 10 used: 4 (expire in 29 s) + 6 (expire in 60 s); one more needs the first group gone.
+        assert_eq!(budget.try_take("a", 1), Err(Some(Duration::from_secs(29))));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(budget.try_take("a", 5), Err(Some(Duration::from_secs(50))));
+        assert_eq!(budget.try_take("a", 11), Err(None));
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert_eq!(budget.try_take("a", 4), Ok(()));
+        assert_eq!(budget.calls_last_minute("a"), 10);
+        budget.refund("a", 4);
+        assert_eq!(budget.calls_last_minute("a"), 6);
+    }
+}

@@ -1,0 +1,86 @@
+//! Settings of the simulated exchange (`[exchange.simulator]`), kept here so
+//! that configuration imports nothing of the service; the simulator itself
+//! (`sim`) reads them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Misbehaviour on demand, for tests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Added to every answer.
+    pub latency_ms: u64,
+    /// Per route (`/fapi/v1/ticker/price`): share of requests answered 503 without doing anything.
+    pub error_rate: BTreeMap<String, f64>,
+    /// Per route: share of requests answered 200 with a body cut in half.
+    pub malformed_rate: BTreeMap<String, f64>,
+    /// The next N orders execute, then the answer is a 503.
+    pub order_error_after_execute: u32,
+    /// Orders execute, then the answer is held this long (the client times out).
+    pub order_delay_after_execute_ms: u64,
+    /// The simulator's clock runs this far ahead of (or behind) real time.
+    pub clock_offset_ms: i64,
+    /// The next N requests are answered 429 with `Retry-After: force_429_retry_after_s`.
+    pub force_429: u32,
+    pub force_429_retry_after_s: u64,
+}
+
+/// Settings of the simulator (`[exchange.simulator]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatorConfig {
+    /// Address of the in-process simulator; port 0 picks a free one.
+    pub listen: String,
+    pub seed: u64,
+    /// Symbols and their opening prices; empty means the ten default ones.
+    /// (A list here replaces the defaults rather than adding to them.)
+    pub symbols: BTreeMap<String, f64>,
+    /// REQUEST_WEIGHT per minute, as `exchangeInfo` reports it.
+    pub weight_limit: u32,
+    /// Requests sent during a 429 back-off before a 418 ban.
+    pub ban_after_violations: u32,
+    pub price_step_ms: u64,
+    /// Largest relative price move per step.
+    pub volatility: f64,
+    /// Fills appearing across all accounts (trading done elsewhere).
+    pub fills_per_minute: f64,
+    /// Positions each account opens with.
+    pub opening_positions: usize,
+    pub faults: Faults,
+}
+
+/// The symbols the simulator lists when none are configured, with opening prices.
+pub fn default_symbols() -> BTreeMap<String, f64> {
+    let symbols = [
+        ("BTCUSDT", 100_000.0),
+        ("ETHUSDT", 4_000.0),
+        ("SOLUSDT", 200.0),
+        ("BNBUSDT", 700.0),
+        ("XRPUSDT", 2.5),
+        ("DOGEUSDT", 0.35),
+        ("ADAUSDT", 0.9),
+        ("AVAXUSDT", 40.0),
+        ("LINKUSDT", 20.0),
+        ("LTCUSDT", 100.0),
+    ];
+    symbols.iter().map(|&(s, p)| (s.to_string(), p)).collect()
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            listen: "127.0.0.1:0".into(),
+            seed: 42,
+            symbols: BTreeMap::new(),
+            weight_limit: 2400,
+            ban_after_violations: 3,
+            price_step_ms: 500,
+            volatility: 0.0005,
+            fills_per_minute: 6.0,
+            opening_positions: 3,
+            faults: Faults::default(),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Binance USDⓈ-M routes and their IP weights
+//! (`../shared/reference/binance-usdm.md`), written once: the client asks
+//! for admission with them and the simulator charges them.
+
+use http::Method;
+
+pub const TIME: &str = "/fapi/v1/time";
+pub const EXCHANGE_INFO: &str = "/fapi/v1/exchangeInfo";
+pub const TICKER_PRICE: &str = "/fapi/v1/ticker/price";
+pub const POSITION_RISK: &str = "/fapi/v2/positionRisk";
+pub const USER_TRADES: &str = "/fapi/v1/userTrades";
+pub const ORDER: &str = "/fapi/v1/order";
+
+/// Every route we call, for the `endpoint` label.
+pub const ENDPOINTS: &[&str] = &[TIME, EXCHANGE_INFO, TICKER_PRICE, POSITION_RISK, USER_TRADES, ORDER];
+
+/// The IP weight of a request; `None` for a route we do not know.
+/// `with_symbol`: the request names one `symbol`.
+pub fn weight(method: &Method, route: &str, with_symbol: bool) -> Option<u32> {
+    Some(match (method.as_str(), route) {
+        ("GET", TIME) | ("GET", EXCHANGE_INFO) | ("GET", ORDER) => 1,
+        // One symbol, or every symbol for 2.
+        ("GET", TICKER_PRICE) => {
+            if with_symbol {
+                1
+            } else {
+                2
+            }
+        }
+        ("GET", POSITION_RISK) | ("GET", USER_TRADES) => 5,
+        // Orders cost no IP weight; they count toward the order limits.
+        ("POST", ORDER) => 0,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_we_call_has_a_weight() {
+        for route in ENDPOINTS {
+            assert!(
+                weight(&Method::GET, route, false).is_some(),
+                "{route} has no GET weight"
+            );
+        }
+        assert_eq!(weight(&Method::GET, TICKER_PRICE, false), Some(2));
+        assert_eq!(weight(&Method::GET, TICKER_PRICE, true), Some(1));
+        assert_eq!(weight(&Method::POST, ORDER, true), Some(0));
+        assert_eq!(weight(&Method::DELETE, ORDER, true), None);
+    }
+}

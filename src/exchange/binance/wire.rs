@@ -1,0 +1,139 @@
+//! Binance's JSON shapes (decimals as strings, times in ms) and their
+//! conversion into the domain's types; a shape that does not fit is a
+//! `Decode` error naming the field.
+
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::domain::{Fill, OrderAck, OrderSide, OrderStatus, Position, Price};
+use crate::exchange::VenueError;
+
+pub fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, VenueError> {
+    serde_json::from_slice(body).map_err(|e| VenueError::Decode(format!("{endpoint}: {e}")))
+}
+
+pub fn dec(field: &str, s: &str) -> Result<Decimal, VenueError> {
+    Decimal::from_str(s).map_err(|_| VenueError::Decode(format!("{field}: `{s}` is not a decimal")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawInfo {
+    pub rate_limits: Vec<RawLimit>,
+    pub symbols: Vec<RawSymbol>,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawLimit {
+    pub rate_limit_type: String,
+    pub interval: String,
+    pub interval_num: u32,
+    pub limit: u32,
+}
+#[derive(Deserialize)]
+pub struct RawSymbol {
+    pub symbol: String,
+}
+#[derive(Deserialize)]
+pub struct RawPrice {
+    pub symbol: String,
+    pub price: String,
+    #[serde(default)]
+    pub time: i64,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawPosition {
+    pub symbol: String,
+    pub position_amt: String,
+    pub entry_price: String,
+    pub mark_price: String,
+    pub un_realized_profit: String,
+    #[serde(default)]
+    pub update_time: i64,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawFill {
+    pub symbol: String,
+    pub id: u64,
+    pub order_id: u64,
+    pub side: String,
+    pub price: String,
+    pub qty: String,
+    pub realized_pnl: String,
+    pub commission: String,
+    pub time: i64,
+}
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawOrder {
+    pub order_id: u64,
+    pub symbol: String,
+    pub status: String,
+    pub client_order_id: String,
+    #[serde(default)]
+    pub executed_qty: Option<String>,
+    #[serde(default)]
+    pub avg_price: Option<String>,
+}
+
+impl RawOrder {
+    pub fn into_ack(self) -> Result<OrderAck, VenueError> {
+        Ok(OrderAck {
+            order_id: self.order_id,
+            symbol: self.symbol,
+            status: OrderStatus::parse(&self.status),
+            client_order_id: self.client_order_id,
+            executed_qty: dec("executedQty", self.executed_qty.as_deref().unwrap_or("0"))?,
+            avg_price: dec("avgPrice", self.avg_price.as_deref().unwrap_or("0"))?,
+        })
+    }
+}
+
+impl RawPrice {
+    pub fn into_price(self) -> Result<Price, VenueError> {
+        Ok(Price {
+            price: dec("price", &self.price)?,
+            symbol: self.symbol,
+            time_ms: self.time,
+        })
+    }
+}
+
+impl RawPosition {
+    /// The position, `None` when flat.
+    pub fn into_open_position(self) -> Result<Option<Position>, VenueError> {
+        let amount = dec("positionAmt", &self.position_amt)?;
+        if amount.is_zero() {
+            return Ok(None);
+        }
+        Ok(Some(Position {
+            amount,
+            entry_price: dec("entryPrice", &self.entry_price)?,
+            mark_price: dec("markPrice", &self.mark_price)?,
+            unrealized_pnl: dec("unRealizedProfit", &self.un_realized_profit)?,
+            update_time_ms: self.update_time,
+            symbol: self.symbol,
+        }))
+    }
+}
+
+impl RawFill {
+    pub fn into_fill(self) -> Result<Fill, VenueError> {
+        Ok(Fill {
+            side: OrderSide::parse(&self.side).ok_or_else(|| VenueError::Decode(format!("side `{}`", self.side)))?,
+            price: dec("price", &self.price)?,
+            qty: dec("qty", &self.qty)?,
+            realized_pnl: dec("realizedPnl", &self.realized_pnl)?,
+            commission: dec("commission", &self.commission)?,
+            symbol: self.symbol,
+            id: self.id,
+            order_id: self.order_id,
+            time_ms: self.time,
+        })
+    }
+}

@@ -1,0 +1,108 @@
+//! The heartbeat: every `ha.heartbeat_seconds` this replica renews the leases
+//! it holds, reports itself alive, reads every lease back, and drops what it
+//! can no longer prove it holds. Leaving the cluster releases everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::coordinator::Coordinator;
+
+impl Coordinator {
+    /// Renews, reports and reads every `ha.heartbeat_seconds` until `stop`.
+    pub fn spawn_heartbeat(self: &Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut beats: u64 = 0;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(me.heartbeat) => {}
+                }
+                beats += 1;
+                if let Err(e) = me.beat(beats).await {
+                    me.store_reachable(false, Some(&e));
+                }
+                me.forget_unproven();
+            }
+        })
+    }
+
+    async fn beat(&self, beats: u64) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let snapshot: Vec<(Arc<str>, i64, Duration)> = self
+            .lock()
+            .held
+            .iter()
+            .map(|(p, h)| (p.clone(), h.token, h.lease))
+            .collect();
+        let held: Vec<(String, i64)> = snapshot
+            .iter()
+            .map(|(p, _, lease)| (p.to_string(), lease.as_millis() as i64))
+            .collect();
+        let window = (self.heartbeat * 3 + Duration::from_secs(1)).as_millis() as i64;
+        let alive = self.leases.heartbeat(&self.replica, window).await?;
+        let renewed = self.leases.renew(&self.replica, &held).await?;
+        let view = self.leases.view().await?;
+        if beats.is_multiple_of(30) {
+            self.measure_clock().await?;
+        }
+        self.store_reachable(true, None);
+        self.metrics.ha.replicas(alive);
+        let mut lost = Vec::new();
+        {
+            let mut s = self.lock();
+            s.view = view;
+            s.replicas_alive = alive;
+            for (process, token, lease) in snapshot {
+                // A claim made meanwhile (a newer token) has set its own validity.
+                let Some(h) = s.held.get_mut(&process).filter(|h| h.token == token) else {
+                    continue;
+                };
+                if renewed.iter().any(|(p, _)| **p == *process) {
+                    h.valid_until = started + lease;
+                } else {
+                    s.held.remove(&process);
+                    lost.push(process);
+                }
+            }
+        }
+        for process in lost {
+            self.metrics.ha.held(&process, false);
+            tracing::warn!(process = %process, "lease lost: another replica holds it now");
+        }
+        Ok(())
+    }
+
+    /// Drops the leases this replica can no longer prove (PostgreSQL away for a lease time).
+    fn forget_unproven(&self) {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        self.lock().held.retain(|process, h| {
+            let valid = h.valid_until > now;
+            if !valid {
+                gone.push(process.clone());
+            }
+            valid
+        });
+        for process in gone {
+            self.metrics.ha.held(&process, false);
+            tracing::warn!(process = %process, "lease can no longer be proven (PostgreSQL unreachable); not running it");
+        }
+    }
+
+    /// Gives up every lease and leaves the cluster (graceful shutdown).
+    pub async fn leave(&self) {
+        let held: Vec<Arc<str>> = self.lock().held.drain().map(|(p, _)| p).collect();
+        for p in &held {
+            self.metrics.ha.held(p, false);
+        }
+        match self.leases.release_all(&self.replica).await {
+            Ok(n) => tracing::info!(released = n, "ha: leases released for the other replicas"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "ha: cannot release leases; they will expire"),
+        }
+        let _ = self.leases.leave(&self.replica).await;
+    }
+}

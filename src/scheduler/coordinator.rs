@@ -1,0 +1,67 @@
+//! What the scheduler asks of a coordinator when several replicas share the
+//! work (HA): the grid all replicas tick on, a claim on each tick, and who
+//! holds what. The trait is the scheduler's; `ha::Coordinator` implements it
+//! on PostgreSQL, so the scheduler imports nothing of `ha`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+
+/// A lease this replica won for one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub token: i64,
+    /// The grid slot; `None` for a manual run.
+    pub slot: Option<i64>,
+}
+
+/// Who holds a process's lease, as the status document shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Holder {
+    pub replica: String,
+    #[serde(serialize_with = "crate::clock::serialize_rfc3339")]
+    pub lease_expires_at: SystemTime,
+    pub expired: bool,
+    pub token: i64,
+}
+
+/// This replica's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub replica: Arc<str>,
+    /// Replicas seen alive at the last heartbeat.
+    pub replicas_alive: i64,
+    /// Whether the coordination store answered the last claim or heartbeat.
+    pub store_up: bool,
+}
+
+pub trait Coordinator: Send + Sync + 'static {
+    /// This replica's name.
+    fn replica(&self) -> Arc<str>;
+
+    /// How long until the next point of the shared grid (`interval`, shifted
+    /// by `offset`), at least `guard` from now.
+    fn until_next_tick(&self, interval: Duration, offset: Duration, guard: Duration) -> Duration;
+
+    /// Claims the current tick of `process` for this replica. `None`: it runs
+    /// elsewhere (or nobody can prove a lease right now).
+    fn claim<'a>(
+        &'a self,
+        process: &'a Arc<str>,
+        timeout: Duration,
+        grid: (Duration, Duration),
+        manual: bool,
+    ) -> BoxFuture<'a, Option<Granted>>;
+
+    /// Stops holding `process` here (paused on this replica, or shutting down).
+    fn release<'a>(&'a self, process: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Whether this replica can prove it holds `process` right now.
+    fn holds(&self, process: &str) -> bool;
+
+    /// Who holds `process`, as last seen.
+    fn holder(&self, process: &str) -> Option<Holder>;
+
+    fn cluster(&self) -> ClusterView;
+}
