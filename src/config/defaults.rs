@@ -7,6 +7,16 @@ use super::{
     ProcessConfig, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
+/// The seed's six processes, by id (also their kind and the seed's flat environment names).
+pub const SEED_PROCESSES: [&str; 6] = [
+    BUILTIN_PROCESSES[0].0,
+    BUILTIN_PROCESSES[1].0,
+    BUILTIN_PROCESSES[2].0,
+    BUILTIN_PROCESSES[3].0,
+    BUILTIN_PROCESSES[4].0,
+    BUILTIN_PROCESSES[5].0,
+];
+
 /// The seed's six processes: (id, name, interval s, calls/min, priority, timeout s, retries, start offset s).
 /// Offsets let position sync run first, so the others start with positions to work on.
 #[allow(clippy::type_complexity)]

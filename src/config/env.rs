@@ -7,15 +7,7 @@ use std::collections::HashMap;
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
 
-/// The seed's flat names, mapped onto configuration keys.
-const SEED_PROCESSES: [&str; 6] = [
-    "trade_sync",
-    "level_monitor",
-    "price_update",
-    "notification_check",
-    "position_sync",
-    "dashboard_sync",
-];
+use super::defaults::SEED_PROCESSES;
 
 /// Environment variables that set configuration keys, with their origin.
 #[derive(Clone)]

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
-pub use defaults::process_defaults;
+pub use defaults::{SEED_PROCESSES, process_defaults};
 pub use load::{ConfigError, KindCheck, LoadOptions, Problem, load};
 pub use secret::{Secret, redact_url};
 pub use simulator::{Faults, SimulatorConfig, default_symbols};

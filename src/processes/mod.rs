@@ -4,6 +4,10 @@
 //! settings (rejecting keys it does not know) and implements
 //! [`crate::process::Process`]. Adding a kind means adding a file and one
 //! line in each match below.
+//!
+//! Owns: what each kind does. Imports `process` (the trait), `exchange`,
+//! `store`, `telemetry` (through `DomainEvents` only), `config`, `budget`,
+//! `clock`, `net`; never the scheduler, `ha`, `http` or `status`.
 
 pub mod command;
 pub mod dashboard_sync;
@@ -28,14 +32,7 @@ use crate::config::ProcessConfig;
 use crate::process::Process;
 
 /// The seed's trading processes (they need the store and the exchange).
-pub const TRADING_KINDS: [&str; 6] = [
-    "trade_sync",
-    "level_monitor",
-    "price_update",
-    "notification_check",
-    "position_sync",
-    "dashboard_sync",
-];
+pub const TRADING_KINDS: [&str; 6] = crate::config::SEED_PROCESSES;
 
 /// Checks a kind's settings. `Err` if the kind is unknown; otherwise the
 /// problems found, as (setting key, message).

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, venue_error};
+use super::platform::{Platform, distinct, venue_error};
 use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 use crate::store::Notification;
@@ -54,9 +54,7 @@ impl NotificationCheck {
         if alerts.is_empty() {
             return Ok(0);
         }
-        let mut symbols: Vec<String> = alerts.iter().map(|a| a.symbol.clone()).collect();
-        symbols.sort();
-        symbols.dedup();
+        let symbols = distinct(alerts.iter().map(|a| a.symbol.clone()));
         let prices = p
             .venue
             .prices(&ctx.caller(Some(self.max_age)), &symbols)

@@ -42,6 +42,12 @@ pub fn store_error(events: &DomainEvents, e: anyhow::Error) -> ProcessError {
     ProcessError::retriable(ErrorKind::Store, format!("store: {e:#}"))
 }
 
+/// Symbols once each, sorted: what a process asks prices or fills for.
+pub fn distinct(symbols: impl IntoIterator<Item = String>) -> Vec<String> {
+    let set: std::collections::BTreeSet<String> = symbols.into_iter().collect();
+    set.into_iter().collect()
+}
+
 /// A venue failure, as a run error of a matching kind.
 pub fn venue_error(e: VenueError) -> ProcessError {
     let kind = match e.kind() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, venue_error};
+use super::platform::{Platform, distinct, venue_error};
 use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 
@@ -26,14 +26,8 @@ impl PriceUpdate {
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
-        let mut symbols = p
-            .store
-            .symbols_in_use()
-            .await
-            .map_err(|e| self.platform.store_error(e))?;
-        symbols.extend(p.symbols.iter().cloned());
-        symbols.sort();
-        symbols.dedup();
+        let in_use = p.store.symbols_in_use().await.map_err(|e| p.store_error(e))?;
+        let symbols = distinct(in_use.into_iter().chain(p.symbols.iter().cloned()));
         if symbols.is_empty() {
             return Ok(RunReport {
                 summary: Some("no symbols in use".into()),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
-use super::platform::{Platform, venue_error};
+use super::platform::{Platform, distinct, venue_error};
 use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 
@@ -56,16 +56,14 @@ impl TradeSync {
 
     async fn symbols(&self, account: &str) -> anyhow::Result<Vec<String>> {
         let p = &self.platform;
-        let mut symbols = p.store.account_symbols(account).await?;
-        symbols.extend(
-            p.store
-                .traded_symbols(account, now_ms() - RECENT_WINDOW.as_millis() as i64)
-                .await?,
-        );
-        symbols.extend(p.symbols.iter().cloned());
-        symbols.sort();
-        symbols.dedup();
-        Ok(symbols)
+        let open = p.store.account_symbols(account).await?;
+        let traded = p
+            .store
+            .traded_symbols(account, now_ms() - RECENT_WINDOW.as_millis() as i64)
+            .await?;
+        Ok(distinct(
+            open.into_iter().chain(traded).chain(p.symbols.iter().cloned()),
+        ))
     }
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {

@@ -8,8 +8,17 @@
 //! client that ignores it); checks signatures and timestamps; and takes
 //! faults from configuration or `POST /sim/faults`. `GET /sim/meter` reports
 //! what it served, by endpoint and account.
+//!
+//! Owns: the simulated venue. Imports `config` (its settings), `exchange`
+//! (Binance's weight table and signing, so both sides agree) and `clock`;
+//! never the client's coordination, the store or the processes.
 
+mod auth;
 mod book;
+mod control;
+mod fapi;
+mod form;
+mod gate;
 mod limits;
 mod routes;
 

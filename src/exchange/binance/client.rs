@@ -11,7 +11,8 @@ use reqwest::Method;
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 
-use super::transport::{Request, Transport, TransportOptions, encode};
+use super::sign::encode;
+use super::transport::{Request, Transport, TransportOptions};
 use super::weights::{self, ENDPOINTS, EXCHANGE_INFO, ORDER, POSITION_RISK, TICKER_PRICE, TIME, USER_TRADES};
 use super::wire::{RawFill, RawInfo, RawOrder, RawPosition, RawPrice, decode};
 use crate::budget::{Admission, Caller};

@@ -14,9 +14,8 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::field;
 
-use super::sign;
+use super::sign::{Prepared, prepare};
 use crate::budget::{Admission, Caller};
-use crate::clock::now_ms;
 use crate::exchange::{Account, VenueError};
 use crate::telemetry::Metrics;
 use crate::telemetry::api::Sent;
@@ -27,13 +26,6 @@ use crate::telemetry::otel;
 struct ErrorBody {
     code: i64,
     msg: String,
-}
-
-struct Prepared {
-    pub method: Method,
-    pub url: String,
-    pub body: Option<String>,
-    pub api_key: Option<String>,
 }
 
 /// How requests leave: where to, how long a signature is valid, how long to wait.
@@ -168,62 +160,6 @@ fn status_class(status: u16) -> &'static str {
         400..=499 => "4xx",
         _ => "5xx",
     }
-}
-
-/// Builds the URL (and body for POST); signed requests get `recvWindow`,
-/// `timestamp` (venue time) and `signature` last.
-fn prepare(
-    base_url: &str,
-    method: Method,
-    endpoint: &str,
-    params: &[(String, String)],
-    account: Option<&Account>,
-    recv_window_ms: u64,
-    clock_offset_ms: i64,
-) -> Prepared {
-    let mut query: Vec<(String, String)> = params.to_vec();
-    let mut api_key = None;
-    if let Some(account) = account {
-        query.push(("recvWindow".into(), recv_window_ms.to_string()));
-        query.push(("timestamp".into(), (now_ms() + clock_offset_ms).to_string()));
-        let payload = encode(&query);
-        let signature = sign::signature(account.api_secret.expose(), &payload);
-        query.push(("signature".into(), signature));
-        api_key = Some(account.api_key.expose().to_string());
-    }
-    let encoded = encode(&query);
-    let (url, body) = if method == Method::POST {
-        (format!("{base_url}{endpoint}"), Some(encoded))
-    } else if encoded.is_empty() {
-        (format!("{base_url}{endpoint}"), None)
-    } else {
-        (format!("{base_url}{endpoint}?{encoded}"), None)
-    };
-    Prepared {
-        method,
-        url,
-        body,
-        api_key,
-    }
-}
-
-pub fn encode(params: &[(String, String)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// What came back, before interpretation.
@@ -378,28 +314,5 @@ mod tests {
                 retry_after: Duration::from_secs(7)
             }
         );
-    }
-
-    #[test]
-    fn signed_requests_put_the_signature_last() {
-        let account = Account {
-            name: "main".into(),
-            api_key: crate::config::Secret::new("key"),
-            api_secret: crate::config::Secret::new("secret"),
-        };
-        let p = prepare(
-            "http://x",
-            Method::GET,
-            "/fapi/v1/userTrades",
-            &[("symbol".into(), "BTCUSDT".into())],
-            Some(&account),
-            5000,
-            0,
-        );
-        let query = p.url.split_once('?').unwrap().1;
-        let (payload, signature) = query.rsplit_once("&signature=").unwrap();
-        assert!(payload.starts_with("symbol=BTCUSDT&recvWindow=5000&timestamp="));
-        assert!(sign::verify("secret", payload, signature));
-        assert_eq!(p.api_key.as_deref(), Some("key"));
     }
 }

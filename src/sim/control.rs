@@ -1,0 +1,84 @@
+//! `/sim/*`: what tests and benchmarks use to watch and steer the
+//! simulator (the meter, faults, prices, weight used by "another client",
+//! fills and orders). Not part of Binance's API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use super::{Faults, Sim};
+use crate::clock::now_ms as wall_ms;
+
+pub async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
+    let weight: BTreeMap<String, u32> = sim
+        .limiter()
+        .weight_by_minute
+        .iter()
+        .map(|(m, w)| (m.to_string(), *w))
+        .collect();
+    let meter = sim.meter();
+    Json(json!({
+        "requests": meter.requests,
+        "answers": meter.answers,
+        "weight_by_minute": weight,
+        "weight_limit": sim.limiter().limit,
+        "violations": sim.limiter().total_violations(),
+    }))
+}
+
+pub async fn get_faults(State(sim): State<Arc<Sim>>) -> Json<Faults> {
+    Json(sim.faults())
+}
+
+pub async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Faults>) -> Json<Faults> {
+    *sim.faults.write().unwrap_or_else(|e| e.into_inner()) = faults.clone();
+    Json(faults)
+}
+
+pub async fn set_prices(State(sim): State<Arc<Sim>>, Json(prices): Json<BTreeMap<String, String>>) -> Response {
+    let mut book = sim.book();
+    for (symbol, price) in prices {
+        match Decimal::from_str(&price) {
+            Ok(p) if p > Decimal::ZERO => book.set_price(&symbol, p),
+            _ => return (StatusCode::UNPROCESSABLE_ENTITY, format!("bad price for {symbol}")).into_response(),
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub async fn consume(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let weight = body["weight"].as_u64().unwrap_or(0) as u32;
+    sim.limiter().consume(wall_ms(), weight);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn account_key(sim: &Sim, name: &str) -> Option<String> {
+    sim.book()
+        .accounts
+        .iter()
+        .find(|(_, a)| a.name == name)
+        .map(|(k, _)| k.clone())
+}
+
+pub async fn fills(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(key) = q.get("account").and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    Json(sim.book().accounts[&key].fills.clone()).into_response()
+}
+
+pub async fn orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(key) = q.get("account").and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let mut orders: Vec<_> = sim.book().accounts[&key].orders.values().cloned().collect();
+    orders.sort_by_key(|o| o.order_id);
+    Json(orders).into_response()
+}
