@@ -202,8 +202,10 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         accounts: venue.account_names(),
         symbols: Vec::new(),
         events: metrics.domain.clone(),
+        catalog: Arc::default(),
         http: http_client().unwrap(),
         webhook_url: None,
+        webhook_hosts: Vec::new(),
         batching: knobs.batching,
         shared_store: false,
     });

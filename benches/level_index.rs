@@ -26,6 +26,9 @@ fn level(id: i64, sl: Decimal, tp: Decimal) -> Level {
         trigger_kind: None,
         trigger_price: None,
         error: None,
+        closed_qty: None,
+        avg_price: None,
+        close_orders: None,
         created_at: 0,
         updated_at: 0,
     }

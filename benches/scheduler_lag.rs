@@ -58,7 +58,8 @@ fn main() {
             })
             .collect();
         let scheduler = Scheduler::new(handles, Arc::new(Metrics::new()), Arc::new(ProcessCalls::new([])), true, 1);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        // Large enough that no record is dropped: the bench counts every run.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 20);
         scheduler.record_runs_to(tx);
         let collector = tokio::spawn(async move {
             let mut lags = Vec::new();

@@ -72,6 +72,7 @@ pub enum OrderStatus {
     Canceled,
     Rejected,
     Expired,
+    ExpiredInMatch,
     Other(String),
 }
 
@@ -84,8 +85,17 @@ impl OrderStatus {
             "CANCELED" => OrderStatus::Canceled,
             "REJECTED" => OrderStatus::Rejected,
             "EXPIRED" => OrderStatus::Expired,
+            "EXPIRED_IN_MATCH" => OrderStatus::ExpiredInMatch,
             other => OrderStatus::Other(other.to_string()),
         }
+    }
+
+    /// Whether the order will not change any more (`NEW` and `PARTIALLY_FILLED` still can).
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            OrderStatus::New | OrderStatus::PartiallyFilled | OrderStatus::Other(_)
+        )
     }
 }
 
@@ -95,6 +105,80 @@ pub struct OrderAck {
     pub client_order_id: String,
     pub symbol: String,
     pub status: OrderStatus,
+    pub orig_qty: Decimal,
     pub executed_qty: Decimal,
     pub avg_price: Decimal,
+    /// Venue time of the order's last change (ms); 0 when not given.
+    pub update_time_ms: i64,
+}
+
+/// A symbol as the venue lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub symbol: String,
+    /// `TRADING` (orders accepted); anything else is listed but closed.
+    pub trading: bool,
+    /// Quantities are multiples of this (`LOT_SIZE.stepSize`); `None` when not given.
+    pub step_size: Option<Decimal>,
+}
+
+/// The venue's symbols as last read from `exchangeInfo`, shared by whoever
+/// validates or rounds (the data API, the processes). Empty until first read.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    listings: std::sync::RwLock<Option<std::collections::BTreeMap<String, Listing>>>,
+}
+
+impl Catalog {
+    /// Replaces what is known with the venue's latest answer.
+    pub fn replace(&self, listings: Vec<Listing>) {
+        let map = listings.into_iter().map(|l| (l.symbol.clone(), l)).collect();
+        *self.listings.write().unwrap_or_else(|e| e.into_inner()) = Some(map);
+    }
+
+    /// `Some(listed)` once the venue's list has been read; `None` before.
+    pub fn lists(&self, symbol: &str) -> Option<bool> {
+        let listings = self.listings.read().unwrap_or_else(|e| e.into_inner());
+        listings.as_ref().map(|m| m.contains_key(symbol))
+    }
+
+    /// Whether `symbol` may be used: listed, or the list not read yet (nothing to go by).
+    pub fn usable(&self, symbol: &str) -> bool {
+        self.lists(symbol) != Some(false)
+    }
+
+    pub fn step_size(&self, symbol: &str) -> Option<Decimal> {
+        let listings = self.listings.read().unwrap_or_else(|e| e.into_inner());
+        listings.as_ref()?.get(symbol)?.step_size
+    }
+
+    /// `qty` rounded down to `symbol`'s step (unchanged when the step is unknown).
+    pub fn round_qty(&self, symbol: &str, qty: Decimal) -> Decimal {
+        match self.step_size(symbol).filter(|s| *s > Decimal::ZERO) {
+            Some(step) => ((qty / step).floor() * step).normalize(),
+            None => qty,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_round_down_to_the_step_and_unknown_symbols_are_told_apart() {
+        let c = Catalog::default();
+        assert_eq!(c.lists("BTCUSDT"), None, "not read yet");
+        assert!(c.usable("BTCUSDT"));
+        c.replace(vec![Listing {
+            symbol: "BTCUSDT".into(),
+            trading: true,
+            step_size: Some(Decimal::new(1, 3)),
+        }]);
+        assert_eq!(c.lists("BTCUSDT"), Some(true));
+        assert!(!c.usable("NOPEUSDT"));
+        assert_eq!(c.round_qty("BTCUSDT", Decimal::new(12345, 4)), Decimal::new(1234, 3));
+        assert_eq!(c.round_qty("ETHUSDT", Decimal::new(12345, 4)), Decimal::new(12345, 4));
+        assert!(OrderStatus::parse("EXPIRED").is_final() && !OrderStatus::parse("NEW").is_final());
+    }
 }

@@ -444,3 +444,36 @@ async fn shutdown_cancels_runs_that_outlive_the_grace_period() {
     );
     assert_eq!(h.starts("a").len(), 1, "a cancelled run is not retried");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_run_history_queue_is_bounded_and_counts_what_it_drops() {
+    let h = harness(vec![("a", cfg(1.0, 0.5, 0, 1), ok_after(Duration::from_millis(10)))]);
+    // Nobody reads the queue (a store that stopped answering): it must not grow past its bound.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    h.scheduler.record_runs_to(tx);
+    h.scheduler.start();
+    for _ in 0..30 {
+        advance(Duration::from_secs(1)).await;
+        tokio::task::yield_now().await;
+    }
+    let runs: f64 = ["success", "error", "timeout"]
+        .iter()
+        .map(|o| {
+            sample(
+                &h.metrics,
+                &format!(r#"script_manager_process_runs_total{{process="a",outcome="{o}"}}"#),
+            )
+        })
+        .sum();
+    assert!(runs >= 10.0, "{runs} runs");
+    let mut queued = 0;
+    while rx.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 4, "the queue holds its bound, no more");
+    assert_eq!(
+        sample(&h.metrics, "script_manager_run_records_dropped_total"),
+        runs - 4.0,
+        "every record that did not fit is counted"
+    );
+}

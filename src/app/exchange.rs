@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Admission, Caller, ProcessCalls, SERVICE_CALLER, VenueWeight};
 use crate::config::{Config, ExchangeKind, Secret};
+use crate::domain::Catalog;
 use crate::exchange::binance::{Binance, TransportOptions};
 use crate::exchange::{Account, Venue};
 use crate::sim::{self, SimAccountSpec};
@@ -110,13 +111,22 @@ pub async fn start(
     Ok(Exchange { venue, simulator })
 }
 
-/// Clock offset and limits. Failures are logged, not fatal: the venue may
-/// come back, and every process reports its own errors meanwhile.
-pub async fn bootstrap(venue: &Binance) {
+/// How often the venue's limits and symbol list are read again.
+pub const EXCHANGE_INFO_EVERY: Duration = Duration::from_secs(600);
+
+/// Clock offset, limits and symbols. Failures are logged, not fatal: the venue
+/// may come back, and every process reports its own errors meanwhile.
+pub async fn bootstrap(venue: &Binance, catalog: &Catalog) {
     let caller = Caller::new(SERVICE_CALLER, 1, Instant::now() + Duration::from_secs(15));
     if let Err(e) = venue.sync_time(&caller).await {
         tracing::warn!(error = %e, "cannot read the venue's clock; signed calls may be rejected until it answers");
     }
+    read_exchange_info(venue, catalog).await;
+}
+
+/// Reads `exchangeInfo`: the weight limit and the listed symbols.
+async fn read_exchange_info(venue: &Binance, catalog: &Catalog) {
+    let caller = Caller::new(SERVICE_CALLER, 1, Instant::now() + Duration::from_secs(15));
     match venue.exchange_info(&caller).await {
         Ok(info) => {
             let weight = &venue.admission().weight;
@@ -125,9 +135,24 @@ pub async fn bootstrap(venue: &Binance) {
                 weight_limit = info.weight_limit_per_minute,
                 our_limit = weight.limit(),
                 symbols = info.symbols.len(),
-                "venue limits read from exchangeInfo"
+                "venue limits and symbols read from exchangeInfo"
             );
+            catalog.replace(info.symbols);
         }
-        Err(e) => tracing::warn!(error = %e, "cannot read exchangeInfo; using the default weight limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot read exchangeInfo; keeping the last limits and symbols"),
     }
+}
+
+/// Reads `exchangeInfo` again every [`EXCHANGE_INFO_EVERY`] until `stop`, so
+/// a delisted symbol is noticed and new ones can be used.
+pub fn spawn_exchange_info_refresh(venue: Arc<Binance>, catalog: Arc<Catalog>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(EXCHANGE_INFO_EVERY) => {}
+            }
+            read_exchange_info(&venue, &catalog).await;
+        }
+    });
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{ProcessCalls, SERVICE_CALLER, SERVICE_CALLS_PER_MINUTE};
 use crate::config::{Config, ConfigError, LoadOptions};
+use crate::domain::Catalog;
 use crate::ha::Coordinator;
 use crate::ha::budget::PgClusterBudget;
 use crate::http::{self, AppState};
@@ -68,9 +69,21 @@ pub fn build_scheduler(
     Scheduler::new(handles, metrics, budget, config.enabled, config.scheduler.run_history)
 }
 
-/// Writes finished runs to the store and prunes them past retention.
-fn spawn_run_writer(store: Arc<Store>, retention: Duration) -> mpsc::UnboundedSender<RunRecord> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<RunRecord>();
+/// Finished runs waiting for the store: enough for bursts, bounded so a
+/// stuck store cannot grow memory without end (the excess is counted).
+pub const RUN_RECORD_QUEUE: usize = 4096;
+
+/// How long each kind of row is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub runs: Duration,
+    pub finished: Duration,
+}
+
+/// Writes finished runs to the store; every ten minutes prunes the run
+/// history and finished levels, intents, alerts and notifications past retention.
+pub fn spawn_run_writer(store: Arc<Store>, retention: Retention) -> mpsc::Sender<RunRecord> {
+    let (tx, mut rx) = mpsc::channel::<RunRecord>(RUN_RECORD_QUEUE);
     tokio::spawn(async move {
         let mut last_prune = tokio::time::Instant::now() - Duration::from_secs(3600);
         while let Some(record) = rx.recv().await {
@@ -79,16 +92,25 @@ fn spawn_run_writer(store: Arc<Store>, retention: Duration) -> mpsc::UnboundedSe
             }
             if last_prune.elapsed() > Duration::from_secs(600) {
                 last_prune = tokio::time::Instant::now();
-                let before = crate::clock::now_ms() - retention.as_millis() as i64;
-                match store.prune_runs(before).await {
-                    Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned run history"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune run history"),
-                }
+                prune(&store, retention).await;
             }
         }
     });
     tx
+}
+
+async fn prune(store: &Store, retention: Retention) {
+    let now = crate::clock::now_ms();
+    match store.prune_runs(now - retention.runs.as_millis() as i64).await {
+        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned run history"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune run history"),
+    }
+    match store.prune_finished(now - retention.finished.as_millis() as i64).await {
+        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned finished levels, intents, alerts and notifications"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune finished rows"),
+    }
 }
 
 /// Processes the scheduler will tick.
@@ -144,16 +166,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some((_, cluster)) = &ha {
         exchange.venue.admission().share_with(cluster.clone());
     }
-    exchange::bootstrap(&exchange.venue).await;
+    let catalog = Arc::new(Catalog::default());
+    exchange::bootstrap(&exchange.venue, &catalog).await;
+    exchange::spawn_exchange_info_refresh(exchange.venue.clone(), catalog.clone(), exchange_stop.clone());
     let accounts = exchange.venue.account_names();
+    metrics.domain.init_accounts(&processes::ACCOUNT_PROCESSES, &accounts);
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: exchange.venue.clone(),
         accounts: accounts.clone(),
         symbols: config.exchange.symbols.clone(),
         events: metrics.domain.clone(),
+        catalog: catalog.clone(),
         http: crate::net::http_client()?,
         webhook_url: config.notifications.webhook_url.clone(),
+        webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),
         batching: config.upstream.batching,
         shared_store: config.ha.enabled,
     });
@@ -161,7 +188,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
     }
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
-    let retention = Duration::from_secs_f64(config.store.run_retention_days * 86_400.0);
+    let retention = Retention {
+        runs: Duration::from_secs_f64(config.store.run_retention_days * 86_400.0),
+        finished: Duration::from_secs_f64(config.store.data_retention_days * 86_400.0),
+    };
     scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));
     metrics.ha.init(&schedulable(&scheduler), ha.is_some());
     if let Some((coordinator, cluster)) = &ha {
@@ -172,11 +202,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         scheduler: scheduler.clone(),
         metrics,
         admin_token: config.http.admin_token.clone(),
+        read_token: config.http.read_token.clone(),
+        webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),
         started: SystemTime::now(),
         ready: ready.clone(),
         weight: Some(exchange.venue.admission().weight.clone()),
         store: Some(store.clone()),
         accounts,
+        catalog: Some(catalog),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)

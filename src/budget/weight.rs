@@ -126,7 +126,9 @@ impl VenueWeight {
     }
 
     /// Waits until `weight` fits (or fails when it cannot before `deadline`).
-    /// Returns how long the caller waited.
+    /// Returns how long the caller waited. A waiter's place in line is held
+    /// by a [`Ticket`]: dropping this future (a timeout, a shutdown) gives it
+    /// up, so a caller that left never blocks lower priorities.
     pub async fn acquire(
         &self,
         process: &str,
@@ -135,7 +137,10 @@ impl VenueWeight {
         deadline: Instant,
     ) -> Result<Duration, WeightRefusal> {
         let started = Instant::now();
-        let mut ticket: Option<(u8, u64)> = None;
+        let mut ticket = Ticket {
+            budget: self,
+            place: None,
+        };
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -146,9 +151,6 @@ impl VenueWeight {
                 let now = Instant::now();
                 let cap = self.cap_for(process, self.our_limit(&s));
                 if weight > cap {
-                    if let Some(t) = ticket.take() {
-                        s.waiters.remove(&t);
-                    }
                     return Err(WeightRefusal::TooHeavy { weight, cap });
                 }
                 match s.paused_until.filter(|&until| until > now) {
@@ -157,28 +159,24 @@ impl VenueWeight {
                         let better_waiting = s.waiters.range(..(priority, 0)).next().is_some();
                         if s.used + weight <= cap && !better_waiting {
                             s.used += weight;
-                            if let Some(t) = ticket.take() {
-                                s.waiters.remove(&t);
+                            if let Some(place) = ticket.place.take() {
+                                s.waiters.remove(&place);
                             }
                             drop(s);
                             self.changed.notify_waiters();
                             return Ok(started.elapsed());
                         }
-                        if ticket.is_none() {
-                            let t = (priority, s.next_ticket);
+                        if ticket.place.is_none() {
+                            let place = (priority, s.next_ticket);
                             s.next_ticket += 1;
-                            s.waiters.insert(t);
-                            ticket = Some(t);
+                            s.waiters.insert(place);
+                            ticket.place = Some(place);
                         }
                         now + until_next_minute(s.clock_offset_ms)
                     }
                 }
             };
             if wake_at > deadline {
-                if let Some(t) = ticket.take() {
-                    self.lock().waiters.remove(&t);
-                    self.changed.notify_waiters();
-                }
                 return Err(WeightRefusal::WouldMissDeadline {
                     wait: wake_at - Instant::now(),
                 });
@@ -228,6 +226,21 @@ impl VenueWeight {
     /// Whether callers are held back by a 429/418 right now.
     pub fn paused(&self) -> bool {
         self.lock().paused_until.is_some_and(|u| u > Instant::now())
+    }
+}
+
+/// A waiter's place in line; leaving (admitted, refused or dropped) gives it up.
+struct Ticket<'a> {
+    budget: &'a VenueWeight,
+    place: Option<(u8, u64)>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(place) = self.place.take() {
+            self.budget.lock().waiters.remove(&place);
+            self.budget.changed.notify_waiters();
+        }
     }
 }
 
@@ -299,6 +312,24 @@ mod tests {
             b.acquire("x", 1, 90, soon()).await,
             Err(WeightRefusal::TooHeavy { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_gives_its_place_up() {
+        if until_next_minute(0) < Duration::from_secs(3) {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        let b = std::sync::Arc::new(VenueWeight::new(10, 1.0, 0.0, []));
+        b.acquire("p", 1, 10, far()).await.unwrap();
+        // A priority-1 caller waits for the next minute; its caller gives up (a timeout drops it).
+        let waiting = tokio::time::timeout(Duration::from_millis(50), b.acquire("urgent", 1, 1, far())).await;
+        assert!(waiting.is_err(), "it was still waiting when dropped");
+        assert!(b.lock().waiters.is_empty(), "the dropped waiter left the line");
+        // A lower priority is not held behind a caller that has gone.
+        b.observe_used_weight(0);
+        b.lock().used = 0;
+        let soon = Instant::now() + Duration::from_millis(50);
+        b.acquire("later", 5, 1, soon).await.expect("priority 5 proceeds");
     }
 
     #[tokio::test]

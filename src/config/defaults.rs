@@ -74,6 +74,7 @@ pub fn config(with_builtin_processes: bool) -> Config {
         http: HttpConfig {
             listen: "127.0.0.1:9797".into(),
             admin_token: None,
+            read_token: None,
         },
         telemetry: TelemetryConfig {
             otlp_endpoint: None,
@@ -103,8 +104,12 @@ pub fn config(with_builtin_processes: bool) -> Config {
         store: StoreConfig {
             url: "sqlite://data/script-manager.db".into(),
             run_retention_days: 7.0,
+            data_retention_days: 30.0,
         },
-        notifications: NotificationsConfig { webhook_url: None },
+        notifications: NotificationsConfig {
+            webhook_url: None,
+            allowed_webhook_hosts: Vec::new(),
+        },
         demo: DemoConfig {
             enabled: true,
             distance: 0.003,

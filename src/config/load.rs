@@ -162,7 +162,9 @@ fn extract(figment: &Figment, kinds: KindCheck, problems: &mut Vec<Problem>) -> 
         validate::check_exchange(&exchange, &mut report);
     }
     let _ = piece::<super::UpstreamConfig>(figment, "upstream", problems);
-    let _ = piece::<super::NotificationsConfig>(figment, "notifications", problems);
+    if let Some(notifications) = piece(figment, "notifications", problems) {
+        validate::check_notifications(&notifications, &mut report);
+    }
     if let Some(demo) = piece::<super::DemoConfig>(figment, "demo", problems)
         && !(demo.distance > 0.0 && demo.distance < 0.5)
     {

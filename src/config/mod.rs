@@ -63,6 +63,10 @@ pub struct HttpConfig {
     pub listen: String,
     /// Bearer token for the write endpoints; without one they answer 403.
     pub admin_token: Option<Secret>,
+    /// Bearer token the data API's GETs (prices, positions, trades, dashboards,
+    /// levels, alerts, notifications) require when set; the admin token works
+    /// too. Status, health and `/metrics` stay open.
+    pub read_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +94,9 @@ pub struct StoreConfig {
     pub url: String,
     /// Days of run history kept.
     pub run_retention_days: f64,
+    /// Days finished levels and intents, triggered alerts and notifications
+    /// no longer pending are kept.
+    pub data_retention_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +104,26 @@ pub struct StoreConfig {
 pub struct NotificationsConfig {
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
+    /// Hosts webhooks may be sent to; empty allows any. Alerts naming another
+    /// host are refused (422), and nothing is ever posted to one.
+    pub allowed_webhook_hosts: Vec<String>,
+}
+
+impl NotificationsConfig {
+    /// Whether `url` is an http(s) URL to a host webhooks may go to.
+    pub fn webhook_allowed(&self, url: &str) -> bool {
+        webhook_allowed(url, &self.allowed_webhook_hosts)
+    }
+}
+
+/// Whether `url` is an http(s) URL whose host is in `allowed` (any host when `allowed` is empty).
+pub fn webhook_allowed(url: &str, allowed: &[String]) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let host = uri.host().unwrap_or("");
+    scheme_ok && !host.is_empty() && (allowed.is_empty() || allowed.iter().any(|h| h.eq_ignore_ascii_case(host)))
 }
 
 /// Several replicas on one PostgreSQL (issue 7): each tick runs on the

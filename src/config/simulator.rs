@@ -25,6 +25,16 @@ pub struct Faults {
     /// The next N requests are answered 429 with `Retry-After: force_429_retry_after_s`.
     pub force_429: u32,
     pub force_429_retry_after_s: u64,
+    /// MARKET orders stay `NEW` (accepted, nothing filled) this long before they fill.
+    pub fill_delay_ms: u64,
+    /// The next N MARKET orders meet a thin book: they fill `partial_fill_ratio`
+    /// of their quantity and end `EXPIRED`.
+    pub partial_fills: u32,
+    /// Share of the quantity a thin-book order fills (0.4 when unset).
+    pub partial_fill_ratio: f64,
+    /// The next N orders are rejected with `reject_code` (-2019, margin is insufficient, when unset).
+    pub reject_orders: u32,
+    pub reject_code: i64,
 }
 
 /// Settings of the simulator (`[exchange.simulator]`).
@@ -48,6 +58,10 @@ pub struct SimulatorConfig {
     pub fills_per_minute: f64,
     /// Positions each account opens with.
     pub opening_positions: usize,
+    /// Fills kept per account (older ones are forgotten, as a venue's history window).
+    pub keep_fills: usize,
+    /// Orders kept per account for lookups.
+    pub keep_orders: usize,
     pub faults: Faults,
 }
 
@@ -80,6 +94,8 @@ impl Default for SimulatorConfig {
             volatility: 0.0005,
             fills_per_minute: 6.0,
             opening_positions: 3,
+            keep_fills: 10_000,
+            keep_orders: 10_000,
             faults: Faults::default(),
         }
     }

@@ -171,12 +171,30 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
     if !(0.0..=0.5).contains(&sim.volatility) {
         report("exchange.simulator.volatility", "must be between 0 and 0.5".into());
     }
+    if !(100..=10_000_000).contains(&sim.keep_fills) {
+        report(
+            "exchange.simulator.keep_fills",
+            "must be between 100 and 10000000".into(),
+        );
+    }
+    if !(100..=10_000_000).contains(&sim.keep_orders) {
+        report(
+            "exchange.simulator.keep_orders",
+            "must be between 100 and 10000000".into(),
+        );
+    }
 }
 
 pub fn check_store(store: &super::StoreConfig, report: &mut dyn FnMut(&str, String)) {
     let url = &store.url;
     if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         report("store.url", "must start with sqlite:// or postgres://".into());
+    }
+    if !(store.data_retention_days > 0.0 && store.data_retention_days <= 3650.0) {
+        report(
+            "store.data_retention_days",
+            "must be greater than 0 and at most 3650".into(),
+        );
     }
     if !(store.run_retention_days > 0.0 && store.run_retention_days <= 3650.0) {
         report(
@@ -224,6 +242,30 @@ pub fn check_ha(
             "ha.heartbeat_seconds",
             "must be greater than 0 and at most half of ha.lease_margin_seconds, so a lease is renewed before it ends"
                 .into(),
+        );
+    }
+}
+
+pub fn check_notifications(n: &super::NotificationsConfig, report: &mut dyn FnMut(&str, String)) {
+    if let Some(host) = n
+        .allowed_webhook_hosts
+        .iter()
+        .find(|h| h.is_empty() || h.contains(['/', ':', ' ']))
+    {
+        report(
+            "notifications.allowed_webhook_hosts",
+            format!("`{host}` is not a host name like hooks.example.com"),
+        );
+    }
+    if let Some(url) = &n.webhook_url
+        && !n.webhook_allowed(url)
+    {
+        report(
+            "notifications.webhook_url",
+            match n.allowed_webhook_hosts.is_empty() {
+                true => format!("`{url}` is not an http(s) URL"),
+                false => format!("`{url}` is not an http(s) URL to one of notifications.allowed_webhook_hosts"),
+            },
         );
     }
 }

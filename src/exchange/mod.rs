@@ -16,7 +16,7 @@ mod types;
 use futures::future::BoxFuture;
 
 pub use crate::budget::Caller;
-pub use crate::domain::{Fill, OrderAck, OrderSide, OrderStatus, Position, Price};
+pub use crate::domain::{Fill, Listing, OrderAck, OrderSide, OrderStatus, Position, Price};
 pub use error::{VenueError, VenueErrorKind};
 pub use types::{Account, ExchangeInfo};
 
@@ -27,6 +27,13 @@ pub trait Venue: Send + Sync + 'static {
     /// Current prices of `symbols` (all symbols when empty), no older than `caller.max_age`.
     fn prices<'a>(&'a self, caller: &'a Caller, symbols: &'a [String])
     -> BoxFuture<'a, Result<Vec<Price>, VenueError>>;
+    /// The position of `account` in `symbol` as the venue has it now; `None` when flat.
+    fn position<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Position>, VenueError>>;
     /// Open positions of an account.
     fn positions<'a>(
         &'a self,

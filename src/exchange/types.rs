@@ -14,5 +14,5 @@ pub struct Account {
 pub struct ExchangeInfo {
     /// REQUEST_WEIGHT per minute.
     pub weight_limit_per_minute: u32,
-    pub symbols: Vec<String>,
+    pub symbols: Vec<crate::domain::Listing>,
 }

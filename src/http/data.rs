@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::auth::Admin;
+use super::auth::{Admin, Reader};
 use super::error::{store_error, unprocessable};
 use super::query::{self, Q, limit};
 use super::{ApiError, AppState};
+use crate::config::webhook_allowed;
 use crate::store::{Level, NewAlert, NewLevel, Store};
 
 fn store(state: &AppState) -> Result<&Arc<Store>, ApiError> {
@@ -67,12 +68,48 @@ fn text<'a>(map: &'a serde_json::Map<String, Value>, field: &str) -> Result<&'a 
     }
 }
 
-fn symbol(map: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
+/// A symbol the venue lists (checked against its last `exchangeInfo`).
+fn symbol(state: &AppState, map: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
     let s = text(map, "symbol")?.to_ascii_uppercase();
     if s.len() > 20 || !s.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(unprocessable("symbol", "must be letters and digits, like BTCUSDT"));
     }
-    Ok(s)
+    match state.catalog.as_ref().map(|c| c.lists(&s)) {
+        Some(Some(false)) => Err(unprocessable(
+            "symbol",
+            format!("the venue does not list `{s}` (GET /fapi/v1/exchangeInfo)"),
+        )),
+        Some(None) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "symbols_unknown",
+            "the venue's symbol list has not been read yet; try again shortly",
+        )),
+        _ => Ok(s),
+    }
+}
+
+/// `?limit=&after=`: a page of ids above `after`, and a `Link` to the next
+/// page when this one is full.
+fn page<T: serde::Serialize>(path: &str, rows: Vec<T>, id: impl Fn(&T) -> i64, limit: i64) -> Response {
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(&id)).flatten();
+    let mut response = Json(json!(rows)).into_response();
+    if let Some(after) = next
+        && let Ok(link) = format!("<{path}?limit={limit}&after={after}>; rel=\"next\"").parse()
+    {
+        response.headers_mut().insert(axum::http::header::LINK, link);
+    }
+    response
+}
+
+fn after(q: &std::collections::HashMap<String, String>) -> Result<i64, ApiError> {
+    match q.get("after") {
+        None => Ok(0),
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::bad_request("after must be an id (a whole number, 0 or more)")),
+    }
 }
 
 fn refuse_unknown(map: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
@@ -85,12 +122,12 @@ fn refuse_unknown(map: &serde_json::Map<String, Value>, allowed: &[&str]) -> Res
     }
 }
 
-pub async fn prices(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn prices(_: Reader, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let rows = store(&state)?.prices().await.map_err(store_error)?;
     Ok(Json(json!(rows)))
 }
 
-pub async fn positions(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
+pub async fn positions(_: Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query::params(q, &["account"])?;
     let rows = store(&state)?
         .positions(q.get("account").map(String::as_str))
@@ -99,7 +136,7 @@ pub async fn positions(State(state): State<AppState>, q: Q) -> Result<Json<Value
     Ok(Json(json!(rows)))
 }
 
-pub async fn trades(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
+pub async fn trades(_: Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query::params(q, &["account", "symbol", "limit"])?;
     let rows = store(&state)?
         .trades(
@@ -112,7 +149,11 @@ pub async fn trades(State(state): State<AppState>, q: Q) -> Result<Json<Value>, 
     Ok(Json(json!(rows)))
 }
 
-pub async fn dashboard(State(state): State<AppState>, Path(account): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn dashboard(
+    _: Reader,
+    State(state): State<AppState>,
+    Path(account): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     if !state.accounts.contains(&account) {
         return Err(ApiError::not_found(format!("no account `{account}`")));
     }
@@ -128,8 +169,14 @@ pub async fn dashboard(State(state): State<AppState>, Path(account): Path<String
     }
 }
 
-pub async fn levels(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(store(&state)?.levels(None).await.map_err(store_error)?)))
+pub async fn levels(_: Reader, State(state): State<AppState>, q: Q) -> Result<Response, ApiError> {
+    let q = query::params(q, &["limit", "after"])?;
+    let limit = limit(&q)?;
+    let rows = store(&state)?
+        .levels_page(after(&q)?, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(page("/api/levels", rows, |l| l.id, limit))
 }
 
 fn parse_id(id: &str) -> Result<i64, ApiError> {
@@ -137,7 +184,7 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::bad_request(format!("`{id}` is not an id")))
 }
 
-pub async fn level(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn level(_: Reader, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     match store(&state)?.level(id).await.map_err(store_error)? {
         Some(l) => Ok(Json(json!(l))),
@@ -156,7 +203,7 @@ pub async fn create_level(_: Admin, State(state): State<AppState>, body: Bytes) 
             format!("unknown account; known: {}", state.accounts.join(", ")),
         ));
     }
-    let symbol = symbol(&map)?;
+    let symbol = symbol(&state, &map)?;
     let take_profit = decimal(&map, "take_profit")?;
     let stop_loss = decimal(&map, "stop_loss")?;
     if take_profit.is_none() && stop_loss.is_none() {
@@ -195,15 +242,21 @@ pub async fn delete_level(
     }
 }
 
-pub async fn alerts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!(store(&state)?.alerts(false).await.map_err(store_error)?)))
+pub async fn alerts(_: Reader, State(state): State<AppState>, q: Q) -> Result<Response, ApiError> {
+    let q = query::params(q, &["limit", "after"])?;
+    let limit = limit(&q)?;
+    let rows = store(&state)?
+        .alerts_page(after(&q)?, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(page("/api/alerts", rows, |a| a.id, limit))
 }
 
 pub async fn create_alert(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let store = store(&state)?;
     let map = json_body(&body)?;
     refuse_unknown(&map, &["symbol", "condition", "price", "webhook_url"])?;
-    let symbol = symbol(&map)?;
+    let symbol = symbol(&state, &map)?;
     let condition = text(&map, "condition")?;
     if condition != "above" && condition != "below" {
         return Err(unprocessable("condition", "must be \"above\" or \"below\""));
@@ -211,10 +264,15 @@ pub async fn create_alert(_: Admin, State(state): State<AppState>, body: Bytes) 
     let price = decimal(&map, "price")?.ok_or_else(|| unprocessable("price", "is required"))?;
     let webhook_url = match map.get("webhook_url") {
         None | Some(Value::Null) => None,
-        Some(Value::String(u))
-            if (u.starts_with("http://") || u.starts_with("https://")) && u.parse::<http::Uri>().is_ok() =>
-        {
-            Some(u.clone())
+        Some(Value::String(u)) if webhook_allowed(u, &state.webhook_hosts) => Some(u.clone()),
+        Some(_) if !state.webhook_hosts.is_empty() => {
+            return Err(unprocessable(
+                "webhook_url",
+                format!(
+                    "must be an http(s) URL to one of the allowed hosts: {}",
+                    state.webhook_hosts.join(", ")
+                ),
+            ));
         }
         Some(_) => return Err(unprocessable("webhook_url", "must be an http(s) URL")),
     };
@@ -243,7 +301,7 @@ pub async fn delete_alert(
     }
 }
 
-pub async fn notifications(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
+pub async fn notifications(_: Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query::params(q, &["limit"])?;
     Ok(Json(Value::Array(
         store(&state)?.notifications(limit(&q)?).await.map_err(store_error)?,

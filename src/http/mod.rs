@@ -27,6 +27,7 @@ pub use error::ApiError;
 
 use crate::budget::VenueWeight;
 use crate::config::Secret;
+use crate::domain::Catalog;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -36,6 +37,10 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<Secret>,
+    /// Required by the data API's GETs when set (`http.read_token`).
+    pub read_token: Option<Secret>,
+    /// Hosts an alert's webhook may name (`notifications.allowed_webhook_hosts`; empty: any).
+    pub webhook_hosts: Vec<String>,
     pub started: SystemTime,
     pub ready: Arc<AtomicBool>,
     /// The venue's weight budget, for the status document and its gauges.
@@ -44,6 +49,8 @@ pub struct AppState {
     pub store: Option<Arc<Store>>,
     /// Account names the data API knows.
     pub accounts: Vec<String>,
+    /// The venue's listed symbols: levels and alerts on others are refused.
+    pub catalog: Option<Arc<Catalog>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::platform::Platform;
+use super::platform::{PerAccount, Platform};
 use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 use crate::store::{StoredPosition, StoredTrade};
@@ -62,34 +62,33 @@ impl DashboardSync {
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
         let now = now_ms();
+        let mut accounts = PerAccount::new(p, "dashboard_sync");
+        let mut done = 0;
         for account in &p.accounts {
-            let trades = p
-                .store
-                .trades_since(account, now - 30 * DAY_MS)
-                .await
-                .map_err(|e| self.platform.store_error(e))?;
-            let positions = p
-                .store
-                .positions(Some(account))
-                .await
-                .map_err(|e| self.platform.store_error(e))?;
-            let data = analytics(&trades, &positions, now);
-            p.store
-                .put_snapshot(&ctx.fence, account, &data, now)
-                .await
-                .map_err(|e| self.platform.store_error(e))?;
+            done += accounts
+                .record(account, self.compute(&ctx, account, now).await)?
+                .is_some() as usize;
         }
-        if let Some(oldest) = p
-            .store
-            .oldest_snapshot_ms()
-            .await
-            .map_err(|e| self.platform.store_error(e))?
-        {
+        if let Some(oldest) = p.store.oldest_snapshot_ms().await.map_err(|e| p.store_error(e))? {
             p.events.oldest_snapshot_ms(oldest);
         }
-        Ok(RunReport {
-            summary: Some(format!("{} dashboards", p.accounts.len())),
-        })
+        accounts.finish(format!("{done} dashboards"))
+    }
+
+    /// Computes and stores one account's analytics.
+    async fn compute(&self, ctx: &RunContext, account: &str, now: i64) -> Result<(), ProcessError> {
+        let p = &self.platform;
+        let trades = p
+            .store
+            .trades_since(account, now - 30 * DAY_MS)
+            .await
+            .map_err(|e| p.store_error(e))?;
+        let positions = p.store.positions(Some(account)).await.map_err(|e| p.store_error(e))?;
+        let data = analytics(&trades, &positions, now);
+        p.store
+            .put_snapshot(&ctx.fence, account, &data, now)
+            .await
+            .map_err(|e| p.store_error(e))
     }
 }
 

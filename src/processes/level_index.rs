@@ -25,6 +25,8 @@ struct SymbolIndex {
 #[derive(Debug, Default)]
 pub struct LevelIndex {
     symbols: HashMap<String, SymbolIndex>,
+    /// Level id → +1 (long) or -1 (short): which way its close goes.
+    directions: HashMap<i64, i8>,
     len: usize,
 }
 
@@ -49,6 +51,7 @@ impl LevelIndex {
     }
 
     pub fn insert(&mut self, l: &Level, direction: i8) {
+        self.directions.insert(l.id, direction);
         let s = self.symbols.entry(l.symbol.clone()).or_default();
         let long = direction > 0;
         if let Some(tp) = l.take_profit {
@@ -79,8 +82,14 @@ impl LevelIndex {
         hits
     }
 
+    /// +1 if level `id` guards a long position, -1 a short one.
+    pub fn direction(&self, id: i64) -> Option<i8> {
+        self.directions.get(&id).copied()
+    }
+
     /// Removes every entry of a level (after it fired).
     pub fn remove(&mut self, symbol: &str, id: i64) {
+        self.directions.remove(&id);
         if let Some(s) = self.symbols.get_mut(symbol) {
             let before = s.below.len() + s.above.len();
             s.below.retain(|&(_, i), _| i != id);
@@ -126,6 +135,9 @@ mod tests {
             trigger_kind: None,
             trigger_price: None,
             error: None,
+            closed_qty: None,
+            avg_price: None,
+            close_orders: None,
             created_at: 0,
             updated_at: 0,
         }

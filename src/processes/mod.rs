@@ -9,6 +9,7 @@
 //! `store`, `telemetry` (through `DomainEvents` only), `config`, `budget`,
 //! `clock`, `net`; never the scheduler, `ha`, `http` or `status`.
 
+pub mod close;
 pub mod command;
 pub mod dashboard_sync;
 pub mod demo;
@@ -33,6 +34,9 @@ use crate::process::Process;
 
 /// The seed's trading processes (they need the store and the exchange).
 pub const TRADING_KINDS: [&str; 6] = crate::config::SEED_PROCESSES;
+
+/// The processes that serve every account, counted per account when one fails.
+pub const ACCOUNT_PROCESSES: [&str; 4] = ["trade_sync", "position_sync", "dashboard_sync", "level_monitor"];
 
 /// Checks a kind's settings. `Err` if the kind is unknown; otherwise the
 /// problems found, as (setting key, message).

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 
 use super::platform::{Platform, distinct, venue_error};
 use crate::clock::now_ms;
+use crate::config::webhook_allowed;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 use crate::store::Notification;
 
@@ -54,7 +55,10 @@ impl NotificationCheck {
         if alerts.is_empty() {
             return Ok(0);
         }
-        let symbols = distinct(alerts.iter().map(|a| a.symbol.clone()));
+        let symbols = p.listed("notification_check", distinct(alerts.iter().map(|a| a.symbol.clone())));
+        if symbols.is_empty() {
+            return Ok(0);
+        }
         let prices = p
             .venue
             .prices(&ctx.caller(Some(self.max_age)), &symbols)
@@ -100,6 +104,12 @@ impl NotificationCheck {
                     0,
                     Some("no webhook_url for this notification".to_string()),
                     "skipped",
+                ),
+                Some(url) if !webhook_allowed(url, &p.webhook_hosts) => (
+                    "failed",
+                    0,
+                    Some("the webhook's host is not in notifications.allowed_webhook_hosts".to_string()),
+                    "failed",
                 ),
                 Some(url) => match self.post(url, &n).await {
                     Ok(()) => {

@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::domain::Catalog;
 use crate::exchange::{Venue, VenueError, VenueErrorKind};
-use crate::process::{ErrorKind, Fenced, ProcessError};
+use crate::process::{ErrorKind, Fenced, ProcessError, RunReport};
 use crate::store::Store;
 use crate::telemetry::domain::DomainEvents;
 
@@ -17,9 +18,13 @@ pub struct Platform {
     /// Symbols trade sync always covers (`exchange.symbols`).
     pub symbols: Vec<String>,
     pub events: DomainEvents,
+    /// The venue's listed symbols (refreshed from `exchangeInfo`).
+    pub catalog: Arc<Catalog>,
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
+    /// Hosts webhooks may be posted to (`notifications.allowed_webhook_hosts`; empty: any).
+    pub webhook_hosts: Vec<String>,
     /// `upstream.batching`: trade sync asks one positions call which symbols changed.
     pub batching: bool,
     /// Other replicas write to the same store (HA): what is cached from it must be re-checked there.
@@ -40,6 +45,79 @@ pub fn store_error(events: &DomainEvents, e: anyhow::Error) -> ProcessError {
         return ProcessError::permanent(ErrorKind::Fenced, fenced.to_string());
     }
     ProcessError::retriable(ErrorKind::Store, format!("store: {e:#}"))
+}
+
+impl Platform {
+    /// `symbols` without those the venue does not list, each left out counted for `process`.
+    pub fn listed(&self, process: &'static str, symbols: Vec<String>) -> Vec<String> {
+        symbols
+            .into_iter()
+            .filter(|s| {
+                let usable = self.catalog.usable(s);
+                if !usable {
+                    self.events.symbol_skipped(process);
+                    tracing::debug!(process, symbol = %s, "skipping a symbol the venue does not list");
+                }
+                usable
+            })
+            .collect()
+    }
+}
+
+/// A run over every account: one account's failure is recorded (log and
+/// `script_manager_account_errors_total`) and the others are still served;
+/// the run then reports the failure, naming the accounts. A fenced write
+/// ends the run at once (the lease is gone for every account).
+pub struct PerAccount<'a> {
+    platform: &'a Platform,
+    process: &'static str,
+    failed: Vec<(String, ProcessError)>,
+}
+
+impl<'a> PerAccount<'a> {
+    pub fn new(platform: &'a Platform, process: &'static str) -> Self {
+        PerAccount {
+            platform,
+            process,
+            failed: Vec::new(),
+        }
+    }
+
+    /// The account's result: its value, or `None` after recording its failure.
+    pub fn record<T>(&mut self, account: &str, result: Result<T, ProcessError>) -> Result<Option<T>, ProcessError> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if e.kind == ErrorKind::Fenced => Err(e),
+            Err(e) => {
+                self.platform.events.account_failed(self.process, account);
+                tracing::warn!(process = self.process, account, kind = e.kind.as_str(), error = %e.message, "account failed; the others are still served");
+                self.failed.push((account.to_string(), e));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The run's report: `summary`, or an error naming every failed account.
+    pub fn finish(self, summary: String) -> Result<RunReport, ProcessError> {
+        let Some((_, first)) = self.failed.first() else {
+            return Ok(RunReport { summary: Some(summary) });
+        };
+        let accounts: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(account, e)| format!("account `{account}`: {}", e.message))
+            .collect();
+        Err(ProcessError::new(
+            first.kind,
+            format!(
+                "{} of {} accounts failed ({}); {summary}",
+                self.failed.len(),
+                self.platform.accounts.len(),
+                accounts.join("; ")
+            ),
+            self.failed.iter().all(|(_, e)| e.retriable),
+        ))
+    }
 }
 
 /// Symbols once each, sorted: what a process asks prices or fills for.

@@ -27,7 +27,10 @@ impl PriceUpdate {
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
         let in_use = p.store.symbols_in_use().await.map_err(|e| p.store_error(e))?;
-        let symbols = distinct(in_use.into_iter().chain(p.symbols.iter().cloned()));
+        let symbols = p.listed(
+            "price_update",
+            distinct(in_use.into_iter().chain(p.symbols.iter().cloned())),
+        );
         if symbols.is_empty() {
             return Ok(RunReport {
                 summary: Some("no symbols in use".into()),

@@ -18,9 +18,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
-use super::platform::{Platform, distinct, venue_error};
+use super::platform::{PerAccount, Platform, distinct, venue_error};
 use crate::clock::now_ms;
-use crate::process::{Process, ProcessError, RunContext, RunReport};
+use crate::exchange::VenueError;
+use crate::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
 
 /// Binance returns at most 1000 fills per call.
 const PAGE: u32 = 1000;
@@ -70,44 +71,84 @@ impl TradeSync {
         let p = &self.platform;
         let mut seen = self.seen.lock().await;
         let full_sweep = !self.batching || seen.runs.is_multiple_of(FULL_SWEEP_EVERY);
-        let mut new = 0;
-        let mut polled = 0;
+        let (mut new, mut polled) = (0, 0);
+        let mut accounts = PerAccount::new(p, "trade_sync");
         for account in &p.accounts {
-            let covered = self.symbols(account).await.map_err(|e| self.platform.store_error(e))?;
-            // Update times observed *before* the fills are read: a fill after this moment moves them again.
-            let updates: HashMap<String, i64> = if full_sweep {
-                HashMap::new()
-            } else {
-                let caller = ctx.caller(Some(self.interval / 2));
-                p.venue
-                    .position_update_times(&caller, account)
-                    .await
-                    .map_err(venue_error)?
-                    .into_iter()
-                    .collect()
-            };
-            for symbol in covered {
-                let key = (account.clone(), symbol.clone());
-                let update = updates.get(&symbol).copied();
-                if !full_sweep
-                    && let (Some(update), Some(&synced)) = (update, seen.synced_update.get(&key))
-                    && update <= synced
-                {
-                    continue;
-                }
-                polled += 1;
-                new += self.sync_symbol(&ctx, account, &symbol).await?;
-                let mark = update.unwrap_or_else(|| seen.synced_update.get(&key).copied().unwrap_or(0));
-                seen.synced_update.insert(key, mark);
+            let synced = self.sync_account(&ctx, account, full_sweep, &mut seen).await;
+            if let Some((n, k)) = accounts.record(account, synced)? {
+                new += n;
+                polled += k;
             }
         }
         seen.runs += 1;
-        Ok(RunReport {
-            summary: Some(format!("{new} new trades from {polled} symbols polled")),
-        })
+        accounts.finish(format!("{new} new trades from {polled} symbols polled"))
     }
 
-    async fn sync_symbol(&self, ctx: &RunContext, account: &str, symbol: &str) -> Result<u64, ProcessError> {
+    /// One account: every covered symbol whose position moved (or all, on a
+    /// full sweep). A symbol that fails does not stop the others; the account
+    /// reports the first failure after trying them all.
+    async fn sync_account(
+        &self,
+        ctx: &RunContext,
+        account: &str,
+        full_sweep: bool,
+        seen: &mut Seen,
+    ) -> Result<(u64, usize), ProcessError> {
+        let p = &self.platform;
+        let covered = self.symbols(account).await.map_err(|e| p.store_error(e))?;
+        let covered = p.listed("trade_sync", covered);
+        // Update times observed *before* the fills are read: a fill after this moment moves them again.
+        let updates: HashMap<String, i64> = if full_sweep {
+            HashMap::new()
+        } else {
+            let caller = ctx.caller(Some(self.interval / 2));
+            p.venue
+                .position_update_times(&caller, account)
+                .await
+                .map_err(venue_error)?
+                .into_iter()
+                .collect()
+        };
+        let (mut new, mut polled, mut failed) = (0, 0, None);
+        for symbol in covered {
+            let key = (account.to_string(), symbol.clone());
+            let update = updates.get(&symbol).copied();
+            if !full_sweep
+                && let (Some(update), Some(&synced)) = (update, seen.synced_update.get(&key))
+                && update <= synced
+            {
+                continue;
+            }
+            polled += 1;
+            match self.sync_symbol(ctx, account, &symbol).await {
+                Ok(Some(n)) => new += n,
+                // The venue does not list it (delisted since the last exchangeInfo): skipped, not a failure.
+                Ok(None) => {
+                    p.events.symbol_skipped("trade_sync");
+                    continue;
+                }
+                Err(e) if e.kind == ErrorKind::Fenced => return Err(e),
+                Err(e) => {
+                    tracing::warn!(account, %symbol, error = %e, "cannot sync a symbol's fills; the others go on");
+                    failed.get_or_insert(ProcessError::new(
+                        e.kind,
+                        format!("{symbol}: {}", e.message),
+                        e.retriable,
+                    ));
+                    continue;
+                }
+            }
+            let mark = update.unwrap_or_else(|| seen.synced_update.get(&key).copied().unwrap_or(0));
+            seen.synced_update.insert(key, mark);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok((new, polled)),
+        }
+    }
+
+    /// Stores the symbol's new fills; `None` when the venue does not list it (-1121).
+    async fn sync_symbol(&self, ctx: &RunContext, account: &str, symbol: &str) -> Result<Option<u64>, ProcessError> {
         let p = &self.platform;
         let mut new = 0;
         loop {
@@ -117,11 +158,15 @@ impl TradeSync {
                 .await
                 .map_err(|e| self.platform.store_error(e))?
                 .unwrap_or(0);
-            let fills = p
+            let fills = match p
                 .venue
                 .fills_since(&ctx.caller(None), account, symbol, Some(from), PAGE)
                 .await
-                .map_err(venue_error)?;
+            {
+                Ok(fills) => fills,
+                Err(VenueError::Rejected { code: -1121, .. }) => return Ok(None),
+                Err(e) => return Err(venue_error(e)),
+            };
             let inserted = p
                 .store
                 .store_fills(&ctx.fence, account, symbol, &fills)
@@ -130,7 +175,7 @@ impl TradeSync {
             p.events.trades_synced(inserted);
             new += inserted;
             if fills.len() < PAGE as usize {
-                return Ok(new);
+                return Ok(Some(new));
             }
         }
     }

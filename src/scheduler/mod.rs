@@ -47,7 +47,7 @@ pub struct Scheduler {
     stop_ticking: CancellationToken,
     cancel_runs: CancellationToken,
     /// Where finished runs go besides memory (the store's run history).
-    run_sink: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunRecord>>,
+    run_sink: std::sync::OnceLock<tokio::sync::mpsc::Sender<RunRecord>>,
     /// Under HA: claims each tick's lease before running it (set once, before `start`).
     ha: std::sync::OnceLock<Arc<dyn Coordinator>>,
 }
@@ -113,8 +113,10 @@ impl Scheduler {
         })
     }
 
-    /// Sends every finished run to `sink` too (set once, before `start`).
-    pub fn record_runs_to(&self, sink: tokio::sync::mpsc::UnboundedSender<RunRecord>) {
+    /// Sends every finished run to `sink` too (set once, before `start`). The
+    /// queue is bounded: a record that does not fit is dropped and counted,
+    /// never waited for.
+    pub fn record_runs_to(&self, sink: tokio::sync::mpsc::Sender<RunRecord>) {
         let _ = self.run_sink.set(sink);
     }
 

@@ -51,8 +51,11 @@ impl Scheduler {
             trace_id,
             lease,
         };
-        if let Some(sink) = self.run_sink.get() {
-            let _ = sink.send(record.clone());
+        if let Some(sink) = self.run_sink.get()
+            && let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = sink.try_send(record.clone())
+        {
+            self.metrics.run_record_dropped();
+            tracing::warn!(process = %p.id, "run history queue full: a run record was dropped");
         }
         self.record_stats(p, record);
     }

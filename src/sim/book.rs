@@ -1,7 +1,9 @@
 //! The simulated market and accounts: seeded random-walk prices, positions
 //! that fills change, fills that appear over time, and MARKET order matching.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::orders::SimOrder;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -35,30 +37,14 @@ pub struct SimPosition {
     pub update_time: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SimOrder {
-    pub order_id: u64,
-    pub symbol: String,
-    pub status: &'static str,
-    pub client_order_id: String,
-    pub price: Decimal,
-    pub avg_price: Decimal,
-    pub orig_qty: Decimal,
-    pub executed_qty: Decimal,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub side: &'static str,
-    pub reduce_only: bool,
-    pub update_time: i64,
-}
-
 #[derive(Debug, Default)]
 pub struct SimAccount {
     pub name: String,
     pub secret: String,
     pub positions: BTreeMap<String, SimPosition>,
-    pub fills: Vec<SimFill>,
+    /// Oldest first; at most `Book::keep_fills` (a venue's history window).
+    pub fills: VecDeque<SimFill>,
+    /// By client order id; at most `Book::keep_orders`.
     pub orders: HashMap<String, SimOrder>,
 }
 
@@ -66,18 +52,47 @@ pub struct Book {
     rng: StdRng,
     volatility: f64,
     pub prices: BTreeMap<String, Decimal>,
+    /// Each listed symbol's last 24 h, for `ticker/24hr`.
+    pub day: BTreeMap<String, DayStats>,
     /// By API key.
     pub accounts: HashMap<String, SimAccount>,
     next_trade_id: u64,
     next_order_id: u64,
+    /// Orders accepted but not filled yet: (API key, client order id).
+    pub(super) pending: Vec<(String, String)>,
+    pub keep_fills: usize,
+    pub keep_orders: usize,
 }
 
-/// Why an order was refused, as Binance codes.
-#[derive(Debug, PartialEq, Eq)]
-pub struct OrderReject {
-    pub code: i64,
-    pub msg: &'static str,
+/// Open, high, low and volume since the simulator started (its "24 h").
+#[derive(Debug, Clone, Default)]
+pub struct DayStats {
+    pub open: Decimal,
+    pub high: Decimal,
+    pub low: Decimal,
+    pub volume: Decimal,
+    pub quote_volume: Decimal,
+    pub trades: u64,
 }
+
+impl DayStats {
+    fn opening(price: Decimal) -> Self {
+        DayStats {
+            open: price,
+            high: price,
+            low: price,
+            ..DayStats::default()
+        }
+    }
+
+    fn saw(&mut self, price: Decimal) {
+        self.high = self.high.max(price);
+        self.low = self.low.min(price);
+    }
+}
+
+/// Every symbol trades in steps of this quantity (`LOT_SIZE.stepSize`).
+pub const STEP_SIZE: Decimal = Decimal::from_parts(1, 0, 0, false, 3);
 
 impl Book {
     /// Ids start from the wall clock, so a restarted simulator never reuses the
@@ -87,8 +102,12 @@ impl Book {
         Book {
             rng: StdRng::seed_from_u64(seed),
             volatility,
+            day: prices.iter().map(|(s, &p)| (s.clone(), DayStats::opening(p))).collect(),
             prices,
             accounts: HashMap::new(),
+            pending: Vec::new(),
+            keep_fills: 10_000,
+            keep_orders: 10_000,
             next_trade_id: base,
             next_order_id: base,
         }
@@ -113,15 +132,28 @@ impl Book {
 
     /// One step of the random walk for every symbol.
     pub fn step_prices(&mut self) {
-        for price in self.prices.values_mut() {
+        for (symbol, price) in self.prices.iter_mut() {
             let change = 1.0 + self.rng.random_range(-self.volatility..=self.volatility);
             let next = price.to_f64().unwrap_or(1.0) * change;
             *price = round_price(next);
+            if let Some(day) = self.day.get_mut(symbol) {
+                day.saw(*price);
+            }
         }
     }
 
     pub fn set_price(&mut self, symbol: &str, price: Decimal) {
         self.prices.insert(symbol.to_string(), price);
+        self.day
+            .entry(symbol.to_string())
+            .or_insert_with(|| DayStats::opening(price))
+            .saw(price);
+    }
+
+    /// The venue stops listing `symbol`: every route answers -1121 for it.
+    pub fn delist(&mut self, symbol: &str) -> bool {
+        self.day.remove(symbol);
+        self.prices.remove(symbol).is_some()
     }
 
     /// A fill from the account's own trading elsewhere (a UI, another bot): trade sync always has work.
@@ -141,14 +173,14 @@ impl Book {
         self.fill(api_key, &symbol, side, qty, price, order_id, now_ms);
     }
 
-    fn next_order_id(&mut self) -> u64 {
+    pub(super) fn next_order_id(&mut self) -> u64 {
         self.next_order_id += 1;
         self.next_order_id
     }
 
     /// Applies a fill to the account's position and records it.
     #[allow(clippy::too_many_arguments)]
-    fn fill(
+    pub(super) fn fill(
         &mut self,
         api_key: &str,
         symbol: &str,
@@ -190,7 +222,12 @@ impl Book {
         // A closed position keeps its row: Binance reports its last update time too.
         position.update_time = now_ms;
         let quote = (price * qty).round_dp(8);
-        account.fills.push(SimFill {
+        if let Some(day) = self.day.get_mut(symbol) {
+            day.volume += qty;
+            day.quote_volume += quote;
+            day.trades += 1;
+        }
+        account.fills.push_back(SimFill {
             symbol: symbol.to_string(),
             id,
             order_id,
@@ -206,61 +243,9 @@ impl Book {
             buyer: side == "BUY",
             maker: false,
         });
-    }
-
-    /// A reduce-only MARKET order, filled at the current price.
-    pub fn market_order(
-        &mut self,
-        api_key: &str,
-        symbol: &str,
-        side: &'static str,
-        qty: Decimal,
-        client_order_id: &str,
-        now_ms: i64,
-    ) -> Result<SimOrder, OrderReject> {
-        let price = *self.prices.get(symbol).ok_or(OrderReject {
-            code: -1121,
-            msg: "Invalid symbol.",
-        })?;
-        let account = self.accounts.get(api_key).ok_or(OrderReject {
-            code: -2015,
-            msg: "Invalid API-key.",
-        })?;
-        if account.orders.contains_key(client_order_id) {
-            return Err(OrderReject {
-                code: -4116,
-                msg: "ClientOrderId is duplicated.",
-            });
+        while account.fills.len() > self.keep_fills {
+            account.fills.pop_front();
         }
-        let position = account.positions.get(symbol).map(|p| p.amount).unwrap_or_default();
-        let reduces = (side == "SELL" && position.is_sign_positive() && !position.is_zero())
-            || (side == "BUY" && position.is_sign_negative());
-        if !reduces {
-            return Err(OrderReject {
-                code: -2022,
-                msg: "ReduceOnly Order is rejected.",
-            });
-        }
-        let executed = qty.min(position.abs());
-        let order_id = self.next_order_id();
-        self.fill(api_key, symbol, side, executed, price, order_id, now_ms);
-        let order = SimOrder {
-            order_id,
-            symbol: symbol.to_string(),
-            status: "FILLED",
-            client_order_id: client_order_id.to_string(),
-            price: Decimal::ZERO,
-            avg_price: price,
-            orig_qty: qty,
-            executed_qty: executed,
-            kind: "MARKET",
-            side,
-            reduce_only: true,
-            update_time: now_ms,
-        };
-        let account = self.accounts.get_mut(api_key).expect("checked above");
-        account.orders.insert(client_order_id.to_string(), order.clone());
-        Ok(order)
     }
 
     pub fn random_account_key(&mut self) -> Option<String> {
@@ -298,32 +283,6 @@ mod tests {
         let mut prices = BTreeMap::new();
         prices.insert("BTCUSDT".to_string(), Decimal::from(100_000));
         Book::new(7, 0.001, prices)
-    }
-
-    #[test]
-    fn reduce_only_orders_close_and_never_open() {
-        let mut b = book();
-        b.add_account("k", "main", "s", 0, 0);
-        b.fill("k", "BTCUSDT", "BUY", Decimal::new(2, 0), Decimal::from(100_000), 1, 0);
-        assert_eq!(
-            b.market_order("k", "BTCUSDT", "BUY", Decimal::ONE, "c1", 1)
-                .unwrap_err()
-                .code,
-            -2022
-        );
-        b.set_price("BTCUSDT", Decimal::from(101_000));
-        let o = b
-            .market_order("k", "BTCUSDT", "SELL", Decimal::from(5), "c2", 2)
-            .unwrap();
-        assert_eq!(o.executed_qty, Decimal::from(2), "never more than the position");
-        assert!(b.accounts["k"].positions["BTCUSDT"].amount.is_zero());
-        assert_eq!(b.accounts["k"].fills.last().unwrap().realized_pnl, Decimal::from(2_000));
-        assert_eq!(
-            b.market_order("k", "BTCUSDT", "SELL", Decimal::ONE, "c2", 3)
-                .unwrap_err()
-                .code,
-            -4116
-        );
     }
 
     #[test]

@@ -23,10 +23,18 @@ pub async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
         .iter()
         .map(|(m, w)| (m.to_string(), *w))
         .collect();
+    let (fills_kept, orders_kept) = {
+        let book = sim.book();
+        let fills: usize = book.accounts.values().map(|a| a.fills.len()).sum();
+        let orders: usize = book.accounts.values().map(|a| a.orders.len()).sum();
+        (fills, orders)
+    };
     let meter = sim.meter();
     Json(json!({
         "requests": meter.requests,
         "answers": meter.answers,
+        "fills_kept": fills_kept,
+        "orders_kept": orders_kept,
         "weight_by_minute": weight,
         "weight_limit": sim.limiter().limit,
         "violations": sim.limiter().total_violations(),
@@ -81,4 +89,12 @@ pub async fn orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String,
     let mut orders: Vec<_> = sim.book().accounts[&key].orders.values().cloned().collect();
     orders.sort_by_key(|o| o.order_id);
     Json(orders).into_response()
+}
+
+/// `{"symbol": "X"}`: the venue stops listing X (every route answers -1121 for it).
+pub async fn delist(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    match body["symbol"].as_str() {
+        Some(symbol) if sim.book().delist(symbol) => StatusCode::NO_CONTENT.into_response(),
+        _ => (StatusCode::NOT_FOUND, "unknown symbol").into_response(),
+    }
 }

@@ -1,9 +1,10 @@
-//! The `/fapi` routes the client uses, with Binance's shapes and error codes.
+//! The `/fapi` routes, dispatched with Binance's shapes and error codes:
+//! market data here (time, `exchangeInfo`, tickers), signed account routes
+//! in `account.rs`. A symbol the venue does not list is `-1121` on every
+//! route, as on Binance.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::http::{Method, StatusCode};
@@ -11,11 +12,17 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
+use super::account;
 use super::auth::authenticate;
+use super::book::{Book, STEP_SIZE};
 use super::{Faults, Sim};
 
 pub fn binance_error(status: StatusCode, code: i64, msg: &str) -> Response {
     (status, Json(json!({"code": code, "msg": msg}))).into_response()
+}
+
+pub fn invalid_symbol() -> Response {
+    binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol.")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -30,188 +37,159 @@ pub async fn route(
     now: i64,
 ) -> Response {
     let server_time = now + faults.clock_offset_ms;
+    sim.book().settle_due(now);
     match (method.as_str(), path) {
-        ("GET", "/fapi/v1/time") => Json(json!({"serverTime": server_time})).into_response(),
-        ("GET", "/fapi/v1/exchangeInfo") => exchange_info(sim, server_time),
-        ("GET", "/fapi/v1/ticker/price") => ticker(sim, params, server_time),
-        _ => {
-            let key = match authenticate(sim, params, payload, api_key, server_time) {
-                Ok(key) => key,
-                Err(r) => {
-                    return *r;
-                }
-            };
-            match (method.as_str(), path) {
-                ("GET", "/fapi/v2/positionRisk") => position_risk(sim, &key),
-                ("GET", "/fapi/v1/userTrades") => user_trades(sim, &key, params),
-                ("GET", "/fapi/v1/order") => query_order(sim, &key, params),
-                _ => place_order(sim, &key, params, faults, now).await,
-            }
-        }
+        ("GET", "/fapi/v1/time") => return Json(json!({"serverTime": server_time})).into_response(),
+        ("GET", "/fapi/v1/exchangeInfo") => return exchange_info(sim, server_time),
+        _ => {}
+    }
+    if let Some(symbol) = params.get("symbol")
+        && !sim.book().prices.contains_key(symbol)
+    {
+        return invalid_symbol();
+    }
+    match (method.as_str(), path) {
+        ("GET", "/fapi/v1/ticker/price") => return ticker(sim, params, server_time),
+        ("GET", "/fapi/v1/ticker/24hr") => return ticker_24hr(sim, params, server_time),
+        _ => {}
+    }
+    let key = match authenticate(sim, params, payload, api_key, server_time) {
+        Ok(key) => key,
+        Err(r) => return *r,
+    };
+    account::route(sim, method, path, &key, params, faults, now).await
+}
+
+/// Rows as `symbol → row`, filtered to one `symbol` when the request names
+/// it (then an object, not an array, as Binance answers).
+pub fn one_or_all(params: &HashMap<String, String>, rows: Vec<(String, Value)>) -> Response {
+    match params.get("symbol") {
+        Some(symbol) => match rows.into_iter().find(|(s, _)| s == symbol) {
+            Some((_, row)) => Json(row).into_response(),
+            None => invalid_symbol(),
+        },
+        None => Json(rows.into_iter().map(|(_, r)| r).collect::<Vec<_>>()).into_response(),
     }
 }
 
 fn exchange_info(sim: &Sim, server_time: i64) -> Response {
     let limit = sim.limiter().limit;
-    let symbols: Vec<Value> = sim
-        .book()
-        .prices
-        .keys()
-        .map(|s| json!({"symbol": s, "status": "TRADING", "quoteAsset": "USDT"}))
-        .collect();
+    let symbols: Vec<Value> = sim.book().prices.iter().map(|(s, p)| symbol_info(s, *p)).collect();
     Json(json!({
         "timezone": "UTC",
         "serverTime": server_time,
+        "futuresType": "U_MARGINED",
         "rateLimits": [
             {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit},
             {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
             {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300}
         ],
+        "exchangeFilters": [],
+        "assets": [{"asset": "USDT", "marginAvailable": true, "autoAssetExchange": "-10000"}],
         "symbols": symbols,
     }))
     .into_response()
 }
 
+/// A linear perpetual as Binance describes it: assets, precisions and filters.
+fn symbol_info(symbol: &str, price: Decimal) -> Value {
+    let base = symbol.strip_suffix("USDT").unwrap_or(symbol);
+    let tick = tick_size(price);
+    json!({
+        "symbol": symbol,
+        "pair": symbol,
+        "contractType": "PERPETUAL",
+        "deliveryDate": 4133404800000i64,
+        "onboardDate": 1569398400000i64,
+        "status": "TRADING",
+        "baseAsset": base,
+        "quoteAsset": "USDT",
+        "marginAsset": "USDT",
+        "pricePrecision": tick.scale(),
+        "quantityPrecision": STEP_SIZE.scale(),
+        "baseAssetPrecision": 8,
+        "quotePrecision": 8,
+        "underlyingType": "COIN",
+        "underlyingSubType": [],
+        "settlePlan": 0,
+        "triggerProtect": "0.0500",
+        "liquidationFee": "0.012500",
+        "marketTakeBound": "0.05",
+        "maxMoveOrderLimit": 10000,
+        "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": tick.to_string(), "maxPrice": "10000000", "tickSize": tick.to_string()},
+            {"filterType": "LOT_SIZE", "minQty": STEP_SIZE.to_string(), "maxQty": "100000", "stepSize": STEP_SIZE.to_string()},
+            {"filterType": "MARKET_LOT_SIZE", "minQty": STEP_SIZE.to_string(), "maxQty": "10000", "stepSize": STEP_SIZE.to_string()},
+            {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+            {"filterType": "MIN_NOTIONAL", "notional": "5"},
+            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"}
+        ],
+    })
+}
+
+/// The price step the simulator's prices move in (see `book::round_price`).
+fn tick_size(price: Decimal) -> Decimal {
+    if price >= Decimal::from(1000) {
+        Decimal::new(1, 1)
+    } else if price >= Decimal::from(10) {
+        Decimal::new(1, 2)
+    } else {
+        Decimal::new(1, 4)
+    }
+}
+
 fn ticker(sim: &Sim, params: &HashMap<String, String>, time: i64) -> Response {
     let book = sim.book();
-    let row = |s: &String, p: &Decimal| json!({"symbol": s, "price": p.to_string(), "time": time});
-    match params.get("symbol") {
-        Some(symbol) => match book.prices.get(symbol) {
-            Some(p) => Json(row(symbol, p)).into_response(),
-            None => binance_error(StatusCode::BAD_REQUEST, -1121, "Invalid symbol."),
-        },
-        None => Json(book.prices.iter().map(|(s, p)| row(s, p)).collect::<Vec<_>>()).into_response(),
-    }
-}
-
-fn position_risk(sim: &Sim, key: &str) -> Response {
-    let book = sim.book();
-    let account = &book.accounts[key];
-    let rows: Vec<Value> = book
+    let rows = book
         .prices
         .iter()
-        .map(|(symbol, mark)| {
-            let p = account.positions.get(symbol).cloned().unwrap_or_default();
-            json!({
-                "symbol": symbol,
-                "positionAmt": p.amount.to_string(),
-                "entryPrice": p.entry.round_dp(8).to_string(),
-                "markPrice": mark.to_string(),
-                "unRealizedProfit": ((*mark - p.entry) * p.amount).round_dp(8).to_string(),
-                "liquidationPrice": "0",
-                "leverage": "10",
-                "marginType": "cross",
-                "positionSide": "BOTH",
-                "notional": (*mark * p.amount).round_dp(8).to_string(),
-                "updateTime": p.update_time,
-            })
-        })
+        .map(|(s, p)| (s.clone(), json!({"symbol": s, "price": p.to_string(), "time": time})))
         .collect();
-    Json(rows).into_response()
+    one_or_all(params, rows)
 }
 
-fn user_trades(sim: &Sim, key: &str, params: &HashMap<String, String>) -> Response {
-    let Some(symbol) = params.get("symbol") else {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1102,
-            "Mandatory parameter 'symbol' was not sent.",
-        );
-    };
-    let limit = params
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(500)
-        .clamp(1, 1000);
+fn ticker_24hr(sim: &Sim, params: &HashMap<String, String>, time: i64) -> Response {
     let book = sim.book();
-    let fills = book.accounts[key].fills.iter().filter(|f| &f.symbol == symbol);
-    let rows: Vec<_> = match params.get("fromId").and_then(|f| f.parse::<u64>().ok()) {
-        Some(from) => fills.filter(|f| f.id >= from).take(limit).collect(),
-        None => {
-            let all: Vec<_> = fills.collect();
-            let skip = all.len().saturating_sub(limit);
-            all.into_iter().skip(skip).collect()
-        }
-    };
-    Json(rows).into_response()
+    let rows = book
+        .prices
+        .iter()
+        .map(|(s, p)| (s.clone(), day_row(&book, s, *p, time)))
+        .collect();
+    one_or_all(params, rows)
 }
 
-fn query_order(sim: &Sim, key: &str, params: &HashMap<String, String>) -> Response {
-    let book = sim.book();
-    let id = params.get("origClientOrderId").cloned().unwrap_or_default();
-    match book.accounts[key].orders.get(&id) {
-        Some(order) => Json(order).into_response(),
-        None => binance_error(StatusCode::BAD_REQUEST, -2013, "Order does not exist."),
-    }
-}
-
-async fn place_order(
-    sim: &Arc<Sim>,
-    key: &str,
-    params: &HashMap<String, String>,
-    faults: &Faults,
-    now: i64,
-) -> Response {
-    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
-    let side = match get("side") {
-        "BUY" => "BUY",
-        "SELL" => "SELL",
-        _ => return binance_error(StatusCode::BAD_REQUEST, -1117, "Invalid side."),
+fn day_row(book: &Book, symbol: &str, last: Decimal, time: i64) -> Value {
+    let day = book.day.get(symbol).cloned().unwrap_or_default();
+    let change = last - day.open;
+    let percent = if day.open.is_zero() {
+        Decimal::ZERO
+    } else {
+        (change / day.open * Decimal::from(100)).round_dp(3)
     };
-    if get("type") != "MARKET" {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1116,
-            "Invalid orderType: the simulator fills MARKET orders.",
-        );
-    }
-    if get("reduceOnly") != "true" {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1106,
-            "The simulator accepts reduce-only orders only.",
-        );
-    }
-    let Ok(qty) = Decimal::from_str(get("quantity")) else {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1102,
-            "Mandatory parameter 'quantity' was not sent.",
-        );
+    let weighted = if day.volume.is_zero() {
+        last
+    } else {
+        (day.quote_volume / day.volume).round_dp(8)
     };
-    let client_id = get("newClientOrderId");
-    let valid_id = !client_id.is_empty()
-        && client_id.len() <= 36
-        && client_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".:/_-".contains(&b));
-    if !valid_id {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1100,
-            "Illegal characters found in parameter 'newClientOrderId'.",
-        );
-    }
-    let result = { sim.book().market_order(key, get("symbol"), side, qty, client_id, now) };
-    let order = match result {
-        Ok(order) => order,
-        Err(reject) => return binance_error(StatusCode::BAD_REQUEST, reject.code, reject.msg),
-    };
-    let fail_after = {
-        let mut f = sim.faults.write().unwrap_or_else(|e| e.into_inner());
-        let fail = f.order_error_after_execute > 0;
-        f.order_error_after_execute = f.order_error_after_execute.saturating_sub(1);
-        fail
-    };
-    if faults.order_delay_after_execute_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.order_delay_after_execute_ms)).await;
-    }
-    if fail_after {
-        return binance_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            -1001,
-            "Internal error; execution status unknown.",
-        );
-    }
-    Json(order).into_response()
+    json!({
+        "symbol": symbol,
+        "priceChange": change.to_string(),
+        "priceChangePercent": percent.to_string(),
+        "weightedAvgPrice": weighted.to_string(),
+        "lastPrice": last.to_string(),
+        "lastQty": "0",
+        "openPrice": day.open.to_string(),
+        "highPrice": day.high.to_string(),
+        "lowPrice": day.low.to_string(),
+        "volume": day.volume.to_string(),
+        "quoteVolume": day.quote_volume.round_dp(8).to_string(),
+        "openTime": time - 86_400_000,
+        "closeTime": time,
+        "firstId": 0,
+        "lastId": day.trades,
+        "count": day.trades,
+    })
 }

@@ -53,12 +53,9 @@ pub async fn fapi(
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     let now = wall_ms();
-    let forced = {
-        let mut f = sim.faults.write().unwrap_or_else(|e| e.into_inner());
-        let forced = f.force_429 > 0;
-        f.force_429 = f.force_429.saturating_sub(1);
-        forced.then_some(f.force_429_retry_after_s.max(1))
-    };
+    let forced = sim
+        .take_fault(|f| &mut f.force_429)
+        .then_some(faults.force_429_retry_after_s.max(1));
     let verdict = match forced {
         Some(retry_after_s) => sim.limiter().force_429(now, retry_after_s),
         None => sim.limiter().check(now, weight),

@@ -13,6 +13,7 @@
 //! (Binance's weight table and signing, so both sides agree) and `clock`;
 //! never the client's coordination, the store or the processes.
 
+mod account;
 mod auth;
 mod book;
 mod control;
@@ -20,6 +21,7 @@ mod fapi;
 mod form;
 mod gate;
 mod limits;
+mod orders;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -73,6 +75,8 @@ impl Sim {
             .map(|(s, &p)| (s.clone(), Decimal::from_f64(p).unwrap_or(Decimal::ONE)))
             .collect();
         let mut book = Book::new(config.seed, config.volatility, prices);
+        book.keep_fills = config.keep_fills;
+        book.keep_orders = config.keep_orders;
         let now = crate::clock::now_ms();
         for a in accounts {
             book.add_account(&a.api_key, &a.name, &a.api_secret, now, config.opening_positions);
@@ -95,6 +99,15 @@ impl Sim {
 
     fn faults(&self) -> Faults {
         self.faults.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Uses up one of a counted fault (`force_429`, `partial_fills`, ...): whether one was left.
+    fn take_fault(&self, counter: impl FnOnce(&mut Faults) -> &mut u32) -> bool {
+        let mut faults = self.faults.write().unwrap_or_else(|e| e.into_inner());
+        let left = counter(&mut faults);
+        let took = *left > 0;
+        *left = left.saturating_sub(1);
+        took
     }
 
     fn meter(&self) -> std::sync::MutexGuard<'_, Meter> {
@@ -136,6 +149,7 @@ fn spawn_market(sim: Arc<Sim>, config: &SimulatorConfig, stop: CancellationToken
             }
             let mut book = sim.book();
             book.step_prices();
+            book.settle_due(crate::clock::now_ms());
             if book.chance(fill_chance)
                 && let Some(key) = book.random_account_key()
             {

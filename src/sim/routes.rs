@@ -14,6 +14,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/meter", get(control::meter))
         .route("/sim/faults", get(control::get_faults).post(control::set_faults))
         .route("/sim/prices", post(control::set_prices))
+        .route("/sim/delist", post(control::delist))
         .route("/sim/consume", post(control::consume))
         .route("/sim/fills", get(control::fills))
         .route("/sim/orders", get(control::orders))

@@ -1,19 +1,18 @@
-//! Take-profit / stop-loss levels and the order intents that execute them.
+//! Take-profit / stop-loss levels.
 //!
 //! A trigger is one transaction: the level moves `armed → triggered` (only
 //! if still armed at the version read) and an intent row with the
-//! deterministic client order id is written, *before* anything is sent.
+//! deterministic client order id is written, *before* anything is sent
+//! (the intent's life is in `intents.rs`).
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use serde_json::json;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::notifications::insert_notification;
-use super::{Store, dec, opt_dec};
+use super::intents::Intent;
+use super::{Store, opt_dec};
 use crate::clock::now_ms;
-use crate::domain::OrderAck;
 use crate::process::Fence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,6 +59,12 @@ pub struct Level {
     pub trigger_kind: Option<String>,
     pub trigger_price: Option<Decimal>,
     pub error: Option<String>,
+    /// How much of the position the close took (executed or failed levels).
+    pub closed_qty: Option<Decimal>,
+    /// The average price of those fills.
+    pub avg_price: Option<Decimal>,
+    /// How many close orders it took.
+    pub close_orders: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -70,23 +75,6 @@ pub struct NewLevel {
     pub symbol: String,
     pub take_profit: Option<Decimal>,
     pub stop_loss: Option<Decimal>,
-}
-
-/// An order the service decided to send, recorded before sending.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Intent {
-    pub client_order_id: String,
-    pub level_id: i64,
-    pub account: String,
-    pub symbol: String,
-    pub side: String,
-    pub qty: Decimal,
-    /// `take_profit` or `stop_loss`.
-    pub kind: String,
-    pub trigger_price: Decimal,
-    /// When the triggering price was observed (ms).
-    pub observed_at: i64,
-    pub status: String,
 }
 
 fn level(r: &AnyRow) -> anyhow::Result<Level> {
@@ -103,23 +91,11 @@ fn level(r: &AnyRow) -> anyhow::Result<Level> {
         trigger_kind: r.try_get("trigger_kind")?,
         trigger_price: opt_dec(r, "trigger_price")?,
         error: r.try_get("error")?,
+        closed_qty: opt_dec(r, "closed_qty")?,
+        avg_price: opt_dec(r, "avg_price")?,
+        close_orders: r.try_get("close_orders")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
-    })
-}
-
-fn intent(r: &AnyRow) -> anyhow::Result<Intent> {
-    Ok(Intent {
-        client_order_id: r.try_get("client_order_id")?,
-        level_id: r.try_get("level_id")?,
-        account: r.try_get("account")?,
-        symbol: r.try_get("symbol")?,
-        side: r.try_get("side")?,
-        qty: dec(r, "qty")?,
-        kind: r.try_get("kind")?,
-        trigger_price: dec(r, "trigger_price")?,
-        observed_at: r.try_get("observed_at")?,
-        status: r.try_get("status")?,
     })
 }
 
@@ -144,6 +120,16 @@ impl Store {
     pub async fn levels(&self, status: Option<LevelStatus>) -> anyhow::Result<Vec<Level>> {
         let rows = sqlx::query("SELECT * FROM levels WHERE ($1 = '' OR status = $1) ORDER BY id")
             .bind(status.map_or("", |s| s.as_str()).to_string())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(level).collect()
+    }
+
+    /// One page of levels: ids above `after`, at most `limit`, by id.
+    pub async fn levels_page(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Level>> {
+        let rows = sqlx::query("SELECT * FROM levels WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(limit)
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(level).collect()
@@ -239,96 +225,10 @@ impl Store {
             trigger_price: price,
             observed_at,
             status: "pending".into(),
+            attempt: 0,
+            filled_qty: Decimal::ZERO,
+            notional: Decimal::ZERO,
+            order_id: None,
         }))
-    }
-
-    /// Intents whose outcome is not recorded yet (sent or not).
-    pub async fn pending_intents(&self) -> anyhow::Result<Vec<Intent>> {
-        let rows = sqlx::query("SELECT * FROM order_intents WHERE status = 'pending' ORDER BY created_at")
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(intent).collect()
-    }
-
-    /// Records an executed close: intent, level and an outbox event, together.
-    pub async fn complete_intent(
-        &self,
-        fence: &Fence,
-        i: &Intent,
-        ack: &OrderAck,
-        webhook: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let now = now_ms();
-        let mut tx = self.begin_fenced(fence).await?;
-        sqlx::query("UPDATE order_intents SET status = 'executed', order_id = $1, avg_price = $2, updated_at = $3 WHERE client_order_id = $4")
-            .bind(ack.order_id as i64)
-            .bind(ack.avg_price.to_string())
-            .bind(now)
-            .bind(i.client_order_id.clone())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE levels SET status = 'executed', order_id = $1, updated_at = $2 WHERE id = $3")
-            .bind(ack.order_id as i64)
-            .bind(now)
-            .bind(i.level_id)
-            .execute(&mut *tx)
-            .await?;
-        let payload = json!({
-            "event": "level_executed", "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
-            "kind": i.kind, "side": i.side, "qty": ack.executed_qty.to_string(), "avg_price": ack.avg_price.to_string(),
-            "trigger_price": i.trigger_price.to_string(), "order_id": ack.order_id, "client_order_id": i.client_order_id,
-        });
-        insert_notification(
-            &mut tx,
-            &format!("level-{}-executed", i.client_order_id),
-            "level_executed",
-            webhook,
-            &payload,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records a close the venue refused: intent and level fail, an outbox event is queued.
-    pub async fn fail_intent(
-        &self,
-        fence: &Fence,
-        i: &Intent,
-        error: &str,
-        webhook: Option<&str>,
-    ) -> anyhow::Result<()> {
-        let now = now_ms();
-        let mut tx = self.begin_fenced(fence).await?;
-        sqlx::query(
-            "UPDATE order_intents SET status = 'failed', error = $1, updated_at = $2 WHERE client_order_id = $3",
-        )
-        .bind(error.to_string())
-        .bind(now)
-        .bind(i.client_order_id.clone())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE levels SET status = 'failed', error = $1, updated_at = $2 WHERE id = $3")
-            .bind(error.to_string())
-            .bind(now)
-            .bind(i.level_id)
-            .execute(&mut *tx)
-            .await?;
-        let payload = json!({
-            "event": "level_failed", "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
-            "kind": i.kind, "error": error, "client_order_id": i.client_order_id,
-        });
-        insert_notification(
-            &mut tx,
-            &format!("level-{}-failed", i.client_order_id),
-            "level_failed",
-            webhook,
-            &payload,
-            now,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 }

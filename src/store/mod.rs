@@ -11,6 +11,7 @@
 
 mod dashboard;
 mod fence;
+mod intents;
 mod levels;
 mod market;
 mod notifications;
@@ -26,7 +27,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use dashboard::Snapshot;
-pub use levels::{Intent, Level, LevelStatus, NewLevel};
+pub use intents::{CloseOutcome, Intent};
+pub use levels::{Level, LevelStatus, NewLevel};
 pub use market::{StoredPosition, StoredPrice};
 pub use notifications::{Alert, NewAlert, Notification};
 pub use trades::StoredTrade;
@@ -35,6 +37,10 @@ pub use trades::StoredTrade;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_initial", include_str!("../../migrations/0001_initial.sql")),
     ("0002_run_slots", include_str!("../../migrations/0002_run_slots.sql")),
+    (
+        "0003_close_protocol",
+        include_str!("../../migrations/0003_close_protocol.sql"),
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

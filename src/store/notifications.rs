@@ -103,6 +103,16 @@ impl Store {
         rows.iter().map(alert).collect()
     }
 
+    /// One page of alerts: ids above `after`, at most `limit`, by id.
+    pub async fn alerts_page(&self, after: i64, limit: i64) -> anyhow::Result<Vec<Alert>> {
+        let rows = sqlx::query("SELECT * FROM alerts WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(alert).collect()
+    }
+
     pub async fn delete_alert(&self, id: i64) -> anyhow::Result<bool> {
         Ok(sqlx::query("DELETE FROM alerts WHERE id = $1")
             .bind(id)

@@ -28,6 +28,18 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkipLabels {
+    process: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabels {
+    process: &'static str,
+    /// An account name from configuration (bounded).
+    account: String,
+}
+
 /// Level kinds, the `kind` label of level metrics.
 pub const LEVEL_KINDS: [&str; 2] = ["take_profit", "stop_loss"];
 /// Outcomes of a crossed level.
@@ -49,6 +61,9 @@ pub struct DomainEvents {
     levels_armed: Gauge,
     level_triggers: Family<TriggerLabels, Counter>,
     trigger_latency: Histogram,
+    trigger_venue_latency: Histogram,
+    symbols_skipped: Family<SkipLabels, Counter>,
+    account_errors: Family<AccountLabels, Counter>,
     notifications: Family<OutcomeLabels, Counter>,
     outbox_pending: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
@@ -69,6 +84,9 @@ impl DomainEvents {
             levels_armed: Gauge::default(),
             level_triggers: Family::default(),
             trigger_latency: Histogram::new(LATENCY_BUCKETS),
+            trigger_venue_latency: Histogram::new(LATENCY_BUCKETS),
+            symbols_skipped: Family::default(),
+            account_errors: Family::default(),
             notifications: Family::default(),
             outbox_pending: Gauge::default(),
             snapshot_age: Gauge::default(),
@@ -122,9 +140,25 @@ impl DomainEvents {
         );
         r.register_with_unit(
             "level_trigger_latency",
-            "Price observed to close order acknowledged",
+            "From receiving the crossing price to the venue acknowledging the close (our monotonic clock)",
             Unit::Seconds,
             self.trigger_latency.clone(),
+        );
+        r.register_with_unit(
+            "level_trigger_venue_latency",
+            "The venue's time of the close minus the venue's time of the crossing price, when both are given",
+            Unit::Seconds,
+            self.trigger_venue_latency.clone(),
+        );
+        r.register(
+            "symbols_skipped",
+            "Symbols left out of a run because the venue does not list them (any more)",
+            self.symbols_skipped.clone(),
+        );
+        r.register(
+            "account_errors",
+            "Failures of one account within a run (the other accounts are still served)",
+            self.account_errors.clone(),
         );
         r.register(
             "notifications",
@@ -166,6 +200,40 @@ impl DomainEvents {
     /// From the price that crossed a level to the venue's acknowledgement of its close.
     pub fn trigger_latency(&self, seconds: f64) {
         self.trigger_latency.observe(seconds);
+    }
+
+    /// The venue's own timing of a close (venue clock on both ends).
+    pub fn trigger_venue_latency(&self, seconds: f64) {
+        self.trigger_venue_latency.observe(seconds);
+    }
+
+    /// `process` left out a symbol the venue does not list.
+    pub fn symbol_skipped(&self, process: &'static str) {
+        self.symbols_skipped.get_or_create(&SkipLabels { process }).inc();
+    }
+
+    /// `process` could not serve `account` in a run.
+    pub fn account_failed(&self, process: &'static str, account: &str) {
+        self.account_errors
+            .get_or_create(&AccountLabels {
+                process,
+                account: account.to_string(),
+            })
+            .inc();
+    }
+
+    /// Creates the per-account and per-process series of the processes that
+    /// serve accounts, so they read 0 from start-up.
+    pub fn init_accounts(&self, processes: &[&'static str], accounts: &[String]) {
+        for &process in processes {
+            let _ = self.symbols_skipped.get_or_create(&SkipLabels { process });
+            for account in accounts {
+                let _ = self.account_errors.get_or_create(&AccountLabels {
+                    process,
+                    account: account.clone(),
+                });
+            }
+        }
     }
 
     /// A webhook delivery attempt ended `outcome` (one of [`DELIVERY_OUTCOMES`]).

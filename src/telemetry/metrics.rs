@@ -2,6 +2,7 @@
 //! per-process, exchange API, domain and HA metrics, encoded as Prometheus
 //! text 0.0.4 or OpenMetrics (with exemplars).
 
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -18,6 +19,7 @@ pub struct Metrics {
     pub domain: DomainEvents,
     pub ha: HaMetrics,
     scheduler_enabled: Gauge,
+    run_records_dropped: Counter,
 }
 
 impl Metrics {
@@ -32,6 +34,7 @@ impl Metrics {
             domain,
             ha,
             scheduler_enabled: Gauge::default(),
+            run_records_dropped: Counter::default(),
         };
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("script_manager");
@@ -44,6 +47,11 @@ impl Metrics {
             "scheduler_enabled",
             "1 when the scheduler runs processes (SCRIPT_MANAGER_ENABLED)",
             m.scheduler_enabled.clone(),
+        );
+        registry.register(
+            "run_records_dropped",
+            "Finished runs not written to the store's history because its queue was full",
+            m.run_records_dropped.clone(),
         );
         m.process.register(registry.sub_registry_with_prefix("process"));
         let api = registry.sub_registry_with_prefix("api");
@@ -59,6 +67,11 @@ impl Metrics {
     pub fn init_process(&self, id: &str, info: &ProcessInfo) -> ProcessSeries {
         self.api.init_process(id);
         self.process.init(id, info)
+    }
+
+    /// A finished run's record did not fit the store writer's queue.
+    pub fn run_record_dropped(&self) {
+        self.run_records_dropped.inc();
     }
 
     pub fn scheduler_enabled(&self, enabled: bool) {

@@ -208,7 +208,7 @@ impl Venue for Binance {
                 .ok_or_else(|| VenueError::Decode("exchangeInfo has no REQUEST_WEIGHT per minute limit".into()))?;
             Ok(ExchangeInfo {
                 weight_limit_per_minute: weight.limit,
-                symbols: raw.symbols.into_iter().map(|s| s.symbol).collect(),
+                symbols: raw.symbols.into_iter().map(|s| s.into_listing()).collect(),
             })
         }))
     }
@@ -248,6 +248,24 @@ impl Venue for Binance {
             let acct = self.account(account)?;
             let raw: Vec<RawPosition> = self.get(caller, POSITION_RISK, vec![], Some(acct)).await?;
             Ok(raw.into_iter().map(|r| (r.symbol, r.update_time)).collect())
+        }))
+    }
+
+    fn position<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Position>, VenueError>> {
+        Box::pin(self.tally(async move {
+            let acct = self.account(account)?;
+            let params = vec![p("symbol", symbol)];
+            let raw: Vec<RawPosition> = self.get(caller, POSITION_RISK, params, Some(acct)).await?;
+            let mut open = None;
+            for r in raw.into_iter().filter(|r| r.symbol == symbol) {
+                open = r.into_open_position()?;
+            }
+            Ok(open)
         }))
     }
 

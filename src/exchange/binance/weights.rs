@@ -11,6 +11,11 @@ pub const POSITION_RISK: &str = "/fapi/v2/positionRisk";
 pub const USER_TRADES: &str = "/fapi/v1/userTrades";
 pub const ORDER: &str = "/fapi/v1/order";
 
+/// Routes the simulator also serves for third-party clients (ccxt), which this client does not call.
+pub const TICKER_24HR: &str = "/fapi/v1/ticker/24hr";
+pub const POSITION_RISK_V3: &str = "/fapi/v3/positionRisk";
+pub const LEVERAGE_BRACKET: &str = "/fapi/v1/leverageBracket";
+
 /// Every route we call, for the `endpoint` label.
 pub const ENDPOINTS: &[&str] = &[TIME, EXCHANGE_INFO, TICKER_PRICE, POSITION_RISK, USER_TRADES, ORDER];
 
@@ -27,7 +32,15 @@ pub fn weight(method: &Method, route: &str, with_symbol: bool) -> Option<u32> {
                 2
             }
         }
-        ("GET", POSITION_RISK) | ("GET", USER_TRADES) => 5,
+        ("GET", TICKER_24HR) => {
+            if with_symbol {
+                1
+            } else {
+                40
+            }
+        }
+        ("GET", POSITION_RISK) | ("GET", POSITION_RISK_V3) | ("GET", USER_TRADES) => 5,
+        ("GET", LEVERAGE_BRACKET) => 1,
         // Orders cost no IP weight; they count toward the order limits.
         ("POST", ORDER) => 0,
         _ => return None,

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::domain::{Fill, OrderAck, OrderSide, OrderStatus, Position, Price};
+use crate::domain::{Fill, Listing, OrderAck, OrderSide, OrderStatus, Position, Price};
 use crate::exchange::VenueError;
 
 pub fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, VenueError> {
@@ -36,6 +36,26 @@ pub struct RawLimit {
 #[derive(Deserialize)]
 pub struct RawSymbol {
     pub symbol: String,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub filters: Vec<serde_json::Value>,
+}
+
+impl RawSymbol {
+    pub fn into_listing(self) -> Listing {
+        let step_size = self
+            .filters
+            .iter()
+            .find(|f| f["filterType"] == "LOT_SIZE")
+            .and_then(|f| f["stepSize"].as_str())
+            .and_then(|s| Decimal::from_str(s).ok());
+        Listing {
+            trading: self.status.as_deref().is_none_or(|s| s == "TRADING"),
+            symbol: self.symbol,
+            step_size,
+        }
+    }
 }
 #[derive(Deserialize)]
 pub struct RawPrice {
@@ -76,9 +96,13 @@ pub struct RawOrder {
     pub status: String,
     pub client_order_id: String,
     #[serde(default)]
+    pub orig_qty: Option<String>,
+    #[serde(default)]
     pub executed_qty: Option<String>,
     #[serde(default)]
     pub avg_price: Option<String>,
+    #[serde(default)]
+    pub update_time: i64,
 }
 
 impl RawOrder {
@@ -88,8 +112,10 @@ impl RawOrder {
             symbol: self.symbol,
             status: OrderStatus::parse(&self.status),
             client_order_id: self.client_order_id,
+            orig_qty: dec("origQty", self.orig_qty.as_deref().unwrap_or("0"))?,
             executed_qty: dec("executedQty", self.executed_qty.as_deref().unwrap_or("0"))?,
             avg_price: dec("avgPrice", self.avg_price.as_deref().unwrap_or("0"))?,
+            update_time_ms: self.update_time,
         })
     }
 }
