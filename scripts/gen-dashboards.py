@@ -208,8 +208,9 @@ trading = dashboard(
               [("script_manager_positions_open", "open")], 16, 0, 8, 6, kind="stat"),
         panel("Level triggers", "Crossed levels in each interval by kind and outcome (executed, failed, unknown = settled later).", "short",
               [(f"sum by (kind, outcome) (increase(script_manager_level_triggers_total[{RI}]))", "{{kind}} {{outcome}}")], 0, 6),
-        panel("Trigger latency p50 / p95", "Price observed by the venue to close order acknowledged.", "s",
-              [(f"histogram_quantile({q}, sum by (le) (rate(script_manager_level_trigger_latency_seconds_bucket[{RI}])))", f"p{int(q*100)}") for q in (0.5, 0.95)], 12, 6, exemplar=True),
+        panel("Trigger latency p50 / p95", "From receiving the crossing price to the venue acknowledging the close (our monotonic clock), and the venue's own timing of it (its clock on both ends).", "s",
+              [(f"histogram_quantile({q}, sum by (le) (rate(script_manager_level_trigger_latency_seconds_bucket[{RI}])))", f"p{int(q*100)}") for q in (0.5, 0.95)]
+              + [(f"histogram_quantile(0.95, sum by (le) (rate(script_manager_level_trigger_venue_latency_seconds_bucket[{RI}])))", "venue p95")], 12, 6, exemplar=True),
         panel("Trades synced per minute", "Fills newly stored by trade sync.", "opm",
               [(f"sum(rate(script_manager_trades_synced_total[{RI}])) * 60", "trades")], 0, 14),
         panel("Notifications", "Webhook delivery attempts per minute by outcome, and the outbox backlog.", "short",
@@ -217,6 +218,11 @@ trading = dashboard(
                ("script_manager_notification_outbox_pending", "pending")], 12, 14),
         panel("Dashboard snapshot age", "Age of the oldest cached per-account analytics.", "s",
               [("script_manager_dashboard_snapshot_age_seconds", "oldest snapshot")], 0, 22, 8, 6, kind="stat"),
+        panel("Account failures", "Runs in which one account could not be served (the others were), per account and process.", "short",
+              [(f"sum by (process, account) (increase(script_manager_account_errors_total[{RI}]))", "{{process}} {{account}}")], 8, 22, 8, 6),
+        panel("Skipped symbols and dropped run records", "Symbols left out because the venue no longer lists them, and run records the store's queue could not take.", "short",
+              [(f"sum by (process) (increase(script_manager_symbols_skipped_total[{RI}]))", "{{process}} skipped"),
+               (f"increase(script_manager_run_records_dropped_total[{RI}])", "run records dropped")], 16, 22, 8, 6),
     ],
 )
 

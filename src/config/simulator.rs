@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 pub struct Faults {
     /// Added to every answer.
     pub latency_ms: u64,
-    /// Per route (`/fapi/v1/ticker/price`): share of requests answered 503 without doing anything.
+    /// Per route (`/fapi/v1/ticker/price`, or `GET /fapi/v1/order` for one method):
+    /// share of requests answered 503 without doing anything.
     pub error_rate: BTreeMap<String, f64>,
     /// Per route: share of requests answered 200 with a body cut in half.
     pub malformed_rate: BTreeMap<String, f64>,

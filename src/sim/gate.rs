@@ -78,8 +78,12 @@ pub async fn fapi(
         Verdict::Allowed { .. } => {
             let (fail, malformed) = {
                 let mut book = sim.book();
-                let fail = faults.error_rate.get(&path).is_some_and(|&p| book.chance(p));
-                (fail, faults.malformed_rate.get(&path).is_some_and(|&p| book.chance(p)))
+                let keyed = format!("{method} {path}");
+                let rate = |rates: &std::collections::BTreeMap<String, f64>| {
+                    rates.get(&keyed).or_else(|| rates.get(&path)).copied()
+                };
+                let fail = rate(&faults.error_rate).is_some_and(|p| book.chance(p));
+                (fail, rate(&faults.malformed_rate).is_some_and(|p| book.chance(p)))
             };
             if fail {
                 binance_error(

@@ -6,6 +6,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod trading;
+
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
 pub fn free_port() -> u16 {
