@@ -643,3 +643,43 @@ async fn broken_answers_are_errors_of_known_kinds() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn the_simulator_keeps_a_bounded_window_of_fills_however_long_it_runs() {
+    let stop = CancellationToken::new();
+    let config = SimulatorConfig {
+        keep_fills: 100,
+        // One fill every 10 ms step: thousands over the run.
+        fills_per_minute: 6_000_000.0,
+        price_step_ms: 10,
+        ..SimulatorConfig::default()
+    };
+    let (addr, _sim) = sim::start(&config, &sim_specs(&demo_accounts()), stop.clone())
+        .await
+        .unwrap();
+    let http = http_client().unwrap();
+    let meter = || async {
+        let m: Value = http
+            .get(format!("http://{addr}/sim/meter"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        m["fills_kept"].as_u64().unwrap()
+    };
+    let mut kept = 0;
+    for _ in 0..100 {
+        kept = meter().await;
+        assert!(kept <= 200, "two accounts keep at most 100 fills each: {kept}");
+        if kept == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kept, 200, "the window filled up and stayed bounded");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(meter().await, 200, "more fills, same memory");
+    stop.cancel();
+}

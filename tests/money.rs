@@ -361,6 +361,60 @@ async fn unknown_and_delisted_symbols(backend: Backend) {
     assert!(skipped >= Some(1.0), "{skipped:?}");
 }
 
+/// Finished levels, intents, triggered alerts and sent notifications go after
+/// the retention; armed levels, active alerts and pending work stay.
+async fn finished_rows_are_pruned(backend: Backend) {
+    use script_manager::process::Fence;
+    use script_manager::store::{CloseOutcome, NewAlert, NewLevel, Store};
+    let test_store = TestStore::new(backend);
+    let store = Store::open(&test_store.url).await.unwrap();
+    let level = |symbol: &str| NewLevel {
+        account: "main".into(),
+        symbol: symbol.into(),
+        take_profit: None,
+        stop_loss: Some(Decimal::ONE),
+    };
+    let done = store.insert_level(&level("BTCUSDT")).await.unwrap();
+    let armed = store.insert_level(&level("ETHUSDT")).await.unwrap();
+    let none = Fence::none();
+    let intent = store
+        .trigger_level(&none, &done, ("SELL", Decimal::ONE), ("stop_loss", Decimal::ONE, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = CloseOutcome {
+        error: None,
+        closed_qty: Decimal::ONE,
+        avg_price: Some(Decimal::ONE),
+        last_order_id: Some(7),
+        orders: 1,
+    };
+    store.finish_intent(&none, &intent, &outcome, None).await.unwrap();
+    let alert = NewAlert {
+        symbol: "BTCUSDT".into(),
+        condition: "below".into(),
+        price: Decimal::TEN,
+        webhook_url: None,
+    };
+    let fired = store.insert_alert(&alert).await.unwrap();
+    let active = store.insert_alert(&alert).await.unwrap();
+    store.trigger_alert(&none, &fired, Decimal::ONE, None).await.unwrap();
+    // Nothing is old enough yet.
+    assert_eq!(store.prune_finished(0).await.unwrap(), 0);
+    let later = script_manager::clock::now_ms() + 1_000;
+    let gone = store.prune_finished(later).await.unwrap();
+    assert_eq!(gone, 3, "the executed level, its intent and the triggered alert");
+    let levels: Vec<i64> = store.levels(None).await.unwrap().iter().map(|l| l.id).collect();
+    assert_eq!(levels, vec![armed.id]);
+    let alerts: Vec<i64> = store.alerts(false).await.unwrap().iter().map(|a| a.id).collect();
+    assert_eq!(alerts, vec![active.id]);
+    assert_eq!(
+        store.pending_notifications().await.unwrap(),
+        2,
+        "undelivered notifications stay"
+    );
+}
+
 macro_rules! on_both_stores {
     ($($name:ident => $body:ident;)*) => {
         mod sqlite {
@@ -383,4 +437,5 @@ on_both_stores! {
     a_stuck_pending_intent_does_not_stop_a_new_level => stuck_intent_never_blocks_a_new_level;
     one_accounts_bad_credentials_do_not_stop_the_other => bad_credentials_of_one_account;
     unknown_symbols_are_refused_and_delisted_ones_skipped => unknown_and_delisted_symbols;
+    finished_rows_are_pruned_after_retention => finished_rows_are_pruned;
 }

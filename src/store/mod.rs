@@ -80,22 +80,33 @@ impl Store {
         } else {
             anyhow::bail!("store.url must start with sqlite:// or postgres://");
         };
-        let max = if dialect == Dialect::Sqlite { 4 } else { 10 };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max)
-            .connect(&url)
-            .await
-            .with_context(|| format!("cannot open the store at {}", crate::config::redact_url(&url)))?;
         let store = Store {
-            pool,
+            pool: Self::pool_for(&url, dialect).await?,
             dialect,
             levels_generation: AtomicU64::new(0),
         };
         if dialect == Dialect::Sqlite {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
         }
-        store.migrate().await?;
-        Ok(store)
+        if store.migrate().await? == 0 {
+            return Ok(store);
+        }
+        // Connections that prepared statements before a migration may keep the
+        // old shape of a table (`SELECT *` with a column too few); start afresh.
+        store.pool.close().await;
+        Ok(Store {
+            pool: Self::pool_for(&url, dialect).await?,
+            ..store
+        })
+    }
+
+    async fn pool_for(url: &str, dialect: Dialect) -> anyhow::Result<AnyPool> {
+        let max = if dialect == Dialect::Sqlite { 4 } else { 10 };
+        AnyPoolOptions::new()
+            .max_connections(max)
+            .connect(url)
+            .await
+            .with_context(|| format!("cannot open the store at {}", crate::config::redact_url(url)))
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -111,7 +122,9 @@ impl Store {
         self.levels_generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    async fn migrate(&self) -> anyhow::Result<()> {
+    /// Applies the migrations not applied yet; returns how many.
+    async fn migrate(&self) -> anyhow::Result<usize> {
+        let mut applied = 0;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .execute(&self.pool)
             .await?;
@@ -143,8 +156,9 @@ impl Store {
                 .await?;
             tx.commit().await?;
             tracing::info!(migration = name, "store migrated");
+            applied += 1;
         }
-        Ok(())
+        Ok(applied)
     }
 }
 
