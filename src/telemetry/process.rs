@@ -1,5 +1,7 @@
 //! Per-process series: configuration gauges, runs, skips, retries, errors,
 //! durations, lag, child usage and API calls, all labelled by process id.
+//! (One file past 400 lines on purpose: the families, their registration and
+//! their recording are one list that must stay in step.)
 //!
 //! The scheduler records a finished run through [`ProcessSeries::finished`]
 //! and never touches a family; label sets stay bounded (process ids come
