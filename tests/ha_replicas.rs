@@ -251,6 +251,25 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
         .post_json("/api/script-manager/processes/tick/resume", &json!({}))
         .await;
 
+    // Every lease the killed replica held has failed over by now (the slowest
+    // after its run's timeout plus the margin), so the failovers counted below
+    // can only come from the graceful stop.
+    eventually(Duration::from_secs(60), async || {
+        let doc = cluster[0].1.get_json("/api/script-manager/processes").await;
+        let stale: Vec<String> = doc
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["lease"]["holder"].as_str() == Some(h.as_str()))
+            .map(|p| p["id"].as_str().unwrap_or("?").to_string())
+            .collect();
+        stale
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("leases of the killed replica not failed over yet: {stale:?}"))
+    })
+    .await;
+
     // A graceful stop releases the leases: the other replica runs the next tick, without waiting out the lease.
     let (_, mut stopping) = cluster.remove(cluster.iter().position(|(n, _)| *n == last.0).unwrap());
     let expired = r#"script_manager_ha_claims_total{result="expired"}"#;

@@ -67,7 +67,8 @@ impl Platform {
 /// A run over every account: one account's failure is recorded (log and
 /// `script_manager_account_errors_total`) and the others are still served;
 /// the run then reports the failure, naming the accounts. A fenced write
-/// ends the run at once (the lease is gone for every account).
+/// ends the run at once (the lease is gone for every account), and so does
+/// a spent budget (the other accounts would find it spent too).
 pub struct PerAccount<'a> {
     platform: &'a Platform,
     process: &'static str,
@@ -87,7 +88,7 @@ impl<'a> PerAccount<'a> {
     pub fn record<T>(&mut self, account: &str, result: Result<T, ProcessError>) -> Result<Option<T>, ProcessError> {
         match result {
             Ok(value) => Ok(Some(value)),
-            Err(e) if e.kind == ErrorKind::Fenced => Err(e),
+            Err(e) if matches!(e.kind, ErrorKind::Fenced | ErrorKind::BudgetExhausted) => Err(e),
             Err(e) => {
                 self.platform.events.account_failed(self.process, account);
                 tracing::warn!(process = self.process, account, kind = e.kind.as_str(), error = %e.message, "account failed; the others are still served");

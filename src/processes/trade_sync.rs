@@ -127,7 +127,8 @@ impl TradeSync {
                     p.events.symbol_skipped("trade_sync");
                     continue;
                 }
-                Err(e) if e.kind == ErrorKind::Fenced => return Err(e),
+                // No lease or no budget left: every other symbol would fail the same way.
+                Err(e) if matches!(e.kind, ErrorKind::Fenced | ErrorKind::BudgetExhausted) => return Err(e),
                 Err(e) => {
                     tracing::warn!(account, %symbol, error = %e, "cannot sync a symbol's fills; the others go on");
                     failed.get_or_insert(ProcessError::new(
