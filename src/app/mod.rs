@@ -170,7 +170,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     exchange::bootstrap(&exchange.venue, &catalog).await;
     exchange::spawn_exchange_info_refresh(exchange.venue.clone(), catalog.clone(), exchange_stop.clone());
     let accounts = exchange.venue.account_names();
-    metrics.domain.init_accounts(&processes::ACCOUNT_PROCESSES, &accounts);
+    metrics
+        .domain
+        .init_accounts(&processes::ACCOUNT_PROCESSES, &processes::SYMBOL_PROCESSES, &accounts);
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: exchange.venue.clone(),

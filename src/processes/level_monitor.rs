@@ -179,7 +179,10 @@ impl LevelMonitor {
                 .amounts
                 .get(&(level.account.clone(), level.symbol.clone()))
                 .map_or(Decimal::ZERO, |a| a.abs());
-            match self.fire(ctx, &level, kind, direction, open, price, received).await {
+            match self
+                .fire(ctx, &level, (kind, direction, open), price, received, tally)
+                .await
+            {
                 // The intent is committed (or the level changed elsewhere): out of the index.
                 Ok(fired) => {
                     loaded.index.remove(&price.symbol, id);
@@ -195,17 +198,17 @@ impl LevelMonitor {
         }
     }
 
-    /// Records the intent, then closes. `Ok(false)`: the level changed meanwhile.
-    #[allow(clippy::too_many_arguments)]
+    /// Records the intent, then closes. `Ok(false)`: the level changed
+    /// meanwhile. `Err`: the intent could not be committed. A close that fails
+    /// after the commit is recorded in `tally` (the intent stays pending).
     async fn fire(
         &self,
         ctx: &RunContext,
         level: &Level,
-        kind: &'static str,
-        direction: i8,
-        open: Decimal,
+        (kind, direction, open): (&'static str, i8, Decimal),
         price: &Price,
         received: Instant,
+        tally: &mut Tally,
     ) -> Result<bool, ProcessError> {
         let p = &self.platform;
         let side = if direction > 0 { "SELL" } else { "BUY" };
@@ -228,7 +231,10 @@ impl LevelMonitor {
                     .trigger_venue_latency((venue_time - price.time_ms).max(0) as f64 / 1000.0);
             }
         }
-        self.record(&intent, settled.map_err(|e| self.intent_error(&intent, e))?);
+        match settled {
+            Ok(settled) => self.record(&intent, settled),
+            Err(e) => tally.failures.push(self.intent_error(&intent, e)),
+        }
         Ok(true)
     }
 

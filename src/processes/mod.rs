@@ -36,7 +36,9 @@ use crate::process::Process;
 pub const TRADING_KINDS: [&str; 6] = crate::config::SEED_PROCESSES;
 
 /// The processes that serve every account, counted per account when one fails.
-pub const ACCOUNT_PROCESSES: [&str; 4] = ["trade_sync", "position_sync", "dashboard_sync", "level_monitor"];
+pub const ACCOUNT_PROCESSES: [&str; 3] = ["trade_sync", "position_sync", "dashboard_sync"];
+/// The processes that leave out symbols the venue does not list, and count them.
+pub const SYMBOL_PROCESSES: [&str; 4] = ["trade_sync", "level_monitor", "price_update", "notification_check"];
 
 /// Checks a kind's settings. `Err` if the kind is unknown; otherwise the
 /// problems found, as (setting key, message).

@@ -222,11 +222,13 @@ impl DomainEvents {
             .inc();
     }
 
-    /// Creates the per-account and per-process series of the processes that
-    /// serve accounts, so they read 0 from start-up.
-    pub fn init_accounts(&self, processes: &[&'static str], accounts: &[String]) {
-        for &process in processes {
+    /// Creates the per-account series of the processes that serve accounts,
+    /// and the skipped-symbol series of those that skip, so they read 0 from start-up.
+    pub fn init_accounts(&self, by_account: &[&'static str], by_symbol: &[&'static str], accounts: &[String]) {
+        for &process in by_symbol {
             let _ = self.symbols_skipped.get_or_create(&SkipLabels { process });
+        }
+        for &process in by_account {
             for account in accounts {
                 let _ = self.account_errors.get_or_create(&AccountLabels {
                     process,
