@@ -477,3 +477,110 @@ async fn the_run_history_queue_is_bounded_and_counts_what_it_drops() {
         "every record that did not fit is counted"
     );
 }
+
+fn continuous(timeout: f64) -> ProcessConfig {
+    ProcessConfig {
+        mode: script_manager::config::ProcessMode::Continuous,
+        ..cfg(1.0, timeout, 3, 1)
+    }
+}
+
+/// A stream that runs until cancelled, counting how many copies run at once.
+fn stream_until_cancelled(
+    live: Arc<std::sync::atomic::AtomicI32>,
+    peak: Arc<std::sync::atomic::AtomicI32>,
+) -> Box<Work> {
+    use std::sync::atomic::Ordering;
+    Box::new(move |ctx| {
+        let (live, peak) = (live.clone(), peak.clone());
+        Box::pin(async move {
+            let now = live.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            ctx.usage.event();
+            ctx.cancel.cancelled().await;
+            live.fetch_sub(1, Ordering::SeqCst);
+            Ok(RunReport::default())
+        })
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuous_process_that_keeps_failing_is_restarted_with_growing_waits() {
+    let failing: Box<Work> =
+        Box::new(|_| Box::pin(async { Err(ProcessError::retriable(ErrorKind::Upstream, "connection refused")) }));
+    let h = harness(vec![("stream", continuous(2.0), failing)]);
+    h.scheduler.start();
+    sleep(Duration::from_secs(20)).await;
+    let starts = h.starts("stream");
+    assert!(starts.len() >= 4, "restarted: {starts:?}");
+    let gaps: Vec<Duration> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps[0] < Duration::from_secs(1), "the first restart is quick: {gaps:?}");
+    assert!(
+        gaps.last().unwrap() > &gaps[0],
+        "waits grow while it keeps failing: {gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g <= Duration::from_secs(45)),
+        "waits are bounded: {gaps:?}"
+    );
+    let restarts = sample(&h.metrics, r#"script_manager_process_restarts_total{process="stream"}"#);
+    assert_eq!(restarts as usize, starts.len() - 1);
+    assert_eq!(
+        h.scheduler.process("stream").unwrap().stats().restarts as usize,
+        starts.len() - 1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuous_process_runs_once_and_a_trigger_restarts_it_at_once() {
+    let live = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let h = harness(vec![(
+        "stream",
+        continuous(2.0),
+        stream_until_cancelled(live.clone(), peak.clone()),
+    )]);
+    h.scheduler.start();
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.starts("stream").len(),
+        1,
+        "a long run, not one per interval or timeout"
+    );
+    assert_eq!(
+        sample(&h.metrics, r#"script_manager_process_up{process="stream"}"#),
+        1.0
+    );
+    assert!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_last_event_timestamp_seconds{process="stream"}"#
+        ) > 0.0
+    );
+    h.scheduler.trigger("stream").unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.starts("stream").len(), 2, "a trigger reconnects at once");
+    h.scheduler.trigger("stream").unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.starts("stream").len(), 3);
+    assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 1, "never two at once");
+
+    h.scheduler.pause("stream").unwrap();
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0, "paused: not running");
+    assert_eq!(
+        sample(&h.metrics, r#"script_manager_process_up{process="stream"}"#),
+        0.0
+    );
+    assert_eq!(h.starts("stream").len(), 3);
+    h.scheduler.resume("stream").unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.starts("stream").len(), 4, "resumed: running again");
+
+    let report = h.scheduler.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        !report.cancelled,
+        "a continuous run stops at shutdown without waiting out the grace"
+    );
+    assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
+}

@@ -69,7 +69,15 @@ async fn status_document_has_the_seed_shape_and_more() {
     );
     let one: Value = svc.get_json("/api/script-manager/processes/hello").await;
     assert_eq!(one["id"], "hello");
-    let runs: Value = svc.get_json("/api/script-manager/runs?process=hello&limit=2").await;
+    // The store's history is written behind the in-memory counters: wait for it.
+    let runs: Value = svc
+        .wait_get(
+            "the runs in the store",
+            "/api/script-manager/runs?process=hello&limit=2",
+            Duration::from_secs(5),
+            |r| r.as_array().is_some_and(|a| a.len() == 2),
+        )
+        .await;
     let runs = runs.as_array().unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0]["outcome"], "success");

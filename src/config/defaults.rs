@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Config, DemoConfig, ExchangeConfig, ExchangeKind, HaConfig, HttpConfig, LogFormat, NotificationsConfig,
-    ProcessConfig, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
+    ProcessConfig, ProcessMode, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
 /// The seed's six processes, by id (also their kind and the seed's flat environment names).
@@ -35,6 +35,7 @@ pub fn process_defaults(kind: &str) -> ProcessConfig {
         kind: kind.to_string(),
         name: None,
         enabled: true,
+        mode: ProcessMode::Periodic,
         interval_seconds: 60.0,
         max_api_calls_per_minute: 60,
         priority: 5,

@@ -206,6 +206,9 @@ pub struct ProcessConfig {
     pub kind: String,
     pub name: Option<String>,
     pub enabled: bool,
+    /// `periodic` (a run per tick of `interval_seconds`) or `continuous` (one
+    /// long run, started at boot and restarted with backoff when it ends).
+    pub mode: ProcessMode,
     pub interval_seconds: f64,
     pub max_api_calls_per_minute: u32,
     pub priority: u8,
@@ -220,7 +223,22 @@ pub struct ProcessConfig {
     pub settings: BTreeMap<String, Value>,
 }
 
+/// How the scheduler runs a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessMode {
+    #[default]
+    Periodic,
+    /// A long run (a stream): its timeout is the lease it renews while it runs
+    /// (HA), not a limit on the run; a trigger restarts it.
+    Continuous,
+}
+
 impl ProcessConfig {
+    pub fn continuous(&self) -> bool {
+        self.mode == ProcessMode::Continuous
+    }
+
     pub fn display_name(&self, id: &str) -> String {
         self.name.clone().unwrap_or_else(|| id.to_string())
     }

@@ -36,6 +36,10 @@ pub struct Faults {
     /// The next N orders are rejected with `reject_code` (-2019, margin is insufficient, when unset).
     pub reject_orders: u32,
     pub reject_code: i64,
+    /// WebSocket connections stay open but send nothing (a silent socket).
+    pub ws_silent: bool,
+    /// Every WebSocket event is held this long before it is sent.
+    pub ws_delay_ms: u64,
 }
 
 /// Settings of the simulator (`[exchange.simulator]`).
@@ -63,6 +67,12 @@ pub struct SimulatorConfig {
     pub keep_fills: usize,
     /// Orders kept per account for lookups.
     pub keep_orders: usize,
+    /// A WebSocket connection is closed by the server after this long (Binance: 24 h).
+    pub ws_max_lifetime_seconds: f64,
+    /// The server pings every connection this often (Binance: 3 min).
+    pub ws_ping_seconds: f64,
+    /// A listen key not extended for this long expires (Binance: 60 min).
+    pub listen_key_ttl_seconds: f64,
     pub faults: Faults,
 }
 
@@ -97,6 +107,9 @@ impl Default for SimulatorConfig {
             opening_positions: 3,
             keep_fills: 10_000,
             keep_orders: 10_000,
+            ws_max_lifetime_seconds: 86_400.0,
+            ws_ping_seconds: 180.0,
+            listen_key_ttl_seconds: 3_600.0,
             faults: Faults::default(),
         }
     }

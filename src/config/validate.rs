@@ -177,6 +177,18 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
             "must be between 100 and 10000000".into(),
         );
     }
+    for (key, value) in [
+        (
+            "exchange.simulator.ws_max_lifetime_seconds",
+            sim.ws_max_lifetime_seconds,
+        ),
+        ("exchange.simulator.ws_ping_seconds", sim.ws_ping_seconds),
+        ("exchange.simulator.listen_key_ttl_seconds", sim.listen_key_ttl_seconds),
+    ] {
+        if !(0.1..=7.0 * 86_400.0).contains(&value) {
+            report(key, "must be between 0.1 and 604800 seconds".into());
+        }
+    }
     if !(100..=10_000_000).contains(&sim.keep_orders) {
         report(
             "exchange.simulator.keep_orders",

@@ -72,6 +72,8 @@ pub struct RunContext {
 pub struct RunUsage {
     api_calls: AtomicU32,
     child: Mutex<Option<ChildUsage>>,
+    /// When a continuous run last received something (ms since the epoch; 0 = never).
+    last_event_ms: std::sync::atomic::AtomicI64,
 }
 
 /// CPU time and peak memory of a child program (from `wait4`).
@@ -92,6 +94,15 @@ impl RunUsage {
 
     pub fn child(&self) -> Option<ChildUsage> {
         *self.child.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Something arrived just now (a continuous run's sign of life).
+    pub fn event(&self) {
+        self.last_event_ms.store(crate::clock::now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_event_ms(&self) -> i64 {
+        self.last_event_ms.load(Ordering::Relaxed)
     }
 }
 

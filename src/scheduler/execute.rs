@@ -104,7 +104,8 @@ impl Scheduler {
             return Some((None, Fence::none()));
         };
         let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
-        let manual = trigger == Trigger::Manual;
+        // A continuous run holds the lease, not a tick of a grid.
+        let manual = trigger == Trigger::Manual || p.config.continuous();
         let granted = ha.claim(&p.id, p.timeout, (p.interval, offset), manual).await?;
         let lease = RunLease {
             replica: ha.replica(),
@@ -134,6 +135,14 @@ impl Scheduler {
                 .instrument(span.clone())
                 .await;
             span.record("run.outcome", if result.is_ok() { "success" } else { "error" });
+            // A continuous run is restarted by its supervisor, not retried.
+            if p.config.continuous() {
+                return Finished {
+                    result,
+                    attempts: attempt,
+                    usage: usage.clone(),
+                };
+            }
             let Err(error) = &result else {
                 return Finished {
                     result,
@@ -186,6 +195,9 @@ impl Scheduler {
                 "no implementation for this kind",
             ));
         };
+        if p.config.continuous() {
+            return self.continuous_attempt(p, process, trigger, usage, fence).await;
+        }
         let deadline = Instant::now() + p.timeout;
         let ctx = RunContext {
             process_id: p.id.clone(),
@@ -202,7 +214,7 @@ impl Scheduler {
         let work = AssertUnwindSafe(process.run(ctx)).catch_unwind();
         tokio::pin!(work);
         let stopped = tokio::select! {
-            result = &mut work => return result.unwrap_or_else(|panic| Err(panic_error(panic))),
+            result = &mut work => return caught(result),
             _ = sleep_until(deadline) => ProcessError::retriable(ErrorKind::Timeout, format!("timed out after {:.3}s", p.timeout.as_secs_f64())),
             _ = self.cancel_runs.cancelled() => ProcessError::permanent(ErrorKind::Cancelled, "cancelled: the service is shutting down"),
         };
@@ -211,6 +223,11 @@ impl Scheduler {
         let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
         Err(stopped)
     }
+}
+
+/// Turns a caught panic into the run's error.
+pub(super) fn caught(result: std::thread::Result<Result<RunReport, ProcessError>>) -> Result<RunReport, ProcessError> {
+    result.unwrap_or_else(|panic| Err(panic_error(panic)))
 }
 
 /// Exponential backoff with up to 50 % jitter, so retrying processes do not move in lockstep.

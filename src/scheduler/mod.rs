@@ -10,6 +10,7 @@
 //! process's settings), `telemetry` and `clock`; it depends on its own
 //! [`Coordinator`] trait, never on `ha`, `store` or the processes.
 
+mod continuous;
 mod coordinator;
 mod execute;
 mod record;
@@ -145,10 +146,17 @@ impl Scheduler {
         &self.budget
     }
 
-    /// Starts ticking (when enabled). Returns at once.
+    /// Starts ticking, and every continuous process (when enabled). Returns at once.
     pub fn start(self: &Arc<Self>) {
         if self.enabled {
             tokio::spawn(self.clone().tick_loop());
+            for p in self
+                .processes
+                .iter()
+                .filter(|p| p.schedulable() && p.config.continuous())
+            {
+                self.tracker.spawn(self.clone().supervise(p.clone()));
+            }
         }
     }
 
@@ -159,7 +167,7 @@ impl Scheduler {
             .processes
             .iter()
             .enumerate()
-            .filter(|(_, p)| p.schedulable())
+            .filter(|(_, p)| p.schedulable() && !p.config.continuous())
             .map(|(i, p)| {
                 let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
                 let first = match self.ha.get() {
@@ -274,6 +282,14 @@ impl Scheduler {
         {
             return Err(TriggerError::HeldElsewhere(holder.replica));
         }
+        if p.config.continuous() {
+            // A trigger reconnects: the run in progress stops and starts again at once.
+            p.restart_requested.store(true, std::sync::atomic::Ordering::Release);
+            if !p.interrupt() {
+                p.wake.notify_one();
+            }
+            return Ok(());
+        }
         if !p.try_begin() {
             return Err(TriggerError::AlreadyRunning);
         }
@@ -295,6 +311,14 @@ impl Scheduler {
     fn set_paused(&self, id: &str, paused: bool) -> Option<bool> {
         let p = self.process(id)?;
         let changed = p.set_paused(paused);
+        if p.config.continuous() {
+            match paused {
+                true => {
+                    p.interrupt();
+                }
+                false => p.wake.notify_one(),
+            }
+        }
         if paused && let Some(ha) = self.ha.get() {
             // Paused here: let another replica run it.
             let (ha, id) = (ha.clone(), p.id.clone());
@@ -311,6 +335,10 @@ impl Scheduler {
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.stop_ticking.cancel();
         self.tracker.close();
+        // Continuous runs never end by themselves: stop them now.
+        for p in self.processes.iter().filter(|p| p.config.continuous()) {
+            p.interrupt();
+        }
         if let Some(ha) = self.ha.get() {
             // Idle processes go to the other replicas now, not after the runs in flight here.
             for p in self.processes.iter().filter(|p| !p.is_running()) {

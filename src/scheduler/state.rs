@@ -24,6 +24,12 @@ pub struct ProcessHandle {
     stats: Mutex<Stats>,
     /// Set by the scheduler when it takes the process in.
     pub(crate) series: std::sync::OnceLock<crate::telemetry::process::ProcessSeries>,
+    /// A continuous process's run in progress: cancelled to restart or pause it.
+    pub(crate) current: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// Wakes a continuous process's supervisor (trigger, resume).
+    pub(crate) wake: tokio::sync::Notify,
+    /// A trigger asked a continuous process to start again at once.
+    pub(crate) restart_requested: AtomicBool,
 }
 
 /// Counters and timestamps behind the status document.
@@ -43,6 +49,10 @@ pub struct Stats {
     pub last_error_kind: Option<ErrorKind>,
     pub consecutive_failures: u64,
     pub next_run: Option<SystemTime>,
+    /// Continuous processes: times it was started again after its run ended.
+    pub restarts: u64,
+    /// Continuous processes: when the run last received something.
+    pub last_event: Option<SystemTime>,
     pub history: VecDeque<RunRecord>,
 }
 
@@ -59,6 +69,9 @@ impl ProcessHandle {
             paused: AtomicBool::new(false),
             stats: Mutex::default(),
             series: std::sync::OnceLock::new(),
+            current: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            restart_requested: AtomicBool::new(false),
         }
     }
 
@@ -92,6 +105,18 @@ impl ProcessHandle {
 
     pub(crate) fn series(&self) -> &crate::telemetry::process::ProcessSeries {
         self.series.get().expect("set when the scheduler takes the process in")
+    }
+
+    /// Stops a continuous run in progress (its supervisor decides what next).
+    pub(crate) fn interrupt(&self) -> bool {
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        match current.as_ref() {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn stats(&self) -> MutexGuard<'_, Stats> {

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use super::feed::{Feed, MarketEvent, OrderUpdate, account_update};
 use super::orders::SimOrder;
 
 use rand::rngs::StdRng;
@@ -60,6 +61,10 @@ pub struct Book {
     next_order_id: u64,
     /// Orders accepted but not filled yet: (API key, client order id).
     pub(super) pending: Vec<(String, String)>,
+    /// Where market and user-data events go (WebSocket subscribers).
+    pub feed: Feed,
+    /// `u` of the next `bookTicker` event.
+    update_id: u64,
     pub keep_fills: usize,
     pub keep_orders: usize,
 }
@@ -91,6 +96,14 @@ impl DayStats {
     }
 }
 
+/// What one fill did (for the `ORDER_TRADE_UPDATE` its caller publishes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filled {
+    pub id: u64,
+    pub realized: Decimal,
+    pub commission: Decimal,
+}
+
 /// Every symbol trades in steps of this quantity (`LOT_SIZE.stepSize`).
 pub const STEP_SIZE: Decimal = Decimal::from_parts(1, 0, 0, false, 3);
 
@@ -106,6 +119,8 @@ impl Book {
             prices,
             accounts: HashMap::new(),
             pending: Vec::new(),
+            feed: Feed::default(),
+            update_id: 0,
             keep_fills: 10_000,
             keep_orders: 10_000,
             next_trade_id: base,
@@ -130,24 +145,44 @@ impl Book {
         }
     }
 
-    /// One step of the random walk for every symbol.
-    pub fn step_prices(&mut self) {
+    /// One step of the random walk for every symbol; a price that moved is published.
+    pub fn step_prices(&mut self, now_ms: i64) {
+        let mut moved = Vec::new();
         for (symbol, price) in self.prices.iter_mut() {
             let change = 1.0 + self.rng.random_range(-self.volatility..=self.volatility);
-            let next = price.to_f64().unwrap_or(1.0) * change;
-            *price = round_price(next);
+            let next = round_price(price.to_f64().unwrap_or(1.0) * change);
+            if next != *price {
+                moved.push((symbol.clone(), next));
+            }
+            *price = next;
             if let Some(day) = self.day.get_mut(symbol) {
                 day.saw(*price);
             }
         }
+        for (symbol, price) in moved {
+            self.publish_book(&symbol, price, price, now_ms);
+        }
     }
 
-    pub fn set_price(&mut self, symbol: &str, price: Decimal) {
+    pub fn set_price(&mut self, symbol: &str, price: Decimal, now_ms: i64) {
         self.prices.insert(symbol.to_string(), price);
         self.day
             .entry(symbol.to_string())
             .or_insert_with(|| DayStats::opening(price))
             .saw(price);
+        self.publish_book(symbol, price, price, now_ms);
+    }
+
+    /// A `bookTicker` event (the book itself unchanged: REST prices stay as they are).
+    pub fn publish_book(&mut self, symbol: &str, bid: Decimal, ask: Decimal, now_ms: i64) {
+        self.update_id += 1;
+        self.feed.market(MarketEvent::BookTicker {
+            symbol: symbol.to_string(),
+            bid,
+            ask,
+            update_id: self.update_id,
+            time: now_ms,
+        });
     }
 
     /// The venue stops listing `symbol`: every route answers -1121 for it.
@@ -170,7 +205,27 @@ impl Book {
         let qty = round_qty(notional / price.to_f64().unwrap_or(1.0));
         let side = if self.rng.random_bool(0.5) { "BUY" } else { "SELL" };
         let order_id = self.next_order_id();
-        self.fill(api_key, &symbol, side, qty, price, order_id, now_ms);
+        let filled = self.fill(api_key, &symbol, side, qty, price, order_id, now_ms);
+        let client_id = format!("web-{order_id}");
+        let update = OrderUpdate {
+            symbol: &symbol,
+            client_order_id: &client_id,
+            side,
+            orig_qty: qty,
+            execution: "TRADE",
+            status: "FILLED",
+            order_id,
+            last_qty: qty,
+            last_price: price,
+            cumulative_qty: qty,
+            avg_price: price,
+            commission: filled.commission,
+            realized: filled.realized,
+            trade_id: filled.id,
+            reduce_only: false,
+            time: now_ms,
+        };
+        self.feed.user(api_key, update.payload());
     }
 
     pub(super) fn next_order_id(&mut self) -> u64 {
@@ -189,11 +244,11 @@ impl Book {
         price: Decimal,
         order_id: u64,
         now_ms: i64,
-    ) {
+    ) -> Filled {
         self.next_trade_id += 1;
         let id = self.next_trade_id;
         let Some(account) = self.accounts.get_mut(api_key) else {
-            return;
+            return Filled::default();
         };
         let position = account.positions.entry(symbol.to_string()).or_default();
         let signed = if side == "BUY" { qty } else { -qty };
@@ -222,6 +277,8 @@ impl Book {
         // A closed position keeps its row: Binance reports its last update time too.
         position.update_time = now_ms;
         let quote = (price * qty).round_dp(8);
+        let commission = (quote * Decimal::new(4, 4)).round_dp(8);
+        let position = position.clone();
         if let Some(day) = self.day.get_mut(symbol) {
             day.volume += qty;
             day.quote_volume += quote;
@@ -236,7 +293,7 @@ impl Book {
             qty,
             realized_pnl: realized.round_dp(8),
             quote_qty: quote,
-            commission: (quote * Decimal::new(4, 4)).round_dp(8),
+            commission,
             commission_asset: "USDT",
             time: now_ms,
             position_side: "BOTH",
@@ -245,6 +302,17 @@ impl Book {
         });
         while account.fills.len() > self.keep_fills {
             account.fills.pop_front();
+        }
+        let mark = self.prices.get(symbol).copied().unwrap_or(price);
+        let unrealized = (mark - position.entry) * position.amount;
+        self.feed.user(
+            api_key,
+            account_update(symbol, position.amount, position.entry, unrealized, now_ms),
+        );
+        Filled {
+            id,
+            realized: realized.round_dp(8),
+            commission,
         }
     }
 
@@ -301,8 +369,8 @@ mod tests {
     fn same_seed_same_walk() {
         let (mut a, mut b) = (book(), book());
         for _ in 0..10 {
-            a.step_prices();
-            b.step_prices();
+            a.step_prices(0);
+            b.step_prices(0);
         }
         assert_eq!(a.prices, b.prices);
         assert_ne!(a.prices["BTCUSDT"], Decimal::from(100_000));

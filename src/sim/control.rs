@@ -29,11 +29,13 @@ pub async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
         let orders: usize = book.accounts.values().map(|a| a.orders.len()).sum();
         (fills, orders)
     };
+    let conns = sim.streams.connections();
     let meter = sim.meter();
     Json(json!({
         "requests": meter.requests,
         "answers": meter.answers,
         "fills_kept": fills_kept,
+        "ws_connections": {"public": conns.0, "market": conns.1, "private": conns.2},
         "orders_kept": orders_kept,
         "weight_by_minute": weight,
         "weight_limit": sim.limiter().limit,
@@ -54,7 +56,7 @@ pub async fn set_prices(State(sim): State<Arc<Sim>>, Json(prices): Json<BTreeMap
     let mut book = sim.book();
     for (symbol, price) in prices {
         match Decimal::from_str(&price) {
-            Ok(p) if p > Decimal::ZERO => book.set_price(&symbol, p),
+            Ok(p) if p > Decimal::ZERO => book.set_price(&symbol, p, wall_ms()),
             _ => return (StatusCode::UNPROCESSABLE_ENTITY, format!("bad price for {symbol}")).into_response(),
         }
     }
@@ -96,5 +98,29 @@ pub async fn delist(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Res
     match body["symbol"].as_str() {
         Some(symbol) if sim.book().delist(symbol) => StatusCode::NO_CONTENT.into_response(),
         _ => (StatusCode::NOT_FOUND, "unknown symbol").into_response(),
+    }
+}
+
+/// Drops every WebSocket connection now, as a network failure would.
+pub async fn drop_streams(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.streams.drop_all();
+    StatusCode::NO_CONTENT
+}
+
+/// Expires every listen key now: their sockets get `listenKeyExpired`, then nothing.
+pub async fn expire_listen_keys(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.streams.expire_all();
+    StatusCode::NO_CONTENT
+}
+
+/// `{"symbol", "bid", "ask"}`: a `bookTicker` event only; REST prices stay as they are.
+pub async fn book_ticker(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let price = |k: &str| body[k].as_str().and_then(|v| Decimal::from_str(v).ok());
+    match (body["symbol"].as_str(), price("bid"), price("ask")) {
+        (Some(symbol), Some(bid), Some(ask)) if sim.book().prices.contains_key(symbol) => {
+            sim.book().publish_book(symbol, bid, ask, wall_ms());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => (StatusCode::UNPROCESSABLE_ENTITY, "need a listed symbol, bid and ask").into_response(),
     }
 }

@@ -51,6 +51,7 @@ pub async fn route(
     match (method.as_str(), path) {
         ("GET", "/fapi/v1/ticker/price") => return ticker(sim, params, server_time),
         ("GET", "/fapi/v1/ticker/24hr") => return ticker_24hr(sim, params, server_time),
+        (_, "/fapi/v1/listenKey") => return listen_key(sim, method, api_key, params),
         _ => {}
     }
     let key = match authenticate(sim, params, payload, api_key, server_time) {
@@ -192,4 +193,22 @@ fn day_row(book: &Book, symbol: &str, last: Decimal, time: i64) -> Value {
         "lastId": day.trades,
         "count": day.trades,
     })
+}
+
+/// `POST|PUT|DELETE /fapi/v1/listenKey`: the API key header only, no signature.
+fn listen_key(sim: &Sim, method: &Method, api_key: Option<&str>, params: &HashMap<String, String>) -> Response {
+    let Some(api_key) = api_key.filter(|k| sim.book().accounts.contains_key(*k)) else {
+        return binance_error(
+            StatusCode::UNAUTHORIZED,
+            -2015,
+            "Invalid API-key, IP, or permissions for action.",
+        );
+    };
+    let key = params.get("listenKey").cloned().unwrap_or_default();
+    match method.as_str() {
+        "POST" => Json(json!({"listenKey": sim.streams.create(api_key)})).into_response(),
+        "PUT" if sim.streams.extend(api_key, &key) => Json(json!({"listenKey": key})).into_response(),
+        "DELETE" if sim.streams.close(api_key, &key) => Json(json!({})).into_response(),
+        _ => binance_error(StatusCode::BAD_REQUEST, -1125, "This listenKey does not exist."),
+    }
 }

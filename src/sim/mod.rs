@@ -18,11 +18,14 @@ mod auth;
 mod book;
 mod control;
 mod fapi;
+mod feed;
 mod form;
 mod gate;
 mod limits;
 mod orders;
 mod routes;
+mod streams;
+mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +61,7 @@ pub struct Meter {
 
 pub struct Sim {
     book: Mutex<Book>,
+    streams: streams::Streams,
     limiter: Mutex<Limiter>,
     faults: RwLock<Faults>,
     meter: Mutex<Meter>,
@@ -83,6 +87,7 @@ impl Sim {
         }
         Arc::new(Sim {
             book: Mutex::new(book),
+            streams: streams::Streams::new(config),
             limiter: Mutex::new(Limiter::new(config.weight_limit, config.ban_after_violations)),
             faults: RwLock::new(config.faults.clone()),
             meter: Mutex::new(Meter::default()),
@@ -133,8 +138,38 @@ pub async fn start(
             .with_graceful_shutdown(async move { server_stop.cancelled().await })
             .await;
     });
-    spawn_market(sim.clone(), config, stop);
+    spawn_market(sim.clone(), config, stop.clone());
+    spawn_mark_prices(sim.clone(), stop);
     Ok((addr, sim))
+}
+
+/// `markPrice` events: every second (`@markPrice@1s`) and every third (`@markPrice`).
+fn spawn_mark_prices(sim: Arc<Sim>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        let mut second: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            second += 1;
+            let book = sim.book();
+            let now = crate::clock::now_ms();
+            for (symbol, &price) in &book.prices {
+                for every_s in [1u8, 3] {
+                    if second.is_multiple_of(every_s as u64) {
+                        book.feed.market(feed::MarketEvent::MarkPrice {
+                            symbol: symbol.clone(),
+                            price,
+                            time: now,
+                            every_s,
+                        });
+                    }
+                }
+            }
+        }
+    });
 }
 
 fn spawn_market(sim: Arc<Sim>, config: &SimulatorConfig, stop: CancellationToken) {
@@ -148,8 +183,9 @@ fn spawn_market(sim: Arc<Sim>, config: &SimulatorConfig, stop: CancellationToken
                 _ = ticker.tick() => {}
             }
             let mut book = sim.book();
-            book.step_prices();
-            book.settle_due(crate::clock::now_ms());
+            let now = crate::clock::now_ms();
+            book.step_prices(now);
+            book.settle_due(now);
             if book.chance(fill_chance)
                 && let Some(key) = book.random_account_key()
             {

@@ -8,7 +8,8 @@
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::book::{Book, STEP_SIZE};
+use super::book::{Book, Filled, STEP_SIZE};
+use super::feed::OrderUpdate;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -131,6 +132,25 @@ impl Book {
             fill_at: now_ms + matching.delay_ms as i64,
             partial: matching.partial,
         };
+        let accepted = OrderUpdate {
+            symbol,
+            client_order_id,
+            side,
+            orig_qty: qty,
+            execution: "NEW",
+            status: "NEW",
+            order_id: order.order_id,
+            last_qty: Decimal::ZERO,
+            last_price: Decimal::ZERO,
+            cumulative_qty: Decimal::ZERO,
+            avg_price: Decimal::ZERO,
+            commission: Decimal::ZERO,
+            realized: Decimal::ZERO,
+            trade_id: 0,
+            reduce_only: true,
+            time: now_ms,
+        };
+        self.feed.user(api_key, accepted.payload());
         let account = self.accounts.get_mut(api_key).expect("checked above");
         account.orders.insert(client_order_id.to_string(), order);
         self.pending.push((api_key.to_string(), client_order_id.to_string()));
@@ -178,17 +198,10 @@ impl Book {
             executed = round_down_to_step(executed * share);
         }
         let (Some(price), true) = (price, executed > Decimal::ZERO) else {
-            self.finish(
-                api_key,
-                client_order_id,
-                "EXPIRED",
-                Decimal::ZERO,
-                Decimal::ZERO,
-                now_ms,
-            );
+            self.finish(api_key, &order, "EXPIRED", None, now_ms);
             return;
         };
-        self.fill(
+        let filled = self.fill(
             api_key,
             &order.symbol,
             order.side,
@@ -202,28 +215,68 @@ impl Book {
         } else {
             "EXPIRED"
         };
-        self.finish(api_key, client_order_id, status, executed, price, now_ms);
+        self.finish(api_key, &order, status, Some((executed, price, filled)), now_ms);
     }
 
+    /// The order's final state, told to the account's user-data stream: its
+    /// fill (`TRADE`), then, when a thin book left part, the expiry.
     fn finish(
         &mut self,
         api_key: &str,
-        client_order_id: &str,
+        order: &SimOrder,
         status: &'static str,
-        qty: Decimal,
-        price: Decimal,
+        fill: Option<(Decimal, Decimal, Filled)>,
         now_ms: i64,
     ) {
-        if let Some(order) = self
+        let (qty, price) = fill.map_or((Decimal::ZERO, Decimal::ZERO), |(q, p, _)| (q, p));
+        if let Some(o) = self
             .accounts
             .get_mut(api_key)
-            .and_then(|a| a.orders.get_mut(client_order_id))
+            .and_then(|a| a.orders.get_mut(&order.client_order_id))
         {
-            order.status = status;
-            order.executed_qty = qty;
-            order.avg_price = price;
-            order.cum_quote = (qty * price).round_dp(8);
-            order.update_time = now_ms;
+            o.status = status;
+            o.executed_qty = qty;
+            o.avg_price = price;
+            o.cum_quote = (qty * price).round_dp(8);
+            o.update_time = now_ms;
+        }
+        let update = OrderUpdate {
+            symbol: &order.symbol,
+            client_order_id: &order.client_order_id,
+            side: order.side,
+            orig_qty: order.orig_qty,
+            execution: "EXPIRED",
+            status,
+            order_id: order.order_id,
+            last_qty: Decimal::ZERO,
+            last_price: Decimal::ZERO,
+            cumulative_qty: qty,
+            avg_price: price,
+            commission: Decimal::ZERO,
+            realized: Decimal::ZERO,
+            trade_id: 0,
+            reduce_only: true,
+            time: now_ms,
+        };
+        if let Some((qty, price, filled)) = fill {
+            let trade = OrderUpdate {
+                execution: "TRADE",
+                status: if status == "FILLED" {
+                    "FILLED"
+                } else {
+                    "PARTIALLY_FILLED"
+                },
+                last_qty: qty,
+                last_price: price,
+                commission: filled.commission,
+                realized: filled.realized,
+                trade_id: filled.id,
+                ..update.clone()
+            };
+            self.feed.user(api_key, trade.payload());
+        }
+        if status != "FILLED" {
+            self.feed.user(api_key, update.payload());
         }
     }
 
@@ -291,7 +344,7 @@ mod tests {
         b.fill("k", "BTCUSDT", "BUY", Decimal::new(2, 0), Decimal::from(100_000), 1, 0);
         let refused = b.market_order("k", "BTCUSDT", "BUY", Decimal::ONE, "c1", 1, now());
         assert_eq!(refused.unwrap_err().code, -2022);
-        b.set_price("BTCUSDT", Decimal::from(101_000));
+        b.set_price("BTCUSDT", Decimal::from(101_000), 0);
         let o = b
             .market_order("k", "BTCUSDT", "SELL", Decimal::from(5), "c2", 2, now())
             .unwrap();

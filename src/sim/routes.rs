@@ -1,5 +1,6 @@
 //! The simulator's HTTP surface: Binance's routes under `/fapi` (through
-//! [`gate`](super::gate)), and `/sim/*` for tests ([`control`](super::control)).
+//! [`gate`](super::gate)), its WebSockets under `/public`, `/market` and
+//! `/private` ([`ws`](super::ws)), and `/sim/*` for tests ([`control`](super::control)).
 
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use super::Sim;
-use super::{control, gate};
+use super::{control, gate, ws};
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
@@ -18,6 +19,12 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/consume", post(control::consume))
         .route("/sim/fills", get(control::fills))
         .route("/sim/orders", get(control::orders))
+        .route("/sim/stream/drop", post(control::drop_streams))
+        .route("/sim/stream/expire_keys", post(control::expire_listen_keys))
+        .route("/sim/stream/book_ticker", post(control::book_ticker))
+        .route("/{route}/ws/{stream}", get(ws::single))
+        .route("/{route}/stream", get(ws::combined))
+        .route("/private/ws", get(ws::private))
         .fallback(gate::fapi)
         .with_state(sim)
 }

@@ -136,6 +136,9 @@ pub struct ProcessSeries {
     last_error: F64Gauge,
     consecutive_failures: Gauge,
     retries: Counter,
+    up: Gauge,
+    restarts: Counter,
+    last_event: F64Gauge,
 }
 
 pub struct ProcessMetrics {
@@ -160,6 +163,9 @@ pub struct ProcessMetrics {
     child_peak_rss: Family<ProcessLabels, Gauge>,
     api_calls_last_minute: Family<ProcessLabels, Gauge>,
     api_limit: Family<ProcessLabels, Gauge>,
+    up: Family<ProcessLabels, Gauge>,
+    restarts: Family<ProcessLabels, Counter>,
+    last_event: Family<ProcessLabels, F64Gauge>,
 }
 
 impl ProcessMetrics {
@@ -186,6 +192,9 @@ impl ProcessMetrics {
             child_peak_rss: Family::default(),
             api_calls_last_minute: Family::default(),
             api_limit: Family::default(),
+            up: Family::default(),
+            restarts: Family::default(),
+            last_event: Family::default(),
         }
     }
 
@@ -276,6 +285,22 @@ impl ProcessMetrics {
             Unit::Bytes,
             self.child_peak_rss.clone(),
         );
+        self.register_continuous(p);
+    }
+
+    /// Registers what only continuous processes report, under `script_manager_process_`.
+    fn register_continuous(&self, p: &mut Registry) {
+        p.register("up", "1 while a continuous process's run is up", self.up.clone());
+        p.register(
+            "restarts",
+            "Times a continuous process was started again after its run ended",
+            self.restarts.clone(),
+        );
+        p.register(
+            "last_event_timestamp_seconds",
+            "Unix time a continuous process last received something",
+            self.last_event.clone(),
+        );
     }
 
     /// Registers the per-process API gauges under `script_manager_api_`.
@@ -346,6 +371,9 @@ impl ProcessMetrics {
             last_error: self.last_error.get_or_create(&l).clone(),
             consecutive_failures: self.consecutive_failures.get_or_create(&l).clone(),
             retries: self.retries.get_or_create(&l).clone(),
+            up: self.up.get_or_create(&l).clone(),
+            restarts: self.restarts.get_or_create(&l).clone(),
+            last_event: self.last_event.get_or_create(&l).clone(),
         }
     }
 
@@ -421,5 +449,20 @@ impl ProcessSeries {
 
     pub fn retried(&self) {
         self.retries.inc();
+    }
+
+    pub fn up(&self, up: bool) {
+        self.up.set(up as i64);
+    }
+
+    pub fn restarted(&self) {
+        self.restarts.inc();
+    }
+
+    /// When a continuous run last received something (ms; 0 = never, left as is).
+    pub fn last_event_ms(&self, at_ms: i64) {
+        if at_ms > 0 {
+            self.last_event.set(at_ms as f64 / 1000.0);
+        }
     }
 }

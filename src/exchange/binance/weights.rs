@@ -10,6 +10,8 @@ pub const TICKER_PRICE: &str = "/fapi/v1/ticker/price";
 pub const POSITION_RISK: &str = "/fapi/v2/positionRisk";
 pub const USER_TRADES: &str = "/fapi/v1/userTrades";
 pub const ORDER: &str = "/fapi/v1/order";
+/// The user-data stream's key: create (POST), extend (PUT), close (DELETE).
+pub const LISTEN_KEY: &str = "/fapi/v1/listenKey";
 
 /// Routes the simulator also serves for third-party clients (ccxt), which this client does not call.
 pub const TICKER_24HR: &str = "/fapi/v1/ticker/24hr";
@@ -17,7 +19,15 @@ pub const POSITION_RISK_V3: &str = "/fapi/v3/positionRisk";
 pub const LEVERAGE_BRACKET: &str = "/fapi/v1/leverageBracket";
 
 /// Every route we call, for the `endpoint` label.
-pub const ENDPOINTS: &[&str] = &[TIME, EXCHANGE_INFO, TICKER_PRICE, POSITION_RISK, USER_TRADES, ORDER];
+pub const ENDPOINTS: &[&str] = &[
+    TIME,
+    EXCHANGE_INFO,
+    TICKER_PRICE,
+    POSITION_RISK,
+    USER_TRADES,
+    ORDER,
+    LISTEN_KEY,
+];
 
 /// The IP weight of a request; `None` for a route we do not know.
 /// `with_symbol`: the request names one `symbol`.
@@ -43,6 +53,7 @@ pub fn weight(method: &Method, route: &str, with_symbol: bool) -> Option<u32> {
         ("GET", LEVERAGE_BRACKET) => 1,
         // Orders cost no IP weight; they count toward the order limits.
         ("POST", ORDER) => 0,
+        ("POST", LISTEN_KEY) | ("PUT", LISTEN_KEY) | ("DELETE", LISTEN_KEY) => 1,
         _ => return None,
     })
 }
@@ -53,12 +64,13 @@ mod tests {
 
     #[test]
     fn every_route_we_call_has_a_weight() {
-        for route in ENDPOINTS {
+        for route in ENDPOINTS.iter().filter(|r| **r != LISTEN_KEY) {
             assert!(
                 weight(&Method::GET, route, false).is_some(),
                 "{route} has no GET weight"
             );
         }
+        assert_eq!(weight(&Method::PUT, LISTEN_KEY, false), Some(1));
         assert_eq!(weight(&Method::GET, TICKER_PRICE, false), Some(2));
         assert_eq!(weight(&Method::GET, TICKER_PRICE, true), Some(1));
         assert_eq!(weight(&Method::POST, ORDER, true), Some(0));
