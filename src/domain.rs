@@ -161,6 +161,84 @@ impl Catalog {
     }
 }
 
+/// A price to evaluate levels against: the best bid and ask (equal for a
+/// last or mark price), the venue's time of it, and when it reached us.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quote {
+    pub symbol: String,
+    pub bid: Decimal,
+    pub ask: Decimal,
+    /// Venue time (ms); 0 when not given.
+    pub time_ms: i64,
+    /// When we received it (our monotonic clock).
+    pub received: tokio::time::Instant,
+}
+
+impl Quote {
+    /// One price for both sides (a REST last price, a mark price).
+    pub fn single(symbol: &str, price: Decimal, time_ms: i64, received: tokio::time::Instant) -> Self {
+        Quote {
+            symbol: symbol.to_string(),
+            bid: price,
+            ask: price,
+            time_ms,
+            received,
+        }
+    }
+
+    /// Midpoint, for what shows one price (alerts, the price cache).
+    pub fn mid(&self) -> Decimal {
+        (self.bid + self.ask) / Decimal::TWO
+    }
+}
+
+/// Which streamed price a symbol is watched by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PriceSource {
+    /// Best bid and ask (`bookTicker`): real time; a long's stop sells at the bid.
+    #[default]
+    Book,
+    /// The mark price (`markPrice@1s`): smoother, updated every second.
+    Mark,
+}
+
+/// The latest streamed prices, by symbol and source, shared by the stream
+/// that writes them and the processes that read them.
+#[derive(Debug, Default)]
+pub struct LivePrices {
+    quotes: std::sync::RwLock<std::collections::HashMap<(String, PriceSource), Quote>>,
+}
+
+impl LivePrices {
+    pub fn update(&self, source: PriceSource, quote: Quote) {
+        let mut quotes = self.quotes.write().unwrap_or_else(|e| e.into_inner());
+        quotes.insert((quote.symbol.clone(), source), quote);
+    }
+
+    /// The symbol's latest `source` price if it arrived at most `max_age` ago.
+    pub fn fresh(&self, symbol: &str, source: PriceSource, max_age: std::time::Duration) -> Option<Quote> {
+        let quotes = self.quotes.read().unwrap_or_else(|e| e.into_inner());
+        quotes
+            .get(&(symbol.to_string(), source))
+            .filter(|q| q.received.elapsed() <= max_age)
+            .cloned()
+    }
+
+    /// Symbols among `symbols` with no fresh `source` price.
+    pub fn stale<'a>(
+        &self,
+        symbols: &'a [String],
+        source: PriceSource,
+        max_age: std::time::Duration,
+    ) -> Vec<&'a String> {
+        symbols
+            .iter()
+            .filter(|s| self.fresh(s, source, max_age).is_none())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,6 +95,13 @@ pub fn config(with_builtin_processes: bool) -> Config {
             request_timeout_seconds: 10.0,
             symbols: Vec::new(),
             accounts: BTreeMap::new(),
+            streams: false,
+            ws_base_url: "wss://fstream.binance.com".into(),
+            stream_silence_seconds: 10.0,
+            stream_stale_seconds: 5.0,
+            stream_max_lifetime_seconds: 86_400.0,
+            listen_key_renew_seconds: 1_800.0,
+            stream_reconcile_seconds: 300.0,
             simulator: super::SimulatorConfig::default(),
         },
         upstream: UpstreamConfig {

@@ -169,6 +169,24 @@ pub struct ExchangeConfig {
     /// Symbols trade sync always covers.
     pub symbols: Vec<String>,
     pub accounts: BTreeMap<String, AccountConfig>,
+    /// Prices and account events by WebSocket (`market_stream`, `user_stream`),
+    /// with REST as the safety net; `false` keeps polling only.
+    pub streams: bool,
+    /// Binance's WebSocket base (routed paths `/public`, `/market`, `/private`);
+    /// the in-process simulator sets its own.
+    pub ws_base_url: String,
+    /// A connection that received nothing this long is replaced (a silent socket).
+    pub stream_silence_seconds: f64,
+    /// A streamed price older than this is stale: REST is asked instead.
+    pub stream_stale_seconds: f64,
+    /// The venue closes a connection after this long (24 h); ours reconnects
+    /// ahead of it, the new connection up before the old one goes.
+    pub stream_max_lifetime_seconds: f64,
+    /// How often a user stream's listen key is extended (it expires after 60 min).
+    pub listen_key_renew_seconds: f64,
+    /// While an account's user stream is healthy, trade and position sync
+    /// reconcile it over REST only this often.
+    pub stream_reconcile_seconds: f64,
     pub simulator: SimulatorConfig,
 }
 

@@ -158,6 +158,31 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
             );
         }
     }
+    if x.streams && !(x.ws_base_url.starts_with("ws://") || x.ws_base_url.starts_with("wss://")) {
+        report(
+            "exchange.ws_base_url",
+            format!("`{}` is not a ws:// or wss:// URL", x.ws_base_url),
+        );
+    }
+    for (key, value, max) in [
+        ("exchange.stream_silence_seconds", x.stream_silence_seconds, 3600.0),
+        ("exchange.stream_stale_seconds", x.stream_stale_seconds, 3600.0),
+        (
+            "exchange.stream_max_lifetime_seconds",
+            x.stream_max_lifetime_seconds,
+            86_400.0,
+        ),
+        ("exchange.listen_key_renew_seconds", x.listen_key_renew_seconds, 3_300.0),
+        (
+            "exchange.stream_reconcile_seconds",
+            x.stream_reconcile_seconds,
+            86_400.0,
+        ),
+    ] {
+        if !(0.1..=max).contains(&value) {
+            report(key, format!("must be between 0.1 and {max}"));
+        }
+    }
     let sim = &x.simulator;
     if sim.symbols.values().any(|&p| p.is_nan() || p <= 0.0) {
         report(

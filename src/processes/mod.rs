@@ -15,6 +15,7 @@ pub mod dashboard_sync;
 pub mod demo;
 pub mod level_index;
 pub mod level_monitor;
+pub mod levels;
 pub mod notification_check;
 pub mod platform;
 pub mod position_sync;
@@ -45,6 +46,9 @@ pub const SYMBOL_PROCESSES: [&str; 4] = ["trade_sync", "level_monitor", "price_u
 pub fn check_settings(kind: &str, settings: &BTreeMap<String, Value>) -> Result<Vec<(String, String)>, String> {
     match kind {
         "command" => Ok(command::CommandSettings::parse(settings).err().unwrap_or_default()),
+        "level_monitor" => Ok(level_monitor::LevelMonitorSettings::parse(settings)
+            .err()
+            .unwrap_or_default()),
         k if TRADING_KINDS.contains(&k) => Ok(settings
             .keys()
             .map(|key| (key.clone(), "unknown setting".to_string()))
@@ -71,7 +75,11 @@ pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>)
             let batching = platform.batching;
             Arc::new(trade_sync::TradeSync::new(platform, interval, batching))
         }
-        "level_monitor" => Arc::new(level_monitor::LevelMonitor::new(p()?, interval)),
+        "level_monitor" => Arc::new(level_monitor::LevelMonitor::new(
+            p()?,
+            interval,
+            level_monitor::LevelMonitorSettings::parse(&config.settings).ok()?,
+        )),
         "price_update" => Arc::new(price_update::PriceUpdate::new(p()?, interval)),
         "notification_check" => Arc::new(notification_check::NotificationCheck::new(p()?, interval)),
         "position_sync" => Arc::new(position_sync::PositionSync::new(p()?)),

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use crate::domain::Catalog;
+use super::levels::LevelEngine;
+use crate::domain::{Catalog, LivePrices};
 use crate::exchange::{Venue, VenueError, VenueErrorKind};
 use crate::process::{ErrorKind, Fenced, ProcessError, RunReport};
 use crate::store::Store;
@@ -20,6 +21,12 @@ pub struct Platform {
     pub events: DomainEvents,
     /// The venue's listed symbols (refreshed from `exchangeInfo`).
     pub catalog: Arc<Catalog>,
+    /// Armed levels and the close protocol, shared by level_monitor and market_stream.
+    pub levels: LevelEngine,
+    /// The latest streamed prices (written by market_stream).
+    pub live: Arc<LivePrices>,
+    /// A streamed price older than this is stale: REST is asked instead.
+    pub stream_stale_after: std::time::Duration,
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
