@@ -206,6 +206,8 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         levels: Default::default(),
         live: Arc::default(),
         stream_stale_after: Duration::from_secs(5),
+        streaming: None,
+        stream_metrics: metrics.stream.clone(),
         http: http_client().unwrap(),
         webhook_url: None,
         webhook_hosts: Vec::new(),

@@ -156,3 +156,22 @@ pub fn spawn_exchange_info_refresh(venue: Arc<Binance>, catalog: Arc<Catalog>, s
         }
     });
 }
+
+/// The stream settings of `[exchange]`, `None` when streams are off. The
+/// in-process simulator serves its streams on its own address.
+pub fn stream_settings(
+    config: &Config,
+    simulator: Option<SocketAddr>,
+) -> Option<crate::processes::platform::StreamSettings> {
+    let x = &config.exchange;
+    x.streams.then(|| crate::processes::platform::StreamSettings {
+        base_url: match simulator {
+            Some(addr) => format!("ws://{addr}"),
+            None => x.ws_base_url.clone(),
+        },
+        silence: Duration::from_secs_f64(x.stream_silence_seconds),
+        max_lifetime: Duration::from_secs_f64(x.stream_max_lifetime_seconds),
+        listen_key_renew: Duration::from_secs_f64(x.listen_key_renew_seconds),
+        reconcile: Duration::from_secs_f64(x.stream_reconcile_seconds),
+    })
+}

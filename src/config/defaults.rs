@@ -47,7 +47,33 @@ pub fn process_defaults(kind: &str) -> ProcessConfig {
     }
 }
 
-pub fn builtin_processes() -> BTreeMap<String, ProcessConfig> {
+/// Whether prices and account events come by WebSocket unless configured otherwise.
+pub const STREAMS_BY_DEFAULT: bool = false;
+
+/// The stream processes, built in when `exchange.streams` is on: (id, name,
+/// calls/min, lease s). Continuous; their timeout is the lease they renew.
+const STREAM_PROCESSES: [(&str, &str, u32, f64); 2] = [
+    ("market_stream", "Market Stream", 100, 10.0),
+    ("user_stream", "User Stream", 60, 10.0),
+];
+
+fn stream_processes() -> impl Iterator<Item = (String, ProcessConfig)> {
+    STREAM_PROCESSES.iter().map(|&(id, name, limit, lease)| {
+        let process = ProcessConfig {
+            name: Some(name.to_string()),
+            mode: ProcessMode::Continuous,
+            interval_seconds: lease,
+            max_api_calls_per_minute: limit,
+            priority: 1,
+            timeout_seconds: lease,
+            ..process_defaults(id)
+        };
+        (id.to_string(), process)
+    })
+}
+
+pub fn builtin_processes(with_streams: bool) -> BTreeMap<String, ProcessConfig> {
+    let streams = stream_processes().filter(|_| with_streams);
     BUILTIN_PROCESSES
         .iter()
         .map(|&(id, name, interval, limit, priority, timeout, retries, offset)| {
@@ -63,10 +89,11 @@ pub fn builtin_processes() -> BTreeMap<String, ProcessConfig> {
             };
             (id.to_string(), process)
         })
+        .chain(streams)
         .collect()
 }
 
-pub fn config(with_builtin_processes: bool) -> Config {
+pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
     Config {
         enabled: true,
         log_level: "info".into(),
@@ -90,12 +117,12 @@ pub fn config(with_builtin_processes: bool) -> Config {
             base_url: "https://fapi.binance.com".into(),
             weight_safety_margin: 0.8,
             reserved_share: 0.2,
-            reserved_for: vec!["level_monitor".into()],
+            reserved_for: vec!["level_monitor".into(), "market_stream".into()],
             recv_window_ms: 5000,
             request_timeout_seconds: 10.0,
             symbols: Vec::new(),
             accounts: BTreeMap::new(),
-            streams: false,
+            streams: with_streams,
             ws_base_url: "wss://fstream.binance.com".into(),
             stream_silence_seconds: 10.0,
             stream_stale_seconds: 5.0,
@@ -129,7 +156,7 @@ pub fn config(with_builtin_processes: bool) -> Config {
             heartbeat_seconds: 1.0,
         },
         processes: if with_builtin_processes {
-            builtin_processes()
+            builtin_processes(with_streams)
         } else {
             BTreeMap::new()
         },

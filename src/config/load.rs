@@ -88,7 +88,12 @@ pub fn load(options: &LoadOptions, kinds: KindCheck) -> Result<Config, ConfigErr
 
     let overrides = overrides(path.as_deref(), &env);
     let with_builtin = overrides.extract_inner::<bool>("builtin_processes").unwrap_or(true);
-    let mut figment = Figment::from(Serialized::defaults(defaults::config(with_builtin))).merge(overrides);
+    // The stream processes are built in only when streams are on.
+    let with_streams = overrides
+        .extract_inner::<bool>("exchange.streams")
+        .unwrap_or(defaults::STREAMS_BY_DEFAULT);
+    let defaults = defaults::config(with_builtin, with_streams);
+    let mut figment = Figment::from(Serialized::defaults(defaults)).merge(overrides);
     figment = fill_process_defaults(figment);
 
     let mut problems = Vec::new();

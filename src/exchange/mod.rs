@@ -22,6 +22,15 @@ pub use types::{Account, ExchangeInfo};
 
 /// What the platform needs from an exchange.
 pub trait Venue: Send + Sync + 'static {
+    /// The account's user-data stream key: created, or the valid one returned and extended.
+    fn listen_key<'a>(&'a self, caller: &'a Caller, account: &'a str) -> BoxFuture<'a, Result<String, VenueError>>;
+    /// Extends a listen key (it expires 60 minutes after its last extension).
+    fn keep_alive<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), VenueError>>;
     /// Limits and symbols, read at start-up (and whenever limits may have changed).
     fn exchange_info<'a>(&'a self, caller: &'a Caller) -> BoxFuture<'a, Result<ExchangeInfo, VenueError>>;
     /// Current prices of `symbols` (all symbols when empty), no older than `caller.max_age`.

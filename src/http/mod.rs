@@ -116,7 +116,9 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
             .api
             .weight_usage(u.used, u.limit, u.venue_used, u.venue_limit);
     }
-    state.metrics.domain.refresh(crate::clock::now_ms());
+    let now = crate::clock::now_ms();
+    state.metrics.domain.refresh(now);
+    state.metrics.stream.refresh(now);
     let wants_openmetrics = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -16,6 +16,7 @@ pub mod demo;
 pub mod level_index;
 pub mod level_monitor;
 pub mod levels;
+pub mod market_stream;
 pub mod notification_check;
 pub mod platform;
 pub mod position_sync;
@@ -36,6 +37,9 @@ use crate::process::Process;
 /// The seed's trading processes (they need the store and the exchange).
 pub const TRADING_KINDS: [&str; 6] = crate::config::SEED_PROCESSES;
 
+/// The stream processes (continuous), run when `exchange.streams` is on.
+pub const STREAM_KINDS: [&str; 2] = ["market_stream", "user_stream"];
+
 /// The processes that serve every account, counted per account when one fails.
 pub const ACCOUNT_PROCESSES: [&str; 3] = ["trade_sync", "position_sync", "dashboard_sync"];
 /// The processes that leave out symbols the venue does not list, and count them.
@@ -49,13 +53,14 @@ pub fn check_settings(kind: &str, settings: &BTreeMap<String, Value>) -> Result<
         "level_monitor" => Ok(level_monitor::LevelMonitorSettings::parse(settings)
             .err()
             .unwrap_or_default()),
-        k if TRADING_KINDS.contains(&k) => Ok(settings
+        k if TRADING_KINDS.contains(&k) || STREAM_KINDS.contains(&k) => Ok(settings
             .keys()
             .map(|key| (key.clone(), "unknown setting".to_string()))
             .collect()),
         other => Err(format!(
-            "unknown kind `{other}`; known kinds: command, {}",
-            TRADING_KINDS.join(", ")
+            "unknown kind `{other}`; known kinds: command, {}, {}",
+            TRADING_KINDS.join(", "),
+            STREAM_KINDS.join(", ")
         )),
     }
 }
@@ -83,6 +88,7 @@ pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>)
         "price_update" => Arc::new(price_update::PriceUpdate::new(p()?, interval)),
         "notification_check" => Arc::new(notification_check::NotificationCheck::new(p()?, interval)),
         "position_sync" => Arc::new(position_sync::PositionSync::new(p()?)),
+        "market_stream" => Arc::new(market_stream::MarketStream::new(p()?)),
         "dashboard_sync" => Arc::new(dashboard_sync::DashboardSync::new(p()?)),
         _ => return None,
     })

@@ -10,6 +10,7 @@ use crate::exchange::{Venue, VenueError, VenueErrorKind};
 use crate::process::{ErrorKind, Fenced, ProcessError, RunReport};
 use crate::store::Store;
 use crate::telemetry::domain::DomainEvents;
+use crate::telemetry::stream::StreamMetrics;
 
 pub struct Platform {
     pub store: Arc<Store>,
@@ -27,6 +28,9 @@ pub struct Platform {
     pub live: Arc<LivePrices>,
     /// A streamed price older than this is stale: REST is asked instead.
     pub stream_stale_after: std::time::Duration,
+    /// The WebSocket settings when `exchange.streams` is on.
+    pub streaming: Option<StreamSettings>,
+    pub stream_metrics: Arc<StreamMetrics>,
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
@@ -36,6 +40,28 @@ pub struct Platform {
     pub batching: bool,
     /// Other replicas write to the same store (HA): what is cached from it must be re-checked there.
     pub shared_store: bool,
+}
+
+/// How the streams connect and when they give up on a connection.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `ws://` or `wss://` base of the routed paths.
+    pub base_url: String,
+    /// Nothing received this long: the connection is replaced.
+    pub silence: std::time::Duration,
+    /// The venue closes connections after this long; ours reconnect ahead of it.
+    pub max_lifetime: std::time::Duration,
+    /// How often a listen key is extended.
+    pub listen_key_renew: std::time::Duration,
+    /// How often a healthy user stream's account is reconciled over REST.
+    pub reconcile: std::time::Duration,
+}
+
+impl StreamSettings {
+    /// When a connection opened now should be replaced, ahead of the venue's close.
+    pub fn planned_reconnect(&self) -> std::time::Duration {
+        self.max_lifetime - (self.max_lifetime / 10).min(std::time::Duration::from_secs(600))
+    }
 }
 
 impl Platform {

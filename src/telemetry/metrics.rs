@@ -11,6 +11,7 @@ use super::api::ApiMetrics;
 use super::domain::DomainEvents;
 use super::ha::HaMetrics;
 use super::process::{ProcessInfo, ProcessMetrics, ProcessSeries};
+use super::stream::StreamMetrics;
 
 pub struct Metrics {
     registry: Registry,
@@ -18,6 +19,7 @@ pub struct Metrics {
     pub api: ApiMetrics,
     pub domain: DomainEvents,
     pub ha: HaMetrics,
+    pub stream: std::sync::Arc<StreamMetrics>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
 }
@@ -33,6 +35,7 @@ impl Metrics {
             api: ApiMetrics::new(),
             domain,
             ha,
+            stream: std::sync::Arc::new(StreamMetrics::new()),
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
         };
@@ -59,6 +62,7 @@ impl Metrics {
         m.api.register(api);
         m.domain.register(registry);
         m.ha.register(registry);
+        m.stream.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }

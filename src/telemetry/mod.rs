@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod otel;
 pub mod process;
 pub mod resources;
+pub mod stream;
 
 pub use metrics::Metrics;
 pub use process::ProcessInfo;

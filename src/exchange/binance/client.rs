@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 
 use super::sign::encode;
 use super::transport::{Request, Transport, TransportOptions};
-use super::weights::{self, ENDPOINTS, EXCHANGE_INFO, ORDER, POSITION_RISK, TICKER_PRICE, TIME, USER_TRADES};
+use super::weights::{
+    self, ENDPOINTS, EXCHANGE_INFO, LISTEN_KEY, ORDER, POSITION_RISK, TICKER_PRICE, TIME, USER_TRADES,
+};
 use super::wire::{RawFill, RawInfo, RawOrder, RawPosition, RawPrice, decode};
 use crate::budget::{Admission, Caller};
 use crate::clock::now_ms;
@@ -106,6 +108,7 @@ impl Binance {
             endpoint: req.endpoint,
             params: req.params.clone(),
             account: req.account.clone(),
+            key_only: req.key_only,
             weight: req.weight,
         };
         let call = Call {
@@ -136,6 +139,7 @@ impl Binance {
             endpoint,
             params,
             account: account.cloned(),
+            key_only: false,
             weight,
         };
         let body = self.request(caller, req).await?;
@@ -155,6 +159,7 @@ impl Binance {
             endpoint: TIME,
             params: vec![],
             account: None,
+            key_only: false,
             weight: 1,
         };
         let call = Call {
@@ -197,7 +202,60 @@ fn p(k: &str, v: impl ToString) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
+impl Binance {
+    /// One listen-key call (`POST` creates or returns, `PUT` extends): the API key alone, weight 1.
+    async fn listen_key_call(
+        &self,
+        caller: &Caller,
+        account: &str,
+        method: Method,
+        key: Option<&str>,
+    ) -> Result<String, VenueError> {
+        let acct = self.account(account)?;
+        let req = Request {
+            method: method.clone(),
+            endpoint: LISTEN_KEY,
+            params: key.map(|k| vec![p("listenKey", k)]).unwrap_or_default(),
+            account: Some(acct.clone()),
+            key_only: true,
+            weight: weights::weight(&method, LISTEN_KEY, false).unwrap_or(1),
+        };
+        let body = self.request(caller, req).await?;
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Key {
+            #[serde(default)]
+            listen_key: Option<String>,
+        }
+        let answer: Key = decode(LISTEN_KEY, &body)?;
+        Ok(answer.listen_key.or(key.map(String::from)).unwrap_or_default())
+    }
+}
+
 impl Venue for Binance {
+    fn listen_key<'a>(&'a self, caller: &'a Caller, account: &'a str) -> BoxFuture<'a, Result<String, VenueError>> {
+        Box::pin(self.tally(async move {
+            let key = self.listen_key_call(caller, account, Method::POST, None).await?;
+            match key.is_empty() {
+                true => Err(VenueError::Decode("listenKey: no key in the answer".into())),
+                false => Ok(key),
+            }
+        }))
+    }
+
+    fn keep_alive<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<(), VenueError>> {
+        Box::pin(self.tally(async move {
+            self.listen_key_call(caller, account, Method::PUT, Some(key))
+                .await
+                .map(|_| ())
+        }))
+    }
+
     fn exchange_info<'a>(&'a self, caller: &'a Caller) -> BoxFuture<'a, Result<ExchangeInfo, VenueError>> {
         Box::pin(self.tally(async move {
             let raw: RawInfo = self.get(caller, EXCHANGE_INFO, vec![], None).await?;
@@ -330,6 +388,7 @@ impl Venue for Binance {
                 endpoint: ORDER,
                 params,
                 account: Some(acct.clone()),
+                key_only: false,
                 weight: weights::weight(&Method::POST, ORDER, true).unwrap_or(0),
             };
             let body = self.request(caller, req).await?;

@@ -9,6 +9,7 @@ pub mod sign;
 pub mod transport;
 pub mod weights;
 mod wire;
+pub mod ws;
 
 pub use client::Binance;
 pub use transport::TransportOptions;

@@ -17,6 +17,17 @@ pub struct Prepared {
     pub api_key: Option<String>,
 }
 
+/// Who a request speaks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Credentials<'a> {
+    /// Public data.
+    None,
+    /// The API key header only (listen keys).
+    Key(&'a Account),
+    /// Signed with the account's secret.
+    Signed(&'a Account),
+}
+
 /// Builds the URL (and body for POST); signed requests get `recvWindow`,
 /// `timestamp` (venue time) and `signature` last.
 pub fn prepare(
@@ -24,13 +35,16 @@ pub fn prepare(
     method: Method,
     endpoint: &str,
     params: &[(String, String)],
-    account: Option<&Account>,
+    credentials: Credentials<'_>,
     recv_window_ms: u64,
     clock_offset_ms: i64,
 ) -> Prepared {
     let mut query: Vec<(String, String)> = params.to_vec();
     let mut api_key = None;
-    if let Some(account) = account {
+    if let Credentials::Key(account) = credentials {
+        api_key = Some(account.api_key.expose().to_string());
+    }
+    if let Credentials::Signed(account) = credentials {
         query.push(("recvWindow".into(), recv_window_ms.to_string()));
         query.push(("timestamp".into(), (now_ms() + clock_offset_ms).to_string()));
         let payload = encode(&query);
@@ -102,7 +116,7 @@ mod tests {
             Method::GET,
             "/fapi/v1/userTrades",
             &[("symbol".into(), "BTCUSDT".into())],
-            Some(&account),
+            Credentials::Signed(&account),
             5000,
             0,
         );

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tracing::field;
 
-use super::sign::{Prepared, prepare};
+use super::sign::{Credentials, Prepared, prepare};
 use crate::budget::{Admission, Caller};
 use crate::exchange::{Account, VenueError};
 use crate::telemetry::Metrics;
@@ -42,8 +42,9 @@ pub struct Request {
     /// The route, also the `endpoint` label.
     pub endpoint: &'static str,
     pub params: Vec<(String, String)>,
-    /// Signs the request with this account's keys.
+    /// Signs the request with this account's keys (or, with `key_only`, sends its API key alone).
     pub account: Option<Account>,
+    pub key_only: bool,
     pub weight: u32,
 }
 
@@ -94,7 +95,11 @@ impl Transport {
             req.method.clone(),
             req.endpoint,
             &req.params,
-            req.account.as_ref(),
+            match (&req.account, req.key_only) {
+                (None, _) => Credentials::None,
+                (Some(a), true) => Credentials::Key(a),
+                (Some(a), false) => Credentials::Signed(a),
+            },
             self.options.recv_window_ms,
             self.clock_offset_ms(),
         );

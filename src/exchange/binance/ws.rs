@@ -1,0 +1,287 @@
+//! Binance's WebSockets, as the client sees them: routed URLs (`/public`
+//! for `bookTicker`, `/market` for `markPrice`, `/private` for user data),
+//! combined streams (`{"stream", "data"}`), `SUBSCRIBE`/`UNSUBSCRIBE` at run
+//! time (one message per change, paced to ≤ 10 a second), and the payloads
+//! decoded into quotes and account events. Pings are answered by the socket
+//! as it reads; silence is for the caller to time.
+
+use std::collections::VecDeque;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::domain::{Fill, OrderSide, Position, Quote};
+use crate::exchange::VenueError;
+
+/// At most this many streams ride one connection.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 200;
+/// Messages a connection may send per second.
+const MAX_SENT_PER_SECOND: usize = 10;
+
+/// Which routed path a market stream lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// `bookTicker`: best bid and ask in real time.
+    Public,
+    /// `markPrice@1s`.
+    Market,
+}
+
+impl Route {
+    fn path(self) -> &'static str {
+        match self {
+            Route::Public => "public",
+            Route::Market => "market",
+        }
+    }
+
+    /// The stream name of `symbol` on this route.
+    pub fn stream(self, symbol: &str) -> String {
+        match self {
+            Route::Public => format!("{}@bookTicker", symbol.to_lowercase()),
+            Route::Market => format!("{}@markPrice@1s", symbol.to_lowercase()),
+        }
+    }
+}
+
+/// What a stream delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// Best bid and ask (`bookTicker`).
+    Book(Quote),
+    /// The mark price (`markPriceUpdate`).
+    Mark(Quote),
+    /// A fill of one of the account's orders (`ORDER_TRADE_UPDATE`, execution `TRADE`).
+    Fill { fill: Fill, client_order_id: String },
+    /// An order of the account changed state without a fill (accepted, expired, ...).
+    Order { client_order_id: String, status: String },
+    /// Positions that changed (`ACCOUNT_UPDATE`).
+    Positions(Vec<Position>),
+    /// The listen key expired: nothing more will arrive on this socket.
+    ListenKeyExpired,
+    /// Venue time of the event, for lag (`E`), when it carried nothing else we use.
+    Other,
+}
+
+/// One WebSocket connection to the venue.
+pub struct Socket {
+    inner: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    sent: VecDeque<Instant>,
+    next_id: u64,
+    /// When the last message (of any kind) arrived.
+    pub last_message: Instant,
+    pub opened: Instant,
+}
+
+impl Socket {
+    /// A combined market connection on `route` carrying `streams` from the start.
+    pub async fn market(base: &str, route: Route, streams: &[String]) -> Result<Socket, VenueError> {
+        let url = format!(
+            "{}/{}/stream?streams={}",
+            base.trim_end_matches('/'),
+            route.path(),
+            streams.join("/")
+        );
+        Self::open(&url).await
+    }
+
+    /// One account's user-data connection.
+    pub async fn user(base: &str, listen_key: &str) -> Result<Socket, VenueError> {
+        let url = format!(
+            "{}/private/ws?listenKey={listen_key}&events=ORDER_TRADE_UPDATE/ACCOUNT_UPDATE",
+            base.trim_end_matches('/')
+        );
+        Self::open(&url).await
+    }
+
+    async fn open(url: &str) -> Result<Socket, VenueError> {
+        crate::net::install_crypto();
+        // Never log the URL: a user stream's carries its listen key.
+        let (inner, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .map_err(|e| VenueError::Transient(format!("websocket connect: {}", describe(&e))))?;
+        let now = Instant::now();
+        Ok(Socket {
+            inner,
+            sent: VecDeque::new(),
+            next_id: 1,
+            last_message: now,
+            opened: now,
+        })
+    }
+
+    /// Adds streams (`subscribe`) or removes them, in one paced message.
+    pub async fn change(&mut self, streams: &[String], subscribe: bool) -> Result<(), VenueError> {
+        if streams.is_empty() {
+            return Ok(());
+        }
+        self.pace().await;
+        let method = if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
+        let request = json!({"method": method, "params": streams, "id": self.next_id});
+        self.next_id += 1;
+        self.inner
+            .send(Message::Text(request.to_string().into()))
+            .await
+            .map_err(|e| VenueError::Transient(format!("websocket send: {}", describe(&e))))
+    }
+
+    /// Waits until one more message fits the venue's limit of sent messages per second.
+    async fn pace(&mut self) {
+        let now = Instant::now();
+        while self
+            .sent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.sent.pop_front();
+        }
+        if self.sent.len() >= MAX_SENT_PER_SECOND
+            && let Some(first) = self.sent.front()
+        {
+            tokio::time::sleep_until(*first + Duration::from_secs(1)).await;
+            self.sent.pop_front();
+        }
+        self.sent.push_back(Instant::now());
+    }
+
+    /// The next message, decoded. `Ok(None)`: nothing for us (an answer to a
+    /// subscription, a ping); `Err`: the connection is gone.
+    pub async fn next(&mut self) -> Result<Option<StreamEvent>, VenueError> {
+        let message = match self.inner.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(VenueError::Transient(format!("websocket read: {}", describe(&e)))),
+            None => return Err(VenueError::Transient("websocket closed".into())),
+        };
+        self.last_message = Instant::now();
+        match message {
+            Message::Text(text) => Ok(decode(text.as_str(), self.last_message)),
+            Message::Close(_) => Err(VenueError::Transient("websocket closed by the venue".into())),
+            _ => Ok(None),
+        }
+    }
+
+    /// Closes politely (the replacement is up, or we are stopping).
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.close(None)).await;
+    }
+}
+
+/// An error without the URL (a user stream's carries its listen key).
+fn describe(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Http(response) => format!("HTTP {}", response.status()),
+        E::Url(_) => "bad URL".into(),
+        other => other.to_string(),
+    }
+}
+
+fn dec(v: &Value) -> Option<Decimal> {
+    v.as_str().and_then(|s| Decimal::from_str(s).ok())
+}
+
+/// One message's payload as an event (a combined stream's is under `data`).
+pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let data = if value.get("data").is_some() {
+        &value["data"]
+    } else {
+        &value
+    };
+    let time = data["E"]
+        .as_i64()
+        .or_else(|| data["E"].as_str()?.parse().ok())
+        .unwrap_or(0);
+    Some(match data["e"].as_str()? {
+        "bookTicker" => StreamEvent::Book(Quote {
+            symbol: data["s"].as_str()?.to_string(),
+            bid: dec(&data["b"])?,
+            ask: dec(&data["a"])?,
+            time_ms: time,
+            received,
+        }),
+        "markPriceUpdate" => StreamEvent::Mark(Quote::single(data["s"].as_str()?, dec(&data["p"])?, time, received)),
+        "ORDER_TRADE_UPDATE" => {
+            let o = &data["o"];
+            let client_order_id = o["c"].as_str()?.to_string();
+            if o["x"] != "TRADE" {
+                return Some(StreamEvent::Order {
+                    client_order_id,
+                    status: o["X"].as_str().unwrap_or("").to_string(),
+                });
+            }
+            StreamEvent::Fill {
+                fill: Fill {
+                    symbol: o["s"].as_str()?.to_string(),
+                    id: o["t"].as_u64()?,
+                    order_id: o["i"].as_u64()?,
+                    side: OrderSide::parse(o["S"].as_str()?)?,
+                    price: dec(&o["L"])?,
+                    qty: dec(&o["l"])?,
+                    realized_pnl: dec(&o["rp"]).unwrap_or_default(),
+                    commission: dec(&o["n"]).unwrap_or_default(),
+                    time_ms: o["T"].as_i64().unwrap_or(time),
+                },
+                client_order_id,
+            }
+        }
+        "ACCOUNT_UPDATE" => StreamEvent::Positions(
+            data["a"]["P"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| {
+                    Some(Position {
+                        symbol: p["s"].as_str()?.to_string(),
+                        amount: dec(&p["pa"])?,
+                        entry_price: dec(&p["ep"])?,
+                        mark_price: Decimal::ZERO,
+                        unrealized_pnl: dec(&p["up"]).unwrap_or_default(),
+                        update_time_ms: time,
+                    })
+                })
+                .collect(),
+        ),
+        "listenKeyExpired" => StreamEvent::ListenKeyExpired,
+        _ => StreamEvent::Other,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_binance_payloads() {
+        let now = Instant::now();
+        let book = r#"{"stream":"btcusdt@bookTicker","data":{"e":"bookTicker","u":1,"E":1700000000000,"T":1,"s":"BTCUSDT","b":"99.5","B":"1","a":"100.5","A":"1"}}"#;
+        match decode(book, now) {
+            Some(StreamEvent::Book(q)) => {
+                assert_eq!(
+                    (q.symbol.as_str(), q.bid, q.ask),
+                    ("BTCUSDT", Decimal::new(995, 1), Decimal::new(1005, 1))
+                );
+                assert_eq!(q.time_ms, 1_700_000_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        let expired = r#"{"e":"listenKeyExpired","E":"1700000000000","listenKey":"k"}"#;
+        assert_eq!(decode(expired, now), Some(StreamEvent::ListenKeyExpired));
+        let fill = r#"{"e":"ORDER_TRADE_UPDATE","E":5,"T":5,"o":{"s":"ETHUSDT","c":"sm-1-1","S":"SELL","x":"TRADE","X":"FILLED","i":7,"l":"0.5","L":"4000","n":"0.8","T":5,"t":9,"rp":"12"}}"#;
+        match decode(fill, now) {
+            Some(StreamEvent::Fill { fill, client_order_id }) => {
+                assert_eq!((fill.id, fill.order_id, fill.qty), (9, 7, Decimal::new(5, 1)));
+                assert_eq!(client_order_id, "sm-1-1");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(decode("not json", now), None);
+        assert_eq!(decode(r#"{"result":null,"id":1}"#, now), None);
+    }
+}
