@@ -208,6 +208,7 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         stream_stale_after: Duration::from_secs(5),
         streaming: None,
         stream_metrics: metrics.stream.clone(),
+        stream_health: Default::default(),
         http: http_client().unwrap(),
         webhook_url: None,
         webhook_hosts: Vec::new(),

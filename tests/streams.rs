@@ -89,3 +89,193 @@ async fn a_stop_loss_fires_from_a_streamed_price_while_rest_prices_are_unchanged
         1.0
     );
 }
+
+/// Every fill the simulator made for `account`, by trade id.
+async fn sim_fill_ids(sim: &SimProcess, account: &str) -> std::collections::BTreeSet<u64> {
+    let fills = sim.get(&format!("/sim/fills?account={account}")).await;
+    fills
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_u64().unwrap())
+        .collect()
+}
+
+/// Every fill the service stored for `account` (trade ids; a duplicate would show twice).
+async fn stored_fill_ids(svc: &Service, account: &str) -> Vec<u64> {
+    let trades = svc
+        .get_json(&format!("/api/trades?account={account}&limit=10000"))
+        .await;
+    let mut ids: Vec<u64> = trades
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// Waits until the service has stored exactly the simulator's fills of `account`, each once.
+async fn fills_match(svc: &Service, sim: &SimProcess, account: &str) {
+    let mut last = (Default::default(), Vec::new());
+    for _ in 0..100 {
+        let venue = sim_fill_ids(sim, account).await;
+        let stored = stored_fill_ids(svc, account).await;
+        let unique: std::collections::BTreeSet<u64> = stored.iter().copied().collect();
+        assert_eq!(unique.len(), stored.len(), "a fill stored twice: {stored:?}");
+        if unique == venue {
+            return;
+        }
+        last = (venue, stored);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "stored fills differ from the venue's: venue {:?}, stored {:?}\n{}",
+        last.0,
+        last.1,
+        svc.log()
+    );
+}
+
+/// trade_sync and position_sync far apart: what arrives, arrives by stream or reconciliation.
+const STREAMS_ONLY: [(&str, &str); 4] = [
+    ("SCRIPT_MANAGER_PROCESSES__TRADE_SYNC__INTERVAL_SECONDS", "600"),
+    ("SCRIPT_MANAGER_PROCESSES__TRADE_SYNC__START_OFFSET_SECONDS", "600"),
+    ("SCRIPT_MANAGER_PROCESSES__POSITION_SYNC__INTERVAL_SECONDS", "600"),
+    ("SCRIPT_MANAGER_PROCESSES__POSITION_SYNC__START_OFFSET_SECONDS", "600"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fills_made_while_the_user_stream_is_down_arrive_after_it_reconnects_once_each() {
+    let sim = SimProcess::start("fills_per_minute = 600.0\nvolatility = 0.0").await;
+    let store = TestStore::new(Backend::Sqlite);
+    let svc = start(&sim, &store, &STREAMS_ONLY).await;
+    let up = r#"script_manager_stream_up{stream="user",account="main"}"#;
+    svc.wait_get(
+        "the user stream",
+        "/api/script-manager/status",
+        Duration::from_secs(15),
+        |_| true,
+    )
+    .await;
+    for _ in 0..100 {
+        if metric(&svc, up).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&svc, up).await, 1.0, "{}", svc.log());
+    fills_match(&svc, &sim, "main").await;
+    // Down: every connection dropped; fills go on at the venue meanwhile.
+    sim.post("/sim/stream/drop", &json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fills_match(&svc, &sim, "main").await;
+    fills_match(&svc, &sim, "alt").await;
+    let closed = r#"script_manager_stream_reconnects_total{stream="user",account="main",reason="closed"}"#;
+    assert!(metric(&svc, closed).await >= 1.0);
+    assert_eq!(metric(&svc, up).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_listen_key_is_renewed_and_events_resume() {
+    let sim = SimProcess::start("fills_per_minute = 300.0\nvolatility = 0.0").await;
+    let store = TestStore::new(Backend::Sqlite);
+    let svc = start(&sim, &store, &STREAMS_ONLY).await;
+    fills_match(&svc, &sim, "main").await;
+    sim.post("/sim/stream/expire_keys", &json!({})).await;
+    let renewed = r#"script_manager_stream_reconnects_total{stream="user",account="main",reason="listen_key"}"#;
+    for _ in 0..100 {
+        if metric(&svc, renewed).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&svc, renewed).await >= 1.0, "{}", svc.log());
+    let before = stored_fill_ids(&svc, "main").await.len();
+    // New fills arrive again (by the stream: trade_sync is far away).
+    for _ in 0..100 {
+        if stored_fill_ids(&svc, "main").await.len() > before + 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stored_fill_ids(&svc, "main").await.len() > before + 1, "events resumed");
+    fills_match(&svc, &sim, "main").await;
+    assert!(
+        metric(
+            &svc,
+            r#"script_manager_stream_listen_key_renewals_total{account="main",result="ok"}"#
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_but_open_market_socket_is_replaced() {
+    let sim = SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.001\nprice_step_ms = 50").await;
+    let store = TestStore::new(Backend::Sqlite);
+    let svc = start(
+        &sim,
+        &store,
+        &[("SCRIPT_MANAGER_PROCESSES__USER_STREAM__ENABLED", "false")],
+    )
+    .await;
+    create_level_near(&svc, &sim, "main").await;
+    let messages = r#"script_manager_stream_messages_total{stream="book",account=""}"#;
+    for _ in 0..100 {
+        if metric(&svc, messages).await > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&svc, messages).await > 0.0, "prices stream in");
+    // The sockets stay open and say nothing.
+    sim.post("/sim/faults", &json!({"ws_silent": true})).await;
+    let silent = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="silent"}"#;
+    for _ in 0..100 {
+        if metric(&svc, silent).await >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&svc, silent).await >= 1.0, "silence detected: {}", svc.log());
+    sim.post("/sim/faults", &json!({})).await;
+    let before = metric(&svc, messages).await;
+    for _ in 0..100 {
+        if metric(&svc, messages).await > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metric(&svc, messages).await > before,
+        "prices flow again on the new connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_reconnect_ahead_of_the_venues_close_loses_nothing() {
+    // The venue closes connections after 4 s (standing for 24 h); ours replace theirs ahead of it.
+    let sim = SimProcess::start(
+        "fills_per_minute = 300.0\nvolatility = 0.001\nprice_step_ms = 50\nws_max_lifetime_seconds = 4",
+    )
+    .await;
+    let store = TestStore::new(Backend::Sqlite);
+    let mut env = STREAMS_ONLY.to_vec();
+    env.push(("SCRIPT_MANAGER_EXCHANGE__STREAM_MAX_LIFETIME_SECONDS", "4"));
+    let svc = start(&sim, &store, &env).await;
+    create_level_near(&svc, &sim, "main").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let planned = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="planned"}"#;
+    assert!(metric(&svc, planned).await >= 2.0, "{}", svc.log());
+    let lost = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="closed"}"#;
+    assert_eq!(metric(&svc, lost).await, 0.0, "no connection was closed under us");
+    assert_eq!(
+        metric(&svc, r#"script_manager_stream_up{stream="book",account=""}"#).await,
+        1.0
+    );
+    fills_match(&svc, &sim, "main").await;
+    fills_match(&svc, &sim, "alt").await;
+}

@@ -185,6 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stream_stale_after: Duration::from_secs_f64(config.exchange.stream_stale_seconds),
         streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr)),
         stream_metrics: metrics.stream.clone(),
+        stream_health: Default::default(),
         http: crate::net::http_client()?,
         webhook_url: config.notifications.webhook_url.clone(),
         webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),

@@ -21,7 +21,9 @@ pub mod notification_check;
 pub mod platform;
 pub mod position_sync;
 pub mod price_update;
+pub mod reconcile;
 pub mod trade_sync;
+pub mod user_stream;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -89,6 +91,7 @@ pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>)
         "notification_check" => Arc::new(notification_check::NotificationCheck::new(p()?, interval)),
         "position_sync" => Arc::new(position_sync::PositionSync::new(p()?)),
         "market_stream" => Arc::new(market_stream::MarketStream::new(p()?)),
+        "user_stream" => Arc::new(user_stream::UserStream::new(p()?)),
         "dashboard_sync" => Arc::new(dashboard_sync::DashboardSync::new(p()?)),
         _ => return None,
     })

@@ -30,6 +30,8 @@ pub struct Platform {
     pub stream_stale_after: std::time::Duration,
     /// The WebSocket settings when `exchange.streams` is on.
     pub streaming: Option<StreamSettings>,
+    /// Which accounts' user streams are up and reconciled right now.
+    pub stream_health: StreamHealth,
     pub stream_metrics: Arc<StreamMetrics>,
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
@@ -55,6 +57,51 @@ pub struct StreamSettings {
     pub listen_key_renew: std::time::Duration,
     /// How often a healthy user stream's account is reconciled over REST.
     pub reconcile: std::time::Duration,
+}
+
+/// Accounts whose user stream is connected and reconciled: their events
+/// arrive as they happen, so REST polling for them can stretch.
+#[derive(Debug, Default)]
+pub struct StreamHealth {
+    healthy: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl StreamHealth {
+    pub fn set(&self, account: &str, healthy: bool) {
+        let mut set = self.healthy.lock().unwrap_or_else(|e| e.into_inner());
+        match healthy {
+            true => set.insert(account.to_string()),
+            false => set.remove(account),
+        };
+    }
+
+    pub fn healthy(&self, account: &str) -> bool {
+        self.healthy.lock().unwrap_or_else(|e| e.into_inner()).contains(account)
+    }
+}
+
+/// When each account was last polled over REST, so a process can stretch
+/// its polling of accounts whose user stream is healthy.
+#[derive(Debug, Default)]
+pub struct Polled {
+    at: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+}
+
+impl Polled {
+    /// Whether `account` is due: always, unless its user stream is healthy
+    /// and it was polled within `streaming.reconcile`.
+    pub fn due(&self, p: &Platform, account: &str) -> bool {
+        let Some(settings) = &p.streaming else {
+            return true;
+        };
+        let at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        !p.stream_health.healthy(account) || at.get(account).is_none_or(|t| t.elapsed() >= settings.reconcile)
+    }
+
+    pub fn done(&self, account: &str) {
+        let mut at = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        at.insert(account.to_string(), tokio::time::Instant::now());
+    }
 }
 
 impl StreamSettings {

@@ -10,6 +10,8 @@
 //! tells which symbols' positions changed since the last sync (every fill
 //! changes one), and only those are polled; a full sweep of every covered
 //! symbol still runs on the first run and every `FULL_SWEEP_EVERY` runs.
+//! With streams on, an account whose user stream is healthy is only
+//! reconciled every `exchange.stream_reconcile_seconds`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,15 +20,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
-use super::platform::{PerAccount, Platform, distinct, venue_error};
-use crate::clock::now_ms;
-use crate::exchange::VenueError;
+use super::platform::{PerAccount, Platform, Polled, venue_error};
+use super::reconcile;
 use crate::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
 
-/// Binance returns at most 1000 fills per call.
-const PAGE: u32 = 1000;
-/// Symbols traded this recently stay covered.
-const RECENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Runs between full sweeps of every covered symbol (a safety net; 1 h at the default interval).
 const FULL_SWEEP_EVERY: u64 = 120;
 
@@ -43,6 +40,8 @@ pub struct TradeSync {
     batching: bool,
     interval: Duration,
     seen: Mutex<Seen>,
+    /// While an account's user stream is healthy, its REST poll stretches.
+    polled: Polled,
 }
 
 impl TradeSync {
@@ -52,19 +51,8 @@ impl TradeSync {
             batching,
             interval,
             seen: Mutex::new(Seen::default()),
+            polled: Polled::default(),
         }
-    }
-
-    async fn symbols(&self, account: &str) -> anyhow::Result<Vec<String>> {
-        let p = &self.platform;
-        let open = p.store.account_symbols(account).await?;
-        let traded = p
-            .store
-            .traded_symbols(account, now_ms() - RECENT_WINDOW.as_millis() as i64)
-            .await?;
-        Ok(distinct(
-            open.into_iter().chain(traded).chain(p.symbols.iter().cloned()),
-        ))
     }
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
@@ -74,10 +62,14 @@ impl TradeSync {
         let (mut new, mut polled) = (0, 0);
         let mut accounts = PerAccount::new(p, "trade_sync");
         for account in &p.accounts {
+            if !self.polled.due(p, account) {
+                continue; // its user stream stores fills as they happen
+            }
             let synced = self.sync_account(&ctx, account, full_sweep, &mut seen).await;
             if let Some((n, k)) = accounts.record(account, synced)? {
                 new += n;
                 polled += k;
+                self.polled.done(account);
             }
         }
         seen.runs += 1;
@@ -95,7 +87,9 @@ impl TradeSync {
         seen: &mut Seen,
     ) -> Result<(u64, usize), ProcessError> {
         let p = &self.platform;
-        let covered = self.symbols(account).await.map_err(|e| p.store_error(e))?;
+        let covered = reconcile::covered_symbols(p, account)
+            .await
+            .map_err(|e| p.store_error(e))?;
         let covered = p.listed("trade_sync", covered);
         // Update times observed *before* the fills are read: a fill after this moment moves them again.
         let updates: HashMap<String, i64> = if full_sweep {
@@ -120,7 +114,7 @@ impl TradeSync {
                 continue;
             }
             polled += 1;
-            match self.sync_symbol(ctx, account, &symbol).await {
+            match reconcile::fills(p, ctx, account, &symbol).await {
                 Ok(Some(n)) => new += n,
                 // The venue does not list it (delisted since the last exchangeInfo): skipped, not a failure.
                 Ok(None) => {
@@ -145,39 +139,6 @@ impl TradeSync {
         match failed {
             Some(e) => Err(e),
             None => Ok((new, polled)),
-        }
-    }
-
-    /// Stores the symbol's new fills; `None` when the venue does not list it (-1121).
-    async fn sync_symbol(&self, ctx: &RunContext, account: &str, symbol: &str) -> Result<Option<u64>, ProcessError> {
-        let p = &self.platform;
-        let mut new = 0;
-        loop {
-            let from = p
-                .store
-                .cursor(account, symbol)
-                .await
-                .map_err(|e| self.platform.store_error(e))?
-                .unwrap_or(0);
-            let fills = match p
-                .venue
-                .fills_since(&ctx.caller(None), account, symbol, Some(from), PAGE)
-                .await
-            {
-                Ok(fills) => fills,
-                Err(VenueError::Rejected { code: -1121, .. }) => return Ok(None),
-                Err(e) => return Err(venue_error(e)),
-            };
-            let inserted = p
-                .store
-                .store_fills(&ctx.fence, account, symbol, &fills)
-                .await
-                .map_err(|e| self.platform.store_error(e))?;
-            p.events.trades_synced(inserted);
-            new += inserted;
-            if fills.len() < PAGE as usize {
-                return Ok(Some(new));
-            }
         }
     }
 }

@@ -76,6 +76,43 @@ impl Store {
         Ok(())
     }
 
+    /// Applies positions that changed (a stream's `ACCOUNT_UPDATE`): a flat one
+    /// goes, an open one is written.
+    pub async fn update_positions(
+        &self,
+        fence: &Fence,
+        account: &str,
+        changed: &[Position],
+        now: i64,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.begin_fenced(fence).await?;
+        for p in changed {
+            sqlx::query("DELETE FROM positions WHERE account = $1 AND symbol = $2")
+                .bind(account.to_string())
+                .bind(p.symbol.clone())
+                .execute(&mut *tx)
+                .await?;
+            if p.amount.is_zero() {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO positions (account, symbol, amount, entry_price, mark_price, unrealized_pnl, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(account.to_string())
+            .bind(p.symbol.clone())
+            .bind(p.amount.to_string())
+            .bind(p.entry_price.to_string())
+            .bind(p.mark_price.to_string())
+            .bind(p.unrealized_pnl.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn positions(&self, account: Option<&str>) -> anyhow::Result<Vec<StoredPosition>> {
         let rows = sqlx::query("SELECT * FROM positions WHERE ($1 = '' OR account = $1) ORDER BY account, symbol")
             .bind(account.unwrap_or("").to_string())

@@ -39,6 +39,34 @@ fn trade(r: &AnyRow) -> anyhow::Result<StoredTrade> {
     })
 }
 
+async fn insert_fills(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    account: &str,
+    fills: &[Fill],
+) -> anyhow::Result<u64> {
+    let mut inserted = 0;
+    for f in fills {
+        inserted += sqlx::query(
+            "INSERT INTO trades (account, symbol, id, order_id, side, price, qty, realized_pnl, commission, time) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (account, symbol, id) DO NOTHING",
+        )
+        .bind(account.to_string())
+        .bind(f.symbol.clone())
+        .bind(f.id as i64)
+        .bind(f.order_id as i64)
+        .bind(f.side.as_str())
+        .bind(f.price.to_string())
+        .bind(f.qty.to_string())
+        .bind(f.realized_pnl.to_string())
+        .bind(f.commission.to_string())
+        .bind(f.time_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(inserted)
+}
+
 impl Store {
     /// Where the next sync of (account, symbol) starts.
     pub async fn cursor(&self, account: &str, symbol: &str) -> anyhow::Result<Option<u64>> {
@@ -60,26 +88,7 @@ impl Store {
             return Ok(0);
         };
         let mut tx = self.begin_fenced(fence).await?;
-        let mut inserted = 0;
-        for f in fills {
-            inserted += sqlx::query(
-                "INSERT INTO trades (account, symbol, id, order_id, side, price, qty, realized_pnl, commission, time) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (account, symbol, id) DO NOTHING",
-            )
-            .bind(account.to_string())
-            .bind(f.symbol.clone())
-            .bind(f.id as i64)
-            .bind(f.order_id as i64)
-            .bind(f.side.as_str())
-            .bind(f.price.to_string())
-            .bind(f.qty.to_string())
-            .bind(f.realized_pnl.to_string())
-            .bind(f.commission.to_string())
-            .bind(f.time_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
+        let inserted = insert_fills(&mut tx, account, fills).await?;
         sqlx::query(
             "INSERT INTO sync_cursors (account, symbol, next_from_id, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (account, symbol) DO UPDATE SET next_from_id = excluded.next_from_id, updated_at = excluded.updated_at",
@@ -90,6 +99,15 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Upserts fills that arrived by stream, leaving the cursor alone: a fill
+    /// missed meanwhile is still ahead of it, and one seen both ways is stored once.
+    pub async fn insert_streamed_fills(&self, fence: &Fence, account: &str, fills: &[Fill]) -> anyhow::Result<u64> {
+        let mut tx = self.begin_fenced(fence).await?;
+        let inserted = insert_fills(&mut tx, account, fills).await?;
         tx.commit().await?;
         Ok(inserted)
     }

@@ -167,6 +167,14 @@ impl Socket {
         }
     }
 
+    /// A ping of our own: the venue's pong is the sign of life of a quiet stream.
+    pub async fn ping(&mut self) -> Result<(), VenueError> {
+        self.inner
+            .send(Message::Ping(Default::default()))
+            .await
+            .map_err(|e| VenueError::Transient(format!("websocket send: {}", describe(&e))))
+    }
+
     /// Closes politely (the replacement is up, or we are stopping).
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.close(None)).await;
@@ -237,12 +245,19 @@ pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
                 .as_array()?
                 .iter()
                 .filter_map(|p| {
+                    let (amount, entry) = (dec(&p["pa"])?, dec(&p["ep"])?);
+                    let unrealized = dec(&p["up"]).unwrap_or_default();
+                    // The event has no mark price; the one its unrealized PnL implies.
+                    let mark = match amount.is_zero() {
+                        true => entry,
+                        false => entry + unrealized / amount,
+                    };
                     Some(Position {
                         symbol: p["s"].as_str()?.to_string(),
-                        amount: dec(&p["pa"])?,
-                        entry_price: dec(&p["ep"])?,
-                        mark_price: Decimal::ZERO,
-                        unrealized_pnl: dec(&p["up"]).unwrap_or_default(),
+                        amount,
+                        entry_price: entry,
+                        mark_price: mark.round_dp(8),
+                        unrealized_pnl: unrealized,
                         update_time_ms: time,
                     })
                 })

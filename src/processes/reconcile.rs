@@ -1,0 +1,98 @@
+//! Reading an account's truth over REST: its fills since the stored cursor,
+//! symbol by symbol, and its open positions. trade_sync and position_sync do
+//! it on their intervals; user_stream does it after every (re)connect, before
+//! trusting events, so nothing that happened while a stream was away is lost.
+
+use std::time::Duration;
+
+use super::platform::{Platform, distinct, venue_error};
+use crate::clock::now_ms;
+use crate::exchange::VenueError;
+use crate::process::{ErrorKind, ProcessError, RunContext};
+
+/// Binance returns at most 1000 fills per call.
+const PAGE: u32 = 1000;
+/// Symbols traded this recently stay covered.
+const RECENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The symbols an account's fills are read for: open positions, levels,
+/// active alerts, symbols traded within the recent window, `exchange.symbols`.
+pub async fn covered_symbols(p: &Platform, account: &str) -> anyhow::Result<Vec<String>> {
+    let open = p.store.account_symbols(account).await?;
+    let traded = p
+        .store
+        .traded_symbols(account, now_ms() - RECENT_WINDOW.as_millis() as i64)
+        .await?;
+    Ok(distinct(
+        open.into_iter().chain(traded).chain(p.symbols.iter().cloned()),
+    ))
+}
+
+/// Stores the symbol's fills since its cursor, a page and its cursor per
+/// transaction. `None` when the venue does not list the symbol (-1121).
+pub async fn fills(p: &Platform, ctx: &RunContext, account: &str, symbol: &str) -> Result<Option<u64>, ProcessError> {
+    let mut new = 0;
+    loop {
+        let from = p
+            .store
+            .cursor(account, symbol)
+            .await
+            .map_err(|e| p.store_error(e))?
+            .unwrap_or(0);
+        let fills = match p
+            .venue
+            .fills_since(&ctx.caller(None), account, symbol, Some(from), PAGE)
+            .await
+        {
+            Ok(fills) => fills,
+            Err(VenueError::Rejected { code: -1121, .. }) => return Ok(None),
+            Err(e) => return Err(venue_error(e)),
+        };
+        let inserted = p
+            .store
+            .store_fills(&ctx.fence, account, symbol, &fills)
+            .await
+            .map_err(|e| p.store_error(e))?;
+        p.events.trades_synced(inserted);
+        new += inserted;
+        if fills.len() < PAGE as usize {
+            return Ok(Some(new));
+        }
+    }
+}
+
+/// Replaces the account's positions with the venue's; returns how many are open.
+pub async fn positions(p: &Platform, ctx: &RunContext, account: &str) -> Result<usize, ProcessError> {
+    let positions = p
+        .venue
+        .positions(&ctx.caller(None), account)
+        .await
+        .map_err(venue_error)?;
+    p.store
+        .replace_positions(&ctx.fence, account, &positions, now_ms())
+        .await
+        .map_err(|e| p.store_error(e))?;
+    Ok(positions.len())
+}
+
+/// The whole account: positions, then fills since the cursor of every
+/// covered symbol. Returns the new fills.
+pub async fn account(p: &Platform, ctx: &RunContext, account: &str) -> Result<u64, ProcessError> {
+    positions(p, ctx, account).await?;
+    let covered = covered_symbols(p, account).await.map_err(|e| p.store_error(e))?;
+    let mut new = 0;
+    for symbol in p.listed("user_stream", covered) {
+        match fills(p, ctx, account, &symbol).await {
+            Ok(n) => new += n.unwrap_or(0),
+            Err(e) if e.kind == ErrorKind::Fenced => return Err(e),
+            Err(e) => {
+                return Err(ProcessError::new(
+                    e.kind,
+                    format!("{symbol}: {}", e.message),
+                    e.retriable,
+                ));
+            }
+        }
+    }
+    Ok(new)
+}
