@@ -226,8 +226,33 @@ trading = dashboard(
     ],
 )
 
-for name, d in (("overview", overview), ("process", process), ("trading", trading)):
+streams = dashboard(
+    "script-manager-streams",
+    "script-manager: streams",
+    "Prices and account events by WebSocket (market_stream, user_stream): up, traffic, reconnects, lag, staleness.",
+    [
+        panel("Streams up", "1 while a stream's connection is open (book and mark prices; each account's user data).", "short",
+              [("max by (stream, account) (script_manager_stream_up)", "{{stream}} {{account}}")], 0, 0),
+        panel("Messages per second", "Messages received, by stream.", "short",
+              [(f"sum by (stream, account) (rate(script_manager_stream_messages_total[{RI}]))", "{{stream}} {{account}}")], 12, 0),
+        panel("Reconnects", "Connections replaced in each interval, by stream and reason (silent, closed, error, planned, listen_key).", "short",
+              [(f"sum by (stream, reason) (increase(script_manager_stream_reconnects_total[{RI}]))", "{{stream}} {{reason}}")], 0, 8),
+        panel("Event lag p50 / p95", "Receive time minus the venue's event time.", "s",
+              [(f"histogram_quantile({q}, sum by (le, stream) (rate(script_manager_stream_event_lag_seconds_bucket[{RI}])))", f"{{{{stream}}}} p{int(q*100)}") for q in (0.5, 0.95)], 12, 8, exemplar=True),
+        panel("Last event age", "Time since each stream last delivered a message.", "s",
+              [("max by (stream, account) (script_manager_stream_last_event_age_seconds)", "{{stream}} {{account}}")], 0, 16, 8, 8),
+        panel("Stale symbols", "Watched symbols without a fresh streamed price (REST covers them).", "short",
+              [("max(script_manager_stream_stale_symbols)", "stale")], 8, 16, 8, 8, kind="stat"),
+        panel("Listen keys and restarts", "Listen-key creations and extensions by result, and restarts of the continuous processes.", "short",
+              [(f"sum by (account, result) (increase(script_manager_stream_listen_key_renewals_total[{RI}]))", "{{account}} {{result}}"),
+               (f"sum by (process) (increase(script_manager_process_restarts_total[{RI}]))", "{{process}} restarts"),
+               ("max by (process) (script_manager_process_up)", "{{process}} up"),
+               ("max by (process) (time() - script_manager_process_last_event_timestamp_seconds > 0)", "{{process}} since last event")], 16, 16, 8, 8),
+    ],
+)
+
+for name, d in (("overview", overview), ("process", process), ("trading", trading), ("streams", streams)):
     with open(os.path.join(ROOT, f"{name}.json"), "w") as f:
         json.dump(d, f, indent=2)
         f.write("\n")
-print("wrote", ", ".join(f"{n}.json" for n in ("overview", "process", "trading")))
+print("wrote", ", ".join(f"{n}.json" for n in ("overview", "process", "trading", "streams")))

@@ -116,7 +116,7 @@ fn the_compose_file_parses_and_everything_it_mounts_exists() {
 #[test]
 fn dashboards_follow_the_conventions() {
     let mut uids = Vec::new();
-    for name in ["overview", "process", "trading"] {
+    for name in ["overview", "process", "trading", "streams"] {
         let d: Value =
             serde_json::from_str(&std::fs::read_to_string(repo(&format!("grafana/dashboards/{name}.json"))).unwrap())
                 .unwrap();
@@ -171,7 +171,8 @@ fn dashboards_follow_the_conventions() {
         [
             "script-manager-overview",
             "script-manager-process",
-            "script-manager-trading"
+            "script-manager-trading",
+            "script-manager-streams"
         ]
     );
     let ds = std::fs::read_to_string(repo("grafana/provisioning/datasources/datasources.yml")).unwrap();

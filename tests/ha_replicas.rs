@@ -124,7 +124,8 @@ async fn every_tick_once_failover_after_sigkill_and_one_budget_for_the_cluster()
          [processes.position_sync]\ninterval_seconds = 1\nmax_api_calls_per_minute = 1000\n\
          [processes.trade_sync]\ninterval_seconds = 1\nmax_api_calls_per_minute = 1000\n\
          [processes.price_update]\ninterval_seconds = 1\n",
-        sim.exchange_toml(),
+        // Polling, so that trade and position sync call the venue every tick.
+        sim.polling_exchange_toml(),
         common::TOKEN
     );
     let mut cluster = replicas(&config, &store.url).await;
@@ -312,7 +313,7 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
          [processes.level_monitor]\ninterval_seconds = 0.5\ntimeout_seconds = 5\nmax_api_calls_per_minute = 1000\n\
          [processes.price_update]\nenabled = false\n[processes.notification_check]\nenabled = false\n\
          [processes.dashboard_sync]\nenabled = false\n",
-        sim.exchange_toml().replacen(
+        sim.polling_exchange_toml().replacen(
             "\n[exchange.accounts.main]",
             "\nrequest_timeout_seconds = 30\n[exchange.accounts.main]",
             1

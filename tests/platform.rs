@@ -417,16 +417,20 @@ on_both_stores! {
 async fn the_default_configuration_runs_all_six_within_a_minute() {
     let store = TestStore::new(Backend::Sqlite);
     let svc = common::start("", &[("SCRIPT_MANAGER_STORE__URL", &store.url)]).await;
+    // The seed's six succeed; the two streams (continuous, on by default) are up.
     let doc = svc
-        .wait_for("every process to succeed", Duration::from_secs(60), |d| {
+        .wait_for("every process to succeed or be up", Duration::from_secs(60), |d| {
             d["processes"]
                 .as_object()
                 .unwrap()
                 .values()
-                .all(|p| p["metrics"]["success_count"].as_u64() >= Some(1))
+                .all(|p| match p["mode"].as_str() {
+                    Some("continuous") => p["continuous"]["up"] == true,
+                    _ => p["metrics"]["success_count"].as_u64() >= Some(1),
+                })
         })
         .await;
-    assert_eq!(doc["total_processes"], 6);
-    assert_eq!(doc["running_processes"], 6, "{doc:#}");
+    assert_eq!(doc["total_processes"], 8);
+    assert_eq!(doc["running_processes"], 8, "{doc:#}");
     assert_eq!(doc["error_processes"], 0, "{doc:#}");
 }

@@ -279,3 +279,55 @@ async fn a_planned_reconnect_ahead_of_the_venues_close_loses_nothing() {
     fills_match(&svc, &sim, "main").await;
     fills_match(&svc, &sim, "alt").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_streams_off_the_service_polls_as_before() {
+    let sim = SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.0").await;
+    let store = TestStore::new(Backend::Sqlite);
+    let config = format!(
+        "{FAST}\n{}\n[http]\nadmin_token = \"{}\"\n",
+        sim.polling_exchange_toml(),
+        common::TOKEN
+    );
+    let svc = common::start(&config, &[("SCRIPT_MANAGER_STORE__URL", store.url.as_str())]).await;
+    let doc = svc.get_json("/api/script-manager/status").await;
+    let ids: Vec<&str> = doc["processes"]
+        .as_object()
+        .expect("processes is an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ids.len(), 6, "only the six polling processes: {ids:?}");
+    assert!(!ids.contains(&"market_stream") && !ids.contains(&"user_stream"));
+
+    let (id, symbol, amount, sl) = create_level_near(&svc, &sim, "main").await;
+    common::trading::cross(&sim, &symbol, amount, sl).await;
+    let level = svc
+        .wait_get(
+            "the level executed by polling",
+            &format!("/api/levels/{id}"),
+            Duration::from_secs(30),
+            |l| l["status"] == "executed",
+        )
+        .await;
+    assert_eq!(d(&level["closed_qty"]), amount.abs());
+    let runs = svc.get_json("/api/script-manager/processes/level_monitor").await;
+    assert!(runs["metrics"]["total_runs"].as_u64().unwrap_or(0) > 0, "{runs:#}");
+
+    let meter = sim.get("/sim/meter").await;
+    assert_eq!(
+        meter["ws_connections"],
+        json!({"public": 0, "market": 0, "private": 0}),
+        "no socket opened: {meter:#}"
+    );
+    let asked_for_listen_keys = meter["requests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("/fapi/v1/listenKey"));
+    assert!(!asked_for_listen_keys, "no listen key asked for: {meter:#}");
+    assert!(
+        !svc.metrics().await.contains("script_manager_stream_up{"),
+        "no stream series while streams are off"
+    );
+}

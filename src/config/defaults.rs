@@ -48,7 +48,7 @@ pub fn process_defaults(kind: &str) -> ProcessConfig {
 }
 
 /// Whether prices and account events come by WebSocket unless configured otherwise.
-pub const STREAMS_BY_DEFAULT: bool = false;
+pub const STREAMS_BY_DEFAULT: bool = true;
 
 /// The stream processes, built in when `exchange.streams` is on: (id, name,
 /// calls/min, lease s). Continuous; their timeout is the lease they renew.

@@ -174,8 +174,9 @@ impl LevelEngine {
         let mut close = Close::new(p, ctx);
         let settled = close.settle(intent.clone(), true).await;
         if let Some((acked, venue_time)) = close.first_ack {
+            let trace = crate::telemetry::otel::trace_id(&tracing::Span::current());
             p.events
-                .trigger_latency(acked.duration_since(quote.received).as_secs_f64());
+                .trigger_latency(acked.duration_since(quote.received).as_secs_f64(), trace);
             if venue_time > 0 && quote.time_ms > 0 {
                 p.events
                     .trigger_venue_latency((venue_time - quote.time_ms).max(0) as f64 / 1000.0);

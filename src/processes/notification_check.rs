@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, distinct, venue_error};
+use super::platform::{Platform, distinct};
 use crate::clock::now_ms;
 use crate::config::webhook_allowed;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
@@ -59,11 +59,7 @@ impl NotificationCheck {
         if symbols.is_empty() {
             return Ok(0);
         }
-        let prices = p
-            .venue
-            .prices(&ctx.caller(Some(self.max_age)), &symbols)
-            .await
-            .map_err(venue_error)?;
+        let prices = p.current_prices(ctx, &symbols, self.max_age).await?;
         let mut triggered = 0;
         for alert in &alerts {
             let Some(price) = prices.iter().find(|pr| pr.symbol == alert.symbol) else {

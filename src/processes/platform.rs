@@ -128,6 +128,41 @@ pub fn store_error(events: &DomainEvents, e: anyhow::Error) -> ProcessError {
 }
 
 impl Platform {
+    /// Prices of `symbols`: the streamed one where it is fresh (the midpoint
+    /// of the book, or the mark price), REST (cache within `max_age`) for the rest.
+    pub async fn current_prices(
+        &self,
+        ctx: &crate::process::RunContext,
+        symbols: &[String],
+        max_age: std::time::Duration,
+    ) -> Result<Vec<crate::domain::Price>, ProcessError> {
+        let source = self.levels.source();
+        let mut prices: Vec<crate::domain::Price> = symbols
+            .iter()
+            .filter_map(|s| self.live.fresh(s, source, self.stream_stale_after))
+            .map(|q| crate::domain::Price {
+                price: q.mid(),
+                time_ms: q.time_ms,
+                symbol: q.symbol,
+            })
+            .collect();
+        let stale: Vec<String> = self
+            .live
+            .stale(symbols, source, self.stream_stale_after)
+            .into_iter()
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            prices.extend(
+                self.venue
+                    .prices(&ctx.caller(Some(max_age)), &stale)
+                    .await
+                    .map_err(venue_error)?,
+            );
+        }
+        Ok(prices)
+    }
+
     /// `symbols` without those the venue does not list, each left out counted for `process`.
     pub fn listed(&self, process: &'static str, symbols: Vec<String>) -> Vec<String> {
         symbols

@@ -1,12 +1,13 @@
 //! `price_update`: one batched price call for every symbol in use, written to
 //! the price cache (the `prices` table) that the data API and dashboards read.
+//! Symbols with a fresh streamed price (market_stream) take it instead of REST.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use super::platform::{Platform, distinct, venue_error};
+use super::platform::{Platform, distinct};
 use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 
@@ -37,11 +38,7 @@ impl PriceUpdate {
             });
         }
         let observed = now_ms();
-        let prices = p
-            .venue
-            .prices(&ctx.caller(Some(self.max_age)), &symbols)
-            .await
-            .map_err(venue_error)?;
+        let prices = p.current_prices(&ctx, &symbols, self.max_age).await?;
         p.store
             .upsert_prices(&ctx.fence, &prices, observed)
             .await

@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+use super::process::TraceLabels;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
@@ -60,7 +63,7 @@ pub struct DomainEvents {
     price_age: Gauge<f64, AtomicU64>,
     levels_armed: Gauge,
     level_triggers: Family<TriggerLabels, Counter>,
-    trigger_latency: Histogram,
+    trigger_latency: HistogramWithExemplars<TraceLabels>,
     trigger_venue_latency: Histogram,
     symbols_skipped: Family<SkipLabels, Counter>,
     account_errors: Family<AccountLabels, Counter>,
@@ -83,7 +86,7 @@ impl DomainEvents {
             price_age: Gauge::default(),
             levels_armed: Gauge::default(),
             level_triggers: Family::default(),
-            trigger_latency: Histogram::new(LATENCY_BUCKETS),
+            trigger_latency: HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter()),
             trigger_venue_latency: Histogram::new(LATENCY_BUCKETS),
             symbols_skipped: Family::default(),
             account_errors: Family::default(),
@@ -197,9 +200,11 @@ impl DomainEvents {
             .inc();
     }
 
-    /// From the price that crossed a level to the venue's acknowledgement of its close.
-    pub fn trigger_latency(&self, seconds: f64) {
-        self.trigger_latency.observe(seconds);
+    /// From the price that crossed a level to the venue's acknowledgement of
+    /// its close, with the trace it happened in as the exemplar.
+    pub fn trigger_latency(&self, seconds: f64, trace_id: Option<String>) {
+        self.trigger_latency
+            .observe(seconds, trace_id.map(|trace_id| TraceLabels { trace_id }), None);
     }
 
     /// The venue's own timing of a close (venue clock on both ends).

@@ -327,11 +327,19 @@ impl SimProcess {
     /// Service configuration that points at this simulator as if it were Binance.
     pub fn exchange_toml(&self) -> String {
         format!(
-            "[exchange]\nkind = \"binance-usdm\"\nbase_url = \"{}\"\n\
+            "[exchange]\nkind = \"binance-usdm\"\nbase_url = \"{}\"\nws_base_url = \"{}\"\n\
              [exchange.accounts.main]\napi_key = \"sim-main-key\"\napi_secret = \"sim-main-secret\"\n\
              [exchange.accounts.alt]\napi_key = \"sim-alt-key\"\napi_secret = \"sim-alt-secret\"\n",
-            self.base
+            self.base,
+            self.base.replace("http://", "ws://")
         )
+    }
+
+    /// The exchange section with streams off: the service as it was before
+    /// streams, polling trades and positions on every tick.
+    pub fn polling_exchange_toml(&self) -> String {
+        self.exchange_toml()
+            .replacen("[exchange]\n", "[exchange]\nstreams = false\n", 1)
     }
 }
 
