@@ -389,7 +389,15 @@ async fn finished_rows_are_pruned(backend: Backend) {
         last_order_id: Some(7),
         orders: 1,
     };
-    store.finish_intent(&none, &intent, &outcome, None).await.unwrap();
+    assert!(store.finish_intent(&none, &intent, &outcome, None).await.unwrap());
+    // A second settle of the same close (the stream's and the tick's at once) finishes nothing.
+    let late = CloseOutcome {
+        error: Some("settled twice".into()),
+        ..outcome.clone()
+    };
+    assert!(!store.finish_intent(&none, &intent, &late, None).await.unwrap());
+    let finished = store.level(done.id).await.unwrap().unwrap();
+    assert_eq!(finished.status.as_str(), "executed", "the first outcome stands");
     let alert = NewAlert {
         symbol: "BTCUSDT".into(),
         condition: "below".into(),

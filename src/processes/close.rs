@@ -41,6 +41,8 @@ pub enum Settled {
     Failed(String),
     /// Not decided yet; a later settle goes on from where this one stopped (why).
     Pending(String),
+    /// Another settle (another path or replica) finished it first; nothing to record.
+    Elsewhere,
 }
 
 /// One settle of one intent.
@@ -253,13 +255,15 @@ impl<'a> Close<'a> {
     ) -> Result<Settled, ProcessError> {
         let p = self.platform;
         let outcome = Self::finish_outcome(intent, last, error);
-        p.store
+        let finished = p
+            .store
             .finish_intent(&self.ctx.fence, intent, &outcome, p.webhook_url.as_deref())
             .await
             .map_err(|e| p.store_error(e))?;
-        Ok(match outcome.error {
-            None => Settled::Executed,
-            Some(why) => Settled::Failed(why),
+        Ok(match (finished, outcome.error) {
+            (false, _) => Settled::Elsewhere,
+            (true, None) => Settled::Executed,
+            (true, Some(why)) => Settled::Failed(why),
         })
     }
 }

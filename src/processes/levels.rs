@@ -56,6 +56,9 @@ pub struct Tally {
 pub struct LevelEngine {
     state: Mutex<Option<Loaded>>,
     backoff: std::sync::Mutex<HashMap<String, Backoff>>,
+    /// Intents being settled right now (by the stream's fire or the tick), so
+    /// one replica never settles the same close twice at once.
+    settling: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Which streamed price levels trigger on (`level_monitor.price_source`).
     source: std::sync::OnceLock<PriceSource>,
 }
@@ -171,6 +174,7 @@ impl LevelEngine {
             return Ok(false); // changed meanwhile (deleted, or fired elsewhere)
         };
         tracing::info!(level = level.id, kind, %price, client_order_id = %intent.client_order_id, "level crossed; closing");
+        let _settling = self.settling(&intent.client_order_id);
         let mut close = Close::new(p, ctx);
         let settled = close.settle(intent.clone(), true).await;
         if let Some((acked, venue_time)) = close.first_ack {
@@ -204,10 +208,13 @@ impl LevelEngine {
             if !due || Instant::now() + Duration::from_millis(200) > ctx.deadline {
                 continue;
             }
+            let Some(_settling) = self.settling(&intent.client_order_id) else {
+                continue; // being settled right now by the path that fired it
+            };
             tracing::info!(client_order_id = %intent.client_order_id, attempt = intent.attempt, "settling a close of unknown outcome");
             match Close::new(p, ctx).settle(intent.clone(), false).await {
                 Ok(settled) => {
-                    tally.settled += !matches!(settled, Settled::Pending(_)) as usize;
+                    tally.settled += matches!(settled, Settled::Executed | Settled::Failed(_)) as usize;
                     self.record(p, &intent, settled);
                 }
                 Err(e) => tally.failures.push(self.intent_error(p, &intent, e)),
@@ -237,6 +244,9 @@ impl LevelEngine {
                 self.backoff().remove(id);
                 p.events.level_triggered(kind, "executed");
                 tracing::info!(client_order_id = %id, "close executed: the position is flat");
+            }
+            Settled::Elsewhere => {
+                self.backoff().remove(id);
             }
             Settled::Failed(why) => {
                 self.backoff().remove(id);
@@ -272,8 +282,30 @@ impl LevelEngine {
         )
     }
 
+    /// Marks `client_order_id` as being settled until the guard drops; `None`
+    /// when it already is.
+    fn settling(&self, client_order_id: &str) -> Option<Settling<'_>> {
+        let mut set = self.settling.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(client_order_id.to_string()).then(|| Settling {
+            set: &self.settling,
+            id: client_order_id.to_string(),
+        })
+    }
+
     fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<String, Backoff>> {
         self.backoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An intent being settled; dropping it (however the settle ends) frees it.
+struct Settling<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    id: String,
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
     }
 }
 

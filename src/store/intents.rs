@@ -122,13 +122,14 @@ impl Store {
     }
 
     /// Records how a close ended: intent, level and an outbox event, together.
+    /// `false`: the intent was no longer pending (settled elsewhere); nothing written.
     pub async fn finish_intent(
         &self,
         fence: &Fence,
         i: &Intent,
         outcome: &CloseOutcome,
         webhook: Option<&str>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let now = now_ms();
         let (status, event) = match outcome.error {
             None => ("executed", "level_executed"),
@@ -136,9 +137,10 @@ impl Store {
         };
         let avg = outcome.avg_price.map(|p| p.to_string());
         let mut tx = self.begin_fenced(fence).await?;
-        sqlx::query(
+        // Only a pending intent finishes: whoever settled it first did the rest.
+        let finished = sqlx::query(
             "UPDATE order_intents SET status = $1, order_id = $2, avg_price = $3, filled_qty = $4, error = $5, updated_at = $6 \
-             WHERE client_order_id = $7",
+             WHERE client_order_id = $7 AND status = 'pending'",
         )
         .bind(status)
         .bind(outcome.last_order_id)
@@ -148,7 +150,12 @@ impl Store {
         .bind(now)
         .bind(i.client_order_id.clone())
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if finished == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         sqlx::query(
             "UPDATE levels SET status = $1, order_id = $2, avg_price = $3, closed_qty = $4, close_orders = $5, error = $6, \
              updated_at = $7 WHERE id = $8",
@@ -179,7 +186,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets what finished before `before_ms`: executed and failed levels and
