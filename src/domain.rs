@@ -205,24 +205,57 @@ pub enum PriceSource {
 
 /// The latest streamed prices, by symbol and source, shared by the stream
 /// that writes them and the processes that read them.
+///
+/// A quote is fresh while it is recent *or* vouched for: a quiet symbol on a
+/// connection that keeps delivering has not moved, so its last quote is still
+/// the price. A connection vouches only for quotes it delivered itself (a quote
+/// from before a reconnect is not vouched for: the price may have moved in the gap).
 #[derive(Debug, Default)]
 pub struct LivePrices {
-    quotes: std::sync::RwLock<std::collections::HashMap<(String, PriceSource), Quote>>,
+    quotes: std::sync::RwLock<std::collections::HashMap<(String, PriceSource), Live>>,
+}
+
+#[derive(Debug)]
+struct Live {
+    quote: Quote,
+    /// Last time the connection that delivered `quote` was seen delivering.
+    vouched: tokio::time::Instant,
 }
 
 impl LivePrices {
     pub fn update(&self, source: PriceSource, quote: Quote) {
         let mut quotes = self.quotes.write().unwrap_or_else(|e| e.into_inner());
-        quotes.insert((quote.symbol.clone(), source), quote);
+        let vouched = quote.received;
+        quotes.insert((quote.symbol.clone(), source), Live { quote, vouched });
     }
 
-    /// The symbol's latest `source` price if it arrived at most `max_age` ago.
+    /// A connection up since `since` was delivering at `at`: the quotes it
+    /// delivered for `symbols` are still current.
+    pub fn vouch<'a>(
+        &self,
+        source: PriceSource,
+        symbols: impl Iterator<Item = &'a str>,
+        since: tokio::time::Instant,
+        at: tokio::time::Instant,
+    ) {
+        let mut quotes = self.quotes.write().unwrap_or_else(|e| e.into_inner());
+        for symbol in symbols {
+            if let Some(live) = quotes.get_mut(&(symbol.to_string(), source))
+                && live.quote.received >= since
+                && at > live.vouched
+            {
+                live.vouched = at;
+            }
+        }
+    }
+
+    /// The symbol's latest `source` price if it arrived, or was vouched for, at most `max_age` ago.
     pub fn fresh(&self, symbol: &str, source: PriceSource, max_age: std::time::Duration) -> Option<Quote> {
         let quotes = self.quotes.read().unwrap_or_else(|e| e.into_inner());
         quotes
             .get(&(symbol.to_string(), source))
-            .filter(|q| q.received.elapsed() <= max_age)
-            .cloned()
+            .filter(|live| live.vouched.elapsed() <= max_age)
+            .map(|live| live.quote.clone())
     }
 
     /// Symbols among `symbols` with no fresh `source` price.
@@ -258,5 +291,33 @@ mod tests {
         assert_eq!(c.round_qty("BTCUSDT", Decimal::new(12345, 4)), Decimal::new(1234, 3));
         assert_eq!(c.round_qty("ETHUSDT", Decimal::new(12345, 4)), Decimal::new(12345, 4));
         assert!(OrderStatus::parse("EXPIRED").is_final() && !OrderStatus::parse("NEW").is_final());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_symbol_stays_fresh_only_while_its_own_connection_vouches_for_it() {
+        let live = LivePrices::default();
+        let age = std::time::Duration::from_secs(5);
+        let t0 = tokio::time::Instant::now();
+        live.update(PriceSource::Book, Quote::single("BTCUSDT", Decimal::ONE, 0, t0));
+        tokio::time::advance(std::time::Duration::from_secs(6)).await;
+        assert!(
+            live.fresh("BTCUSDT", PriceSource::Book, age).is_none(),
+            "old and not vouched for"
+        );
+        // The connection that delivered it is still delivering: the price has not moved.
+        live.vouch(
+            PriceSource::Book,
+            ["BTCUSDT"].into_iter(),
+            t0,
+            tokio::time::Instant::now(),
+        );
+        let quote = live.fresh("BTCUSDT", PriceSource::Book, age).expect("vouched for");
+        assert_eq!(quote.received, t0, "the quote itself is unchanged");
+        assert!(live.fresh("BTCUSDT", PriceSource::Mark, age).is_none(), "per source");
+        // A connection opened after the quote arrived does not vouch for it.
+        tokio::time::advance(std::time::Duration::from_secs(6)).await;
+        let reconnected = tokio::time::Instant::now();
+        live.vouch(PriceSource::Book, ["BTCUSDT"].into_iter(), reconnected, reconnected);
+        assert!(live.fresh("BTCUSDT", PriceSource::Book, age).is_none());
     }
 }

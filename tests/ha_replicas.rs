@@ -370,6 +370,25 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
     .await;
 
     // A stop-loss crossed while the old holder is frozen closes exactly once.
+    // Trading elsewhere stops first, so the position cannot flip under the level.
+    // Then positions are read again by a live replica (position_sync may have
+    // been the frozen one's until its lease lapsed), so the stored side is the venue's.
+    sim.post("/sim/trading", &json!({"paused": true})).await;
+    let synced_positions = r#"script_manager_process_runs_total{process="position_sync",outcome="success"}"#;
+    let mut before = 0.0;
+    for (_, replica) in &cluster {
+        before += metric(replica, synced_positions).await;
+    }
+    eventually(Duration::from_secs(60), async || {
+        let mut now = 0.0;
+        for (_, replica) in &cluster {
+            now += metric(replica, synced_positions).await;
+        }
+        (now >= before + 2.0)
+            .then_some(())
+            .ok_or("no live replica syncs positions".to_string())
+    })
+    .await;
     let positions = other
         .wait_get(
             "positions",

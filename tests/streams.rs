@@ -169,12 +169,18 @@ async fn fills_made_while_the_user_stream_is_down_arrive_after_it_reconnects_onc
     fills_match(&svc, &sim, "main").await;
     // Down: every connection dropped; fills go on at the venue meanwhile.
     sim.post("/sim/stream/drop", &json!({})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let closed = r#"script_manager_stream_reconnects_total{stream="user",account="main",reason="closed"}"#;
+    // Back up (reconciled first) after the drop.
+    for _ in 0..100 {
+        if metric(&svc, closed).await >= 1.0 && metric(&svc, up).await == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(&svc, closed).await >= 1.0, "{}", svc.log());
+    assert_eq!(metric(&svc, up).await, 1.0, "{}", svc.log());
     fills_match(&svc, &sim, "main").await;
     fills_match(&svc, &sim, "alt").await;
-    let closed = r#"script_manager_stream_reconnects_total{stream="user",account="main",reason="closed"}"#;
-    assert!(metric(&svc, closed).await >= 1.0);
-    assert_eq!(metric(&svc, up).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

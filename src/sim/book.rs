@@ -138,28 +138,28 @@ impl Book {
                 ..SimAccount::default()
             },
         );
+        // Consecutive symbols from a random start: each opening position in a symbol of its own.
         let symbols: Vec<String> = self.prices.keys().cloned().collect();
+        let start = self.rng.random_range(0..symbols.len().max(1));
         for i in 0..opening_positions.min(symbols.len()) {
-            let symbol = &symbols[(self.rng.random_range(0..symbols.len()) + i) % symbols.len()];
+            let symbol = &symbols[(start + i) % symbols.len()];
             self.random_fill(api_key, Some(symbol), now_ms);
         }
     }
 
-    /// One step of the random walk for every symbol; a price that moved is published.
+    /// One step of the random walk for every symbol. Every symbol's book is
+    /// published, moved or not: on the venue the best quantities change all
+    /// the time, so `bookTicker` keeps coming for a symbol whose price is still.
     pub fn step_prices(&mut self, now_ms: i64) {
-        let mut moved = Vec::new();
         for (symbol, price) in self.prices.iter_mut() {
             let change = 1.0 + self.rng.random_range(-self.volatility..=self.volatility);
-            let next = round_price(price.to_f64().unwrap_or(1.0) * change);
-            if next != *price {
-                moved.push((symbol.clone(), next));
-            }
-            *price = next;
+            *price = round_price(price.to_f64().unwrap_or(1.0) * change);
             if let Some(day) = self.day.get_mut(symbol) {
                 day.saw(*price);
             }
         }
-        for (symbol, price) in moved {
+        let books: Vec<(String, Decimal)> = self.prices.iter().map(|(s, p)| (s.clone(), *p)).collect();
+        for (symbol, price) in books {
             self.publish_book(&symbol, price, price, now_ms);
         }
     }

@@ -101,6 +101,18 @@ pub async fn delist(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Res
     }
 }
 
+/// `{"paused": true}` stops the trading done elsewhere (random fills) until `false`:
+/// positions then change only by the client's own orders.
+pub async fn trading(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    match body["paused"].as_bool() {
+        Some(paused) => {
+            sim.trading_paused.store(paused, std::sync::atomic::Ordering::Relaxed);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        None => (StatusCode::UNPROCESSABLE_ENTITY, "need {\"paused\": true|false}").into_response(),
+    }
+}
+
 /// Drops every WebSocket connection now, as a network failure would.
 pub async fn drop_streams(State(sim): State<Arc<Sim>>) -> StatusCode {
     sim.streams.drop_all();
@@ -117,8 +129,7 @@ pub async fn expire_listen_keys(State(sim): State<Arc<Sim>>) -> StatusCode {
 pub async fn book_ticker(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
     let price = |k: &str| body[k].as_str().and_then(|v| Decimal::from_str(v).ok());
     match (body["symbol"].as_str(), price("bid"), price("ask")) {
-        (Some(symbol), Some(bid), Some(ask)) if sim.book().prices.contains_key(symbol) => {
-            sim.book().publish_book(symbol, bid, ask, wall_ms());
+        (Some(symbol), Some(bid), Some(ask)) if sim.publish_book_ticker(symbol, bid, ask) => {
             StatusCode::NO_CONTENT.into_response()
         }
         _ => (StatusCode::UNPROCESSABLE_ENTITY, "need a listed symbol, bid and ask").into_response(),

@@ -37,6 +37,9 @@ pub async fn route(
     now: i64,
 ) -> Response {
     let server_time = now + faults.clock_offset_ms;
+    if let ("POST", "/fapi/v1/order", Some(symbol)) = (method.as_str(), path, params.get("symbol")) {
+        sim.order_arrived(symbol, api_key);
+    }
     sim.book().settle_due(now);
     match (method.as_str(), path) {
         ("GET", "/fapi/v1/time") => return Json(json!({"serverTime": server_time})).into_response(),

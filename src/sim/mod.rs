@@ -50,6 +50,15 @@ pub struct SimAccountSpec {
     pub api_secret: String,
 }
 
+/// An order request as it reached the simulator.
+#[derive(Debug, Clone)]
+pub struct OrderArrival {
+    pub symbol: String,
+    /// The `X-MBX-APIKEY` it came with (empty when none).
+    pub api_key: String,
+    pub at: std::time::Instant,
+}
+
 /// What the simulator has served, for tests and benchmarks.
 #[derive(Debug, Default, Serialize)]
 pub struct Meter {
@@ -61,6 +70,9 @@ pub struct Meter {
 
 pub struct Sim {
     book: Mutex<Book>,
+    arrivals: tokio::sync::broadcast::Sender<OrderArrival>,
+    /// Trading done elsewhere (random fills) stops while set (`POST /sim/trading`).
+    trading_paused: std::sync::atomic::AtomicBool,
     streams: streams::Streams,
     limiter: Mutex<Limiter>,
     faults: RwLock<Faults>,
@@ -91,7 +103,46 @@ impl Sim {
             limiter: Mutex::new(Limiter::new(config.weight_limit, config.ban_after_violations)),
             faults: RwLock::new(config.faults.clone()),
             meter: Mutex::new(Meter::default()),
+            arrivals: tokio::sync::broadcast::channel(4096).0,
+            trading_paused: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Order requests (`POST /fapi/v1/order`) as they arrive, before anything
+    /// is checked: what a benchmark times a reaction against.
+    pub fn order_arrivals(&self) -> tokio::sync::broadcast::Receiver<OrderArrival> {
+        self.arrivals.subscribe()
+    }
+
+    fn order_arrived(&self, symbol: &str, api_key: Option<&str>) {
+        // Nobody listening is the normal case.
+        let _ = self.arrivals.send(OrderArrival {
+            symbol: symbol.to_string(),
+            api_key: api_key.unwrap_or_default().to_string(),
+            at: std::time::Instant::now(),
+        });
+    }
+
+    /// Publishes a `bookTicker` event only (REST prices stay as they are);
+    /// `false` for a symbol the venue does not list.
+    pub fn publish_book_ticker(&self, symbol: &str, bid: Decimal, ask: Decimal) -> bool {
+        let mut book = self.book();
+        if !book.prices.contains_key(symbol) {
+            return false;
+        }
+        book.publish_book(symbol, bid, ask, crate::clock::now_ms());
+        true
+    }
+
+    /// Moves the price REST answers with (and publishes it on the streams);
+    /// `false` for a symbol the venue does not list.
+    pub fn set_price(&self, symbol: &str, price: Decimal) -> bool {
+        let mut book = self.book();
+        if !book.prices.contains_key(symbol) {
+            return false;
+        }
+        book.set_price(symbol, price, crate::clock::now_ms());
+        true
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -186,7 +237,9 @@ fn spawn_market(sim: Arc<Sim>, config: &SimulatorConfig, stop: CancellationToken
             let now = crate::clock::now_ms();
             book.step_prices(now);
             book.settle_due(now);
-            if book.chance(fill_chance)
+            let trading = !sim.trading_paused.load(std::sync::atomic::Ordering::Relaxed);
+            if trading
+                && book.chance(fill_chance)
                 && let Some(key) = book.random_account_key()
             {
                 book.random_fill(&key, None, crate::clock::now_ms());

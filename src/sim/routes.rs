@@ -17,6 +17,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/prices", post(control::set_prices))
         .route("/sim/delist", post(control::delist))
         .route("/sim/consume", post(control::consume))
+        .route("/sim/trading", post(control::trading))
         .route("/sim/fills", get(control::fills))
         .route("/sim/orders", get(control::orders))
         .route("/sim/stream/drop", post(control::drop_streams))

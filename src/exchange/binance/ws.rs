@@ -49,6 +49,11 @@ impl Route {
             Route::Market => format!("{}@markPrice@1s", symbol.to_lowercase()),
         }
     }
+
+    /// The symbol a stream name is about (`btcusdt@bookTicker` → `BTCUSDT`).
+    pub fn symbol(stream: &str) -> String {
+        stream.split('@').next().unwrap_or_default().to_uppercase()
+    }
 }
 
 /// What a stream delivered.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use crate::domain::Quote;
+use crate::domain::{LivePrices, PriceSource, Quote};
 use crate::exchange::binance::ws::{MAX_STREAMS_PER_CONNECTION, Route, Socket, StreamEvent};
 use crate::processes::platform::StreamSettings;
 use crate::telemetry::stream::StreamMetrics;
@@ -22,7 +22,7 @@ const MIN_CONNECT_GAP: Duration = Duration::from_secs(1);
 /// What a connection task tells the stream.
 pub enum Note {
     Up(usize),
-    Quote(Route, Quote),
+    Quote(usize, Route, Quote),
     /// Nearing the venue's close: open a replacement, then close this one.
     Renew(usize),
     Down(usize, &'static str),
@@ -43,6 +43,9 @@ struct Slot {
     replaces: Option<usize>,
     /// Being replaced: its streams are the replacement's.
     retiring: bool,
+    /// When it came up, and when it last delivered a price.
+    opened: Option<Instant>,
+    heard: Option<Instant>,
 }
 
 pub struct Connections {
@@ -172,6 +175,8 @@ impl Connections {
                 up: false,
                 replaces: None,
                 retiring: false,
+                opened: None,
+                heard: None,
             },
         );
         id
@@ -182,6 +187,7 @@ impl Connections {
             return;
         };
         slot.up = true;
+        slot.opened = Some(Instant::now());
         let route = slot.route;
         self.failures.insert(route, 0);
         if let Some(old) = slot.replaces.take()
@@ -190,6 +196,28 @@ impl Connections {
             let _ = old.orders.try_send(Order::Close);
         }
         self.metrics.up(stream_name(route), "", true);
+    }
+
+    /// Connection `id` delivered a price.
+    pub fn heard(&mut self, id: usize) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.heard = Some(Instant::now());
+        }
+    }
+
+    /// Each live connection vouches for the quotes it delivered: its symbols
+    /// did not move if nothing came since (see [`LivePrices`]).
+    pub fn vouch(&self, live: &LivePrices) {
+        for slot in self.slots.values().filter(|s| s.up) {
+            if let (Some(opened), Some(heard)) = (slot.opened, slot.heard) {
+                let source = match slot.route {
+                    Route::Public => PriceSource::Book,
+                    Route::Market => PriceSource::Mark,
+                };
+                let symbols: Vec<String> = slot.streams.iter().map(|s| Route::symbol(s)).collect();
+                live.vouch(source, symbols.iter().map(String::as_str), opened, heard);
+            }
+        }
     }
 
     /// A planned reconnect: the replacement opens now; the old one closes once it is up.
@@ -256,8 +284,8 @@ async fn serve(
         let silent_at = socket.last_message + settings.silence;
         tokio::select! {
             message = socket.next() => match message {
-                Ok(Some(StreamEvent::Book(quote))) => { let _ = notes.send(Note::Quote(Route::Public, quote)).await; }
-                Ok(Some(StreamEvent::Mark(quote))) => { let _ = notes.send(Note::Quote(Route::Market, quote)).await; }
+                Ok(Some(StreamEvent::Book(quote))) => { let _ = notes.send(Note::Quote(id, Route::Public, quote)).await; }
+                Ok(Some(StreamEvent::Mark(quote))) => { let _ = notes.send(Note::Quote(id, Route::Market, quote)).await; }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "market stream connection ended");

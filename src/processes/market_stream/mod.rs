@@ -56,12 +56,14 @@ impl MarketStream {
                         Err(e) => break Err(e),
                     };
                     connections.reconcile(&wanted);
+                    connections.vouch(&p.live);
                     let wanted: Vec<String> = wanted.into_iter().collect();
                     p.stream_metrics.stale_symbols(p.live.stale(&wanted, p.levels.source(), p.stream_stale_after).len());
                 }
                 note = notes.recv() => match note {
-                    Some(Note::Quote(route, quote)) => {
+                    Some(Note::Quote(id, route, quote)) => {
                         ctx.usage.event();
+                        connections.heard(id);
                         self.on_quote(&ctx, route, quote, &mut tally).await;
                     }
                     Some(Note::Up(id)) => connections.up(id),
