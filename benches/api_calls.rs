@@ -3,17 +3,22 @@
 //! The seed's headline: exchange calls per minute of the six processes
 //! against the simulated exchange, for the workload 10 accounts, 20 symbols,
 //! 30 open positions, 60 armed levels, 100 alerts, in three configurations:
-//! coordinated (defaults), uncoordinated (`upstream.batching/dedupe/cache =
-//! false`), and the seed's "before" pattern (its old intervals, no
-//! coordination); plus the floor, the fewest calls that keep every data type
-//! as fresh as its interval requires.
+//! coordinated (streams off: the polling service), streaming (the defaults:
+//! market_stream and user_stream up, REST only to reconcile and keep listen
+//! keys alive), uncoordinated (`upstream.batching/dedupe/cache = false`), and
+//! the seed's "before" pattern (its old intervals, no coordination); plus the
+//! floor, the fewest calls that keep every data type as fresh as its interval
+//! requires when polling.
 //!
 //! Time is accelerated: every interval (and timeout and offset) is divided by
 //! SPEEDUP (default 10) and the simulator's meter is read over WINDOW_S
 //! seconds (default 30) of wall time, which stand for SPEEDUP × WINDOW_S
 //! seconds of platform time; calls per minute are reported in platform time.
-//! Ratios between configurations do not depend on the speed-up. Budgets are
-//! set out of the way so the numbers are demand, not what a limit allowed.
+//! Ratios between configurations do not depend on the speed-up. The
+//! streaming configuration runs 6 × faster again (its REST cycles are 5 and 30
+//! minutes long; the window then holds 30 platform minutes). Budgets are set
+//! out of the way so the numbers are demand, not what a limit allowed.
+//! `API_CALLS_BY_ENDPOINT=1` prints the simulator's meter by endpoint and account.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,11 +27,12 @@ use std::time::Duration;
 use rust_decimal::Decimal;
 use script_manager::app::exchange::sim_specs;
 use script_manager::budget::{Admission, ProcessCalls, VenueWeight};
-use script_manager::config::{Config, ProcessConfig, process_defaults};
+use script_manager::config::{Config, ProcessConfig, ProcessMode, process_defaults};
 use script_manager::exchange::binance::{Binance, TransportOptions};
 use script_manager::exchange::{Account, Caller, Venue};
 use script_manager::net::http_client;
 use script_manager::processes::Platform;
+use script_manager::processes::platform::StreamSettings;
 use script_manager::sim::{self, SimulatorConfig};
 use script_manager::store::{NewAlert, NewLevel, Store};
 use script_manager::telemetry::Metrics;
@@ -104,6 +110,9 @@ async fn meter_totals(http: &reqwest::Client, base: &str) -> (f64, f64) {
         .values()
         .map(|v| v.as_f64().unwrap())
         .sum();
+    if std::env::var_os("API_CALLS_BY_ENDPOINT").is_some() {
+        eprintln!("  {}", m["requests"]);
+    }
     let weight: f64 = m["weight_by_minute"]
         .as_object()
         .unwrap()
@@ -113,7 +122,29 @@ async fn meter_totals(http: &reqwest::Client, base: &str) -> (f64, f64) {
     (calls, weight)
 }
 
-async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
+/// The streaming configuration runs this much faster again than the others.
+const STREAMING_SPEEDUP: f64 = 6.0;
+
+/// The seed's intervals plus the two streams.
+fn streaming_plan() -> Plan {
+    let mut plan = seed_intervals();
+    plan.push(("market_stream", "market_stream", 0.0));
+    plan.push(("user_stream", "user_stream", 0.0));
+    plan
+}
+
+/// Stream settings for the simulator at `addr`, their REST intervals accelerated like the rest.
+fn stream_settings(addr: std::net::SocketAddr, speedup: f64) -> StreamSettings {
+    StreamSettings {
+        base_url: format!("ws://{addr}"),
+        silence: Duration::from_secs(10),
+        max_lifetime: Duration::from_secs(86_400),
+        listen_key_renew: Duration::from_secs_f64(1800.0 / speedup),
+        reconcile: Duration::from_secs_f64(300.0 / speedup),
+    }
+}
+
+async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64) -> Outcome {
     let stop = CancellationToken::new();
     let mut symbols = BTreeMap::new();
     for i in 0..SYMBOLS {
@@ -206,7 +237,7 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         levels: Default::default(),
         live: Arc::default(),
         stream_stale_after: Duration::from_secs(5),
-        streaming: None,
+        streaming: streams.then(|| stream_settings(addr, speedup)),
         stream_metrics: metrics.stream.clone(),
         stream_health: Default::default(),
         http: http_client().unwrap(),
@@ -221,13 +252,26 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
     })
     .unwrap();
     for (i, &(id, kind, interval)) in plan.iter().enumerate() {
+        let defaults = process_defaults(kind);
+        if kind.ends_with("_stream") {
+            // Continuous, as built in: the timeout is the lease, not a limit on the run.
+            let p = ProcessConfig {
+                mode: ProcessMode::Continuous,
+                interval_seconds: 10.0,
+                timeout_seconds: 10.0,
+                max_api_calls_per_minute: 1_000_000,
+                ..defaults
+            };
+            config.processes.insert(id.to_string(), p);
+            continue;
+        }
         let p = ProcessConfig {
             interval_seconds: interval / speedup,
             timeout_seconds: interval / speedup,
             start_offset_seconds: (i as f64 * 0.1) / speedup,
             max_api_calls_per_minute: 1_000_000,
             retry_count: 0,
-            ..process_defaults(kind)
+            ..defaults
         };
         config.processes.insert(id.to_string(), p);
     }
@@ -262,6 +306,18 @@ async fn run(plan: &Plan, knobs: Knobs, speedup: f64, window: f64) -> Outcome {
         }
     }
     let failed_after: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
+    // Failed runs invalidate the numbers: say which process failed and why.
+    for p in scheduler.processes() {
+        let stats = p.stats();
+        if stats.error_count > 0 {
+            eprintln!(
+                "  {}: {} failed runs, last: {}",
+                p.id,
+                stats.error_count,
+                stats.last_error_message.as_deref().unwrap_or("-")
+            );
+        }
+    }
     let mut pairs = 0;
     for a in venue.account_names() {
         let mut symbols = store.account_symbols(&a).await.unwrap();
@@ -293,9 +349,12 @@ fn main() {
     runtime.block_on(async move {
         let on = Knobs { batching: true, dedupe: true, cache: true };
         let off = Knobs { batching: false, dedupe: false, cache: false };
-        let coordinated = run(&seed_intervals(), on, speedup, window).await;
-        let uncoordinated = run(&seed_intervals(), off, speedup, window).await;
-        let before = run(&before_intervals(), off, speedup, window).await;
+        let coordinated = run(&seed_intervals(), on, false, speedup, window).await;
+        // REST only reconciles while streams are up (every 5 min, listen keys every 30 min):
+        // a longer stretch of platform time, so the window holds whole cycles of both.
+        let streaming = run(&streaming_plan(), on, true, speedup * STREAMING_SPEEDUP, window).await;
+        let uncoordinated = run(&seed_intervals(), off, false, speedup, window).await;
+        let before = run(&before_intervals(), off, false, speedup, window).await;
         // Floor: prices once per level_monitor interval (2 s: 30 batched calls of weight 2 a minute);
         // per account one positions call per trade sync interval (30 s: 2 a minute, weight 5), which
         // also keeps positions fresher than their 60 s; and one fills call (weight 5) per
@@ -305,7 +364,12 @@ fn main() {
         let changed = coordinated.changed_per_min;
         let floor_calls = 30.0 + 2.0 * ACCOUNTS as f64 + changed;
         let floor_weight = 30.0 * 2.0 + 2.0 * ACCOUNTS as f64 * 5.0 + changed * 5.0;
-        for (name, o) in [("coordinated", &coordinated), ("uncoordinated", &uncoordinated), ("seed_before", &before)] {
+        for (name, o) in [
+            ("coordinated", &coordinated),
+            ("streaming", &streaming),
+            ("uncoordinated", &uncoordinated),
+            ("seed_before", &before),
+        ] {
             println!(
                 "config={name} calls_per_min={:.1} weight_per_min={:.1} failed_runs={}",
                 o.calls_per_min, o.weight_per_min, o.failed_runs
@@ -317,6 +381,11 @@ fn main() {
             coordinated.calls_per_min / uncoordinated.calls_per_min,
             coordinated.calls_per_min / before.calls_per_min,
             coordinated.calls_per_min / floor_calls,
+        );
+        println!(
+            "ratio streaming/uncoordinated={:.4} streaming/coordinated={:.3}",
+            streaming.calls_per_min / uncoordinated.calls_per_min,
+            streaming.calls_per_min / coordinated.calls_per_min,
         );
     });
 }
