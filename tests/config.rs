@@ -234,6 +234,66 @@ fn the_default_configuration_file_matches_the_built_in_defaults() {
     assert_eq!(from_file.to_redacted_toml(), built_in.to_redacted_toml());
 }
 
+/// Dotted paths of every leaf of `value` (an empty table counts as a leaf).
+fn leaf_paths(value: &toml::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        toml::Value::Table(t) if !t.is_empty() => {
+            for (k, v) in t {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(v, &path, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+#[test]
+fn the_reference_names_every_key_with_its_default() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples/reference.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let from_reference = load(&LoadOptions {
+        config_path: Some(path),
+        env: Some(vec![]),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut from_reference = from_reference;
+    // The one kind setting it spells out is level_monitor's default price source.
+    let monitor = from_reference.processes.get_mut("level_monitor").unwrap();
+    let source = monitor.settings.remove("price_source").map(|v| v.into_string());
+    assert_eq!(source, Some(Some("book".to_string())));
+    let built_in = ok(None, &[]);
+    assert_eq!(
+        from_reference.to_redacted_toml(),
+        built_in.to_redacted_toml(),
+        "the reference states a value that is not the default"
+    );
+    let mut documented = std::collections::BTreeSet::new();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    leaf_paths(&toml::Value::Table(table), "", &mut documented);
+    let mut every = std::collections::BTreeSet::new();
+    leaf_paths(&toml::Value::try_from(&built_in).unwrap(), "", &mut every);
+    // Accounts have no default; the reference shows one commented out.
+    let missing: Vec<&String> = every
+        .difference(&documented)
+        .filter(|k| *k != "exchange.accounts" || !text.contains("# [exchange.accounts.main]"))
+        .collect();
+    let unknown: Vec<&String> = documented
+        .difference(&every)
+        .filter(|k| !k.ends_with("price_source"))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "reference.toml keys the configuration does not have: {unknown:?}"
+    );
+    assert!(missing.is_empty(), "keys missing from reference.toml: {missing:?}");
+}
+
 #[test]
 fn every_example_configuration_is_valid() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
@@ -284,4 +344,87 @@ fn ha_needs_postgres_and_a_shared_exchange_and_a_heartbeat_inside_the_lease() {
     );
     assert_eq!(script_manager::ha::replica_id(&named.ha), "replica-a");
     assert!(!ok(None, &[]).ha.enabled, "off by default");
+}
+
+#[test]
+fn secrets_come_from_files_named_by_settings_or_file_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let token = write("admin", "admin-from-file\n");
+    let key = write("key", "key-from-file\r\n");
+    let secret = write("secret", "secret-from-file");
+    let url = write("url", "sqlite://from-file.db\n");
+    let text = format!(
+        "[exchange]\nkind = \"binance-usdm\"\n[exchange.accounts.main]\napi_key_file = \"{key}\"\napi_secret_file = \"{secret}\"\n"
+    );
+    let config = ok(
+        Some(&text),
+        &[
+            ("SCRIPT_MANAGER_HTTP__ADMIN_TOKEN_FILE", token.as_str()),
+            ("SCRIPT_MANAGER_STORE__URL_FILE", url.as_str()),
+        ],
+    );
+    assert!(config.http.admin_token.unwrap().matches("admin-from-file"));
+    let main = &config.exchange.accounts["main"];
+    assert_eq!(main.api_key.expose(), "key-from-file");
+    assert_eq!(main.api_secret.expose(), "secret-from-file");
+    assert_eq!(config.store.url, "sqlite://from-file.db");
+}
+
+#[test]
+fn a_secret_file_that_cannot_be_used_names_its_key_and_never_its_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing").display().to_string();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "hunter2-token\n").unwrap();
+    let text = format!(
+        "[http]\nadmin_token = \"inline\"\nadmin_token_file = \"{}\"\n",
+        token.display()
+    );
+    let found = problems(
+        Some(&text),
+        &[
+            ("SCRIPT_MANAGER_HTTP__READ_TOKEN_FILE", missing.as_str()),
+            ("SCRIPT_MANAGER_STORE__URL_FILE", empty.to_str().unwrap()),
+        ],
+    );
+    let all = found.join("\n");
+    assert!(
+        found.iter().any(|p| p.starts_with("http.read_token_file: cannot read")
+            && p.contains("SCRIPT_MANAGER_HTTP__READ_TOKEN_FILE")),
+        "{all}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("store.url_file:") && p.contains("is empty")),
+        "{all}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.starts_with("http.admin_token_file:") && p.contains("not both")),
+        "{all}"
+    );
+    assert!(!all.contains("hunter2-token"), "{all}");
+}
+
+#[test]
+fn check_config_shows_no_secret_read_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "hunter2-from-a-file\n").unwrap();
+    let config = ok(
+        None,
+        &[("SCRIPT_MANAGER_HTTP__ADMIN_TOKEN_FILE", token.to_str().unwrap())],
+    );
+    let shown = config.to_redacted_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(format!("{config:?}").find("hunter2").is_none());
 }

@@ -86,6 +86,11 @@ async fn status_document_has_the_seed_shape_and_more() {
         svc.log().contains("hello-from-job"),
         "the job's output is in the service log"
     );
+    // Standard output is a pipe here, as in a container: plain text, no exporter fields.
+    let log = svc.log();
+    assert!(!log.contains('\u{1b}'), "colour codes in a piped log:\n{log}");
+    assert!(!log.contains("otel.name"), "exporter fields in text logs:\n{log}");
+    assert!(log.contains("process.id=hello"), "span fields stay:\n{log}");
 }
 
 async fn post(svc: &common::Service, path: &str, token: Option<&str>) -> (u16, Value) {

@@ -103,6 +103,8 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             listen: "127.0.0.1:9797".into(),
             admin_token: None,
             read_token: None,
+            admin_token_file: None,
+            read_token_file: None,
         },
         telemetry: TelemetryConfig {
             otlp_endpoint: None,
@@ -138,6 +140,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         },
         store: StoreConfig {
             url: "sqlite://data/script-manager.db".into(),
+            url_file: None,
             run_retention_days: 7.0,
             data_retention_days: 30.0,
         },

@@ -7,7 +7,7 @@ use figment::value::Value;
 use figment::{Figment, Metadata, Profile};
 
 use super::env::EnvLayer;
-use super::{Config, defaults, validate};
+use super::{Config, defaults, files, validate};
 
 /// Where to read configuration from.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +87,7 @@ pub fn load(options: &LoadOptions, kinds: KindCheck) -> Result<Config, ConfigErr
     }
 
     let overrides = overrides(path.as_deref(), &env);
+    let (secret_files, file_problems) = files::layer(&overrides, |key| source_of(&overrides, key));
     let with_builtin = overrides.extract_inner::<bool>("builtin_processes").unwrap_or(true);
     // The stream processes are built in only when streams are on.
     let with_streams = overrides
@@ -94,9 +95,10 @@ pub fn load(options: &LoadOptions, kinds: KindCheck) -> Result<Config, ConfigErr
         .unwrap_or(defaults::STREAMS_BY_DEFAULT);
     let defaults = defaults::config(with_builtin, with_streams);
     let mut figment = Figment::from(Serialized::defaults(defaults)).merge(overrides);
+    figment = secret_files.merge_into(figment);
     figment = fill_process_defaults(figment);
 
-    let mut problems = Vec::new();
+    let mut problems = file_problems;
     let config = extract(&figment, kinds, &mut problems);
     match config {
         Some(config) if problems.is_empty() => Ok(config),

@@ -11,6 +11,7 @@
 
 mod defaults;
 mod env;
+mod files;
 mod load;
 mod secret;
 mod simulator;
@@ -67,6 +68,11 @@ pub struct HttpConfig {
     /// levels, alerts, notifications) require when set; the admin token works
     /// too. Status, health and `/metrics` stay open.
     pub read_token: Option<Secret>,
+    /// Files holding the tokens instead (Docker and Kubernetes secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +98,9 @@ pub struct StoreConfig {
     /// `sqlite://data/script-manager.db` (created on first run) or `postgres://user@host/db`.
     /// A password in it is shown as `[redacted]` by `check-config`.
     pub url: String,
+    /// A file holding the URL instead (it may carry a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<String>,
     /// Days of run history kept.
     pub run_retention_days: f64,
     /// Days finished levels and intents, triggered alerts and notifications
@@ -201,8 +210,15 @@ pub enum ExchangeKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountConfig {
+    #[serde(default)]
     pub api_key: Secret,
+    #[serde(default)]
     pub api_secret: Secret,
+    /// Files holding the key and secret instead (Docker and Kubernetes secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_secret_file: Option<String>,
 }
 
 /// Client coordination knobs, all on by default; off reproduces the uncoordinated pattern.

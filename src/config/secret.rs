@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 
 pub const REDACTED: &str = "[redacted]";
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {

@@ -149,12 +149,15 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
     }
     for (name, account) in &x.accounts {
         if account.api_key.is_empty() {
-            report(&format!("exchange.accounts.{name}.api_key"), "must not be empty".into());
+            report(
+                &format!("exchange.accounts.{name}.api_key"),
+                "must not be empty (set it, or api_key_file to a file holding it)".into(),
+            );
         }
         if account.api_secret.is_empty() {
             report(
                 &format!("exchange.accounts.{name}.api_secret"),
-                "must not be empty".into(),
+                "must not be empty (set it, or api_secret_file to a file holding it)".into(),
             );
         }
     }

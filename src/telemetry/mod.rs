@@ -10,6 +10,7 @@
 pub mod api;
 pub mod domain;
 pub mod ha;
+pub mod logfmt;
 pub mod metrics;
 pub mod otel;
 pub mod process;

@@ -70,7 +70,11 @@ pub fn init(settings: &TracingSettings) -> anyhow::Result<Telemetry> {
 
     let filter = EnvFilter::try_new(&settings.log_level)?;
     let fmt = match settings.json {
-        false => tracing_subscriber::fmt::layer().with_target(false).boxed(),
+        false => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(super::logfmt::colour())
+            .fmt_fields(super::logfmt::PlainFields)
+            .boxed(),
         true => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)

@@ -1,0 +1,136 @@
+//! Secrets from files, as Docker and Kubernetes mount them: every secret
+//! setting `K` can instead be given as `K_file`, a path whose contents (less
+//! trailing newlines) are the value. The environment form falls out of the
+//! usual naming: `SCRIPT_MANAGER_HTTP__ADMIN_TOKEN_FILE=/run/secrets/admin`.
+//!
+//! Files are read before validation, so a store URL from a file is checked
+//! like one from the TOML file. A file that cannot be read, an empty one, or
+//! a setting given both ways is a problem naming the key; the contents never
+//! appear in a message.
+
+use std::path::Path;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+
+use super::load::Problem;
+
+/// The secret settings outside the accounts table.
+const SECRET_KEYS: [&str; 3] = ["http.admin_token", "http.read_token", "store.url"];
+/// Each account's secret settings.
+const ACCOUNT_KEYS: [&str; 2] = ["api_key", "api_secret"];
+
+/// The value read from one `K_file`, set at `K`.
+struct FromFile {
+    key: String,
+    path: String,
+    value: String,
+}
+
+/// Values read from the files that `overrides` names, as a layer to merge
+/// on top, and the problems found.
+pub fn layer(overrides: &Figment, source_of: impl Fn(&str) -> String) -> (SecretFiles, Vec<Problem>) {
+    let mut read = Vec::new();
+    let mut problems = Vec::new();
+    for key in secret_keys(overrides) {
+        let file_key = format!("{key}_file");
+        let Ok(value) = overrides.find_value(&file_key) else {
+            continue;
+        };
+        let mut problem = |message: String| {
+            problems.push(Problem {
+                key: file_key.clone(),
+                message,
+                source: source_of(&file_key),
+            })
+        };
+        let Some(path) = value.as_str().map(str::to_string) else {
+            problem("must be a file path".into());
+            continue;
+        };
+        if overrides.find_value(&key).is_ok() {
+            problem(format!("`{key}` is set too: give the value or a file, not both"));
+            continue;
+        }
+        match read_secret(Path::new(&path)) {
+            Ok(value) => read.push(FromFile { key, path, value }),
+            Err(message) => problem(message),
+        }
+    }
+    (SecretFiles(read), problems)
+}
+
+/// `K` for every secret setting, accounts included (those `overrides` names).
+fn secret_keys(overrides: &Figment) -> Vec<String> {
+    let mut keys: Vec<String> = SECRET_KEYS.iter().map(|k| k.to_string()).collect();
+    if let Ok(Value::Dict(_, accounts)) = overrides.find_value("exchange.accounts") {
+        for name in accounts.keys() {
+            keys.extend(ACCOUNT_KEYS.iter().map(|k| format!("exchange.accounts.{name}.{k}")));
+        }
+    }
+    keys
+}
+
+/// The file's contents without trailing newlines; an error that tells what to do.
+fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value = text.trim_end_matches(['\n', '\r']);
+    if value.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(value.to_string())
+}
+
+/// The values read from files, each under its setting, reported as coming from its file.
+pub struct SecretFiles(Vec<FromFile>);
+
+impl SecretFiles {
+    /// `figment` with every value read from a file merged on top.
+    pub fn merge_into(self, mut figment: Figment) -> Figment {
+        for one in self.0 {
+            figment = figment.merge(one);
+        }
+        figment
+    }
+}
+
+impl Provider for FromFile {
+    fn metadata(&self) -> Metadata {
+        Metadata::from(
+            "secret file",
+            figment::Source::File(std::path::PathBuf::from(&self.path)),
+        )
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        let mut parts: Vec<&str> = self.key.split('.').collect();
+        let last = parts.pop().unwrap_or_default();
+        let mut leaf = Dict::new();
+        leaf.insert(last.to_string(), Value::from(self.value.clone()));
+        for part in parts.into_iter().rev() {
+            let mut parent = Dict::new();
+            parent.insert(part.to_string(), Value::from(std::mem::take(&mut leaf)));
+            leaf = parent;
+        }
+        root.extend(leaf);
+        Ok(Profile::Default.collect(root))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailing_newlines_go_and_an_empty_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cr3t\r\n\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap(), "s3cr3t");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_secret(&path).unwrap_err().ends_with("is empty"));
+        let missing = read_secret(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.starts_with("cannot read"), "{missing}");
+    }
+}
