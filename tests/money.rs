@@ -423,6 +423,40 @@ async fn finished_rows_are_pruned(backend: Backend) {
     );
 }
 
+/// position_sync replacing an account's positions and user_stream applying an
+/// `ACCOUNT_UPDATE` for the same row at the same moment both succeed.
+async fn concurrent_position_writes(backend: Backend) {
+    use script_manager::domain::Position;
+    use script_manager::process::Fence;
+    use script_manager::store::Store;
+    let test_store = TestStore::new(backend);
+    let store = std::sync::Arc::new(Store::open(&test_store.url).await.unwrap());
+    let position = |amount: i64| Position {
+        symbol: "BTCUSDT".into(),
+        amount: Decimal::from(amount),
+        entry_price: Decimal::ONE,
+        mark_price: Decimal::ONE,
+        unrealized_pnl: Decimal::ZERO,
+        update_time_ms: 0,
+    };
+    for round in 0..40 {
+        let (a, b) = (store.clone(), store.clone());
+        let (p1, p2) = (position(round + 1), position(-(round + 1)));
+        let replace = tokio::spawn(async move { a.replace_positions(&Fence::none(), "main", &[p1], 1).await });
+        let update = tokio::spawn(async move { b.update_positions(&Fence::none(), "main", &[p2], 2).await });
+        replace
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: position_sync's write: {e:#}"));
+        update
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: user_stream's write: {e:#}"));
+        let stored = store.positions(Some("main")).await.unwrap();
+        assert_eq!(stored.len(), 1, "round {round}: one row per symbol");
+    }
+}
+
 macro_rules! on_both_stores {
     ($($name:ident => $body:ident;)*) => {
         mod sqlite {
@@ -446,4 +480,5 @@ on_both_stores! {
     one_accounts_bad_credentials_do_not_stop_the_other => bad_credentials_of_one_account;
     unknown_symbols_are_refused_and_delisted_ones_skipped => unknown_and_delisted_symbols;
     finished_rows_are_pruned_after_retention => finished_rows_are_pruned;
+    concurrent_position_writes_of_sync_and_stream_both_succeed => concurrent_position_writes;
 }

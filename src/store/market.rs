@@ -43,6 +43,34 @@ fn position(r: &AnyRow) -> anyhow::Result<StoredPosition> {
     })
 }
 
+/// Writes one open position. An upsert, because position_sync (replacing an
+/// account's positions) and user_stream (applying an `ACCOUNT_UPDATE`) may
+/// write the same row at once: on PostgreSQL both deletes see no row and the
+/// second plain insert would fail on the key.
+async fn upsert_position(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    account: &str,
+    p: &Position,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO positions (account, symbol, amount, entry_price, mark_price, unrealized_pnl, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (account, symbol) DO UPDATE SET amount = excluded.amount, entry_price = excluded.entry_price, \
+         mark_price = excluded.mark_price, unrealized_pnl = excluded.unrealized_pnl, updated_at = excluded.updated_at",
+    )
+    .bind(account.to_string())
+    .bind(p.symbol.clone())
+    .bind(p.amount.to_string())
+    .bind(p.entry_price.to_string())
+    .bind(p.mark_price.to_string())
+    .bind(p.unrealized_pnl.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 impl Store {
     /// Replaces an account's open positions in one transaction.
     pub async fn replace_positions(
@@ -58,19 +86,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         for p in positions {
-            sqlx::query(
-                "INSERT INTO positions (account, symbol, amount, entry_price, mark_price, unrealized_pnl, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(account.to_string())
-            .bind(p.symbol.clone())
-            .bind(p.amount.to_string())
-            .bind(p.entry_price.to_string())
-            .bind(p.mark_price.to_string())
-            .bind(p.unrealized_pnl.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            upsert_position(&mut tx, account, p, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -95,19 +111,7 @@ impl Store {
             if p.amount.is_zero() {
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO positions (account, symbol, amount, entry_price, mark_price, unrealized_pnl, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(account.to_string())
-            .bind(p.symbol.clone())
-            .bind(p.amount.to_string())
-            .bind(p.entry_price.to_string())
-            .bind(p.mark_price.to_string())
-            .bind(p.unrealized_pnl.to_string())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            upsert_position(&mut tx, account, p, now).await?;
         }
         tx.commit().await?;
         Ok(())
