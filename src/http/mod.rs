@@ -10,7 +10,9 @@ mod api;
 mod auth;
 mod data;
 mod error;
+mod openapi;
 mod query;
+mod routes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +22,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde_json::json;
 
 pub use error::ApiError;
@@ -54,27 +55,9 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/docs/runbooks", get(runbooks))
-        .route("/api/script-manager/status", get(api::status))
-        .route("/api/script-manager/processes", get(api::processes))
-        .route("/api/script-manager/processes/{id}", get(api::process))
-        .route("/api/script-manager/processes/{id}/trigger", post(api::trigger))
-        .route("/api/script-manager/processes/{id}/pause", post(api::pause))
-        .route("/api/script-manager/processes/{id}/resume", post(api::resume))
-        .route("/api/script-manager/runs", get(api::runs))
-        .route("/api/prices", get(data::prices))
-        .route("/api/positions", get(data::positions))
-        .route("/api/trades", get(data::trades))
-        .route("/api/dashboard/{account}", get(data::dashboard))
-        .route("/api/levels", get(data::levels).post(data::create_level))
-        .route("/api/levels/{id}", get(data::level).delete(data::delete_level))
-        .route("/api/alerts", get(data::alerts).post(data::create_alert))
-        .route("/api/alerts/{id}", axum::routing::delete(data::delete_alert))
-        .route("/api/notifications", get(data::notifications))
+    let (routes, document) = routes::all().finish();
+    let _ = DOCUMENT.set(document);
+    routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -84,6 +67,21 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The OpenAPI document of [`router`]'s routes (the same for every router built).
+static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+
+/// `GET /api/openapi.json`.
+async fn openapi_document() -> Response {
+    match DOCUMENT.get() {
+        Some(document) => axum::Json(document).into_response(),
+        None => ApiError::not_found("no document").into_response(),
+    }
+}
+
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({"status": "ok"}))
 }
 
 /// The runbooks the alerts' `runbook_url` points to.

@@ -1,0 +1,287 @@
+//! The OpenAPI 3.1 document, written beside the routes so it cannot drift:
+//! every route is added through [`Routes::route`] together with the
+//! description of each of its methods, and `GET /api/openapi.json` serves
+//! what was collected. A route added without its description does not
+//! compile; a method left undescribed is caught by `tests/openapi.rs`,
+//! which tries every method on every documented path.
+//!
+//! Plain `serde_json` rather than a framework: the handlers take raw JSON
+//! and answer `Value`s, so the schemas here are the contract, written once.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::routing::MethodRouter;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+
+/// Routes and their descriptions, collected together.
+pub struct Routes {
+    router: Router<AppState>,
+    paths: BTreeMap<String, Map<String, Value>>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Routes {
+            router: Router::new(),
+            paths: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `path` served by `handler`, described method by method.
+    pub fn route(mut self, path: &str, handler: MethodRouter<AppState>, ops: Vec<(&str, Op)>) -> Self {
+        self.router = self.router.route(path, handler);
+        let entry = self.paths.entry(path.to_string()).or_default();
+        for (method, op) in ops {
+            entry.insert(method.to_string(), op.0);
+        }
+        self
+    }
+
+    /// The router, and the document describing it.
+    pub fn finish(self) -> (Router<AppState>, Value) {
+        let document = document(self.paths);
+        (self.router, document)
+    }
+}
+
+/// One operation's description.
+pub struct Op(Value);
+
+/// An operation: what it does, its group, and (unless changed) a 200 answer of `ok`.
+pub fn op(summary: &str, tag: &str, ok: Value) -> Op {
+    Op(json!({
+        "summary": summary,
+        "tags": [tag],
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": ok}}}},
+    }))
+}
+
+impl Op {
+    fn responses(&mut self) -> &mut Map<String, Value> {
+        self.0["responses"].as_object_mut().expect("responses is an object")
+    }
+
+    fn parameter(mut self, name: &str, place: &str, schema: Value, description: &str) -> Self {
+        let required = place == "path";
+        let list = self
+            .0
+            .as_object_mut()
+            .expect("an object")
+            .entry("parameters")
+            .or_insert(json!([]));
+        list.as_array_mut().expect("an array").push(json!({
+            "name": name, "in": place, "required": required, "schema": schema, "description": description,
+        }));
+        self
+    }
+
+    pub fn path(self, name: &str, description: &str) -> Self {
+        self.parameter(name, "path", json!({"type": "string"}), description)
+    }
+
+    pub fn query(self, name: &str, schema: Value, description: &str) -> Self {
+        self.parameter(name, "query", schema, description)
+    }
+
+    /// `limit` (1 to 10 000).
+    pub fn limit(self) -> Self {
+        self.query(
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": 10000, "default": 100}),
+            "rows to answer",
+        )
+    }
+
+    /// A JSON body (required).
+    pub fn body(mut self, schema: Value, example: Value) -> Self {
+        self.0["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": schema, "example": example}},
+        });
+        self
+    }
+
+    /// The success answer is `status` (201, 202, 204, ...) instead of 200; `None`: no body.
+    pub fn answers(mut self, status: u16, description: &str, schema: Option<Value>) -> Self {
+        let responses = self.responses();
+        responses.remove("200");
+        let mut answer = json!({"description": description});
+        if let Some(schema) = schema {
+            answer["content"] = json!({"application/json": {"schema": schema}});
+        }
+        responses.insert(status.to_string(), answer);
+        self
+    }
+
+    /// A success answer in another media type.
+    pub fn text(mut self, media: &str, description: &str) -> Self {
+        self.responses().insert(
+            "200".into(),
+            json!({"description": description, "content": {media: {"schema": {"type": "string"}}}}),
+        );
+        self
+    }
+
+    /// Error answers this operation can give, each the JSON error shape.
+    pub fn errors(mut self, statuses: &[(u16, &str)]) -> Self {
+        for (status, why) in statuses {
+            self.responses().insert(
+                status.to_string(),
+                json!({"description": why, "content": {"application/json": {"schema": schema("Error")}}}),
+            );
+        }
+        self
+    }
+
+    /// Needs the admin token (401 without a valid one, 403 when none is configured).
+    pub fn admin(mut self) -> Self {
+        self.0["security"] = json!([{"admin": []}]);
+        self.errors(&[
+            (401, "missing or wrong bearer token"),
+            (403, "no admin token is configured: writes are off"),
+        ])
+    }
+
+    /// Needs the read token when one is configured (the admin token works too).
+    pub fn reader(mut self) -> Self {
+        self.0["security"] = json!([{}, {"read": []}, {"admin": []}]);
+        self.errors(&[(401, "http.read_token is set and the bearer token is missing or wrong")])
+    }
+}
+
+/// A reference to a component schema.
+pub fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// An array of a component schema.
+pub fn list(name: &str) -> Value {
+    json!({"type": "array", "items": schema(name)})
+}
+
+fn document(paths: BTreeMap<String, Map<String, Value>>) -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "script-manager",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "One scheduler for a trading platform's periodic work: the status of its processes, \
+                operator actions, and the platform's data (prices, positions, trades, dashboards, \
+                take-profit/stop-loss levels, alerts). Errors are always `{\"error\": {\"code\", \"message\"}}`.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "admin": {"type": "http", "scheme": "bearer", "description": "http.admin_token: operator actions and writes"},
+                "read": {"type": "http", "scheme": "bearer", "description": "http.read_token, when set: the data API's reads"},
+            },
+            "schemas": schemas(),
+        },
+    })
+}
+
+fn nullable(kind: &str) -> Value {
+    json!({"type": [kind, "null"]})
+}
+
+/// A decimal number as a string ("95000.5").
+fn decimal() -> Value {
+    json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?$"})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+fn schemas() -> Value {
+    let id = json!({"type": "integer", "format": "int64"});
+    let ms = json!({"type": "integer", "format": "int64", "description": "ms since the Unix epoch"});
+    json!({
+        "Error": object(&["error"], json!({
+            "error": object(&["code", "message"], json!({
+                "code": {"type": "string", "description": "stable, for programs (`not_found`, `invalid_field`, ...)"},
+                "message": {"type": "string", "description": "for people; names the field or parameter at fault"},
+            })),
+        })),
+        "Health": object(&["status"], json!({"status": {"type": "string"}})),
+        "Status": object(&["processes", "total_processes", "running_processes"], json!({
+            "processes": {"type": "object", "additionalProperties": schema("Process")},
+            "total_processes": {"type": "integer"},
+            "running_processes": {"type": "integer"},
+        })),
+        "Process": object(&["process_name", "status", "interval_seconds", "metrics"], json!({
+            "process_name": {"type": "string"},
+            "status": {"type": "string"},
+            "interval_seconds": {"type": "number"},
+            "metrics": {"type": "object"},
+        })),
+        "Run": {"type": "object", "description": "one finished run: process, outcome, times, attempts, API calls, error"},
+        "Action": object(&["process"], json!({
+            "process": {"type": "string"},
+            "triggered": {"type": "boolean"},
+            "paused": {"type": "boolean"},
+            "changed": {"type": "boolean", "description": "false when it already was in that state"},
+        })),
+        "Price": object(&["symbol", "price", "observed_at", "venue_time"], json!({
+            "symbol": {"type": "string"}, "price": decimal(), "observed_at": ms, "venue_time": ms,
+        })),
+        "Position": object(&["account", "symbol", "amount", "entry_price", "mark_price", "unrealized_pnl", "updated_at"], json!({
+            "account": {"type": "string"}, "symbol": {"type": "string"},
+            "amount": {"type": "string", "description": "signed decimal: > 0 long, < 0 short"},
+            "entry_price": decimal(), "mark_price": decimal(), "unrealized_pnl": {"type": "string"}, "updated_at": ms,
+        })),
+        "Trade": object(&["account", "symbol", "id", "order_id", "side", "price", "qty", "time"], json!({
+            "account": {"type": "string"}, "symbol": {"type": "string"}, "id": id, "order_id": id,
+            "side": {"enum": ["BUY", "SELL"]}, "price": decimal(), "qty": decimal(),
+            "realized_pnl": {"type": "string"}, "commission": {"type": "string"}, "time": ms,
+        })),
+        "Dashboard": object(&["account", "computed_at", "analytics"], json!({
+            "account": {"type": "string"},
+            "computed_at": {"type": "string", "format": "date-time"},
+            "analytics": {"type": "object", "description": "realized PnL 24 h/7 d/30 d, win rate, trades, volume, commission, exposure, unrealized PnL"},
+        })),
+        "Level": object(&["id", "account", "symbol", "status", "version"], json!({
+            "id": id, "account": {"type": "string"}, "symbol": {"type": "string"},
+            "take_profit": nullable("string"), "stop_loss": nullable("string"),
+            "status": {"enum": ["armed", "triggered", "executed", "failed"]},
+            "version": {"type": "integer"},
+            "client_order_id": nullable("string"), "order_id": nullable("integer"),
+            "trigger_kind": nullable("string"), "trigger_price": nullable("string"),
+            "error": nullable("string"), "closed_qty": nullable("string"), "avg_price": nullable("string"),
+            "close_orders": {"type": "integer"}, "created_at": ms, "updated_at": ms,
+        })),
+        "NewLevel": {
+            "type": "object",
+            "required": ["account", "symbol"],
+            "additionalProperties": false,
+            "description": "give take_profit, stop_loss or both (different); prices as numbers or decimal strings",
+            "properties": {
+                "account": {"type": "string", "minLength": 1},
+                "symbol": {"type": "string", "pattern": "^[A-Za-z0-9]{1,20}$"},
+                "take_profit": {"type": ["string", "number", "null"]},
+                "stop_loss": {"type": ["string", "number", "null"]},
+            },
+        },
+        "Alert": object(&["id", "symbol", "condition", "price", "status", "created_at"], json!({
+            "id": id, "symbol": {"type": "string"}, "condition": {"enum": ["above", "below"]},
+            "price": decimal(), "webhook_url": nullable("string"),
+            "status": {"enum": ["active", "triggered"]}, "created_at": ms, "triggered_at": nullable("integer"),
+        })),
+        "NewAlert": {
+            "type": "object",
+            "required": ["symbol", "condition", "price"],
+            "additionalProperties": false,
+            "properties": {
+                "symbol": {"type": "string", "pattern": "^[A-Za-z0-9]{1,20}$"},
+                "condition": {"enum": ["above", "below"]},
+                "price": {"type": ["string", "number"]},
+                "webhook_url": {"type": ["string", "null"], "format": "uri"},
+            },
+        },
+        "Notification": {"type": "object", "description": "an outbox entry: event, payload, status, attempts"},
+    })
+}

@@ -1,0 +1,267 @@
+//! Every route, registered in one place with its OpenAPI description (see
+//! [`openapi`](super::openapi)): adding a route means describing it here.
+
+use axum::routing::{delete, get, post};
+use serde_json::json;
+
+use super::openapi::{Routes, list, op, schema};
+use super::{api, data};
+
+const OPS: &str = "operations";
+const STATUS: &str = "status";
+const DATA: &str = "data";
+
+pub fn all() -> Routes {
+    Routes::new()
+        .route(
+            "/metrics",
+            get(super::metrics),
+            vec![(
+                "get",
+                op("Prometheus metrics", OPS, json!({}))
+                    .text("text/plain", "Prometheus text format 0.0.4; OpenMetrics (with exemplars) when the Accept header asks for application/openmetrics-text"),
+            )],
+        )
+        .route(
+            "/healthz",
+            get(super::healthz),
+            vec![("get", op("Liveness: the process answers", OPS, schema("Health")))],
+        )
+        .route(
+            "/readyz",
+            get(super::readyz),
+            vec![(
+                "get",
+                op("Readiness: started and not stopping", OPS, schema("Health"))
+                    .errors(&[(503, "starting or stopping")]),
+            )],
+        )
+        .route(
+            "/docs/runbooks",
+            get(super::runbooks),
+            vec![(
+                "get",
+                op("The runbooks the alerts link to", OPS, json!({})).text("text/markdown", "Markdown, one section per alert"),
+            )],
+        )
+        .route(
+            "/api/openapi.json",
+            get(super::openapi_document),
+            vec![("get", op("This document", OPS, json!({"type": "object"})))],
+        )
+        .route(
+            "/api/script-manager/status",
+            get(api::status),
+            vec![("get", op("Every process's state, schedule and statistics", STATUS, schema("Status")))],
+        )
+        .route(
+            "/api/script-manager/processes",
+            get(api::processes),
+            vec![("get", op("The processes", STATUS, list("Process")))],
+        )
+        .route(
+            "/api/script-manager/processes/{id}",
+            get(api::process),
+            vec![(
+                "get",
+                op("One process", STATUS, schema("Process"))
+                    .path("id", "process id, as in the configuration")
+                    .errors(&[(404, "no such process")]),
+            )],
+        )
+        .route(
+            "/api/script-manager/processes/{id}/trigger",
+            post(api::trigger),
+            vec![(
+                "post",
+                op("Run a process now (a continuous one reconnects)", STATUS, json!({}))
+                    .path("id", "process id")
+                    .answers(202, "started", Some(schema("Action")))
+                    .admin()
+                    .errors(&[
+                        (404, "no such process"),
+                        (409, "already running, disabled, or held by another replica"),
+                        (503, "the service is stopping"),
+                    ]),
+            )],
+        )
+        .route(
+            "/api/script-manager/processes/{id}/pause",
+            post(api::pause),
+            vec![(
+                "post",
+                op("Pause a process: its ticks are skipped until resumed", STATUS, schema("Action"))
+                    .path("id", "process id")
+                    .admin()
+                    .errors(&[(404, "no such process")]),
+            )],
+        )
+        .route(
+            "/api/script-manager/processes/{id}/resume",
+            post(api::resume),
+            vec![(
+                "post",
+                op("Resume a paused process", STATUS, schema("Action"))
+                    .path("id", "process id")
+                    .admin()
+                    .errors(&[(404, "no such process")]),
+            )],
+        )
+        .route(
+            "/api/script-manager/runs",
+            get(api::runs),
+            vec![(
+                "get",
+                op("Finished runs, newest first", STATUS, list("Run"))
+                    .query("process", json!({"type": "string"}), "only this process's runs")
+                    .limit()
+                    .errors(&[(400, "bad or unknown query parameter"), (404, "no such process")]),
+            )],
+        )
+        .route(
+            "/api/prices",
+            get(data::prices),
+            vec![("get", op("Cached prices of the symbols in use", DATA, list("Price")).reader())],
+        )
+        .route(
+            "/api/positions",
+            get(data::positions),
+            vec![(
+                "get",
+                op("Open positions", DATA, list("Position"))
+                    .query("account", json!({"type": "string"}), "only this account's")
+                    .reader()
+                    .errors(&[(400, "unknown query parameter")]),
+            )],
+        )
+        .route(
+            "/api/trades",
+            get(data::trades),
+            vec![(
+                "get",
+                op("Fills, newest first", DATA, list("Trade"))
+                    .query("account", json!({"type": "string"}), "only this account's")
+                    .query("symbol", json!({"type": "string"}), "only this symbol's")
+                    .limit()
+                    .reader()
+                    .errors(&[(400, "bad or unknown query parameter")]),
+            )],
+        )
+        .route(
+            "/api/dashboard/{account}",
+            get(data::dashboard),
+            vec![(
+                "get",
+                op("An account's analytics (dashboard_sync's last snapshot)", DATA, schema("Dashboard"))
+                    .path("account", "account name, as in the configuration")
+                    .reader()
+                    .errors(&[(404, "no such account, or no snapshot yet")]),
+            )],
+        )
+        .route(
+            "/api/levels",
+            get(data::levels).post(data::create_level),
+            vec![
+                (
+                    "get",
+                    op("Take-profit/stop-loss levels, by id (a Link header points to the next page)", DATA, list("Level"))
+                        .limit()
+                        .query("after", json!({"type": "integer", "minimum": 0}), "ids above this one")
+                        .reader()
+                        .errors(&[(400, "bad or unknown query parameter")]),
+                ),
+                (
+                    "post",
+                    op("Arm a take-profit/stop-loss level on a position", DATA, json!({}))
+                        .body(
+                            schema("NewLevel"),
+                            json!({"account": "main", "symbol": "BTCUSDT", "stop_loss": "95000", "take_profit": "110000"}),
+                        )
+                        .answers(201, "armed", Some(schema("Level")))
+                        .admin()
+                        .errors(&[
+                            (400, "the body is not JSON"),
+                            (422, "a field is missing or invalid (the message names it)"),
+                            (503, "the venue's symbol list is not read yet"),
+                        ]),
+                ),
+            ],
+        )
+        .route(
+            "/api/levels/{id}",
+            get(data::level).delete(data::delete_level),
+            vec![
+                (
+                    "get",
+                    op("One level", DATA, schema("Level"))
+                        .path("id", "level id")
+                        .reader()
+                        .errors(&[(400, "not an id"), (404, "no such level")]),
+                ),
+                (
+                    "delete",
+                    op("Disarm a level", DATA, json!({}))
+                        .path("id", "level id")
+                        .answers(204, "deleted", None)
+                        .admin()
+                        .errors(&[
+                            (400, "not an id"),
+                            (404, "no such level"),
+                            (409, "its close order is in flight"),
+                        ]),
+                ),
+            ],
+        )
+        .route(
+            "/api/alerts",
+            get(data::alerts).post(data::create_alert),
+            vec![
+                (
+                    "get",
+                    op("Price alerts, by id (a Link header points to the next page)", DATA, list("Alert"))
+                        .limit()
+                        .query("after", json!({"type": "integer", "minimum": 0}), "ids above this one")
+                        .reader()
+                        .errors(&[(400, "bad or unknown query parameter")]),
+                ),
+                (
+                    "post",
+                    op("Create a price alert", DATA, json!({}))
+                        .body(
+                            schema("NewAlert"),
+                            json!({"symbol": "ETHUSDT", "condition": "above", "price": "4200"}),
+                        )
+                        .answers(201, "created", Some(schema("Alert")))
+                        .admin()
+                        .errors(&[
+                            (400, "the body is not JSON"),
+                            (422, "a field is missing or invalid (the message names it)"),
+                            (503, "the venue's symbol list is not read yet"),
+                        ]),
+                ),
+            ],
+        )
+        .route(
+            "/api/alerts/{id}",
+            delete(data::delete_alert),
+            vec![(
+                "delete",
+                op("Delete an alert", DATA, json!({}))
+                    .path("id", "alert id")
+                    .answers(204, "deleted", None)
+                    .admin()
+                    .errors(&[(400, "not an id"), (404, "no such alert")]),
+            )],
+        )
+        .route(
+            "/api/notifications",
+            get(data::notifications),
+            vec![(
+                "get",
+                op("The notification outbox, newest first", DATA, list("Notification"))
+                    .limit()
+                    .reader()
+                    .errors(&[(400, "bad or unknown query parameter")]),
+            )],
+        )
+}
