@@ -34,7 +34,10 @@ impl Routes {
     pub fn route(mut self, path: &str, handler: MethodRouter<AppState>, ops: Vec<(&str, Op)>) -> Self {
         self.router = self.router.route(path, handler);
         let entry = self.paths.entry(path.to_string()).or_default();
-        for (method, op) in ops {
+        for (method, mut op) in ops {
+            if op.0.get("operationId").is_none() {
+                op.0["operationId"] = json!(operation_id(method, path));
+            }
             entry.insert(method.to_string(), op.0);
         }
         self
@@ -45,6 +48,15 @@ impl Routes {
         let document = document(self.paths);
         (self.router, document)
     }
+}
+
+/// `get /api/levels/{id}` → `get_api_levels_id`.
+fn operation_id(method: &str, path: &str) -> String {
+    let words: Vec<&str> = path
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    format!("{method}_{}", words.join("_"))
 }
 
 /// One operation's description.
@@ -80,6 +92,31 @@ impl Op {
 
     pub fn path(self, name: &str, description: &str) -> Self {
         self.parameter(name, "path", json!({"type": "string"}), description)
+    }
+
+    /// A numeric id in the path.
+    pub fn id(self, description: &str) -> Self {
+        self.parameter("id", "path", id(), description)
+    }
+
+    /// `after`: ids above this one.
+    pub fn after(self) -> Self {
+        self.query("after", id(), "answer ids above this one (0: from the start)")
+    }
+
+    /// Links from this operation's `status` answer (whose body has an `id`) to other operations.
+    pub fn links(mut self, status: u16, to: &[(&str, &str)]) -> Self {
+        let links: Map<String, Value> = to
+            .iter()
+            .map(|(name, operation)| {
+                (
+                    name.to_string(),
+                    json!({"operationId": operation, "parameters": {"id": "$response.body#/id"}}),
+                )
+            })
+            .collect();
+        self.responses()[&status.to_string()]["links"] = Value::Object(links);
+        self
     }
 
     pub fn query(self, name: &str, schema: Value, description: &str) -> Self {
@@ -184,6 +221,19 @@ fn document(paths: BTreeMap<String, Map<String, Value>>) -> Value {
     })
 }
 
+/// A row id: a whole number that fits in 64 bits.
+fn id() -> Value {
+    json!({"type": "integer", "format": "int64", "minimum": 0, "maximum": i64::MAX})
+}
+
+/// A price in a request: a positive number, or a positive decimal string.
+fn positive() -> Value {
+    json!({"oneOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": "^([0-9]*[1-9][0-9]*(\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$"},
+    ]})
+}
+
 fn nullable(kind: &str) -> Value {
     json!({"type": [kind, "null"]})
 }
@@ -252,18 +302,19 @@ fn schemas() -> Value {
             "client_order_id": nullable("string"), "order_id": nullable("integer"),
             "trigger_kind": nullable("string"), "trigger_price": nullable("string"),
             "error": nullable("string"), "closed_qty": nullable("string"), "avg_price": nullable("string"),
-            "close_orders": {"type": "integer"}, "created_at": ms, "updated_at": ms,
+            "close_orders": nullable("integer"), "created_at": ms, "updated_at": ms,
         })),
         "NewLevel": {
             "type": "object",
             "required": ["account", "symbol"],
             "additionalProperties": false,
-            "description": "give take_profit, stop_loss or both (different); prices as numbers or decimal strings",
+            "description": "give take_profit, stop_loss or both (different); prices as numbers or decimal strings. \
+                The account must be configured and the symbol listed by the venue (422 otherwise).",
             "properties": {
                 "account": {"type": "string", "minLength": 1},
                 "symbol": {"type": "string", "pattern": "^[A-Za-z0-9]{1,20}$"},
-                "take_profit": {"type": ["string", "number", "null"]},
-                "stop_loss": {"type": ["string", "number", "null"]},
+                "take_profit": {"anyOf": [positive(), {"type": "null"}]},
+                "stop_loss": {"anyOf": [positive(), {"type": "null"}]},
             },
         },
         "Alert": object(&["id", "symbol", "condition", "price", "status", "created_at"], json!({
@@ -278,8 +329,8 @@ fn schemas() -> Value {
             "properties": {
                 "symbol": {"type": "string", "pattern": "^[A-Za-z0-9]{1,20}$"},
                 "condition": {"enum": ["above", "below"]},
-                "price": {"type": ["string", "number"]},
-                "webhook_url": {"type": ["string", "null"], "format": "uri"},
+                "price": positive(),
+                "webhook_url": {"type": ["string", "null"], "format": "uri", "description": "an http(s) URL to an allowed host"},
             },
         },
         "Notification": {"type": "object", "description": "an outbox entry: event, payload, status, attempts"},

@@ -166,7 +166,7 @@ pub fn all() -> Routes {
                     "get",
                     op("Take-profit/stop-loss levels, by id (a Link header points to the next page)", DATA, list("Level"))
                         .limit()
-                        .query("after", json!({"type": "integer", "minimum": 0}), "ids above this one")
+                        .after()
                         .reader()
                         .errors(&[(400, "bad or unknown query parameter")]),
                 ),
@@ -178,6 +178,7 @@ pub fn all() -> Routes {
                             json!({"account": "main", "symbol": "BTCUSDT", "stop_loss": "95000", "take_profit": "110000"}),
                         )
                         .answers(201, "armed", Some(schema("Level")))
+                        .links(201, &[("GetLevel", "get_api_levels_id"), ("DeleteLevel", "delete_api_levels_id")])
                         .admin()
                         .errors(&[
                             (400, "the body is not JSON"),
@@ -194,14 +195,14 @@ pub fn all() -> Routes {
                 (
                     "get",
                     op("One level", DATA, schema("Level"))
-                        .path("id", "level id")
+                        .id("level id")
                         .reader()
                         .errors(&[(400, "not an id"), (404, "no such level")]),
                 ),
                 (
                     "delete",
                     op("Disarm a level", DATA, json!({}))
-                        .path("id", "level id")
+                        .id("level id")
                         .answers(204, "deleted", None)
                         .admin()
                         .errors(&[
@@ -220,7 +221,7 @@ pub fn all() -> Routes {
                     "get",
                     op("Price alerts, by id (a Link header points to the next page)", DATA, list("Alert"))
                         .limit()
-                        .query("after", json!({"type": "integer", "minimum": 0}), "ids above this one")
+                        .after()
                         .reader()
                         .errors(&[(400, "bad or unknown query parameter")]),
                 ),
@@ -232,6 +233,7 @@ pub fn all() -> Routes {
                             json!({"symbol": "ETHUSDT", "condition": "above", "price": "4200"}),
                         )
                         .answers(201, "created", Some(schema("Alert")))
+                        .links(201, &[("DeleteAlert", "delete_api_alerts_id")])
                         .admin()
                         .errors(&[
                             (400, "the body is not JSON"),
@@ -247,7 +249,7 @@ pub fn all() -> Routes {
             vec![(
                 "delete",
                 op("Delete an alert", DATA, json!({}))
-                    .path("id", "alert id")
+                    .id("alert id")
                     .answers(204, "deleted", None)
                     .admin()
                     .errors(&[(400, "not an id"), (404, "no such alert")]),
