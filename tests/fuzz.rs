@@ -71,6 +71,21 @@ async fn schemathesis_finds_nothing_and_the_store_survives_it() {
     for phase in ["Examples", "Coverage", "Fuzzing", "Stateful"] {
         assert!(with_token.contains(phase), "phase {phase} did not run:\n{with_token}");
     }
+    // Every operation of the document was exercised, both ways (schemathesis
+    // leaves out the route that serves the document itself).
+    let operations = svc.get_json("/api/openapi.json").await["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(path, _)| *path != "/api/openapi.json")
+        .map(|(_, ops)| ops.as_object().unwrap().len())
+        .sum::<usize>();
+    for text in [&with_token, &without] {
+        assert!(
+            text.contains(&format!("Tested: {operations}")),
+            "not every one of {operations} operations was tested:\n{text}"
+        );
+    }
     // Nothing it sent broke the service or its store.
     for path in [
         "/api/script-manager/status",
