@@ -126,6 +126,9 @@ overview = dashboard(
               [("time() - script_manager_start_time_seconds", "{{instance}}")], 0, 70, 8, 4, kind="stat"),
         panel("Venue clock offset", "Venue clock minus ours, measured at start-up and on -1021.", "s",
               [("script_manager_api_clock_offset_seconds", "offset")], 8, 70, 8, 4, kind="stat"),
+        panel("Effective intervals", "The interval each process is on now: its configured one, stretched (up to "
+              "scheduler.adapt_max_factor) while the API budget is tight or the venue holds us back.", "s",
+              [("script_manager_process_effective_interval_seconds", "{{process}}")], 16, 70, 8, 4),
         # Several replicas (ha.enabled): empty on a single replica.
         panel("Lease holders (HA)", "Which replica holds each process's lease and so runs its ticks; "
               "a process with no holder runs nowhere.", "short",

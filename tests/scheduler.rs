@@ -584,3 +584,38 @@ async fn a_continuous_process_runs_once_and_a_trigger_restarts_it_at_once() {
     );
     assert_eq!(live.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn intervals_stretch_while_the_venue_holds_us_back_and_come_back_after() {
+    use script_manager::budget::VenueWeight;
+    use script_manager::scheduler::Adaptive;
+    let mut low = cfg(1.0, 1.0, 0, 3);
+    low.kind = "dashboard_sync".into();
+    let mut monitor = cfg(1.0, 1.0, 0, 3);
+    monitor.kind = "level_monitor".into();
+    let h = harness(vec![
+        ("urgent", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(10))),
+        ("low", low, ok_after(Duration::from_millis(10))),
+        ("monitor", monitor, ok_after(Duration::from_millis(10))),
+    ]);
+    let weight = Arc::new(VenueWeight::new(1000, 1.0, 0.0, []));
+    h.scheduler.adapt_to(Adaptive::new(weight.clone(), 0.8, 4.0, 2));
+    // A 429 with Retry-After 10 s: less urgent work waits 4× its interval meanwhile.
+    weight.pause_for(Duration::from_secs(10));
+    h.scheduler.start();
+    sleep(Duration::from_millis(9500)).await;
+    let effective = r#"script_manager_process_effective_interval_seconds{process="low"}"#;
+    assert_eq!(sample(&h.metrics, effective), 4.0);
+    let paused_low = h.starts("low").len();
+    assert!(
+        (3..=4).contains(&paused_low),
+        "low ran {paused_low} times in 9.5 s at 4 s"
+    );
+    assert_eq!(h.starts("urgent").len(), 10, "priority 1 never stretches");
+    assert_eq!(h.starts("monitor").len(), 10, "level_monitor never stretches");
+    // The pause is over: back to its own interval.
+    sleep(Duration::from_secs(10)).await;
+    let after = h.starts("low").len() - paused_low;
+    assert!(after >= 8, "low ran {after} times in the 10 s after the pause");
+    assert_eq!(sample(&h.metrics, effective), 1.0);
+}

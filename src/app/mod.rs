@@ -196,6 +196,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
     }
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
+    let s = &config.scheduler;
+    if s.adaptive_intervals && !config.ha.enabled {
+        scheduler.adapt_to(crate::scheduler::Adaptive::new(
+            exchange.venue.admission().weight.clone(),
+            s.adapt_above_share,
+            s.adapt_max_factor,
+            s.adapt_from_priority,
+        ));
+    }
     let retention = Retention {
         runs: Duration::from_secs_f64(config.store.run_retention_days * 86_400.0),
         finished: Duration::from_secs_f64(config.store.data_retention_days * 86_400.0),

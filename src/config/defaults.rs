@@ -113,6 +113,10 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         scheduler: SchedulerConfig {
             shutdown_grace_seconds: 10.0,
             run_history: 100,
+            adaptive_intervals: true,
+            adapt_above_share: 0.8,
+            adapt_max_factor: 4.0,
+            adapt_from_priority: 2,
         },
         exchange: ExchangeConfig {
             kind: ExchangeKind::Simulated,

@@ -90,6 +90,14 @@ pub struct SchedulerConfig {
     pub shutdown_grace_seconds: f64,
     /// How many finished runs per process are kept for `/api/script-manager/runs`.
     pub run_history: usize,
+    /// Stretch the intervals of less urgent processes while the API budget is tight.
+    pub adaptive_intervals: bool,
+    /// Share of our weight budget used this minute above which intervals stretch.
+    pub adapt_above_share: f64,
+    /// The longest a stretched interval gets, as a multiple of the configured one.
+    pub adapt_max_factor: f64,
+    /// Processes with this priority number or higher stretch (1 never does).
+    pub adapt_from_priority: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -46,6 +46,21 @@ pub fn check_scheduler(scheduler: &SchedulerConfig, report: &mut dyn FnMut(&str,
     if !(1..=100_000).contains(&scheduler.run_history) {
         report("scheduler.run_history", "must be between 1 and 100000".into());
     }
+    if !(scheduler.adapt_above_share > 0.0 && scheduler.adapt_above_share < 1.0) {
+        report(
+            "scheduler.adapt_above_share",
+            "must be between 0 and 1 (0.8 = 80 % of the budget)".into(),
+        );
+    }
+    if !(1.0..=100.0).contains(&scheduler.adapt_max_factor) {
+        report("scheduler.adapt_max_factor", "must be between 1 and 100".into());
+    }
+    if !(2..=10).contains(&scheduler.adapt_from_priority) {
+        report(
+            "scheduler.adapt_from_priority",
+            "must be between 2 and 10 (priority 1 never stretches)".into(),
+        );
+    }
 }
 
 pub fn check_process(id: &str, p: &ProcessConfig, kinds: KindCheck, report: &mut dyn FnMut(&str, String)) {

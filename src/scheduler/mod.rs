@@ -10,6 +10,7 @@
 //! process's settings), `telemetry` and `clock`; it depends on its own
 //! [`Coordinator`] trait, never on `ha`, `store` or the processes.
 
+mod adaptive;
 mod continuous;
 mod coordinator;
 mod execute;
@@ -25,6 +26,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use adaptive::Adaptive;
 pub use coordinator::{ClusterView, Coordinator, Granted, Holder};
 pub use state::{ProcessHandle, Stats};
 
@@ -51,6 +53,8 @@ pub struct Scheduler {
     run_sink: std::sync::OnceLock<tokio::sync::mpsc::Sender<RunRecord>>,
     /// Under HA: claims each tick's lease before running it (set once, before `start`).
     ha: std::sync::OnceLock<Arc<dyn Coordinator>>,
+    /// Stretches intervals while the API budget is tight (set once, before `start`).
+    adaptive: std::sync::OnceLock<Adaptive>,
 }
 
 /// Why a manual trigger was refused.
@@ -111,6 +115,7 @@ impl Scheduler {
             cancel_runs: CancellationToken::new(),
             run_sink: std::sync::OnceLock::new(),
             ha: std::sync::OnceLock::new(),
+            adaptive: std::sync::OnceLock::new(),
         })
     }
 
@@ -124,6 +129,22 @@ impl Scheduler {
     /// Runs a tick only where `ha` wins its lease, on the grid all replicas share.
     pub fn coordinate_with(&self, ha: Arc<dyn Coordinator>) {
         let _ = self.ha.set(ha);
+    }
+
+    /// Stretches the intervals of less urgent processes while the budget is tight.
+    pub fn adapt_to(&self, adaptive: Adaptive) {
+        let _ = self.adaptive.set(adaptive);
+    }
+
+    /// The interval `p` is on right now: its own, stretched while the budget is tight.
+    fn effective_interval(&self, p: &ProcessHandle) -> Duration {
+        let factor = match self.adaptive.get() {
+            Some(a) if self.ha.get().is_none() => a.factor(&p.config.kind, p.config.priority),
+            _ => 1.0,
+        };
+        let interval = p.interval.mul_f64(factor);
+        p.series().effective_interval(interval.as_secs_f64());
+        interval
     }
 
     pub fn coordinator(&self) -> Option<&Arc<dyn Coordinator>> {
@@ -212,7 +233,7 @@ impl Scheduler {
         }
         let missed = (now.duration_since(due).as_nanos() / p.interval.as_nanos().max(1)) as u32;
         let scheduled = due + p.interval * missed;
-        let next = scheduled + p.interval;
+        let next = scheduled + self.effective_interval(p);
         self.note_next_run(p, next);
         if missed > 0 {
             self.skipped(p, SkipReason::missed, missed as u64);

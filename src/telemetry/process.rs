@@ -139,11 +139,13 @@ pub struct ProcessSeries {
     up: Gauge,
     restarts: Counter,
     last_event: F64Gauge,
+    effective_interval: F64Gauge,
 }
 
 pub struct ProcessMetrics {
     enabled: Family<ProcessLabels, Gauge>,
     interval: Family<ProcessLabels, F64Gauge>,
+    effective_interval: Family<ProcessLabels, F64Gauge>,
     timeout: Family<ProcessLabels, F64Gauge>,
     priority: Family<ProcessLabels, Gauge>,
     retry_count: Family<ProcessLabels, Gauge>,
@@ -173,6 +175,7 @@ impl ProcessMetrics {
         ProcessMetrics {
             enabled: Family::default(),
             interval: Family::default(),
+            effective_interval: Family::default(),
             timeout: Family::default(),
             priority: Family::default(),
             retry_count: Family::default(),
@@ -210,6 +213,12 @@ impl ProcessMetrics {
             "Configured interval between ticks",
             Unit::Seconds,
             self.interval.clone(),
+        );
+        p.register_with_unit(
+            "effective_interval",
+            "Interval the process is on now: the configured one, stretched while the API budget is tight",
+            Unit::Seconds,
+            self.effective_interval.clone(),
         );
         p.register_with_unit(
             "timeout",
@@ -323,6 +332,7 @@ impl ProcessMetrics {
         let l = labels(id);
         self.enabled.get_or_create(&l).set(info.enabled as i64);
         self.interval.get_or_create(&l).set(info.interval_seconds);
+        self.effective_interval.get_or_create(&l).set(info.interval_seconds);
         self.timeout.get_or_create(&l).set(info.timeout_seconds);
         self.priority.get_or_create(&l).set(info.priority as i64);
         self.retry_count.get_or_create(&l).set(info.retry_count as i64);
@@ -374,6 +384,7 @@ impl ProcessMetrics {
             up: self.up.get_or_create(&l).clone(),
             restarts: self.restarts.get_or_create(&l).clone(),
             last_event: self.last_event.get_or_create(&l).clone(),
+            effective_interval: self.effective_interval.get_or_create(&l).clone(),
         }
     }
 
@@ -457,6 +468,11 @@ impl ProcessSeries {
 
     pub fn restarted(&self) {
         self.restarts.inc();
+    }
+
+    /// The interval the process is on now (seconds).
+    pub fn effective_interval(&self, seconds: f64) {
+        self.effective_interval.set(seconds);
     }
 
     /// When a continuous run last received something (ms; 0 = never, left as is).
