@@ -111,7 +111,8 @@ impl Provider for EnvLayer {
     }
 }
 
-fn insert_path(dict: &mut Dict, path: &str, value: Value) {
+/// Sets `value` at the dotted `path` of `dict`, creating the tables on the way.
+pub(super) fn insert_path(dict: &mut Dict, path: &str, value: Value) {
     match path.split_once('.') {
         None => {
             dict.insert(path.to_string(), value);

@@ -104,16 +104,7 @@ impl Provider for FromFile {
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
         let mut root = Dict::new();
-        let mut parts: Vec<&str> = self.key.split('.').collect();
-        let last = parts.pop().unwrap_or_default();
-        let mut leaf = Dict::new();
-        leaf.insert(last.to_string(), Value::from(self.value.clone()));
-        for part in parts.into_iter().rev() {
-            let mut parent = Dict::new();
-            parent.insert(part.to_string(), Value::from(std::mem::take(&mut leaf)));
-            leaf = parent;
-        }
-        root.extend(leaf);
+        super::env::insert_path(&mut root, &self.key, Value::from(self.value.clone()));
         Ok(Profile::Default.collect(root))
     }
 }

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::Deserialize;
-use tokio::time::Instant;
 
 use super::levels::Tally;
-use super::platform::{Platform, venue_error};
-use crate::domain::{PriceSource, Quote};
+use super::platform::Platform;
+use crate::domain::PriceSource;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 
 /// `[processes.level_monitor]` settings of its own.
@@ -66,7 +65,7 @@ impl LevelMonitor {
         engine.settle_pending(p, &ctx, &mut tally).await;
         let symbols = p.listed("level_monitor", engine.symbols(p).await?);
         if !symbols.is_empty() {
-            for quote in self.quotes(&ctx, &symbols).await? {
+            for quote in p.current_quotes(&ctx, &symbols, self.max_age).await? {
                 engine.evaluate(p, &ctx, &quote, &mut tally).await?;
             }
         }
@@ -82,36 +81,6 @@ impl LevelMonitor {
                 ))
             }
         }
-    }
-
-    /// A fresh streamed quote per symbol, and REST prices for the symbols whose stream is stale.
-    async fn quotes(&self, ctx: &RunContext, symbols: &[String]) -> Result<Vec<Quote>, ProcessError> {
-        let p = &self.platform;
-        let source = p.levels.source();
-        let mut quotes: Vec<Quote> = symbols
-            .iter()
-            .filter_map(|s| p.live.fresh(s, source, p.stream_stale_after))
-            .collect();
-        let stale: Vec<String> = p
-            .live
-            .stale(symbols, source, p.stream_stale_after)
-            .into_iter()
-            .cloned()
-            .collect();
-        if !stale.is_empty() {
-            let prices = p
-                .venue
-                .prices(&ctx.caller(Some(self.max_age)), &stale)
-                .await
-                .map_err(venue_error)?;
-            let received = Instant::now();
-            quotes.extend(
-                prices
-                    .iter()
-                    .map(|r| Quote::single(&r.symbol, r.price, r.time_ms, received)),
-            );
-        }
-        Ok(quotes)
     }
 }
 

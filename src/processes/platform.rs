@@ -128,39 +128,55 @@ pub fn store_error(events: &DomainEvents, e: anyhow::Error) -> ProcessError {
 }
 
 impl Platform {
-    /// Prices of `symbols`: the streamed one where it is fresh (the midpoint
-    /// of the book, or the mark price), REST (cache within `max_age`) for the rest.
+    /// A quote per symbol: the streamed one where it is fresh, REST (cache
+    /// within `max_age`) for the rest, asked in one batch.
+    pub async fn current_quotes(
+        &self,
+        ctx: &crate::process::RunContext,
+        symbols: &[String],
+        max_age: std::time::Duration,
+    ) -> Result<Vec<crate::domain::Quote>, ProcessError> {
+        let source = self.levels.source();
+        let mut quotes = Vec::with_capacity(symbols.len());
+        let mut stale = Vec::new();
+        for symbol in symbols {
+            match self.live.fresh(symbol, source, self.stream_stale_after) {
+                Some(quote) => quotes.push(quote),
+                None => stale.push(symbol.clone()),
+            }
+        }
+        if !stale.is_empty() {
+            let prices = self
+                .venue
+                .prices(&ctx.caller(Some(max_age)), &stale)
+                .await
+                .map_err(venue_error)?;
+            let received = tokio::time::Instant::now();
+            quotes.extend(
+                prices
+                    .iter()
+                    .map(|r| crate::domain::Quote::single(&r.symbol, r.price, r.time_ms, received)),
+            );
+        }
+        Ok(quotes)
+    }
+
+    /// Prices of `symbols` ([`Self::current_quotes`]; a book counts at its midpoint).
     pub async fn current_prices(
         &self,
         ctx: &crate::process::RunContext,
         symbols: &[String],
         max_age: std::time::Duration,
     ) -> Result<Vec<crate::domain::Price>, ProcessError> {
-        let source = self.levels.source();
-        let mut prices: Vec<crate::domain::Price> = symbols
-            .iter()
-            .filter_map(|s| self.live.fresh(s, source, self.stream_stale_after))
+        let quotes = self.current_quotes(ctx, symbols, max_age).await?;
+        Ok(quotes
+            .into_iter()
             .map(|q| crate::domain::Price {
-                price: q.mid(),
+                price: if q.bid == q.ask { q.bid } else { q.mid() },
                 time_ms: q.time_ms,
                 symbol: q.symbol,
             })
-            .collect();
-        let stale: Vec<String> = self
-            .live
-            .stale(symbols, source, self.stream_stale_after)
-            .into_iter()
-            .cloned()
-            .collect();
-        if !stale.is_empty() {
-            prices.extend(
-                self.venue
-                    .prices(&ctx.caller(Some(max_age)), &stale)
-                    .await
-                    .map_err(venue_error)?,
-            );
-        }
-        Ok(prices)
+            .collect())
     }
 
     /// `symbols` without those the venue does not list, each left out counted for `process`.

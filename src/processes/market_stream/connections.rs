@@ -65,6 +65,14 @@ pub fn stream_name(route: Route) -> &'static str {
     }
 }
 
+/// Which price a route's streams carry.
+pub fn price_source(route: Route) -> PriceSource {
+    match route {
+        Route::Public => PriceSource::Book,
+        Route::Market => PriceSource::Mark,
+    }
+}
+
 impl Connections {
     pub fn new(settings: StreamSettings, metrics: Arc<StreamMetrics>, notes: mpsc::Sender<Note>) -> Self {
         for route in [Route::Public, Route::Market] {
@@ -210,10 +218,7 @@ impl Connections {
     pub fn vouch(&self, live: &LivePrices) {
         for slot in self.slots.values().filter(|s| s.up) {
             if let (Some(opened), Some(heard)) = (slot.opened, slot.heard) {
-                let source = match slot.route {
-                    Route::Public => PriceSource::Book,
-                    Route::Market => PriceSource::Mark,
-                };
+                let source = price_source(slot.route);
                 let symbols: Vec<String> = slot.streams.iter().map(|s| Route::symbol(s)).collect();
                 live.vouch(source, symbols.iter().map(String::as_str), opened, heard);
             }

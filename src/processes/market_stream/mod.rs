@@ -18,10 +18,10 @@ use tokio::sync::mpsc;
 
 use super::levels::Tally;
 use super::platform::{Platform, distinct};
-use crate::domain::{PriceSource, Quote};
+use crate::domain::Quote;
 use crate::exchange::binance::ws::Route;
 use crate::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
-use connections::{Connections, Note, stream_name};
+use connections::{Connections, Note, price_source, stream_name};
 
 /// How often the watched symbols are read again.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -83,10 +83,7 @@ impl MarketStream {
     async fn on_quote(&self, ctx: &RunContext, route: Route, quote: Quote, tally: &mut Tally) {
         let p = &self.platform;
         p.stream_metrics.message(stream_name(route), "", quote.time_ms);
-        let source = match route {
-            Route::Public => PriceSource::Book,
-            Route::Market => PriceSource::Mark,
-        };
+        let source = price_source(route);
         p.live.update(source, quote.clone());
         if source != p.levels.source() {
             return;
