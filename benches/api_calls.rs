@@ -307,7 +307,7 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
     }
     let failed_after: u64 = scheduler.processes().iter().map(|p| p.stats().error_count).sum();
     // Failed runs invalidate the numbers: say which process failed and why.
-    for p in scheduler.processes() {
+    for p in scheduler.processes().iter() {
         let stats = p.stats();
         if stats.error_count > 0 {
             eprintln!(

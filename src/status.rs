@@ -38,6 +38,8 @@ fn state_of(p: &ProcessHandle) -> &'static str {
 
 pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
     let calls = scheduler.budget().calls_last_minute(&p.id);
+    let config = p.config();
+    let waiting_for = waiting_for(scheduler, p);
     let s = p.stats();
     let status = status_of(scheduler, p, s.consecutive_failures);
     let avg = if s.total_runs > 0 {
@@ -48,19 +50,27 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
     json!({
         "id": &*p.id,
         "process_name": p.name,
-        "kind": p.config.kind,
-        "mode": p.config.mode,
+        "kind": config.kind,
+        "mode": config.mode,
         "status": status,
         "state": state_of(p),
-        "enabled": p.config.enabled,
+        "enabled": config.enabled,
         "paused": p.is_paused(),
-        "interval_seconds": p.config.interval_seconds,
-        "timeout_seconds": p.config.timeout_seconds,
-        "priority": p.config.priority,
-        "retry_count": p.config.retry_count,
-        "max_api_calls_per_minute": p.config.max_api_calls_per_minute,
+        "interval_seconds": config.interval_seconds,
+        "timeout_seconds": config.timeout_seconds,
+        "priority": config.priority,
+        "retry_count": config.retry_count,
+        "max_api_calls_per_minute": config.max_api_calls_per_minute,
+        "after": config.after,
+        "exclusive_with": scheduler.exclusive_peers(&p.id).iter().map(|q| q.id.to_string()).collect::<Vec<_>>(),
+        "waiting_for": waiting_for,
+        "overrides": p.overrides().map(|o| json!({
+            "values": o.values,
+            "set_by": o.set_by,
+            "set_at": fmt_time(crate::clock::from_ms(o.set_at_ms)),
+        })),
         "lease": lease_of(scheduler, p),
-        "continuous": p.config.continuous().then(|| json!({
+        "continuous": p.continuous().then(|| json!({
             "up": p.is_running() && status != "paused",
             "restarts": s.restarts,
             "last_event": s.last_event.map(fmt_time),
@@ -89,6 +99,21 @@ pub fn process_document(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
     })
 }
 
+/// What an idle process waits for: the processes of its chain that have
+/// not succeeded since it last started, or the exclusive peers running while
+/// one of its ticks waits.
+fn waiting_for(scheduler: &Scheduler, p: &ProcessHandle) -> Vec<String> {
+    if p.is_running() || !p.schedulable() {
+        return Vec::new();
+    }
+    let mut waiting = p.waiting_for();
+    if p.waiting.load(std::sync::atomic::Ordering::Acquire) {
+        let peers = scheduler.exclusive_peers(&p.id);
+        waiting.extend(peers.iter().filter(|q| q.is_running()).map(|q| q.id.to_string()));
+    }
+    waiting
+}
+
 /// Under HA: which replica holds the process's lease and until when (null on a single replica).
 fn lease_of(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
     let Some(ha) = scheduler.coordinator() else {
@@ -109,7 +134,7 @@ fn lease_of(scheduler: &Scheduler, p: &ProcessHandle) -> Value {
 pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate::budget::Usage>) -> Value {
     let mut processes = serde_json::Map::new();
     let (mut running, mut errors, mut paused, mut total_calls) = (0, 0, 0, 0u64);
-    for p in scheduler.processes() {
+    for p in scheduler.processes().iter() {
         let doc = process_document(scheduler, p);
         match doc["status"].as_str() {
             Some("running") => running += 1,

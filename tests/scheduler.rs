@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use script_manager::budget::ProcessCalls;
 use script_manager::config::{ProcessConfig, process_defaults};
-use script_manager::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
+use script_manager::process::{ErrorKind, Process, ProcessError, RunContext, RunReport, Trigger};
 use script_manager::scheduler::{ProcessHandle, Scheduler, TriggerError};
 use script_manager::telemetry::Metrics;
 use tokio::time::{advance, sleep};
@@ -618,4 +618,196 @@ async fn intervals_stretch_while_the_venue_holds_us_back_and_come_back_after() {
     let after = h.starts("low").len() - paused_low;
     assert!(after >= 8, "low ran {after} times in the 10 s after the pause");
     assert_eq!(sample(&h.metrics, effective), 1.0);
+}
+
+fn chained(after: &[&str], deadline: f64) -> ProcessConfig {
+    ProcessConfig {
+        after: after.iter().map(|s| s.to_string()).collect(),
+        ..cfg(deadline, 5.0, 0, 3)
+    }
+}
+
+fn always_fails() -> Box<Work> {
+    Box::new(|_| Box::pin(async { Err(ProcessError::permanent(ErrorKind::Internal, "no")) }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_runs_in_order_right_after_each_leader_and_never_on_its_own_clock() {
+    let h = harness(vec![
+        ("a", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(100))),
+        ("b", chained(&["a"], 30.0), ok_after(Duration::from_millis(100))),
+        ("c", chained(&["b"], 30.0), ok_after(Duration::from_millis(100))),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(3500)).await;
+    let ms = |id| h.starts(id).iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+    assert_eq!(ms("a"), [0, 1000, 2000, 3000]);
+    assert_eq!(ms("b"), [100, 1100, 2100, 3100], "b right after each a");
+    assert_eq!(ms("c"), [200, 1200, 2200, 3200], "c right after each b");
+    let b = h.scheduler.process("b").unwrap();
+    assert!(b.stats().history.iter().all(|r| r.trigger == Trigger::After));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_past_its_deadline_runs_anyway_and_says_so() {
+    let h = harness(vec![
+        ("a", cfg(1.0, 1.0, 0, 1), always_fails()),
+        ("b", chained(&["a"], 2.5), ok_after(Duration::ZERO)),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(1500)).await;
+    assert!(h.starts("b").is_empty(), "a failed: b waits");
+    assert_eq!(h.scheduler.process("b").unwrap().waiting_for(), ["a"]);
+    sleep(Duration::from_millis(4000)).await;
+    let ms: Vec<_> = h.starts("b").iter().map(|d| d.as_millis()).collect();
+    assert_eq!(ms, [2500, 5000], "every deadline, counted from its last start");
+    let b = h.scheduler.process("b").unwrap();
+    assert!(b.stats().history.iter().all(|r| r.trigger == Trigger::Deadline));
+}
+
+#[tokio::test(start_paused = true)]
+async fn exclusive_processes_never_overlap_and_a_tick_that_waits_too_long_is_skipped() {
+    let mut y = cfg(1.0, 1.0, 0, 2);
+    y.exclusive_with = vec!["x".into()];
+    y.start_offset_seconds = 0.5;
+    let h = harness(vec![
+        ("x", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(700))),
+        ("y", y, ok_after(Duration::from_millis(700))),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(6000)).await;
+    let mut runs: Vec<(Duration, &str)> = Vec::new();
+    for id in ["x", "y"] {
+        runs.extend(h.starts(id).into_iter().map(|t| (t, id)));
+    }
+    runs.sort();
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].0 + Duration::from_millis(700),
+            "{pair:?} overlap: {runs:?}"
+        );
+    }
+    // 1.4 s of work per second of ticks cannot all fit: ticks that came while
+    // their own earlier tick was still waiting or running were skipped, and counted.
+    let skipped = |id, reason| {
+        sample(
+            &h.metrics,
+            &format!(r#"script_manager_process_skipped_runs_total{{process="{id}",reason="{reason}"}}"#),
+        )
+    };
+    let total: f64 = ["x", "y"]
+        .iter()
+        .map(|id| skipped(id, "overlap") + skipped(id, "exclusive"))
+        .sum();
+    assert_eq!(
+        total as usize + runs.len(),
+        12,
+        "every tick ran or was counted: {runs:?}"
+    );
+    assert!(runs.len() >= 6, "both still run: {runs:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tick_that_waits_for_its_peer_longer_than_its_timeout_is_skipped_as_exclusive() {
+    let mut y = cfg(1.0, 0.1, 0, 2);
+    y.exclusive_with = vec!["x".into()];
+    y.start_offset_seconds = 0.5;
+    let h = harness(vec![
+        ("x", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(800))),
+        ("y", y, ok_after(Duration::from_millis(50))),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(2700)).await;
+    assert!(h.starts("y").is_empty(), "x always runs when y is due: {:?}", h.order());
+    assert_eq!(
+        sample(
+            &h.metrics,
+            r#"script_manager_process_skipped_runs_total{process="y",reason="exclusive"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        h.scheduler.trigger("y"),
+        Err(TriggerError::PeerRunning("x".into())),
+        "a manual run is refused too while x runs"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overrides_apply_from_the_next_tick_and_go_back_to_the_file() {
+    use script_manager::config::{Overrides, SetOverrides};
+    let h = harness(vec![("a", cfg(2.0, 1.0, 0, 1), ok_after(Duration::ZERO))]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(100)).await;
+    let set = SetOverrides {
+        values: Overrides {
+            interval_seconds: Some(0.5),
+            ..Overrides::default()
+        },
+        set_by: "admin".into(),
+        set_at_ms: 0,
+    };
+    h.scheduler.set_overrides("a", Some(set)).unwrap();
+    assert_eq!(
+        sample(&h.metrics, r#"script_manager_process_interval_seconds{process="a"}"#),
+        0.5
+    );
+    sleep(Duration::from_millis(3000)).await;
+    let ms: Vec<_> = h.starts("a").iter().map(|d| d.as_millis()).collect();
+    assert_eq!(
+        ms,
+        [0, 2000, 2500, 3000],
+        "the tick already due keeps its time, then 0.5 s"
+    );
+    h.scheduler.set_overrides("a", None).unwrap();
+    sleep(Duration::from_millis(3000)).await;
+    let ms: Vec<_> = h.starts("a").iter().map(|d| d.as_millis()).collect();
+    assert_eq!(
+        ms,
+        [0, 2000, 2500, 3000, 3500, 5500],
+        "back to 2 s after the tick already due"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_adds_removes_and_changes_processes_and_keeps_the_others_on_their_grid() {
+    let h = harness(vec![
+        ("steady", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(10))),
+        ("doomed", cfg(1.0, 1.0, 0, 1), ok_after(Duration::from_millis(10))),
+        ("changed", cfg(2.0, 1.0, 0, 1), ok_after(Duration::from_millis(10))),
+    ]);
+    h.scheduler.start();
+    sleep(Duration::from_millis(2300)).await;
+    let mut table = std::collections::BTreeMap::new();
+    table.insert("steady".to_string(), cfg(1.0, 1.0, 0, 1));
+    table.insert("changed".to_string(), cfg(0.5, 1.0, 0, 1));
+    table.insert("fresh".to_string(), cfg(1.0, 1.0, 0, 1));
+    let (log, epoch) = (h.log.clone(), tokio::time::Instant::now() - Duration::from_millis(2300));
+    let build = move |id: &str, _: &ProcessConfig| -> Option<Arc<dyn Process>> {
+        Some(Arc::new(Scripted {
+            id: Box::leak(id.to_string().into_boxed_str()),
+            log: log.clone(),
+            epoch,
+            work: ok_after(Duration::from_millis(10)),
+        }))
+    };
+    let report = h.scheduler.reload(&table, &build);
+    assert_eq!(
+        (report.added, report.removed, report.changed, report.replaced),
+        (
+            vec!["fresh".to_string()],
+            vec!["doomed".to_string()],
+            vec!["changed".to_string()],
+            vec![]
+        )
+    );
+    sleep(Duration::from_millis(2300)).await;
+    let ms = |id| h.starts(id).iter().map(|d| d.as_millis()).collect::<Vec<_>>();
+    assert_eq!(ms("steady"), [0, 1000, 2000, 3000, 4000], "no tick lost or doubled");
+    assert_eq!(ms("doomed"), [0, 1000, 2000], "no tick after its removal");
+    assert_eq!(ms("changed"), [0, 2000, 4000, 4500], "the tick already due, then 0.5 s");
+    assert_eq!(ms("fresh"), [2300, 3300, 4300], "runs from the reload on");
+    let text = h.metrics.encode_prometheus();
+    assert!(!text.contains(r#"process="doomed""#), "its series are gone:\n{text}");
+    assert!(text.contains(r#"script_manager_process_runs_total{process="fresh",outcome="success"} 3"#));
 }

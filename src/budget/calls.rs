@@ -11,7 +11,8 @@ const WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct ProcessCalls {
-    limits: HashMap<String, u32>,
+    /// Changed by live overrides and reloads.
+    limits: std::sync::RwLock<HashMap<String, u32>>,
     calls: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
 }
 
@@ -19,7 +20,7 @@ impl ProcessCalls {
     /// A budget with a calls-per-minute limit for each process id.
     pub fn new(limits: impl IntoIterator<Item = (String, u32)>) -> Self {
         ProcessCalls {
-            limits: limits.into_iter().collect(),
+            limits: std::sync::RwLock::new(limits.into_iter().collect()),
             calls: Mutex::default(),
         }
     }
@@ -89,7 +90,17 @@ impl ProcessCalls {
 
     /// The configured limit; 0 for an unknown process.
     pub fn limit(&self, process: &str) -> u32 {
-        self.limits.get(process).copied().unwrap_or(0)
+        let limits = self.limits.read().unwrap_or_else(|e| e.into_inner());
+        limits.get(process).copied().unwrap_or(0)
+    }
+
+    /// Sets `process`'s limit (`None`: the process is gone, and so is its budget).
+    pub fn set_limit(&self, process: &str, limit: Option<u32>) {
+        let mut limits = self.limits.write().unwrap_or_else(|e| e.into_inner());
+        match limit {
+            Some(limit) => limits.insert(process.to_string(), limit),
+            None => limits.remove(process),
+        };
     }
 }
 

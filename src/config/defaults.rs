@@ -29,6 +29,10 @@ pub const BUILTIN_PROCESSES: [(&str, &str, f64, u32, u8, f64, u32, f64); 6] = [
     ("dashboard_sync", "Dashboard Sync", 30.0, 10, 4, 30.0, 1, 3.0),
 ];
 
+/// (follower, leader): dashboards are computed right after each trade sync,
+/// from fresh trades, with the seed's 30 s as the deadline.
+const DEFAULT_CHAINS: [(&str, &str); 1] = [("dashboard_sync", "trade_sync")];
+
 /// Settings a process gets for every key it does not name.
 pub fn process_defaults(kind: &str) -> ProcessConfig {
     ProcessConfig {
@@ -43,6 +47,8 @@ pub fn process_defaults(kind: &str) -> ProcessConfig {
         retry_count: 0,
         retry_backoff_seconds: 1.0,
         start_offset_seconds: 0.0,
+        after: Vec::new(),
+        exclusive_with: Vec::new(),
         settings: BTreeMap::new(),
     }
 }
@@ -85,6 +91,11 @@ pub fn builtin_processes(with_streams: bool) -> BTreeMap<String, ProcessConfig> 
                 timeout_seconds: timeout,
                 retry_count: retries,
                 start_offset_seconds: offset,
+                after: DEFAULT_CHAINS
+                    .iter()
+                    .filter(|(follower, _)| *follower == id)
+                    .map(|(_, leader)| leader.to_string())
+                    .collect(),
                 ..process_defaults(id)
             };
             (id.to_string(), process)

@@ -149,11 +149,15 @@ fn extract(figment: &Figment, kinds: KindCheck, problems: &mut Vec<Problem>) -> 
     let mut semantic = Vec::new();
     let mut report = |key: &str, message: String| semantic.push((key.to_string(), message));
     if let Ok(Value::Dict(_, root)) = figment.find_value("processes") {
+        let mut processes = std::collections::BTreeMap::new();
         for id in root.keys() {
-            match piece::<super::ProcessConfig>(figment, &format!("processes.{id}"), problems) {
-                Some(p) => validate::check_process(id, &p, kinds, &mut report),
-                None => continue,
+            if let Some(p) = piece::<super::ProcessConfig>(figment, &format!("processes.{id}"), problems) {
+                validate::check_process(id, &p, kinds, &mut report);
+                processes.insert(id.clone(), p);
             }
+        }
+        if processes.len() == root.len() {
+            super::links::check_links(&processes, &mut report);
         }
     }
     if let Some(http) = piece(figment, "http", problems) {

@@ -12,7 +12,9 @@
 mod defaults;
 mod env;
 mod files;
+mod links;
 mod load;
+mod overrides;
 mod secret;
 mod simulator;
 mod validate;
@@ -23,7 +25,9 @@ use figment::value::Value;
 use serde::{Deserialize, Serialize};
 
 pub use defaults::{SEED_PROCESSES, process_defaults};
+pub use links::link_groups;
 pub use load::{ConfigError, KindCheck, LoadOptions, Problem, load};
+pub use overrides::{Overrides, SetOverrides};
 pub use secret::{Secret, redact_url};
 pub use simulator::{Faults, SimulatorConfig, default_symbols};
 
@@ -243,7 +247,7 @@ pub struct UpstreamConfig {
 
 /// One scheduled process: the seed's `ProcessConfig` plus `kind` and the
 /// kind's own settings (kept as raw values and checked by the kind).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessConfig {
     pub kind: String,
     pub name: Option<String>,
@@ -260,6 +264,14 @@ pub struct ProcessConfig {
     pub retry_backoff_seconds: f64,
     /// Delay of the first tick after start-up, so processes do not all fire at once.
     pub start_offset_seconds: f64,
+    /// A chain instead of a clock: run right after each of these processes has
+    /// completed a successful run since this one last started. `interval_seconds`
+    /// is then a deadline: past it, the process runs anyway (trigger `deadline`).
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Never run at the same time as any of these (symmetric: naming it on one side is enough).
+    #[serde(default)]
+    pub exclusive_with: Vec<String>,
     /// Settings specific to `kind` (for `command`: `command`, `args`, ...).
     #[serde(flatten)]
     pub settings: BTreeMap<String, Value>,
@@ -279,6 +291,11 @@ pub enum ProcessMode {
 impl ProcessConfig {
     pub fn continuous(&self) -> bool {
         self.mode == ProcessMode::Continuous
+    }
+
+    /// Whether it runs after other processes rather than on its own clock.
+    pub fn chained(&self) -> bool {
+        !self.after.is_empty()
     }
 
     pub fn display_name(&self, id: &str) -> String {

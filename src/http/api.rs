@@ -30,7 +30,7 @@ pub async fn processes(State(state): State<AppState>) -> Json<Value> {
 
 pub async fn process(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let p = state.scheduler.process(&id).ok_or_else(|| unknown(&id))?;
-    Ok(Json(status::process_document(&state.scheduler, p)))
+    Ok(Json(status::process_document(&state.scheduler, &p)))
 }
 
 /// `GET /api/script-manager/runs?process=&limit=`: newest first.
@@ -49,7 +49,7 @@ pub async fn runs(State(state): State<AppState>, q: Q) -> Result<Json<Value>, Ap
     }
     let selected: Vec<_> = match q.get("process") {
         Some(id) => vec![state.scheduler.process(id).ok_or_else(|| unknown(id))?],
-        None => state.scheduler.processes().iter().collect(),
+        None => state.scheduler.processes().iter().cloned().collect(),
     };
     let mut records: Vec<_> = selected
         .iter()
@@ -82,6 +82,10 @@ pub async fn trigger(_: Admin, State(state): State<AppState>, Path(id): Path<Str
         TriggerError::HeldElsewhere(holder) => ApiError::conflict(
             "held_by_another_replica",
             format!("replica `{holder}` holds the lease of `{id}`; trigger it there"),
+        ),
+        TriggerError::PeerRunning(peer) => ApiError::conflict(
+            "exclusive_peer_running",
+            format!("process `{peer}`, which `{id}` is exclusive with, is running; try again when it finishes"),
         ),
         TriggerError::ShuttingDown => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -103,7 +103,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text 0.0.4 by default; OpenMetrics (with exemplars) when asked for.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    for p in state.scheduler.processes() {
+    for p in state.scheduler.processes().iter() {
         let calls = state.scheduler.budget().calls_last_minute(&p.id);
         state.metrics.process.api_calls_last_minute(&p.id, calls);
     }

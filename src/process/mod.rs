@@ -36,6 +36,10 @@ pub trait Process: Send + Sync + 'static {
 pub enum Trigger {
     Schedule,
     Manual,
+    /// A chained process (`after`): every process it follows succeeded since it last started.
+    After,
+    /// A chained process whose deadline (`interval_seconds`) passed before they all did.
+    Deadline,
 }
 
 impl Trigger {
@@ -43,6 +47,8 @@ impl Trigger {
         match self {
             Trigger::Schedule => "schedule",
             Trigger::Manual => "manual",
+            Trigger::After => "after",
+            Trigger::Deadline => "deadline",
         }
     }
 }

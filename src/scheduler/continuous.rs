@@ -33,7 +33,10 @@ impl Scheduler {
             if self.stop_ticking.is_cancelled() {
                 return;
             }
-            if p.is_paused() || !p.try_begin() {
+            if p.is_paused() || !p.config().enabled || p.is_removed() || !p.try_begin() {
+                if p.is_removed() {
+                    return;
+                }
                 tokio::select! {
                     _ = p.wake.notified() => {}
                     _ = tokio::time::sleep(WATCH_EVERY) => {}
@@ -83,7 +86,7 @@ impl Scheduler {
         let ctx = RunContext {
             process_id: p.id.clone(),
             trigger,
-            priority: p.config.priority,
+            priority: p.config().priority,
             attempt: 1,
             // A long run: its calls are bounded by their own timeouts, not the run's.
             deadline: Instant::now() + Duration::from_secs(365 * 86_400),

@@ -12,6 +12,7 @@ use tracing::{Instrument, field};
 
 use super::state::ProcessHandle;
 use super::{CANCEL_GRACE, Scheduler};
+use crate::config::ProcessConfig;
 use crate::process::{ErrorKind, Fence, ProcessError, RunContext, RunLease, RunReport, RunUsage, Trigger};
 use crate::telemetry::otel;
 use crate::telemetry::process::Outcome;
@@ -31,9 +32,14 @@ impl Scheduler {
         scheduled: Instant,
         next_tick: Instant,
     ) {
-        let Some((lease, fence)) = self.claim(&p, trigger).await else {
-            return p.end();
+        let config = p.config();
+        let Some((lease, fence)) = self.claim(&p, &config, trigger).await else {
+            p.end();
+            return self.after_run(&p, false);
         };
+        if config.chained() {
+            self.chain_started(&p);
+        }
         p.series().running(true);
         let started = Instant::now();
         let started_wall = SystemTime::now();
@@ -58,7 +64,7 @@ impl Scheduler {
             span.record("trace_id", id.as_str());
         }
         let finished = self
-            .attempts(&p, trigger, next_tick, &fence)
+            .attempts(&p, &config, trigger, next_tick, &fence)
             .instrument(span.clone())
             .await;
         let duration = started.elapsed();
@@ -95,18 +101,25 @@ impl Scheduler {
         );
         p.series().running(false);
         p.end();
+        self.after_run(&p, outcome == Outcome::success);
     }
 
     /// Under HA, wins the lease of this tick first (`None`: it runs elsewhere),
     /// and returns the fence the run's writes carry.
-    async fn claim(&self, p: &ProcessHandle, trigger: Trigger) -> Option<(Option<RunLease>, Fence)> {
+    async fn claim(
+        &self,
+        p: &ProcessHandle,
+        config: &ProcessConfig,
+        trigger: Trigger,
+    ) -> Option<(Option<RunLease>, Fence)> {
         let Some(ha) = self.ha.get() else {
             return Some((None, Fence::none()));
         };
-        let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
-        // A continuous run holds the lease, not a tick of a grid.
-        let manual = trigger == Trigger::Manual || p.config.continuous();
-        let granted = ha.claim(&p.id, p.timeout, (p.interval, offset), manual).await?;
+        let offset = Duration::from_secs_f64(config.start_offset_seconds);
+        let (interval, timeout) = (seconds(config.interval_seconds), seconds(config.timeout_seconds));
+        // A continuous or chained run holds the lease, not a tick of a grid.
+        let manual = trigger != Trigger::Schedule || p.continuous();
+        let granted = ha.claim(&p.id, timeout, (interval, offset), manual).await?;
         let lease = RunLease {
             replica: ha.replica(),
             slot: granted.slot,
@@ -116,7 +129,14 @@ impl Scheduler {
     }
 
     /// Runs attempts until one succeeds, a failure is final, or a retry could not finish before `next_tick`.
-    async fn attempts(&self, p: &ProcessHandle, trigger: Trigger, next_tick: Instant, fence: &Fence) -> Finished {
+    async fn attempts(
+        &self,
+        p: &ProcessHandle,
+        config: &ProcessConfig,
+        trigger: Trigger,
+        next_tick: Instant,
+        fence: &Fence,
+    ) -> Finished {
         let usage = Arc::new(RunUsage::default());
         let mut attempt = 1;
         loop {
@@ -131,12 +151,12 @@ impl Scheduler {
                 span.record("span_id", id.as_str());
             }
             let result = self
-                .attempt(p, trigger, attempt, &usage, fence)
+                .attempt(p, config, trigger, attempt, &usage, fence)
                 .instrument(span.clone())
                 .await;
             span.record("run.outcome", if result.is_ok() { "success" } else { "error" });
             // A continuous run is restarted by its supervisor, not retried.
-            if p.config.continuous() {
+            if p.continuous() {
                 return Finished {
                     result,
                     attempts: attempt,
@@ -150,7 +170,7 @@ impl Scheduler {
                     usage: usage.clone(),
                 };
             };
-            let retries_left = attempt <= p.config.retry_count;
+            let retries_left = attempt <= config.retry_count;
             if !(error.retriable && retries_left) || self.cancel_runs.is_cancelled() {
                 return Finished {
                     result,
@@ -158,8 +178,8 @@ impl Scheduler {
                     usage: usage.clone(),
                 };
             }
-            let backoff = backoff(p.config.retry_backoff_seconds, attempt);
-            if Instant::now() + backoff + p.timeout > next_tick {
+            let backoff = backoff(config.retry_backoff_seconds, attempt);
+            if Instant::now() + backoff + seconds(config.timeout_seconds) > next_tick {
                 tracing::debug!(
                     kind = error.kind.as_str(),
                     "no retry: it could not finish before the next tick"
@@ -184,6 +204,7 @@ impl Scheduler {
     async fn attempt(
         &self,
         p: &ProcessHandle,
+        config: &ProcessConfig,
         trigger: Trigger,
         attempt: u32,
         usage: &Arc<RunUsage>,
@@ -195,14 +216,15 @@ impl Scheduler {
                 "no implementation for this kind",
             ));
         };
-        if p.config.continuous() {
+        if p.continuous() {
             return self.continuous_attempt(p, process, trigger, usage, fence).await;
         }
-        let deadline = Instant::now() + p.timeout;
+        let timeout = seconds(config.timeout_seconds);
+        let deadline = Instant::now() + timeout;
         let ctx = RunContext {
             process_id: p.id.clone(),
             trigger,
-            priority: p.config.priority,
+            priority: config.priority,
             attempt,
             deadline,
             cancel: self.cancel_runs.child_token(),
@@ -215,7 +237,7 @@ impl Scheduler {
         tokio::pin!(work);
         let stopped = tokio::select! {
             result = &mut work => return caught(result),
-            _ = sleep_until(deadline) => ProcessError::retriable(ErrorKind::Timeout, format!("timed out after {:.3}s", p.timeout.as_secs_f64())),
+            _ = sleep_until(deadline) => ProcessError::retriable(ErrorKind::Timeout, format!("timed out after {:.3}s", timeout.as_secs_f64())),
             _ = self.cancel_runs.cancelled() => ProcessError::permanent(ErrorKind::Cancelled, "cancelled: the service is shutting down"),
         };
         // Give the process a moment to clean up (kill its child, roll back) before dropping it.
@@ -223,6 +245,10 @@ impl Scheduler {
         let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
         Err(stopped)
     }
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
 }
 
 /// Turns a caught panic into the run's error.

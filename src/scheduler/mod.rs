@@ -14,6 +14,8 @@ mod adaptive;
 mod continuous;
 mod coordinator;
 mod execute;
+mod links;
+mod live;
 mod record;
 mod state;
 
@@ -28,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 pub use adaptive::Adaptive;
 pub use coordinator::{ClusterView, Coordinator, Granted, Holder};
+pub use live::{Build, ReloadReport};
 pub use state::{ProcessHandle, Stats};
 
 use crate::budget::ProcessCalls;
@@ -40,8 +43,8 @@ use crate::telemetry::{Metrics, ProcessInfo};
 pub const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Scheduler {
-    processes: Vec<Arc<ProcessHandle>>,
-    index: HashMap<Arc<str>, usize>,
+    /// The processes and the links between them; replaced whole by a reload.
+    table: std::sync::RwLock<Arc<Table>>,
     metrics: Arc<Metrics>,
     budget: Arc<ProcessCalls>,
     enabled: bool,
@@ -55,6 +58,70 @@ pub struct Scheduler {
     ha: std::sync::OnceLock<Arc<dyn Coordinator>>,
     /// Stretches intervals while the API budget is tight (set once, before `start`).
     adaptive: std::sync::OnceLock<Adaptive>,
+    /// Processes a reload added, for the tick loop to take in.
+    added: tokio::sync::mpsc::UnboundedSender<Arc<ProcessHandle>>,
+    added_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Arc<ProcessHandle>>>>,
+    /// Held while an exclusive process checks its peers and claims its single flight.
+    exclusion: std::sync::Mutex<()>,
+    /// Wakes ticks waiting for an exclusive peer whenever a run ends.
+    run_ended: tokio::sync::Notify,
+}
+
+/// The processes by id, and who follows and excludes whom.
+#[derive(Default)]
+pub(crate) struct Table {
+    pub processes: Arc<Vec<Arc<ProcessHandle>>>,
+    index: HashMap<Arc<str>, usize>,
+    /// Process → the chained processes that run after it.
+    followers: HashMap<Arc<str>, Vec<Arc<ProcessHandle>>>,
+    /// Process → the processes it never runs beside (symmetric).
+    peers: HashMap<Arc<str>, Vec<Arc<ProcessHandle>>>,
+}
+
+impl Table {
+    fn new(processes: Vec<Arc<ProcessHandle>>) -> Table {
+        let index: HashMap<Arc<str>, usize> = processes.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
+        let get = |id: &str| index.get(id).map(|&i| processes[i].clone());
+        let mut followers: HashMap<Arc<str>, Vec<Arc<ProcessHandle>>> = HashMap::new();
+        let mut peers: HashMap<Arc<str>, Vec<Arc<ProcessHandle>>> = HashMap::new();
+        for p in &processes {
+            let config = p.config();
+            for leader in config.after.iter().filter_map(|id| get(id)) {
+                followers.entry(leader.id.clone()).or_default().push(p.clone());
+            }
+            for peer in config.exclusive_with.iter().filter_map(|id| get(id)) {
+                for (a, b) in [(p, &peer), (&peer, p)] {
+                    let list = peers.entry(a.id.clone()).or_default();
+                    if !list.iter().any(|q| q.id == b.id) {
+                        list.push(b.clone());
+                    }
+                }
+            }
+        }
+        Table {
+            processes: Arc::new(processes),
+            index,
+            followers,
+            peers,
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Arc<ProcessHandle>> {
+        self.index.get(id).map(|&i| &self.processes[i])
+    }
+}
+
+/// What the metrics show of a process's settings.
+fn process_info(c: &crate::config::ProcessConfig) -> ProcessInfo {
+    ProcessInfo {
+        enabled: c.enabled,
+        interval_seconds: c.interval_seconds,
+        timeout_seconds: c.timeout_seconds,
+        priority: c.priority,
+        retry_count: c.retry_count,
+        max_api_calls_per_minute: c.max_api_calls_per_minute,
+        error_kinds: &ErrorKind::NAMES,
+    }
 }
 
 /// Why a manual trigger was refused.
@@ -68,6 +135,8 @@ pub enum TriggerError {
     ShuttingDown,
     /// Under HA: another replica holds the process's lease (its name).
     HeldElsewhere(String),
+    /// A process it is exclusive with is running (its id).
+    PeerRunning(String),
 }
 
 /// What happened to the runs in flight at shutdown.
@@ -88,24 +157,13 @@ impl Scheduler {
         history_len: usize,
     ) -> Arc<Self> {
         let processes: Vec<_> = processes.into_iter().map(Arc::new).collect();
-        let index = processes.iter().enumerate().map(|(i, p)| (p.id.clone(), i)).collect();
         for p in &processes {
-            let c = &p.config;
-            let info = ProcessInfo {
-                enabled: c.enabled,
-                interval_seconds: c.interval_seconds,
-                timeout_seconds: c.timeout_seconds,
-                priority: c.priority,
-                retry_count: c.retry_count,
-                max_api_calls_per_minute: c.max_api_calls_per_minute,
-                error_kinds: &ErrorKind::NAMES,
-            };
-            let _ = p.series.set(metrics.init_process(&p.id, &info));
+            let _ = p.series.set(metrics.init_process(&p.id, &process_info(&p.config())));
         }
         metrics.scheduler_enabled(enabled);
+        let (added, added_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Scheduler {
-            processes,
-            index,
+            table: std::sync::RwLock::new(Arc::new(Table::new(processes))),
             metrics,
             budget,
             enabled,
@@ -116,7 +174,15 @@ impl Scheduler {
             run_sink: std::sync::OnceLock::new(),
             ha: std::sync::OnceLock::new(),
             adaptive: std::sync::OnceLock::new(),
+            added,
+            added_rx: std::sync::Mutex::new(Some(added_rx)),
+            exclusion: std::sync::Mutex::new(()),
+            run_ended: tokio::sync::Notify::new(),
         })
+    }
+
+    pub(crate) fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Sends every finished run to `sink` too (set once, before `start`). The
@@ -138,11 +204,12 @@ impl Scheduler {
 
     /// The interval `p` is on right now: its own, stretched while the budget is tight.
     fn effective_interval(&self, p: &ProcessHandle) -> Duration {
+        let config = p.config();
         let factor = match self.adaptive.get() {
-            Some(a) if self.ha.get().is_none() => a.factor(&p.config.kind, p.config.priority),
+            Some(a) if self.ha.get().is_none() && !config.chained() => a.factor(&config.kind, config.priority),
             _ => 1.0,
         };
-        let interval = p.interval.mul_f64(factor);
+        let interval = p.interval().mul_f64(factor);
         p.series().effective_interval(interval.as_secs_f64());
         interval
     }
@@ -151,12 +218,18 @@ impl Scheduler {
         self.ha.get()
     }
 
-    pub fn processes(&self) -> &[Arc<ProcessHandle>] {
-        &self.processes
+    /// The processes now (a reload may change them).
+    pub fn processes(&self) -> Arc<Vec<Arc<ProcessHandle>>> {
+        self.table().processes.clone()
     }
 
-    pub fn process(&self, id: &str) -> Option<&Arc<ProcessHandle>> {
-        self.index.get(id).map(|&i| &self.processes[i])
+    pub fn process(&self, id: &str) -> Option<Arc<ProcessHandle>> {
+        self.table().get(id).cloned()
+    }
+
+    /// The processes `id` never runs beside.
+    pub fn exclusive_peers(&self, id: &str) -> Vec<Arc<ProcessHandle>> {
+        self.table().peers.get(id).cloned().unwrap_or_default()
     }
 
     pub fn enabled(&self) -> bool {
@@ -170,98 +243,127 @@ impl Scheduler {
     /// Starts ticking, and every continuous process (when enabled). Returns at once.
     pub fn start(self: &Arc<Self>) {
         if self.enabled {
-            tokio::spawn(self.clone().tick_loop());
+            let added = self.added_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+            tokio::spawn(self.clone().tick_loop(added));
             for p in self
-                .processes
+                .processes()
                 .iter()
-                .filter(|p| p.schedulable() && p.config.continuous())
+                .filter(|p| p.process.is_some() && p.continuous())
             {
                 self.tracker.spawn(self.clone().supervise(p.clone()));
             }
         }
     }
 
-    async fn tick_loop(self: Arc<Self>) {
+    /// When `p` first falls due after `start` (a chained process: its first deadline).
+    fn first_tick(&self, p: &ProcessHandle, start: Instant) -> Instant {
+        let config = p.config();
+        let offset = Duration::from_secs_f64(config.start_offset_seconds);
+        let first = match (self.ha.get(), config.chained()) {
+            (_, true) => {
+                p.chain.lock().unwrap_or_else(|e| e.into_inner()).since = Some(start);
+                start + p.interval()
+            }
+            (Some(ha), false) => start + ha.until_next_tick(p.interval(), offset, Duration::ZERO),
+            (None, false) => start + offset,
+        };
+        self.note_next_run(p, first);
+        first
+    }
+
+    async fn tick_loop(self: Arc<Self>, mut added: Option<tokio::sync::mpsc::UnboundedReceiver<Arc<ProcessHandle>>>) {
         let start = Instant::now();
-        // (next tick, priority, index): the earliest tick first; at the same instant, priority 1 first.
-        let mut timetable: BinaryHeap<Reverse<(Instant, u8, usize)>> = self
-            .processes
+        // (next tick, priority, slot): the earliest tick first; at the same instant, priority 1 first.
+        let mut timetable: BinaryHeap<Reverse<(Instant, u8, usize)>> = BinaryHeap::new();
+        let mut slots: Vec<Option<Arc<ProcessHandle>>> = Vec::new();
+        let take_in = |p: Arc<ProcessHandle>, at: Instant, timetable: &mut BinaryHeap<_>, slots: &mut Vec<_>| {
+            let first = self.first_tick(&p, at);
+            timetable.push(Reverse((first, p.config().priority, slots.len())));
+            slots.push(Some(p));
+        };
+        for p in self
+            .processes()
             .iter()
-            .enumerate()
-            .filter(|(_, p)| p.schedulable() && !p.config.continuous())
-            .map(|(i, p)| {
-                let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
-                let first = match self.ha.get() {
-                    Some(ha) => start + ha.until_next_tick(p.interval, offset, Duration::ZERO),
-                    None => start + offset,
-                };
-                self.note_next_run(p, first);
-                Reverse((first, p.config.priority, i))
-            })
-            .collect();
+            .filter(|p| p.process.is_some() && !p.continuous())
+        {
+            take_in(p.clone(), start, &mut timetable, &mut slots);
+        }
         loop {
-            let Some(&Reverse((due, _, _))) = timetable.peek() else {
-                return self.stop_ticking.cancelled().await;
-            };
+            let due = timetable.peek().map(|&Reverse((due, _, _))| due);
             tokio::select! {
                 biased;
                 _ = self.stop_ticking.cancelled() => return,
-                _ = sleep_until(due) => {}
+                Some(p) = async { match added.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    if p.process.is_some() && !p.continuous() {
+                        take_in(p, Instant::now(), &mut timetable, &mut slots);
+                    }
+                    continue;
+                }
+                _ = async { match due { Some(due) => sleep_until(due).await, None => std::future::pending().await } } => {}
             }
             let now = Instant::now();
             let mut due_now = Vec::new();
-            while let Some(&Reverse((due, priority, i))) = timetable.peek() {
+            while let Some(&Reverse((due, priority, slot))) = timetable.peek() {
                 if due > now {
                     break;
                 }
                 timetable.pop();
-                due_now.push((priority, due, i));
+                due_now.push((priority, due, slot));
             }
             due_now.sort_unstable();
-            for (priority, due, i) in due_now {
-                let next = self.tick(i, due, now);
-                timetable.push(Reverse((next, priority, i)));
+            for (_, due, slot) in due_now {
+                let Some(p) = slots[slot].clone() else { continue };
+                if p.is_removed() {
+                    slots[slot] = None;
+                    continue;
+                }
+                let next = self.tick(&p, due, now);
+                timetable.push(Reverse((next, p.config().priority, slot)));
             }
         }
     }
 
-    /// Handles one due tick of process `i`; returns its next tick.
-    fn tick(self: &Arc<Self>, i: usize, due: Instant, now: Instant) -> Instant {
-        let p = &self.processes[i];
-        if let Some(ha) = self.ha.get() {
-            return self.tick_shared(ha, i, due, now);
+    /// Handles one due tick of `p`; returns its next tick.
+    fn tick(self: &Arc<Self>, p: &Arc<ProcessHandle>, due: Instant, now: Instant) -> Instant {
+        if p.config().chained() {
+            return self.deadline_tick(p, now);
         }
-        let missed = (now.duration_since(due).as_nanos() / p.interval.as_nanos().max(1)) as u32;
-        let scheduled = due + p.interval * missed;
+        if let Some(ha) = self.ha.get() {
+            return self.tick_shared(ha, p, due, now);
+        }
+        let interval = p.interval();
+        let missed = (now.duration_since(due).as_nanos() / interval.as_nanos().max(1)) as u32;
+        let scheduled = due + interval * missed;
         let next = scheduled + self.effective_interval(p);
         self.note_next_run(p, next);
+        if !p.config().enabled {
+            return next;
+        }
         if missed > 0 {
             self.skipped(p, SkipReason::missed, missed as u64);
         }
-        self.run_unless_paused_or_running(p, scheduled, next);
+        self.start_run(p, Trigger::Schedule, scheduled, next);
         next
-    }
-
-    /// A due tick starts a run, unless the process is paused or still running (single flight).
-    fn run_unless_paused_or_running(self: &Arc<Self>, p: &Arc<ProcessHandle>, scheduled: Instant, next: Instant) {
-        if p.is_paused() {
-            self.skipped(p, SkipReason::paused, 1);
-        } else if !p.try_begin() {
-            self.skipped(p, SkipReason::overlap, 1);
-        } else {
-            self.launch(p.clone(), Trigger::Schedule, scheduled, next);
-        }
     }
 
     /// A tick on the grid all replicas share: the next one is computed from
     /// the database's clock each time, so replicas stay aligned; whether
     /// this replica runs it is decided by the claim at the start of the run.
-    fn tick_shared(self: &Arc<Self>, ha: &Arc<dyn Coordinator>, i: usize, due: Instant, now: Instant) -> Instant {
-        let p = &self.processes[i];
-        let offset = Duration::from_secs_f64(p.config.start_offset_seconds);
-        let next = now + ha.until_next_tick(p.interval, offset, p.interval / 4);
+    fn tick_shared(
+        self: &Arc<Self>,
+        ha: &Arc<dyn Coordinator>,
+        p: &Arc<ProcessHandle>,
+        due: Instant,
+        now: Instant,
+    ) -> Instant {
+        let config = p.config();
+        let offset = Duration::from_secs_f64(config.start_offset_seconds);
+        let interval = p.interval();
+        let next = now + ha.until_next_tick(interval, offset, interval / 4);
         self.note_next_run(p, next);
-        self.run_unless_paused_or_running(p, due, next);
+        if config.enabled {
+            self.start_run(p, Trigger::Schedule, due, next);
+        }
         next
     }
 
@@ -294,7 +396,7 @@ impl Scheduler {
         if p.process.is_none() {
             return Err(TriggerError::Unavailable);
         }
-        if !p.config.enabled {
+        if !p.config().enabled {
             return Err(TriggerError::Disabled);
         }
         if let Some(ha) = self.ha.get()
@@ -303,7 +405,7 @@ impl Scheduler {
         {
             return Err(TriggerError::HeldElsewhere(holder.replica));
         }
-        if p.config.continuous() {
+        if p.continuous() {
             // A trigger reconnects: the run in progress stops and starts again at once.
             p.restart_requested.store(true, std::sync::atomic::Ordering::Release);
             if !p.interrupt() {
@@ -311,11 +413,13 @@ impl Scheduler {
             }
             return Ok(());
         }
-        if !p.try_begin() {
-            return Err(TriggerError::AlreadyRunning);
+        match self.begin(&p) {
+            Ok(()) => {}
+            Err(links::Busy::Itself) => return Err(TriggerError::AlreadyRunning),
+            Err(links::Busy::Peer(peer)) => return Err(TriggerError::PeerRunning(peer.to_string())),
         }
         let now = Instant::now();
-        self.launch(p.clone(), Trigger::Manual, now, now + p.interval);
+        self.launch(p.clone(), Trigger::Manual, now, now + p.interval());
         Ok(())
     }
 
@@ -332,7 +436,7 @@ impl Scheduler {
     fn set_paused(&self, id: &str, paused: bool) -> Option<bool> {
         let p = self.process(id)?;
         let changed = p.set_paused(paused);
-        if p.config.continuous() {
+        if p.continuous() {
             match paused {
                 true => {
                     p.interrupt();
@@ -357,12 +461,12 @@ impl Scheduler {
         self.stop_ticking.cancel();
         self.tracker.close();
         // Continuous runs never end by themselves: stop them now.
-        for p in self.processes.iter().filter(|p| p.config.continuous()) {
+        for p in self.processes().iter().filter(|p| p.continuous()) {
             p.interrupt();
         }
         if let Some(ha) = self.ha.get() {
             // Idle processes go to the other replicas now, not after the runs in flight here.
-            for p in self.processes.iter().filter(|p| !p.is_running()) {
+            for p in self.processes().iter().filter(|p| !p.is_running()) {
                 ha.release(&p.id).await;
             }
         }

@@ -2,23 +2,36 @@
 //! running or paused, its counters and its recent runs. Read by the status
 //! API; written only by the scheduler.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::config::ProcessConfig;
+use crate::config::{ProcessConfig, SetOverrides};
 use crate::process::{ErrorKind, Process, RunRecord};
 
 /// One process under the scheduler.
 pub struct ProcessHandle {
     pub id: Arc<str>,
     pub name: String,
-    pub config: ProcessConfig,
+    /// The settings in force: the file's, with any live overrides on top.
+    /// Swapped whole; a run reads them once when it starts.
+    config: RwLock<Arc<ProcessConfig>>,
+    /// The file's settings, and the live overrides on top of them.
+    layers: Mutex<(Arc<ProcessConfig>, Option<SetOverrides>)>,
+    /// A chained process (`after`): when it last started, and which of the
+    /// processes it follows succeeded since.
+    pub(crate) chain: Mutex<Chain>,
+    /// The instance a reload replaced: while its last run goes on, this one does not start.
+    predecessor: Mutex<Option<Arc<ProcessHandle>>>,
+    /// A tick is waiting for an exclusive peer to finish.
+    pub(crate) waiting: AtomicBool,
     /// `None` when this build has no implementation of the configured kind yet.
     pub process: Option<Arc<dyn Process>>,
-    pub interval: Duration,
-    pub timeout: Duration,
+    /// Mode and kind never change on a live handle (a reload replaces the handle).
+    continuous: bool,
+    /// Taken out of the scheduler by a reload: its tick is not renewed.
+    removed: AtomicBool,
     running: AtomicBool,
     paused: AtomicBool,
     stats: Mutex<Stats>,
@@ -30,6 +43,13 @@ pub struct ProcessHandle {
     pub(crate) wake: tokio::sync::Notify,
     /// A trigger asked a continuous process to start again at once.
     pub(crate) restart_requested: AtomicBool,
+}
+
+/// Where a chained process stands.
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub since: Option<tokio::time::Instant>,
+    pub succeeded: BTreeSet<Arc<str>>,
 }
 
 /// Counters and timestamps behind the status document.
@@ -61,10 +81,14 @@ impl ProcessHandle {
         ProcessHandle {
             id: Arc::from(id),
             name: config.display_name(id),
-            interval: Duration::from_secs_f64(config.interval_seconds),
-            timeout: Duration::from_secs_f64(config.timeout_seconds),
-            config,
+            continuous: config.continuous(),
+            layers: Mutex::new((Arc::new(config.clone()), None)),
+            config: RwLock::new(Arc::new(config)),
+            chain: Mutex::default(),
+            waiting: AtomicBool::new(false),
+            predecessor: Mutex::default(),
             process,
+            removed: AtomicBool::new(false),
             running: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             stats: Mutex::default(),
@@ -75,9 +99,79 @@ impl ProcessHandle {
         }
     }
 
+    /// The settings in force now.
+    pub fn config(&self) -> Arc<ProcessConfig> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The live overrides in force, if any.
+    pub fn overrides(&self) -> Option<SetOverrides> {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+
+    /// The file's settings (what `DELETE …/overrides` returns to).
+    pub fn file_config(&self) -> Arc<ProcessConfig> {
+        self.layers.lock().unwrap_or_else(|e| e.into_inner()).0.clone()
+    }
+
+    /// Replaces the file's settings, the overrides, or both, and puts the
+    /// result in force (from the next tick; runs in flight keep theirs).
+    /// Returns the settings now in force.
+    pub(crate) fn set_layers(
+        &self,
+        file: Option<ProcessConfig>,
+        overrides: Option<Option<SetOverrides>>,
+    ) -> Arc<ProcessConfig> {
+        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = file {
+            layers.0 = Arc::new(file);
+        }
+        if let Some(overrides) = overrides {
+            layers.1 = overrides;
+        }
+        let effective = Arc::new(match &layers.1 {
+            Some(o) => o.values.apply(&layers.0),
+            None => (*layers.0).clone(),
+        });
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = effective.clone();
+        effective
+    }
+
+    /// What a chained process still waits for (empty otherwise, or once all succeeded).
+    pub fn waiting_for(&self) -> Vec<String> {
+        let config = self.config();
+        let chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        config
+            .after
+            .iter()
+            .filter(|d| !chain.succeeded.contains(d.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.config().interval_seconds)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.config().timeout_seconds)
+    }
+
+    pub fn continuous(&self) -> bool {
+        self.continuous
+    }
+
     /// Whether the scheduler will tick this process at all.
     pub fn schedulable(&self) -> bool {
-        self.config.enabled && self.process.is_some()
+        self.config().enabled && self.process.is_some() && !self.is_removed()
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn remove(&self) {
+        self.removed.store(true, Ordering::Release);
     }
 
     pub fn is_running(&self) -> bool {
@@ -92,8 +186,22 @@ impl ProcessHandle {
         self.paused.swap(paused, Ordering::AcqRel) != paused
     }
 
-    /// Claims the single flight: `false` if a run is already going.
+    /// Takes over from the instance a reload replaced.
+    pub(crate) fn follow(&self, predecessor: Arc<ProcessHandle>) {
+        *self.predecessor.lock().unwrap_or_else(|e| e.into_inner()) = Some(predecessor);
+    }
+
+    /// Claims the single flight: `false` if a run is already going (here or
+    /// in the instance this one replaced).
     pub(crate) fn try_begin(&self) -> bool {
+        let mut predecessor = self.predecessor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = predecessor.as_ref() {
+            if old.is_running() {
+                return false;
+            }
+            *predecessor = None;
+        }
+        drop(predecessor);
         self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()

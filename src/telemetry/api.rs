@@ -65,6 +65,8 @@ pub struct ApiMetrics {
     cache: Family<CacheLabels, Counter>,
     errors: Family<KindLabels, Counter>,
     clock_offset: Gauge<f64, AtomicU64>,
+    /// Every route, from `init`, so a removed process's series can be found.
+    endpoints: std::sync::Mutex<Vec<&'static str>>,
 }
 
 fn latency_histogram() -> HistogramWithExemplars<TraceLabels> {
@@ -94,6 +96,7 @@ impl ApiMetrics {
             cache: Family::default(),
             errors: Family::default(),
             clock_offset: Gauge::default(),
+            endpoints: std::sync::Mutex::default(),
         }
     }
 
@@ -174,10 +177,28 @@ impl ApiMetrics {
         for &kind in error_kinds {
             let _ = self.errors.get_or_create(&KindLabels { kind });
         }
+        *self.endpoints.lock().unwrap_or_else(|e| e.into_inner()) = endpoints.to_vec();
         for &endpoint in endpoints {
             let _ = self.duration.get_or_create(&EndpointLabels { endpoint });
             for result in ["hit", "miss"] {
                 let _ = self.cache.get_or_create(&CacheLabels { endpoint, result });
+            }
+        }
+    }
+
+    /// Drops every series of a process taken out of the configuration.
+    pub fn remove_process(&self, process: &str) {
+        let l = labels(process);
+        self.weight.remove(&l);
+        self.throttled.remove(&l);
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for endpoint in endpoints {
+            for status_class in ["2xx", "3xx", "4xx", "5xx", "transport"] {
+                self.calls.remove(&CallLabels {
+                    process: process.to_string(),
+                    endpoint,
+                    status_class,
+                });
             }
         }
     }

@@ -81,6 +81,11 @@ impl HaMetrics {
         self.store_up.set(1);
     }
 
+    /// Drops the lease gauge of a process taken out of the configuration.
+    pub fn remove_process(&self, process: &str) {
+        self.lease_held.remove(&labels(process));
+    }
+
     pub fn held(&self, process: &str, held: bool) {
         self.lease_held.get_or_create(&labels(process)).set(held as i64);
     }

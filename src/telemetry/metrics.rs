@@ -22,6 +22,8 @@ pub struct Metrics {
     pub stream: std::sync::Arc<StreamMetrics>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
+    reload_successful: Gauge,
+    reload_success_time: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -38,6 +40,8 @@ impl Metrics {
             stream: std::sync::Arc::new(StreamMetrics::new()),
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
+            reload_successful: Gauge::default(),
+            reload_success_time: Gauge::default(),
         };
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("script_manager");
@@ -56,6 +60,16 @@ impl Metrics {
             "Finished runs not written to the store's history because its queue was full",
             m.run_records_dropped.clone(),
         );
+        registry.register(
+            "config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded, 0 if it was refused",
+            m.reload_successful.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration (re)load",
+            m.reload_success_time.clone(),
+        );
         m.process.register(registry.sub_registry_with_prefix("process"));
         let api = registry.sub_registry_with_prefix("api");
         m.process.register_api(api);
@@ -71,6 +85,21 @@ impl Metrics {
     pub fn init_process(&self, id: &str, info: &ProcessInfo) -> ProcessSeries {
         self.api.init_process(id);
         self.process.init(id, info)
+    }
+
+    /// Drops every series of a process taken out of the configuration.
+    pub fn remove_process(&self, id: &str, error_kinds: &[&'static str]) {
+        self.process.remove(id, error_kinds);
+        self.api.remove_process(id);
+        self.ha.remove_process(id);
+    }
+
+    /// The configuration was loaded (start-up, reload) or a reload was refused.
+    pub fn config_loaded(&self, ok: bool) {
+        self.reload_successful.set(ok as i64);
+        if ok {
+            self.reload_success_time.set(crate::clock::unix_seconds());
+        }
     }
 
     /// A finished run's record did not fit the store writer's queue.

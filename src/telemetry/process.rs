@@ -55,6 +55,17 @@ pub enum SkipReason {
     missed,
     /// The process is paused.
     paused,
+    /// A process it is exclusive with was still running when its timeout passed.
+    exclusive,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 4] = [
+        SkipReason::overlap,
+        SkipReason::missed,
+        SkipReason::paused,
+        SkipReason::exclusive,
+    ];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -343,7 +354,7 @@ impl ProcessMetrics {
             let _ = family.get_or_create(&l);
         }
         let _ = self.child_cpu.get_or_create(&l);
-        for reason in [SkipReason::overlap, SkipReason::missed, SkipReason::paused] {
+        for reason in SkipReason::ALL {
             let _ = self.skipped.get_or_create(&SkipLabels {
                 process: id.into(),
                 reason,
@@ -356,6 +367,72 @@ impl ProcessMetrics {
             });
         }
         self.series(id)
+    }
+
+    /// Shows changed settings (a live override or a reload).
+    pub fn configure(&self, id: &str, info: &ProcessInfo) {
+        let l = labels(id);
+        self.enabled.get_or_create(&l).set(info.enabled as i64);
+        self.interval.get_or_create(&l).set(info.interval_seconds);
+        self.timeout.get_or_create(&l).set(info.timeout_seconds);
+        self.priority.get_or_create(&l).set(info.priority as i64);
+        self.retry_count.get_or_create(&l).set(info.retry_count as i64);
+        self.api_limit
+            .get_or_create(&l)
+            .set(info.max_api_calls_per_minute as i64);
+    }
+
+    /// Drops every series of a process taken out of the configuration.
+    pub fn remove(&self, id: &str, error_kinds: &[&'static str]) {
+        let l = labels(id);
+        for family in [
+            &self.enabled,
+            &self.priority,
+            &self.retry_count,
+            &self.running,
+            &self.paused,
+            &self.consecutive_failures,
+            &self.child_peak_rss,
+            &self.api_calls_last_minute,
+            &self.api_limit,
+            &self.up,
+        ] {
+            family.remove(&l);
+        }
+        for family in [
+            &self.interval,
+            &self.effective_interval,
+            &self.timeout,
+            &self.last_run,
+            &self.last_success,
+            &self.last_error,
+            &self.last_event,
+        ] {
+            family.remove(&l);
+        }
+        self.retries.remove(&l);
+        self.restarts.remove(&l);
+        self.child_cpu.remove(&l);
+        self.duration.remove(&l);
+        self.lag.remove(&l);
+        for outcome in [Outcome::success, Outcome::error, Outcome::timeout] {
+            self.runs.remove(&RunLabels {
+                process: id.into(),
+                outcome,
+            });
+        }
+        for reason in SkipReason::ALL {
+            self.skipped.remove(&SkipLabels {
+                process: id.into(),
+                reason,
+            });
+        }
+        for &kind in error_kinds {
+            self.errors.remove(&ErrorLabels {
+                process: id.into(),
+                kind,
+            });
+        }
     }
 
     /// The hot series of a process (created if needed).
