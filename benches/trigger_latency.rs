@@ -158,7 +158,7 @@ async fn start(streams: bool) -> Service {
     let config = app::load_config(&options).unwrap_or_else(|e| panic!("bench configuration: {e:?}"));
     let service_stop = stop.clone();
     tokio::spawn(async move {
-        if let Err(e) = app::run(config, service_stop).await {
+        if let Err(e) = app::run(config, Default::default(), service_stop).await {
             eprintln!("service failed: {e:#}");
         }
     });

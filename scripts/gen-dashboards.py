@@ -149,6 +149,12 @@ overview = dashboard(
               "had spent the minute's budget.", "short",
               [("sum by (instance) (increase(script_manager_ha_cluster_budget_waits_total[$__rate_interval]))", "{{instance}}")],
               18, 82, 6, 4),
+        panel("Last reload OK", "1 if the last configuration reload (SIGHUP, POST /-/reload) was accepted; "
+              "0: the file is invalid and the previous configuration still runs.", "short",
+              [("script_manager_config_last_reload_successful", "{{instance}}")], 0, 86, 6, 4, kind="stat"),
+        panel("Since the last good (re)load", "Time since the configuration was last loaded successfully.", "s",
+              [("time() - script_manager_config_last_reload_success_timestamp_seconds", "{{instance}}")],
+              6, 86, 6, 4, kind="stat"),
     ],
 )
 

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
             eprintln!("script-manager: configuration is valid");
             ExitCode::SUCCESS
         }
-        Command::Run => serve(config, app::run),
+        Command::Run => serve(config, |config, stop| app::run(config, options, stop)),
         Command::Sim { listen } => {
             let mut config = config;
             config.exchange.simulator.listen = listen;

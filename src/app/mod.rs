@@ -6,6 +6,7 @@
 //! every module, and nothing imports it.
 
 pub mod exchange;
+mod live;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -149,8 +150,9 @@ fn join_cluster(
 }
 
 /// Runs the service until `shutdown` fires.
-pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    metrics.config_loaded(true);
     let budget = process_budget(&config);
     let store = Arc::new(Store::open(&config.store.url).await?);
     let exchange_stop = CancellationToken::new();
@@ -196,6 +198,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
     }
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
+    live::apply_stored_overrides(&store, &scheduler).await;
     let s = &config.scheduler;
     if s.adaptive_intervals && !config.ha.enabled {
         scheduler.adapt_to(crate::scheduler::Adaptive::new(
@@ -214,6 +217,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some((coordinator, cluster)) = &ha {
         join_cluster(&scheduler, coordinator, cluster.clone(), ha_stop.clone());
     }
+    if ha.is_some() {
+        let every = Duration::from_secs_f64(config.ha.heartbeat_seconds * 2.0);
+        live::follow_stored_overrides(store.clone(), scheduler.clone(), every, ha_stop.clone());
+    }
+    let reload = live::reloader(
+        options,
+        config.clone(),
+        scheduler.clone(),
+        platform.clone(),
+        metrics.clone(),
+    );
+    live::reload_on_sighup(reload.clone(), ha_stop.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
         scheduler: scheduler.clone(),
@@ -227,6 +242,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: Some(store.clone()),
         accounts,
         catalog: Some(catalog),
+        reload: Some(reload),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)

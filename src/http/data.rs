@@ -30,7 +30,7 @@ fn store(state: &AppState) -> Result<&Arc<Store>, ApiError> {
     })
 }
 
-fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
+pub(super) fn json_body(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::new(

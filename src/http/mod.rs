@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod data;
 mod error;
+mod live;
 mod openapi;
 mod query;
 mod routes;
@@ -52,7 +53,12 @@ pub struct AppState {
     pub accounts: Vec<String>,
     /// The venue's listed symbols: levels and alerts on others are refused.
     pub catalog: Option<Arc<Catalog>>,
+    /// Re-reads the configuration (`POST /-/reload`); `Err` names the problems, and nothing changed.
+    pub reload: Option<Reload>,
 }
+
+/// Reloads the configuration and says what changed in the process table.
+pub type Reload = Arc<dyn Fn() -> Result<crate::scheduler::ReloadReport, String> + Send + Sync>;
 
 pub fn router(state: AppState) -> Router {
     let (routes, document) = routes::all().finish();

@@ -269,6 +269,29 @@ fn schemas() -> Value {
             "interval_seconds": {"type": "number"},
             "metrics": {"type": "object"},
         })),
+        "Overrides": {
+            "type": "object",
+            "additionalProperties": false,
+            "minProperties": 1,
+            "description": "any of these; the others keep their value (earlier overrides stay)",
+            "properties": {
+                "interval_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 604800},
+                "priority": {"type": "integer", "minimum": 1, "maximum": 10},
+                "max_api_calls_per_minute": {"type": "integer", "minimum": 0, "maximum": 4294967295u64},
+                "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 604800},
+                "retry_count": {"type": "integer", "minimum": 0, "maximum": 10},
+                "enabled": {"type": "boolean"},
+            },
+        },
+        "Reload": object(&["reloaded", "processes"], json!({
+            "reloaded": {"type": "boolean"},
+            "processes": object(&["added", "removed", "changed", "replaced"], json!({
+                "added": {"type": "array", "items": {"type": "string"}},
+                "removed": {"type": "array", "items": {"type": "string"}},
+                "changed": {"type": "array", "items": {"type": "string"}},
+                "replaced": {"type": "array", "items": {"type": "string"}},
+            })),
+        })),
         "Run": {"type": "object", "description": "one finished run: process, outcome, times, attempts, API calls, error"},
         "Action": object(&["process"], json!({
             "process": {"type": "string"},

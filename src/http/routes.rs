@@ -5,7 +5,7 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::openapi::{Routes, list, op, schema};
-use super::{api, data};
+use super::{api, data, live};
 
 const OPS: &str = "operations";
 const STATUS: &str = "status";
@@ -61,12 +61,58 @@ pub fn all() -> Routes {
         )
         .route(
             "/api/script-manager/processes/{id}",
-            get(api::process),
+            get(api::process).patch(live::patch_process),
+            vec![
+                (
+                    "get",
+                    op("One process", STATUS, schema("Process"))
+                        .path("id", "process id, as in the configuration")
+                        .errors(&[(404, "no such process")]),
+                ),
+                (
+                    "patch",
+                    op(
+                        "Change settings without a restart, from the next tick; stored, so a restart and the other replicas keep them",
+                        STATUS,
+                        schema("Process"),
+                    )
+                    .path("id", "process id")
+                    .body(schema("Overrides"), json!({"interval_seconds": 0.5}))
+                    .admin()
+                    .errors(&[
+                        (400, "the body is not JSON"),
+                        (404, "no such process"),
+                        (422, "a field is unknown, of the wrong type or out of range (the message names it)"),
+                    ]),
+                ),
+            ],
+        )
+        .route(
+            "/api/script-manager/processes/{id}/overrides",
+            delete(live::delete_overrides),
             vec![(
-                "get",
-                op("One process", STATUS, schema("Process"))
-                    .path("id", "process id, as in the configuration")
+                "delete",
+                op("Return to the file's settings", STATUS, schema("Process"))
+                    .path("id", "process id")
+                    .admin()
                     .errors(&[(404, "no such process")]),
+            )],
+        )
+        .route(
+            "/-/reload",
+            post(live::reload),
+            vec![(
+                "post",
+                op(
+                    "Re-read the configuration file and environment: processes are added, removed and changed without a restart",
+                    OPS,
+                    schema("Reload"),
+                )
+                .admin()
+                .errors(&[
+                    (422, "the configuration is invalid; nothing changed (the message names the keys)"),
+                    (503, "this instance cannot reload"),
+                ]),
             )],
         )
         .route(

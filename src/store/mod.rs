@@ -15,6 +15,7 @@ mod intents;
 mod levels;
 mod market;
 mod notifications;
+mod overrides;
 mod runs;
 mod trades;
 
@@ -40,6 +41,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_close_protocol",
         include_str!("../../migrations/0003_close_protocol.sql"),
+    ),
+    (
+        "0004_process_overrides",
+        include_str!("../../migrations/0004_process_overrides.sql"),
     ),
 ];
 
