@@ -74,18 +74,18 @@ async fn run(url: &str) -> anyhow::Result<()> {
     let claims = timed(|_| {
         let leases = leases.clone();
         async move {
-            let _ = leases.claim("bench", "replica-a", 10_000, (1, 0), false).await;
+            let _ = leases.claim("bench", "replica-a", 10_000, (1, 0), false, &[]).await;
         }
     })
     .await;
-    if let Claim::Won { token: t, .. } = leases.claim("bench", "replica-a", 10_000, (1, 0), true).await? {
+    if let Claim::Won { token: t, .. } = leases.claim("bench", "replica-a", 10_000, (1, 0), true, &[]).await? {
         token = t;
     }
     report("claim a tick (holder)", claims);
     let lost = timed(|_| {
         let leases = leases.clone();
         async move {
-            let _ = leases.claim("bench", "replica-b", 10_000, (1, 0), false).await;
+            let _ = leases.claim("bench", "replica-b", 10_000, (1, 0), false, &[]).await;
         }
     })
     .await;

@@ -46,7 +46,10 @@ async fn one_replica_wins_a_tick_and_keeps_the_lease_while_it_renews() {
         .map(|holder| {
             let leases = leases.clone();
             tokio::spawn(async move {
-                let c = leases.claim("trade_sync", holder, 10_000, HOURLY, false).await.unwrap();
+                let c = leases
+                    .claim("trade_sync", holder, 10_000, HOURLY, false, &[])
+                    .await
+                    .unwrap();
                 (holder.to_string(), c)
             })
         })
@@ -64,7 +67,10 @@ async fn one_replica_wins_a_tick_and_keeps_the_lease_while_it_renews() {
     // The same tick is never granted twice, not even to its winner.
     for other in ["a", "b", "c"] {
         assert_eq!(
-            leases.claim("trade_sync", other, 10_000, HOURLY, false).await.unwrap(),
+            leases
+                .claim("trade_sync", other, 10_000, HOURLY, false, &[])
+                .await
+                .unwrap(),
             Claim::Lost
         );
     }
@@ -75,14 +81,14 @@ async fn one_replica_wins_a_tick_and_keeps_the_lease_while_it_renews() {
         for other in ["a", "b", "c"].into_iter().filter(|o| *o != holder) {
             assert_eq!(
                 leases
-                    .claim("trade_sync", other, 10_000, EVERY_MS, false)
+                    .claim("trade_sync", other, 10_000, EVERY_MS, false, &[])
                     .await
                     .unwrap(),
                 Claim::Lost
             );
         }
         let token = won(&leases
-            .claim("trade_sync", &holder, 10_000, EVERY_MS, false)
+            .claim("trade_sync", &holder, 10_000, EVERY_MS, false, &[])
             .await
             .unwrap())
         .expect("the holder keeps its lease");
@@ -93,7 +99,10 @@ async fn one_replica_wins_a_tick_and_keeps_the_lease_while_it_renews() {
     assert_eq!(renewed, vec![("trade_sync".to_string(), last)]);
     // Processes are independent.
     assert!(matches!(
-        leases.claim("level_monitor", "b", 10_000, HOURLY, false).await.unwrap(),
+        leases
+            .claim("level_monitor", "b", 10_000, HOURLY, false, &[])
+            .await
+            .unwrap(),
         Claim::Won { token: 1, .. }
     ));
 }
@@ -105,7 +114,11 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
     // Rejections are counted where a refused write is mapped to a run error.
     let metrics = Metrics::new();
     let rejections = || fencing_rejections(&metrics);
-    let t1 = won(&leases.claim("position_sync", "a", 300, EVERY_MS, false).await.unwrap()).unwrap();
+    let t1 = won(&leases
+        .claim("position_sync", "a", 300, EVERY_MS, false, &[])
+        .await
+        .unwrap())
+    .unwrap();
     let fence_a = Fence::lease(Arc::from("position_sync"), t1);
     store
         .replace_positions(&fence_a, "main", &[], 1)
@@ -114,7 +127,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
     tokio::time::sleep(Duration::from_millis(2)).await;
     assert_eq!(
         leases
-            .claim("position_sync", "b", 10_000, EVERY_MS, false)
+            .claim("position_sync", "b", 10_000, EVERY_MS, false, &[])
             .await
             .unwrap(),
         Claim::Lost,
@@ -125,7 +138,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
     let Claim::Won {
         token: t2, took_over, ..
     } = leases
-        .claim("position_sync", "b", 10_000, EVERY_MS, false)
+        .claim("position_sync", "b", 10_000, EVERY_MS, false, &[])
         .await
         .unwrap()
     else {
@@ -156,7 +169,7 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
     tokio::time::sleep(Duration::from_millis(2)).await;
     assert!(matches!(
         leases
-            .claim("position_sync", "c", 10_000, EVERY_MS, false)
+            .claim("position_sync", "c", 10_000, EVERY_MS, false, &[])
             .await
             .unwrap(),
         Claim::Won { took_over: false, .. }
@@ -169,15 +182,15 @@ async fn an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manual_run_needs_the_lease_but_takes_no_tick() {
     let (leases, _pool, _store) = leases().await;
-    let Claim::Won { slot, .. } = leases.claim("p", "a", 10_000, HOURLY, true).await.unwrap() else {
+    let Claim::Won { slot, .. } = leases.claim("p", "a", 10_000, HOURLY, true, &[]).await.unwrap() else {
         panic!("a free lease can be taken for a manual run")
     };
     assert_eq!(
-        leases.claim("p", "b", 10_000, HOURLY, true).await.unwrap(),
+        leases.claim("p", "b", 10_000, HOURLY, true, &[]).await.unwrap(),
         Claim::Lost,
         "held by a"
     );
-    let Claim::Won { slot: tick, .. } = leases.claim("p", "a", 10_000, HOURLY, false).await.unwrap() else {
+    let Claim::Won { slot: tick, .. } = leases.claim("p", "a", 10_000, HOURLY, false, &[]).await.unwrap() else {
         panic!("the scheduled tick still runs after a manual run")
     };
     assert_eq!(tick, slot + 1);
@@ -242,4 +255,69 @@ fn fencing_rejections(metrics: &Metrics) -> u64 {
         .find_map(|l| l.strip_prefix("script_manager_ha_fencing_rejections_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("the series exists")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_processes_are_held_by_one_replica_whatever_the_race() {
+    let (leases, _pool, _store) = leases().await;
+    let group = |me: &str| -> Vec<String> {
+        ["a", "b", "c"]
+            .iter()
+            .filter(|p| **p != me)
+            .map(|p| p.to_string())
+            .collect()
+    };
+    // Two replicas race for the three members of one group, many times over.
+    let mut tasks = Vec::new();
+    for round in 0..20 {
+        for (holder, process) in [
+            ("r1", "a"),
+            ("r2", "b"),
+            ("r1", "c"),
+            ("r2", "a"),
+            ("r1", "b"),
+            ("r2", "c"),
+        ] {
+            let leases = leases.clone();
+            let linked = group(process);
+            tasks.push(tokio::spawn(async move {
+                let c = leases
+                    .claim(process, holder, 10_000, EVERY_MS, false, &linked)
+                    .await
+                    .unwrap();
+                (round, holder, process, won(&c).is_some())
+            }));
+        }
+    }
+    let mut winners = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (_, holder, _, won) = t.await.unwrap();
+        if won {
+            winners.insert(holder);
+        }
+    }
+    assert_eq!(winners.len(), 1, "the group was split between {winners:?}");
+    // An unlinked process is free to go elsewhere.
+    let other = if winners.contains("r1") { "r2" } else { "r1" };
+    assert!(won(&leases.claim("z", other, 10_000, EVERY_MS, false, &[]).await.unwrap()).is_some());
+    // Once the holder releases every member, the other replica takes the group.
+    let holder = *winners.iter().next().unwrap();
+    for p in ["a", "b", "c"] {
+        leases.release(p, holder).await.unwrap();
+    }
+    assert!(
+        won(&leases
+            .claim("b", other, 10_000, EVERY_MS, false, &group("b"))
+            .await
+            .unwrap())
+        .is_some()
+    );
+    assert!(
+        won(&leases
+            .claim("a", holder, 10_000, EVERY_MS, false, &group("a"))
+            .await
+            .unwrap())
+        .is_none(),
+        "b is held by {other} now, so a cannot go to {holder}"
+    );
 }

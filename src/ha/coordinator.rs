@@ -43,6 +43,9 @@ pub struct Coordinator {
     /// Database clock minus local clock, in milliseconds.
     pub(super) db_offset_ms: AtomicI64,
     state: Mutex<State>,
+    /// Process → the processes it is linked with (chains, exclusion), which
+    /// must be held by the same replica.
+    links: std::sync::RwLock<HashMap<String, Vec<String>>>,
 }
 
 impl Coordinator {
@@ -70,6 +73,7 @@ impl Coordinator {
                 store_up: true,
                 replicas_alive: 0,
             }),
+            links: Default::default(),
         });
         me.measure_clock().await?;
         Ok(me)
@@ -96,9 +100,23 @@ impl Coordinator {
         let lease = self.lease_for(timeout);
         let started = Instant::now();
         let grid_ms = (grid.0.as_millis() as i64, grid.1.as_millis() as i64);
+        let linked = self
+            .links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&**process)
+            .cloned()
+            .unwrap_or_default();
         let claim = self
             .leases
-            .claim(process, &self.replica, lease.as_millis() as i64, grid_ms, manual)
+            .claim(
+                process,
+                &self.replica,
+                lease.as_millis() as i64,
+                grid_ms,
+                manual,
+                &linked,
+            )
             .await;
         match claim {
             Ok(Claim::Won { token, slot, took_over }) => {
@@ -219,6 +237,26 @@ impl scheduler::Coordinator for Coordinator {
 
     fn holder(&self, process: &str) -> Option<Holder> {
         Coordinator::holder(self, process)
+    }
+
+    fn link(&self, groups: &std::collections::BTreeMap<String, String>) {
+        let mut members: HashMap<&str, Vec<String>> = HashMap::new();
+        for (process, group) in groups {
+            members.entry(group).or_default().push(process.clone());
+        }
+        let links = groups
+            .iter()
+            .map(|(process, group)| {
+                let others: Vec<String> = members[group.as_str()]
+                    .iter()
+                    .filter(|p| *p != process)
+                    .cloned()
+                    .collect();
+                (process.clone(), others)
+            })
+            .filter(|(_, others)| !others.is_empty())
+            .collect();
+        *self.links.write().unwrap_or_else(|e| e.into_inner()) = links;
     }
 
     fn cluster(&self) -> ClusterView {

@@ -72,8 +72,51 @@ impl Leases {
     /// Claims the current tick of `process` (on the grid `interval_ms` +
     /// `offset_ms`) for `holder`, with a lease of `lease_ms`. A manual run
     /// (`manual`) needs the lease but no new slot.
+    ///
+    /// `linked` are the processes `process` is chained or exclusive with
+    /// (directly or not): while another replica holds a live lease on any of
+    /// them, the claim is lost, so a group is always run by one replica.
+    /// Claims in a group are serialized by an advisory lock on the group, so
+    /// two replicas cannot each take one member at the same instant.
     pub async fn claim(
         &self,
+        process: &str,
+        holder: &str,
+        lease_ms: i64,
+        grid: (i64, i64),
+        manual: bool,
+        linked: &[String],
+    ) -> anyhow::Result<Claim> {
+        if linked.is_empty() {
+            return self.claim_on(&self.pool, process, holder, lease_ms, grid, manual).await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut group: Vec<&str> = linked.iter().map(String::as_str).chain([process]).collect();
+        group.sort_unstable();
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .bind(format!("script-manager group {}", group[0]))
+            .execute(&mut *tx)
+            .await?;
+        let held_elsewhere = sqlx::query(
+            "SELECT 1 FROM ha_leases
+              WHERE process = ANY($1) AND holder <> $2 AND NOT released AND expires_at >= now() LIMIT 1",
+        )
+        .bind(linked)
+        .bind(holder)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if held_elsewhere.is_some() {
+            tx.rollback().await?;
+            return Ok(Claim::Lost);
+        }
+        let claim = self.claim_on(&mut *tx, process, holder, lease_ms, grid, manual).await?;
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    async fn claim_on<'e, E: sqlx::PgExecutor<'e>>(
+        &self,
+        executor: E,
         process: &str,
         holder: &str,
         lease_ms: i64,
@@ -103,7 +146,7 @@ impl Leases {
             .bind(offset_ms as f64)
             .bind(interval_ms.max(1) as f64)
             .bind(manual)
-            .fetch_optional(&self.pool)
+            .fetch_optional(executor)
             .await?;
         Ok(match won {
             Some(row) => Claim::Won {

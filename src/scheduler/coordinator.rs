@@ -63,5 +63,9 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Who holds `process`, as last seen.
     fn holder(&self, process: &str) -> Option<Holder>;
 
+    /// The groups of linked processes (process → group; see
+    /// `config::link_groups`): a group is held by one replica at a time.
+    fn link(&self, groups: &std::collections::BTreeMap<String, String>);
+
     fn cluster(&self) -> ClusterView;
 }

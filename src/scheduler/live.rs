@@ -133,6 +133,9 @@ impl Scheduler {
             self.metrics.ha.held(&p.id, self.ha.get().is_none() && p.schedulable());
         }
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Table::new(handles));
+        if let Some(ha) = self.ha.get() {
+            ha.link(&self.link_groups());
+        }
         for p in fresh {
             self.take_in(p);
         }

@@ -194,7 +194,18 @@ impl Scheduler {
 
     /// Runs a tick only where `ha` wins its lease, on the grid all replicas share.
     pub fn coordinate_with(&self, ha: Arc<dyn Coordinator>) {
+        ha.link(&self.link_groups());
         let _ = self.ha.set(ha);
+    }
+
+    /// Which processes must run on the same replica (chains and exclusion).
+    fn link_groups(&self) -> std::collections::BTreeMap<String, String> {
+        let configs = self
+            .processes()
+            .iter()
+            .map(|p| (p.id.to_string(), (*p.config()).clone()))
+            .collect();
+        crate::config::link_groups(&configs)
     }
 
     /// Stretches the intervals of less urgent processes while the budget is tight.
