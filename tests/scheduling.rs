@@ -409,3 +409,67 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_another_client_on_70_percent_of_the_weight_less_urgent_work_stretches_and_nothing_is_refused() {
+    let sim = common::SimProcess::start("weight_limit = 300\nfills_per_minute = 6.0").await;
+    // Another client of the same API key spends 70 % of the venue's limit every minute.
+    let other = {
+        let (http, url) = (sim.http.clone(), format!("{}/sim/consume", sim.base));
+        tokio::spawn(async move {
+            let mut minute = -1;
+            loop {
+                let now = (script_manager::clock::now_ms() / 60_000) as i64;
+                if now != minute {
+                    minute = now;
+                    let _ = http.post(&url).json(&json!({"weight": 210})).send().await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let config = format!(
+        "[demo]\nenabled = true\n{}\n[processes.notification_check]\nstart_offset_seconds = 0\n",
+        sim.polling_exchange_toml()
+    );
+    let svc = start(&config).await;
+    let effective = |m: &str, id: &str| {
+        sample(
+            m,
+            &format!(r#"script_manager_process_effective_interval_seconds{{process="{id}"}}"#),
+        )
+        .unwrap()
+    };
+    let mut stretched = 0.0;
+    for _ in 0..100 {
+        let m = svc.metrics().await;
+        stretched = effective(&m, "notification_check");
+        if stretched > 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        stretched > 5.0,
+        "notification_check (priority 2, 5 s) stretched: {stretched}"
+    );
+    let before = svc.get_json("/api/script-manager/processes/level_monitor").await["metrics"]["total_runs"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let m = svc.metrics().await;
+    assert_eq!(effective(&m, "level_monitor"), 2.0, "level_monitor keeps its interval");
+    assert_eq!(effective(&m, "trade_sync"), 30.0, "priority 1 keeps its interval");
+    let after = svc.get_json("/api/script-manager/processes/level_monitor").await["metrics"]["total_runs"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        after - before >= 4,
+        "level_monitor ran {} times in 10 s at 2 s",
+        after - before
+    );
+    let meter = sim.get("/sim/meter").await;
+    assert!(meter["answers"].get("429").is_none(), "no 429: {meter}");
+    assert!(meter["answers"].get("418").is_none(), "no 418: {meter}");
+    other.abort();
+}
