@@ -155,6 +155,13 @@ overview = dashboard(
         panel("Since the last good (re)load", "Time since the configuration was last loaded successfully.", "s",
               [("time() - script_manager_config_last_reload_success_timestamp_seconds", "{{instance}}")],
               6, 86, 6, 4, kind="stat"),
+        panel("Processes held per replica", "How many processes each replica holds (runs the ticks of): "
+              "with several replicas, each about its fair share; on one, all of them.", "short",
+              [("max by (instance) (script_manager_ha_leases_held)", "{{instance}}")], 12, 86, 12, 8),
+        panel("Hand-overs by reason (HA)", "Leases that changed hands: rebalance (to the replica whose share it is), "
+              "shutdown, pause, removed (from the configuration), expired (taken over after a crash or freeze).", "short",
+              [("sum by (reason) (increase(script_manager_ha_handovers_total[$__rate_interval]))", "{{reason}}")],
+              0, 90, 12, 8),
     ],
 )
 

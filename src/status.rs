@@ -167,6 +167,11 @@ pub fn document(scheduler: &Scheduler, started: SystemTime, weight: Option<crate
                 "replica": &*view.replica,
                 "replicas_alive": view.replicas_alive,
                 "store_up": view.store_up,
+                "replicas": view.holdings.iter().map(|(replica, holds)| json!({
+                    "replica": replica,
+                    "holds": holds,
+                    "count": holds.len(),
+                })).collect::<Vec<_>>(),
             })
         }),
         "version": env!("CARGO_PKG_VERSION"),

@@ -299,6 +299,21 @@ async fn bad_credentials_of_one_account(backend: Backend) {
         .as_str()
         .unwrap();
     assert!(!message.contains("wrong-secret"), "{message}");
+    // Both account processes have met alt's bad secret (whichever ran first).
+    for _ in 0..150 {
+        let m = svc.metrics().await;
+        let met = |process: &str| {
+            common::sample(
+                &m,
+                &format!(r#"script_manager_account_errors_total{{process="{process}",account="alt"}}"#),
+            )
+            .is_some_and(|n| n >= 1.0)
+        };
+        if met("position_sync") && met("trade_sync") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let m = svc.metrics().await;
     for process in ["position_sync", "trade_sync"] {
         let failed = common::sample(

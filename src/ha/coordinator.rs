@@ -32,6 +32,10 @@ pub(super) struct State {
     pub view: Vec<LeaseView>,
     pub store_up: bool,
     pub replicas_alive: i64,
+    /// The live replicas, by name, as of the last heartbeat.
+    pub replicas: Vec<String>,
+    /// Process → the replica that should hold it (see [`super::shares`]).
+    pub owners: HashMap<String, String>,
 }
 
 pub struct Coordinator {
@@ -46,6 +50,8 @@ pub struct Coordinator {
     /// Process → the processes it is linked with (chains, exclusion), which
     /// must be held by the same replica.
     links: std::sync::RwLock<HashMap<String, Vec<String>>>,
+    /// Process → its group, for every process the scheduler runs.
+    groups: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
 }
 
 impl Coordinator {
@@ -72,8 +78,11 @@ impl Coordinator {
                 view: Vec::new(),
                 store_up: true,
                 replicas_alive: 0,
+                replicas: Vec::new(),
+                owners: HashMap::new(),
             }),
             links: Default::default(),
+            groups: Default::default(),
         });
         me.measure_clock().await?;
         Ok(me)
@@ -81,6 +90,83 @@ impl Coordinator {
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn groups(&self) -> std::collections::BTreeMap<String, String> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The live replica that should hold `process`, when it is not this one.
+    fn owner_elsewhere(&self, process: &str) -> Option<String> {
+        let s = self.lock();
+        s.owners
+            .get(process)
+            .filter(|owner| owner.as_str() != &*self.replica && s.replicas.contains(owner))
+            .cloned()
+    }
+
+    /// Whether this replica is the one whose share `process` is.
+    fn is_owner(&self, process: &str) -> bool {
+        self.lock()
+            .owners
+            .get(process)
+            .is_some_and(|o| o.as_str() == &*self.replica)
+    }
+
+    /// Whether the last heartbeat saw another replica hold a live lease on `process`.
+    fn held_elsewhere(&self, process: &str) -> bool {
+        self.lock()
+            .view
+            .iter()
+            .any(|v| v.process == process && !v.expired && v.holder != *self.replica)
+    }
+
+    /// Mirrors how many leases this replica holds.
+    pub(super) fn count_held(&self) {
+        let n = self.lock().held.len();
+        self.metrics.ha.leases_held(n);
+    }
+
+    /// The replica whose share `process` is, when it is not this one and it
+    /// has asked for it (a paused owner does not ask, and keeps nothing).
+    fn owner_asking(&self, process: &str) -> Option<String> {
+        let owner = self.owner_elsewhere(process)?;
+        let asked = self
+            .lock()
+            .view
+            .iter()
+            .any(|v| v.process == process && v.wanted_by.as_deref() == Some(owner.as_str()));
+        asked.then_some(owner)
+    }
+
+    /// A run of `process` ended here. When the replica whose share it is has
+    /// asked for it and nothing linked to it runs here (`group_idle`), it is
+    /// handed over: its lease and those of its group are released now, at a
+    /// tick boundary, so the owner claims the next slot (none lost, none run twice).
+    pub async fn finished(&self, process: &str, group_idle: bool) {
+        if !group_idle || !self.holds(process) {
+            return;
+        }
+        let Some(owner) = self.owner_asking(process) else {
+            return;
+        };
+        let linked = self
+            .links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(process)
+            .cloned();
+        for p in [process.to_string()].into_iter().chain(linked.into_iter().flatten()) {
+            if self.holds(&p) {
+                self.release(&p, "rebalance").await;
+                tracing::info!(process = %p, to = %owner, "handed over for a fair share");
+            }
+        }
+    }
+
+    /// Whether this replica holds `process` but another should (a continuous run stops to hand it over).
+    pub fn should_hand_over(&self, process: &str) -> bool {
+        self.holds(process) && self.owner_asking(process).is_some()
     }
 
     /// A run's lease: its timeout plus the margin, renewed by the heartbeat while it runs.
@@ -97,6 +183,15 @@ impl Coordinator {
         grid: (Duration, Duration),
         manual: bool,
     ) -> Option<Granted> {
+        if self.owner_elsewhere(process).is_some() && !self.holds(process) {
+            // Another replica's share: it claims first. A periodic tick is
+            // still claimed here a moment later, so that a tick is never lost
+            // while the replicas' views of each other differ.
+            if manual || self.held_elsewhere(process) {
+                return None;
+            }
+            tokio::time::sleep(self.heartbeat.min(grid.0 / 4)).await;
+        }
         let lease = self.lease_for(timeout);
         let started = Instant::now();
         let grid_ms = (grid.0.as_millis() as i64, grid.1.as_millis() as i64);
@@ -130,8 +225,10 @@ impl Coordinator {
                     },
                 );
                 self.metrics.ha.held(process, true);
+                self.count_held();
                 if took_over {
                     self.metrics.ha.claim("expired");
+                    self.metrics.ha.handover("expired");
                     tracing::warn!(process = %process, token, "took over a lease its holder let lapse (failover)");
                 } else {
                     self.metrics.ha.claim("won");
@@ -143,6 +240,12 @@ impl Coordinator {
             }
             Ok(Claim::Lost) => {
                 self.store_reachable(true, None);
+                if self.is_owner(process) && self.held_elsewhere(process) {
+                    // Our share, held elsewhere: ask for it at that replica's next tick boundary.
+                    if let Err(e) = self.leases.want(process, &self.replica).await {
+                        tracing::debug!(process = %process, error = %format!("{e:#}"), "cannot ask for a lease");
+                    }
+                }
                 self.metrics.ha.claim("lost");
                 tracing::debug!(process = %process, "tick runs on another replica");
                 None
@@ -183,10 +286,13 @@ impl Coordinator {
             .is_some_and(|h| h.valid_until > Instant::now())
     }
 
-    /// Stops holding `process` here (paused on this replica, or shutting down).
-    pub async fn release(&self, process: &str) {
+    /// Stops holding `process` here; `reason` is counted (`rebalance`,
+    /// `shutdown`, `pause`, `removed`).
+    pub async fn release(&self, process: &str, reason: &'static str) {
         if self.lock().held.remove(process).is_some() {
             self.metrics.ha.held(process, false);
+            self.metrics.ha.handover(reason);
+            self.count_held();
         }
         if let Err(e) = self.leases.release(process, &self.replica).await {
             tracing::warn!(process, error = %format!("{e:#}"), "cannot release the lease; it will expire");
@@ -227,8 +333,20 @@ impl scheduler::Coordinator for Coordinator {
         Box::pin(Coordinator::claim(self, process, timeout, grid, manual))
     }
 
-    fn release<'a>(&'a self, process: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(Coordinator::release(self, process))
+    fn release<'a>(&'a self, process: &'a str, reason: &'static str) -> BoxFuture<'a, ()> {
+        Box::pin(Coordinator::release(self, process, reason))
+    }
+
+    fn finished<'a>(&'a self, process: &'a str, group_idle: bool) -> BoxFuture<'a, ()> {
+        Box::pin(Coordinator::finished(self, process, group_idle))
+    }
+
+    fn should_hand_over(&self, process: &str) -> bool {
+        Coordinator::should_hand_over(self, process)
+    }
+
+    fn owner(&self, process: &str) -> Option<String> {
+        self.lock().owners.get(process).cloned()
     }
 
     fn holds(&self, process: &str) -> bool {
@@ -240,6 +358,11 @@ impl scheduler::Coordinator for Coordinator {
     }
 
     fn link(&self, groups: &std::collections::BTreeMap<String, String>) {
+        *self.groups.write().unwrap_or_else(|e| e.into_inner()) = groups.clone();
+        {
+            let mut s = self.lock();
+            s.owners = super::shares::assign(groups, &s.replicas);
+        }
         let mut members: HashMap<&str, Vec<String>> = HashMap::new();
         for (process, group) in groups {
             members.entry(group).or_default().push(process.clone());
@@ -261,10 +384,16 @@ impl scheduler::Coordinator for Coordinator {
 
     fn cluster(&self) -> ClusterView {
         let s = self.lock();
+        let mut holdings: std::collections::BTreeMap<String, Vec<String>> =
+            s.replicas.iter().map(|r| (r.clone(), Vec::new())).collect();
+        for v in s.view.iter().filter(|v| !v.expired) {
+            holdings.entry(v.holder.clone()).or_default().push(v.process.clone());
+        }
         ClusterView {
             replica: self.replica.clone(),
             replicas_alive: s.replicas_alive,
             store_up: s.store_up,
+            holdings,
         }
     }
 }

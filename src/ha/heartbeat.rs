@@ -44,18 +44,23 @@ impl Coordinator {
             .collect();
         let window = (self.heartbeat * 3 + Duration::from_secs(1)).as_millis() as i64;
         let alive = self.leases.heartbeat(&self.replica, window).await?;
+        let count = alive.len() as i64;
         let renewed = self.leases.renew(&self.replica, &held).await?;
         let view = self.leases.view().await?;
         if beats.is_multiple_of(30) {
             self.measure_clock().await?;
         }
         self.store_reachable(true, None);
-        self.metrics.ha.replicas(alive);
+        self.metrics.ha.replicas(count);
         let mut lost = Vec::new();
         {
             let mut s = self.lock();
             s.view = view;
-            s.replicas_alive = alive;
+            s.replicas_alive = count;
+            if s.replicas != alive {
+                s.replicas = alive;
+                s.owners = super::shares::assign(&self.groups(), &s.replicas);
+            }
             for (process, token, lease) in snapshot {
                 // A claim made meanwhile (a newer token) has set its own validity.
                 let Some(h) = s.held.get_mut(&process).filter(|h| h.token == token) else {
@@ -73,6 +78,7 @@ impl Coordinator {
             self.metrics.ha.held(&process, false);
             tracing::warn!(process = %process, "lease lost: another replica holds it now");
         }
+        self.count_held();
         Ok(())
     }
 
@@ -91,6 +97,7 @@ impl Coordinator {
             self.metrics.ha.held(&process, false);
             tracing::warn!(process = %process, "lease can no longer be proven (PostgreSQL unreachable); not running it");
         }
+        self.count_held();
     }
 
     /// Gives up every lease and leaves the cluster (graceful shutdown).
@@ -98,7 +105,9 @@ impl Coordinator {
         let held: Vec<Arc<str>> = self.lock().held.drain().map(|(p, _)| p).collect();
         for p in &held {
             self.metrics.ha.held(p, false);
+            self.metrics.ha.handover("shutdown");
         }
+        self.count_held();
         match self.leases.release_all(&self.replica).await {
             Ok(n) => tracing::info!(released = n, "ha: leases released for the other replicas"),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "ha: cannot release leases; they will expire"),

@@ -35,6 +35,8 @@ pub struct LeaseView {
     /// Unix milliseconds, database clock.
     pub expires_at_ms: i64,
     pub expired: bool,
+    /// The replica that asked for it (its fair share), if any.
+    pub wanted_by: Option<String>,
 }
 
 /// The slot of the tick nearest to the database's now on a grid of
@@ -59,6 +61,8 @@ impl Leases {
                 released BOOLEAN NOT NULL DEFAULT false,
                 taken_over BOOLEAN NOT NULL DEFAULT false
             )",
+            // The replica whose fair share a process is asks its holder for it (scale-out).
+            "ALTER TABLE ha_leases ADD COLUMN IF NOT EXISTS wanted_by TEXT",
             "CREATE TABLE IF NOT EXISTS ha_replicas (
                 replica TEXT PRIMARY KEY,
                 last_seen TIMESTAMPTZ NOT NULL
@@ -134,6 +138,7 @@ impl Leases {
                     last_slot = CASE WHEN $6 THEN ha_leases.last_slot ELSE {SLOT} END,
                     expires_at = excluded.expires_at,
                     released = false,
+                    wanted_by = CASE WHEN ha_leases.holder = excluded.holder THEN ha_leases.wanted_by END,
                     taken_over = ha_leases.holder <> excluded.holder AND NOT ha_leases.released
               WHERE ($6 OR ha_leases.last_slot < {SLOT})
                 AND (ha_leases.holder = excluded.holder OR ha_leases.released OR ha_leases.expires_at < now())
@@ -180,8 +185,8 @@ impl Leases {
             .collect()
     }
 
-    /// Records `replica` alive now; returns how many replicas were seen within `window_ms`.
-    pub async fn heartbeat(&self, replica: &str, window_ms: i64) -> anyhow::Result<i64> {
+    /// Records `replica` alive now; returns the replicas seen within `window_ms`, by name.
+    pub async fn heartbeat(&self, replica: &str, window_ms: i64) -> anyhow::Result<Vec<String>> {
         sqlx::query(
             "INSERT INTO ha_replicas (replica, last_seen) VALUES ($1, now())
              ON CONFLICT (replica) DO UPDATE SET last_seen = now()",
@@ -189,21 +194,21 @@ impl Leases {
         .bind(replica)
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query(
-            "SELECT count(*) AS alive FROM ha_replicas
-              WHERE last_seen > now() - make_interval(secs => $1::double precision / 1000)",
+        let rows = sqlx::query(
+            "SELECT replica FROM ha_replicas
+              WHERE last_seen > now() - make_interval(secs => $1::double precision / 1000) ORDER BY replica",
         )
         .bind(window_ms)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(row.try_get("alive")?)
+        rows.iter().map(|r| Ok(r.try_get("replica")?)).collect()
     }
 
     /// Every lease, for the status document.
     pub async fn view(&self) -> anyhow::Result<Vec<LeaseView>> {
         let rows = sqlx::query(
             "SELECT process, holder, token, (extract(epoch from expires_at) * 1000)::bigint AS expires_ms,
-                    (released OR expires_at < now()) AS expired
+                    (released OR expires_at < now()) AS expired, wanted_by
                FROM ha_leases ORDER BY process",
         )
         .fetch_all(&self.pool)
@@ -216,6 +221,7 @@ impl Leases {
                     token: r.try_get("token")?,
                     expires_at_ms: r.try_get("expires_ms")?,
                     expired: r.try_get("expired")?,
+                    wanted_by: r.try_get("wanted_by")?,
                 })
             })
             .collect()
@@ -233,13 +239,32 @@ impl Leases {
         )
     }
 
-    /// Gives up one lease (paused here, or shutting down while idle).
+    /// Gives up one lease (paused here, or shutting down while idle), and
+    /// withdraws `holder`'s request for it, if any.
     pub async fn release(&self, process: &str, holder: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE ha_leases SET released = true, expires_at = now() WHERE process = $1 AND holder = $2")
-            .bind(process)
-            .bind(holder)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE ha_leases SET released = (released OR holder = $2),
+                    expires_at = CASE WHEN holder = $2 THEN now() ELSE expires_at END,
+                    wanted_by = CASE WHEN wanted_by = $2 OR holder = $2 THEN NULL ELSE wanted_by END
+              WHERE process = $1 AND (holder = $2 OR wanted_by = $2)",
+        )
+        .bind(process)
+        .bind(holder)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `replica`, whose fair share `process` is, asks its holder to hand it over.
+    pub async fn want(&self, process: &str, replica: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE ha_leases SET wanted_by = $2
+              WHERE process = $1 AND holder <> $2 AND wanted_by IS DISTINCT FROM $2",
+        )
+        .bind(process)
+        .bind(replica)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -19,6 +19,7 @@ mod coordinator;
 mod grid;
 mod heartbeat;
 pub mod lease;
+pub mod shares;
 
 pub use coordinator::Coordinator;
 

@@ -107,6 +107,9 @@ impl Scheduler {
                     if let Some(ha) = self.ha.get() && !ha.holds(&p.id) {
                         break Err(ProcessError::permanent(ErrorKind::Cancelled, "the lease moved to another replica"));
                     }
+                    if let Some(ha) = self.ha.get() && ha.should_hand_over(&p.id) {
+                        break Err(ProcessError::permanent(ErrorKind::Cancelled, "handed over: another replica's fair share"));
+                    }
                 }
                 _ = cancel.cancelled() => break Err(match self.stop_ticking.is_cancelled() {
                     true => ProcessError::permanent(ErrorKind::Cancelled, "cancelled: the service is shutting down"),

@@ -34,6 +34,8 @@ pub struct ClusterView {
     pub replicas_alive: i64,
     /// Whether the coordination store answered the last claim or heartbeat.
     pub store_up: bool,
+    /// Each live replica (and any other holder) → the processes it holds.
+    pub holdings: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 pub trait Coordinator: Send + Sync + 'static {
@@ -54,8 +56,19 @@ pub trait Coordinator: Send + Sync + 'static {
         manual: bool,
     ) -> BoxFuture<'a, Option<Granted>>;
 
-    /// Stops holding `process` here (paused on this replica, or shutting down).
-    fn release<'a>(&'a self, process: &'a str) -> BoxFuture<'a, ()>;
+    /// Stops holding `process` here; `reason` (`rebalance`, `shutdown`,
+    /// `pause`, `removed`) is counted.
+    fn release<'a>(&'a self, process: &'a str, reason: &'static str) -> BoxFuture<'a, ()>;
+
+    /// A run of `process` ended here; `group_idle` when nothing linked to it
+    /// runs here either. Hands it over if another replica should hold it.
+    fn finished<'a>(&'a self, process: &'a str, group_idle: bool) -> BoxFuture<'a, ()>;
+
+    /// Whether this replica holds `process` but another should.
+    fn should_hand_over(&self, process: &str) -> bool;
+
+    /// The replica that should hold `process` (its fair share), if known.
+    fn owner(&self, process: &str) -> Option<String>;
 
     /// Whether this replica can prove it holds `process` right now.
     fn holds(&self, process: &str) -> bool;

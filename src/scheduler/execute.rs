@@ -102,6 +102,9 @@ impl Scheduler {
         p.series().running(false);
         p.end();
         self.after_run(&p, outcome == Outcome::success);
+        if let Some(ha) = self.ha.get() {
+            ha.finished(&p.id, !self.group_busy(&p)).await;
+        }
     }
 
     /// Under HA, wins the lease of this tick first (`None`: it runs elsewhere),
@@ -227,7 +230,9 @@ impl Scheduler {
             priority: config.priority,
             attempt,
             deadline,
-            cancel: self.cancel_runs.child_token(),
+            // Its own token (no parent to lock on every run): shutdown reaches
+            // it through the select below, which cancels it.
+            cancel: tokio_util::sync::CancellationToken::new(),
             budget: self.budget.clone(),
             usage: usage.clone(),
             fence: fence.clone(),
@@ -235,7 +240,9 @@ impl Scheduler {
         let cancel = ctx.cancel.clone();
         let work = AssertUnwindSafe(process.run(ctx)).catch_unwind();
         tokio::pin!(work);
+        // Biased: work that is done at once (most runs) never arms the timer.
         let stopped = tokio::select! {
+            biased;
             result = &mut work => return caught(result),
             _ = sleep_until(deadline) => ProcessError::retriable(ErrorKind::Timeout, format!("timed out after {:.3}s", timeout.as_secs_f64())),
             _ = self.cancel_runs.cancelled() => ProcessError::permanent(ErrorKind::Cancelled, "cancelled: the service is shutting down"),

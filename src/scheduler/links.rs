@@ -32,10 +32,10 @@ pub(super) enum Busy {
 impl Scheduler {
     /// Claims `p`'s single flight if neither it nor any of its exclusive peers is running.
     pub(super) fn begin(&self, p: &ProcessHandle) -> Result<(), Busy> {
-        let peers = self.exclusive_peers(&p.id);
-        if peers.is_empty() {
+        let table = self.table();
+        let Some(peers) = table.peers.get(&p.id) else {
             return p.try_begin().then_some(()).ok_or(Busy::Itself);
-        }
+        };
         let _all_or_nothing = self.exclusion.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = peers.iter().find(|q| q.is_running()) {
             return Err(Busy::Peer(peer.id.clone()));
@@ -125,8 +125,13 @@ impl Scheduler {
     /// A run of `p` ended (`succeeded` or not): peers waiting may go, and
     /// chained processes whose turn it now is start.
     pub(super) fn after_run(self: &Arc<Self>, p: &Arc<ProcessHandle>, succeeded: bool) {
-        self.run_ended.notify_waiters();
         let table = self.table();
+        if !table.peers.is_empty() {
+            self.run_ended.notify_waiters();
+        }
+        if table.followers.is_empty() && !p.config().chained() {
+            return;
+        }
         let followers = table.followers.get(&p.id).cloned().unwrap_or_default();
         if succeeded {
             for f in &followers {

@@ -70,7 +70,10 @@ impl Scheduler {
                 && let Some(ha) = self.ha.get()
             {
                 let (ha, id) = (ha.clone(), p.id.clone());
-                tokio::spawn(async move { ha.release(&id).await });
+                tokio::spawn(async move { ha.release(&id, "pause").await });
+            }
+            if let Some(ha) = self.ha.get() {
+                ha.link(&self.link_groups());
             }
         }
         tracing::info!(
@@ -133,8 +136,12 @@ impl Scheduler {
             self.metrics.ha.held(&p.id, self.ha.get().is_none() && p.schedulable());
         }
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Table::new(handles));
-        if let Some(ha) = self.ha.get() {
-            ha.link(&self.link_groups());
+        match self.ha.get() {
+            Some(ha) => ha.link(&self.link_groups()),
+            None => self
+                .metrics
+                .ha
+                .leases_held(self.processes().iter().filter(|p| p.schedulable()).count()),
         }
         for p in fresh {
             self.take_in(p);
@@ -167,7 +174,7 @@ impl Scheduler {
             self.budget.set_limit(&p.id, None);
             if let Some(ha) = self.ha.get() {
                 let (ha, id) = (ha.clone(), p.id.clone());
-                tokio::spawn(async move { ha.release(&id).await });
+                tokio::spawn(async move { ha.release(&id, "removed").await });
             }
         }
     }

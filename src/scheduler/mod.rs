@@ -199,13 +199,47 @@ impl Scheduler {
     }
 
     /// Which processes must run on the same replica (chains and exclusion).
+    /// Every process this scheduler runs (enabled, implemented), with its group.
     fn link_groups(&self) -> std::collections::BTreeMap<String, String> {
         let configs = self
             .processes()
             .iter()
+            .filter(|p| p.schedulable())
             .map(|p| (p.id.to_string(), (*p.config()).clone()))
             .collect();
         crate::config::link_groups(&configs)
+    }
+
+    /// Whether anything linked to `p` (chains, exclusion) is running or waiting here.
+    fn group_busy(&self, p: &ProcessHandle) -> bool {
+        let table = self.table();
+        let linked = |id: &str| {
+            table
+                .followers
+                .get(id)
+                .into_iter()
+                .flatten()
+                .chain(table.peers.get(id).into_iter().flatten())
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        // Walk the group: followers, peers and leaders, transitively.
+        let mut seen: std::collections::HashSet<Arc<str>> = [p.id.clone()].into();
+        let mut todo: Vec<Arc<ProcessHandle>> = linked(&p.id);
+        for leader in p.config().after.iter().filter_map(|id| table.get(id)) {
+            todo.push(leader.clone());
+        }
+        while let Some(q) = todo.pop() {
+            if !seen.insert(q.id.clone()) {
+                continue;
+            }
+            if q.is_running() || q.waiting.load(std::sync::atomic::Ordering::Acquire) {
+                return true;
+            }
+            todo.extend(linked(&q.id));
+            todo.extend(q.config().after.iter().filter_map(|id| table.get(id)).cloned());
+        }
+        false
     }
 
     /// Stretches the intervals of less urgent processes while the budget is tight.
@@ -214,13 +248,12 @@ impl Scheduler {
     }
 
     /// The interval `p` is on right now: its own, stretched while the budget is tight.
-    fn effective_interval(&self, p: &ProcessHandle) -> Duration {
-        let config = p.config();
+    fn effective_interval(&self, p: &ProcessHandle, config: &crate::config::ProcessConfig) -> Duration {
         let factor = match self.adaptive.get() {
             Some(a) if self.ha.get().is_none() && !config.chained() => a.factor(&config.kind, config.priority),
             _ => 1.0,
         };
-        let interval = p.interval().mul_f64(factor);
+        let interval = Duration::from_secs_f64(config.interval_seconds).mul_f64(factor);
         p.series().effective_interval(interval.as_secs_f64());
         interval
     }
@@ -272,8 +305,9 @@ impl Scheduler {
         let offset = Duration::from_secs_f64(config.start_offset_seconds);
         let first = match (self.ha.get(), config.chained()) {
             (_, true) => {
-                p.chain.lock().unwrap_or_else(|e| e.into_inner()).since = Some(start);
-                start + p.interval()
+                // The first deadline counts from the first tick it would have had.
+                p.chain.lock().unwrap_or_else(|e| e.into_inner()).since = Some(start + offset);
+                start + offset + p.interval()
             }
             (Some(ha), false) => start + ha.until_next_tick(p.interval(), offset, Duration::ZERO),
             (None, false) => start + offset,
@@ -336,18 +370,19 @@ impl Scheduler {
 
     /// Handles one due tick of `p`; returns its next tick.
     fn tick(self: &Arc<Self>, p: &Arc<ProcessHandle>, due: Instant, now: Instant) -> Instant {
-        if p.config().chained() {
+        let config = p.config();
+        if config.chained() {
             return self.deadline_tick(p, now);
         }
         if let Some(ha) = self.ha.get() {
             return self.tick_shared(ha, p, due, now);
         }
-        let interval = p.interval();
+        let interval = Duration::from_secs_f64(config.interval_seconds);
         let missed = (now.duration_since(due).as_nanos() / interval.as_nanos().max(1)) as u32;
         let scheduled = due + interval * missed;
-        let next = scheduled + self.effective_interval(p);
+        let next = scheduled + self.effective_interval(p, &config);
         self.note_next_run(p, next);
-        if !p.config().enabled {
+        if !config.enabled {
             return next;
         }
         if missed > 0 {
@@ -412,9 +447,13 @@ impl Scheduler {
         }
         if let Some(ha) = self.ha.get()
             && !ha.holds(id)
-            && let Some(holder) = ha.holder(id).filter(|h| !h.expired && *h.replica != *ha.replica())
         {
-            return Err(TriggerError::HeldElsewhere(holder.replica));
+            if let Some(holder) = ha.holder(id).filter(|h| !h.expired && *h.replica != *ha.replica()) {
+                return Err(TriggerError::HeldElsewhere(holder.replica));
+            }
+            if let Some(owner) = ha.owner(id).filter(|o| *o != *ha.replica()) {
+                return Err(TriggerError::HeldElsewhere(owner));
+            }
         }
         if p.continuous() {
             // A trigger reconnects: the run in progress stops and starts again at once.
@@ -458,7 +497,7 @@ impl Scheduler {
         if paused && let Some(ha) = self.ha.get() {
             // Paused here: let another replica run it.
             let (ha, id) = (ha.clone(), p.id.clone());
-            tokio::spawn(async move { ha.release(&id).await });
+            tokio::spawn(async move { ha.release(&id, "pause").await });
         }
         self.metrics.process.paused(id, paused);
         if changed {
@@ -478,7 +517,7 @@ impl Scheduler {
         if let Some(ha) = self.ha.get() {
             // Idle processes go to the other replicas now, not after the runs in flight here.
             for p in self.processes().iter().filter(|p| !p.is_running()) {
-                ha.release(&p.id).await;
+                ha.release(&p.id, "shutdown").await;
             }
         }
         let in_flight = self.tracker.len();

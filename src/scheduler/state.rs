@@ -24,6 +24,8 @@ pub struct ProcessHandle {
     pub(crate) chain: Mutex<Chain>,
     /// The instance a reload replaced: while its last run goes on, this one does not start.
     predecessor: Mutex<Option<Arc<ProcessHandle>>>,
+    /// Whether `predecessor` is set (a lock-free fast path for every run's start).
+    has_predecessor: AtomicBool,
     /// A tick is waiting for an exclusive peer to finish.
     pub(crate) waiting: AtomicBool,
     /// `None` when this build has no implementation of the configured kind yet.
@@ -87,6 +89,7 @@ impl ProcessHandle {
             chain: Mutex::default(),
             waiting: AtomicBool::new(false),
             predecessor: Mutex::default(),
+            has_predecessor: AtomicBool::new(false),
             process,
             removed: AtomicBool::new(false),
             running: AtomicBool::new(false),
@@ -189,19 +192,22 @@ impl ProcessHandle {
     /// Takes over from the instance a reload replaced.
     pub(crate) fn follow(&self, predecessor: Arc<ProcessHandle>) {
         *self.predecessor.lock().unwrap_or_else(|e| e.into_inner()) = Some(predecessor);
+        self.has_predecessor.store(true, Ordering::Release);
     }
 
     /// Claims the single flight: `false` if a run is already going (here or
     /// in the instance this one replaced).
     pub(crate) fn try_begin(&self) -> bool {
-        let mut predecessor = self.predecessor.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = predecessor.as_ref() {
-            if old.is_running() {
-                return false;
+        if self.has_predecessor.load(Ordering::Acquire) {
+            let mut predecessor = self.predecessor.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = predecessor.as_ref() {
+                if old.is_running() {
+                    return false;
+                }
+                *predecessor = None;
+                self.has_predecessor.store(false, Ordering::Release);
             }
-            *predecessor = None;
         }
-        drop(predecessor);
         self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()

@@ -18,11 +18,24 @@ struct ClaimLabels {
     result: &'static str,
 }
 
+/// Why a replica stopped holding a lease: it handed it to the replica whose
+/// share it is, it shut down, it paused (or disabled) the process, the process
+/// left the configuration; or, counted by the replica taking over, the
+/// holder let it expire.
+pub const HANDOVER_REASONS: [&str; 5] = ["rebalance", "shutdown", "pause", "removed", "expired"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 pub const CLAIM_RESULTS: [&str; 4] = ["won", "lost", "expired", "error"];
 
 #[derive(Default)]
 pub struct HaMetrics {
     lease_held: Family<super::process::ProcessLabels, Gauge>,
+    leases_held: Gauge,
+    handovers: Family<ReasonLabels, Counter>,
     claims: Family<ClaimLabels, Counter>,
     fencing_rejections: Counter,
     replicas: Gauge,
@@ -37,6 +50,16 @@ impl HaMetrics {
             "lease_held",
             "1 while this replica holds the process's lease (runs its ticks)",
             self.lease_held.clone(),
+        );
+        r.register(
+            "leases_held",
+            "Processes whose lease this replica holds (runs their ticks)",
+            self.leases_held.clone(),
+        );
+        r.register(
+            "handovers",
+            "Leases given up or taken over, by reason",
+            self.handovers.clone(),
         );
         r.register(
             "claims",
@@ -73,6 +96,10 @@ impl HaMetrics {
         for p in processes {
             self.held(p, !clustered);
         }
+        self.leases_held.set(if clustered { 0 } else { processes.len() as i64 });
+        for reason in HANDOVER_REASONS {
+            let _ = self.handovers.get_or_create(&ReasonLabels { reason });
+        }
         for result in CLAIM_RESULTS {
             let _ = self.claims.get_or_create(&ClaimLabels { result });
         }
@@ -88,6 +115,16 @@ impl HaMetrics {
 
     pub fn held(&self, process: &str, held: bool) {
         self.lease_held.get_or_create(&labels(process)).set(held as i64);
+    }
+
+    /// How many leases this replica holds now.
+    pub fn leases_held(&self, count: usize) {
+        self.leases_held.set(count as i64);
+    }
+
+    /// A lease changed hands for `reason` (one of [`HANDOVER_REASONS`]).
+    pub fn handover(&self, reason: &'static str) {
+        self.handovers.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// A claim ended `result` (one of [`CLAIM_RESULTS`]).
