@@ -24,6 +24,9 @@ pub struct Metrics {
     run_records_dropped: Counter,
     reload_successful: Gauge,
     reload_success_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// The size of the last encoded body: the next one starts with that much
+    /// room, instead of growing (and copying) itself some twenty times.
+    last_body: std::sync::atomic::AtomicUsize,
 }
 
 impl Metrics {
@@ -42,6 +45,7 @@ impl Metrics {
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
             reload_success_time: Gauge::default(),
+            last_body: std::sync::atomic::AtomicUsize::new(0),
         };
         let mut root = Registry::default();
         let registry = root.sub_registry_with_prefix("script_manager");
@@ -113,16 +117,27 @@ impl Metrics {
 
     /// Prometheus text 0.0.4 (what most scrapers ask for by default).
     pub fn encode_prometheus(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.body_buffer();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        self.note_body(&out);
         out
+    }
+
+    fn body_buffer(&self) -> String {
+        let last = self.last_body.load(std::sync::atomic::Ordering::Relaxed);
+        String::with_capacity(last + last / 16)
+    }
+
+    fn note_body(&self, body: &str) {
+        self.last_body.store(body.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// OpenMetrics 1.0 text, with exemplars.
     pub fn encode_openmetrics(&self) -> String {
-        let mut out = String::new();
+        let mut out = self.body_buffer();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        self.note_body(&out);
         out
     }
 }
