@@ -341,15 +341,8 @@ impl ProcessMetrics {
     /// see zeros from start-up, and returns its hot series.
     pub fn init(&self, id: &str, info: &ProcessInfo) -> ProcessSeries {
         let l = labels(id);
-        self.enabled.get_or_create(&l).set(info.enabled as i64);
-        self.interval.get_or_create(&l).set(info.interval_seconds);
+        self.configure(id, info);
         self.effective_interval.get_or_create(&l).set(info.interval_seconds);
-        self.timeout.get_or_create(&l).set(info.timeout_seconds);
-        self.priority.get_or_create(&l).set(info.priority as i64);
-        self.retry_count.get_or_create(&l).set(info.retry_count as i64);
-        self.api_limit
-            .get_or_create(&l)
-            .set(info.max_api_calls_per_minute as i64);
         for family in [&self.paused, &self.child_peak_rss, &self.api_calls_last_minute] {
             let _ = family.get_or_create(&l);
         }
