@@ -378,6 +378,7 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
         let env = [
             ("SCRIPT_MANAGER_STORE__URL", store.url.as_str()),
             ("SCRIPT_MANAGER_HA__REPLICA_ID", name),
+            ("SCRIPT_MANAGER_HTTP__ADMIN_TOKEN", TOKEN),
         ];
         replicas.push(common::start(&config, &env).await);
     }
@@ -408,6 +409,24 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
             assert!(holders.len() <= 1, "{group:?} held by {holders:?}");
         }
     }
+    // An override made through one replica is stored and followed by the other.
+    let r = replicas[0]
+        .http
+        .patch(replicas[0].url("/api/script-manager/processes/y"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"interval_seconds": 2.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    replicas[1]
+        .wait_get(
+            "the other replica to follow the override",
+            "/api/script-manager/processes/y",
+            Duration::from_secs(5),
+            |doc| doc["interval_seconds"] == 2.5 && doc["overrides"]["set_by"] == "admin",
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
