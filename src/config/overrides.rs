@@ -96,10 +96,6 @@ impl Overrides {
         Ok(o)
     }
 
-    pub fn is_empty(&self) -> bool {
-        *self == Overrides::default()
-    }
-
     /// These overrides with `newer`'s fields on top (two PATCHes accumulate).
     pub fn and(&self, newer: &Overrides) -> Overrides {
         Overrides {

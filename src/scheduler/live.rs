@@ -29,12 +29,6 @@ pub struct ReloadReport {
     pub replaced: Vec<String>,
 }
 
-impl ReloadReport {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty() && self.replaced.is_empty()
-    }
-}
-
 /// Builds a process of a configured kind (`None`: not in this build).
 pub type Build<'a> = &'a dyn Fn(&str, &ProcessConfig) -> Option<Arc<dyn Process>>;
 

@@ -76,6 +76,9 @@ pub(crate) struct Table {
     followers: HashMap<Arc<str>, Vec<Arc<ProcessHandle>>>,
     /// Process → the processes it never runs beside (symmetric).
     peers: HashMap<Arc<str>, Vec<Arc<ProcessHandle>>>,
+    /// Process → every process linked to it, directly or not (itself included);
+    /// only for processes that have links.
+    groups: HashMap<Arc<str>, Arc<[Arc<ProcessHandle>]>>,
 }
 
 impl Table {
@@ -98,11 +101,28 @@ impl Table {
                 }
             }
         }
+        let configs = processes
+            .iter()
+            .map(|p| (p.id.to_string(), (*p.config()).clone()))
+            .collect();
+        let mut members: HashMap<String, Vec<Arc<ProcessHandle>>> = HashMap::new();
+        for (id, group) in crate::config::link_groups(&configs) {
+            members.entry(group).or_default().extend(get(&id));
+        }
+        let groups = members
+            .into_values()
+            .filter(|m| m.len() > 1)
+            .flat_map(|m| {
+                let m: Arc<[Arc<ProcessHandle>]> = m.into();
+                m.iter().map(|p| (p.id.clone(), m.clone())).collect::<Vec<_>>()
+            })
+            .collect();
         Table {
             processes: Arc::new(processes),
             index,
             followers,
             peers,
+            groups,
         }
     }
 
@@ -213,33 +233,11 @@ impl Scheduler {
     /// Whether anything linked to `p` (chains, exclusion) is running or waiting here.
     fn group_busy(&self, p: &ProcessHandle) -> bool {
         let table = self.table();
-        let linked = |id: &str| {
-            table
-                .followers
-                .get(id)
-                .into_iter()
-                .flatten()
-                .chain(table.peers.get(id).into_iter().flatten())
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        // Walk the group: followers, peers and leaders, transitively.
-        let mut seen: std::collections::HashSet<Arc<str>> = [p.id.clone()].into();
-        let mut todo: Vec<Arc<ProcessHandle>> = linked(&p.id);
-        for leader in p.config().after.iter().filter_map(|id| table.get(id)) {
-            todo.push(leader.clone());
-        }
-        while let Some(q) = todo.pop() {
-            if !seen.insert(q.id.clone()) {
-                continue;
-            }
-            if q.is_running() || q.waiting.load(std::sync::atomic::Ordering::Acquire) {
-                return true;
-            }
-            todo.extend(linked(&q.id));
-            todo.extend(q.config().after.iter().filter_map(|id| table.get(id)).cloned());
-        }
-        false
+        table.groups.get(&p.id).is_some_and(|group| {
+            group
+                .iter()
+                .any(|q| q.id != p.id && (q.is_running() || q.waiting.load(std::sync::atomic::Ordering::Acquire)))
+        })
     }
 
     /// Stretches the intervals of less urgent processes while the budget is tight.
