@@ -363,6 +363,8 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
     let store = common::TestStore::new(common::Backend::Postgres);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("runs.log");
+    // y on 2 s: the exclusive pair contends on every other tick and is idle
+    // between, so it can be handed over (a group moves when none of it runs or waits).
     let config = format!(
         "builtin_processes = false\n[demo]\nenabled = false\n\
          [ha]\nenabled = true\nlease_margin_seconds = 1\nheartbeat_seconds = 0.25\n{}{}{}{}{}{}",
@@ -371,18 +373,32 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
         job("b", &log, 0.2, "after = [\"a\"]\ninterval_seconds = 30"),
         job("c", &log, 0.2, "after = [\"b\"]\ninterval_seconds = 30"),
         job("x", &log, 0.7, "interval_seconds = 1\nexclusive_with = [\"y\"]"),
-        job("y", &log, 0.7, "interval_seconds = 1\nstart_offset_seconds = 0.5"),
+        job("y", &log, 0.7, "interval_seconds = 2\nstart_offset_seconds = 0.5"),
     );
     let mut replicas = Vec::new();
-    for name in ["r1", "r2"] {
+    // The first replica holds both groups; the second joins and gets its share
+    // (one group) by hand-over while the chain and the exclusion keep holding.
+    // (With these names the one joining owns the chain.)
+    for name in ["r2", "r1"] {
         let env = [
             ("SCRIPT_MANAGER_STORE__URL", store.url.as_str()),
             ("SCRIPT_MANAGER_HA__REPLICA_ID", name),
             ("SCRIPT_MANAGER_HTTP__ADMIN_TOKEN", TOKEN),
         ];
         replicas.push(common::start(&config, &env).await);
+        tokio::time::sleep(Duration::from_secs(4)).await;
     }
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    let settled = |status: &serde_json::Value| {
+        let counts: Vec<u64> = status["ha"]["replicas"]
+            .as_array()
+            .map(|rs| rs.iter().filter_map(|r| r["count"].as_u64()).collect())
+            .unwrap_or_default();
+        counts.len() == 2 && counts.iter().all(|n| *n >= 2)
+    };
+    replicas[1]
+        .wait_for("each replica to hold one group", Duration::from_secs(15), settled)
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let runs = runs(&log);
     let chain: Vec<&str> = runs
         .iter()
@@ -398,16 +414,20 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
     assert_no_overlap(&runs, &["a", "b", "c"]);
     assert_no_overlap(&runs, &["x", "y"]);
     assert!(runs.iter().filter(|r| r.0 == "y").count() >= 3, "{runs:?}");
-    // Each group is held by one replica, as both replicas see it.
+    // Each group is held by one replica, as both replicas see it, and the two
+    // groups by different replicas (their fair shares).
     for svc in &replicas {
         let status = svc.get_json("/api/script-manager/status").await;
+        let mut holders_of_groups = Vec::new();
         for group in [["a", "b", "c"].as_slice(), &["x", "y"]] {
             let holders: std::collections::BTreeSet<String> = group
                 .iter()
                 .filter_map(|id| status["processes"][id]["lease"]["holder"].as_str().map(String::from))
                 .collect();
-            assert!(holders.len() <= 1, "{group:?} held by {holders:?}");
+            assert_eq!(holders.len(), 1, "{group:?} held by {holders:?}");
+            holders_of_groups.extend(holders);
         }
+        assert_ne!(holders_of_groups[0], holders_of_groups[1], "{}", status["ha"]);
     }
     // An override made through one replica is stored and followed by the other.
     let r = replicas[0]

@@ -129,14 +129,42 @@ impl Coordinator {
 
     /// The replica whose share `process` is, when it is not this one and it
     /// has asked for it (a paused owner does not ask, and keeps nothing).
+    /// A group moves as one: the owner may have asked through any of its
+    /// members (it asks through the one whose tick it lost, often a chain's
+    /// leader, while the hand-over happens after the chain's last step).
     fn owner_asking(&self, process: &str) -> Option<String> {
         let owner = self.owner_elsewhere(process)?;
+        let group = self.group_of(process);
         let asked = self
             .lock()
             .view
             .iter()
-            .any(|v| v.process == process && v.wanted_by.as_deref() == Some(owner.as_str()));
+            .any(|v| v.wanted_by.as_deref() == Some(owner.as_str()) && group.iter().any(|p| *p == v.process));
         asked.then_some(owner)
+    }
+
+    /// The processes linked to `process` (chains, exclusion), without it.
+    fn linked(&self, process: &str) -> Vec<String> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(process)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// `process` and the processes linked to it.
+    fn group_of(&self, process: &str) -> Vec<String> {
+        let mut group = self.linked(process);
+        group.push(process.to_string());
+        group
+    }
+
+    /// Whether this replica holds `process` or any process linked to it: its
+    /// group is here, so its other members are claimed here too (a chain's
+    /// follower starts where its leader ran) until the group is handed over.
+    fn holds_group(&self, process: &str) -> bool {
+        self.group_of(process).iter().any(|p| self.holds(p))
     }
 
     /// A run of `process` ended here. When the replica whose share it is has
@@ -150,13 +178,7 @@ impl Coordinator {
         let Some(owner) = self.owner_asking(process) else {
             return;
         };
-        let linked = self
-            .links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(process)
-            .cloned();
-        for p in [process.to_string()].into_iter().chain(linked.into_iter().flatten()) {
+        for p in self.group_of(process) {
             if self.holds(&p) {
                 self.release(&p, "rebalance").await;
                 tracing::info!(process = %p, to = %owner, "handed over for a fair share");
@@ -183,7 +205,7 @@ impl Coordinator {
         grid: (Duration, Duration),
         manual: bool,
     ) -> Option<Granted> {
-        if self.owner_elsewhere(process).is_some() && !self.holds(process) {
+        if self.owner_elsewhere(process).is_some() && !self.holds_group(process) {
             // Another replica's share: it claims first. A periodic tick is
             // still claimed here a moment later, so that a tick is never lost
             // while the replicas' views of each other differ.
@@ -195,13 +217,7 @@ impl Coordinator {
         let lease = self.lease_for(timeout);
         let started = Instant::now();
         let grid_ms = (grid.0.as_millis() as i64, grid.1.as_millis() as i64);
-        let linked = self
-            .links
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&**process)
-            .cloned()
-            .unwrap_or_default();
+        let linked = self.linked(process);
         let claim = self
             .leases
             .claim(
@@ -240,10 +256,13 @@ impl Coordinator {
             }
             Ok(Claim::Lost) => {
                 self.store_reachable(true, None);
-                if self.is_owner(process) && self.held_elsewhere(process) {
-                    // Our share, held elsewhere: ask for it at that replica's next tick boundary.
-                    if let Err(e) = self.leases.want(process, &self.replica).await {
-                        tracing::debug!(process = %process, error = %format!("{e:#}"), "cannot ask for a lease");
+                if self.is_owner(process) {
+                    // Our share, held elsewhere (it or its group): ask for it
+                    // at that replica's next tick boundary.
+                    for p in self.group_of(process).iter().filter(|p| self.held_elsewhere(p)) {
+                        if let Err(e) = self.leases.want(p, &self.replica).await {
+                            tracing::debug!(process = %p, error = %format!("{e:#}"), "cannot ask for a lease");
+                        }
                     }
                 }
                 self.metrics.ha.claim("lost");
