@@ -139,7 +139,7 @@ impl Coordinator {
             .lock()
             .view
             .iter()
-            .any(|v| v.wanted_by.as_deref() == Some(owner.as_str()) && group.iter().any(|p| *p == v.process));
+            .any(|v| v.wanted_by.as_deref() == Some(owner.as_str()) && group.contains(&v.process));
         asked.then_some(owner)
     }
 
