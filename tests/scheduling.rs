@@ -451,6 +451,19 @@ async fn under_two_replicas_on_postgresql_the_chain_and_the_exclusion_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_another_client_on_70_percent_of_the_weight_less_urgent_work_stretches_and_nothing_is_refused() {
+    under_another_clients_load(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ha_intervals_stretch_by_whole_steps_of_the_shared_grid() {
+    under_another_clients_load(true).await;
+}
+
+/// Another client spends 70 % of the venue's weight: less urgent processes
+/// stretch, level_monitor and priority 1 keep their intervals, nothing is
+/// refused. Under HA (`ha`) a stretch is a whole number of the grid's steps,
+/// and the runs' own slots show the skipped grid points.
+async fn under_another_clients_load(ha: bool) {
     let sim = common::SimProcess::start("weight_limit = 300\nfills_per_minute = 6.0").await;
     // Another client of the same API key spends 70 % of the venue's limit every minute.
     let other = {
@@ -467,11 +480,30 @@ async fn with_another_client_on_70_percent_of_the_weight_less_urgent_work_stretc
             }
         })
     };
+    let store = ha.then(|| common::TestStore::new(common::Backend::Postgres));
+    let ha_toml = if ha {
+        "[ha]\nenabled = true\nheartbeat_seconds = 0.25\n"
+    } else {
+        ""
+    };
+    // Under HA on 1 s, so that stretched runs come often enough to count grid points.
+    let interval = if ha { 1.0 } else { 5.0 };
     let config = format!(
-        "[demo]\nenabled = true\n{}\n[processes.notification_check]\nstart_offset_seconds = 0\n",
+        "[demo]\nenabled = true\n{ha_toml}{}\n[processes.notification_check]\nstart_offset_seconds = 0\n\
+         interval_seconds = {interval}\n",
         sim.polling_exchange_toml()
     );
-    let svc = start(&config).await;
+    let svc = match &store {
+        Some(store) => {
+            let env = [
+                ("SCRIPT_MANAGER_STORE__URL", store.url.as_str()),
+                ("SCRIPT_MANAGER_HA__REPLICA_ID", "solo"),
+                ("SCRIPT_MANAGER_HTTP__ADMIN_TOKEN", TOKEN),
+            ];
+            common::start(&config, &env).await
+        }
+        None => start(&config).await,
+    };
     let effective = |m: &str, id: &str| {
         sample(
             m,
@@ -483,15 +515,20 @@ async fn with_another_client_on_70_percent_of_the_weight_less_urgent_work_stretc
     for _ in 0..100 {
         let m = svc.metrics().await;
         stretched = effective(&m, "notification_check");
-        if stretched > 5.0 {
+        if stretched > interval {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        stretched > 5.0,
-        "notification_check (priority 2, 5 s) stretched: {stretched}"
+        stretched > interval,
+        "notification_check (priority 2, {interval} s) stretched: {stretched}"
     );
+    if ha {
+        assert_eq!(stretched.fract(), 0.0, "a whole number of 1 s grid steps: {stretched}");
+    }
+    // On a 1 s grid with no offset a slot is a unix second (database clock).
+    let stretched_at = script_manager::clock::now_ms() / 1000 + 1;
     let before = svc.get_json("/api/script-manager/processes/level_monitor").await["metrics"]["total_runs"]
         .as_u64()
         .unwrap();
@@ -507,6 +544,29 @@ async fn with_another_client_on_70_percent_of_the_weight_less_urgent_work_stretc
         "level_monitor ran {} times in 10 s at 2 s",
         after - before
     );
+    if ha {
+        // The runs since the stretch, by their grid slots (1 s apart): grid
+        // points are skipped. (A minute's turn may relax the budget once.)
+        let runs = svc
+            .get_json("/api/script-manager/runs?process=notification_check&limit=100")
+            .await;
+        let from = stretched_at;
+        let mut slots: Vec<i64> = runs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["slot"].as_i64())
+            .filter(|s| *s > from)
+            .collect();
+        slots.sort_unstable();
+        assert!(slots.len() >= 2, "{runs}");
+        let steps: Vec<i64> = slots.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|d| *d >= 1), "each slot once: {slots:?}");
+        assert!(
+            steps.iter().filter(|d| **d == 1).count() <= 1,
+            "stretched runs skip grid points: {slots:?}"
+        );
+    }
     let meter = sim.get("/sim/meter").await;
     assert!(meter["answers"].get("429").is_none(), "no 429: {meter}");
     assert!(meter["answers"].get("418").is_none(), "no 418: {meter}");

@@ -200,7 +200,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
     live::apply_stored_overrides(&store, &scheduler).await;
     let s = &config.scheduler;
-    if s.adaptive_intervals && !config.ha.enabled {
+    if s.adaptive_intervals {
         scheduler.adapt_to(crate::scheduler::Adaptive::new(
             exchange.venue.admission().weight.clone(),
             s.adapt_above_share,

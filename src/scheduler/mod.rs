@@ -245,12 +245,15 @@ impl Scheduler {
         let _ = self.adaptive.set(adaptive);
     }
 
-    /// The interval `p` is on right now: its own, stretched while the budget is tight.
+    /// The interval `p` is on right now: its own, stretched while the budget
+    /// is tight. Under HA the factor is rounded up to a whole number, so the
+    /// stretched ticks are points of the grid the replicas share (every k-th).
     fn effective_interval(&self, p: &ProcessHandle, config: &crate::config::ProcessConfig) -> Duration {
         let factor = match self.adaptive.get() {
-            Some(a) if self.ha.get().is_none() && !config.chained() => a.factor(&config.kind, config.priority),
+            Some(a) if !config.chained() => a.factor(&config.kind, config.priority),
             _ => 1.0,
         };
+        let factor = if self.ha.get().is_some() { factor.ceil() } else { factor };
         let interval = Duration::from_secs_f64(config.interval_seconds).mul_f64(factor);
         p.series().effective_interval(interval.as_secs_f64());
         interval
@@ -402,8 +405,10 @@ impl Scheduler {
     ) -> Instant {
         let config = p.config();
         let offset = Duration::from_secs_f64(config.start_offset_seconds);
-        let interval = p.interval();
-        let next = now + ha.until_next_tick(interval, offset, interval / 4);
+        // Stretched by a whole factor k: every k-th point of the shared grid
+        // (claims still number slots on the configured grid, so they only grow).
+        let stretched = self.effective_interval(p, &config);
+        let next = now + ha.until_next_tick(stretched, offset, p.interval() / 4);
         self.note_next_run(p, next);
         if config.enabled {
             self.start_run(p, Trigger::Schedule, due, next);
