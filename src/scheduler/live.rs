@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::state::ProcessHandle;
 use super::{Scheduler, Table, process_info};
 use crate::config::{ProcessConfig, SetOverrides};
-use crate::process::{ErrorKind, Process};
+use crate::process::Process;
 
 /// What a reload changed, by process id.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -164,7 +164,7 @@ impl Scheduler {
             p.wake.notify_one();
         }
         if gone {
-            self.metrics.remove_process(&p.id, &ErrorKind::NAMES);
+            self.metrics.remove_process(&p.id);
             self.budget.set_limit(&p.id, None);
             if let Some(ha) = self.ha.get() {
                 let (ha, id) = (ha.clone(), p.id.clone());

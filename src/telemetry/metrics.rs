@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::api::ApiMetrics;
 use super::domain::DomainEvents;
+use super::exposition::{Format, Writer};
 use super::ha::HaMetrics;
 use super::process::{ProcessInfo, ProcessMetrics, ProcessSeries};
 use super::stream::StreamMetrics;
@@ -74,10 +75,8 @@ impl Metrics {
             "Unix time of the last successful configuration (re)load",
             m.reload_success_time.clone(),
         );
-        m.process.register(registry.sub_registry_with_prefix("process"));
-        let api = registry.sub_registry_with_prefix("api");
-        m.process.register_api(api);
-        m.api.register(api);
+        // The per-process families are written after the registry (`encode_*`).
+        m.api.register(registry.sub_registry_with_prefix("api"));
         m.domain.register(registry);
         m.ha.register(registry);
         m.stream.register(registry);
@@ -92,8 +91,8 @@ impl Metrics {
     }
 
     /// Drops every series of a process taken out of the configuration.
-    pub fn remove_process(&self, id: &str, error_kinds: &[&'static str]) {
-        self.process.remove(id, error_kinds);
+    pub fn remove_process(&self, id: &str) {
+        self.process.remove(id);
         self.api.remove_process(id);
         self.ha.remove_process(id);
     }
@@ -120,6 +119,7 @@ impl Metrics {
         let mut out = self.body_buffer();
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        self.process.encode(&mut Writer::new(&mut out, Format::Prometheus));
         self.note_body(&out);
         out
     }
@@ -136,7 +136,12 @@ impl Metrics {
     /// OpenMetrics 1.0 text, with exemplars.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = self.body_buffer();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        let text = |out: &mut String| -> std::fmt::Result {
+            prometheus_client::encoding::text::encode_registry(out, &self.registry)?;
+            self.process.encode(&mut Writer::new(out, Format::OpenMetrics));
+            prometheus_client::encoding::text::encode_eof(out)
+        };
+        text(&mut out).expect("writing to a String cannot fail");
         self.note_body(&out);
         out
     }

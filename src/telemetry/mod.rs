@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod exposition;
 pub mod ha;
 pub mod logfmt;
 pub mod metrics;
