@@ -328,27 +328,26 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
             t.as_array().is_some_and(|a| !a.is_empty())
         })
         .await;
-    let h = loop {
-        if let Some(h) = holder(first, "trade_sync").await {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let i = cluster.iter().position(|(n, _)| *n == h).unwrap();
-    let (_, frozen) = cluster.remove(i);
-
     // Slow answers, so the holder is caught in the middle of a run; then freeze it past its lease.
     sim.post("/sim/faults", &json!({"latency_ms": 1500})).await;
     // A run that started before the fault may be about to finish; the next is slow throughout.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    frozen
-        .wait_get(
-            "trade_sync in flight",
-            "/api/script-manager/processes/trade_sync",
-            Duration::from_secs(10),
-            |p| p["state"] == "executing",
-        )
-        .await;
+    // The holder, by its own word: running trade_sync under a lease it holds
+    // (fair shares may move the process, and a replica only claiming a tick
+    // it will lose looks busy for a moment too).
+    let held = r#"script_manager_ha_lease_held{process="trade_sync"}"#;
+    let h = eventually(Duration::from_secs(15), async || {
+        for (name, svc) in &cluster {
+            let doc = svc.get_json("/api/script-manager/processes/trade_sync").await;
+            if doc["state"] == "executing" && metric(svc, held).await == 1.0 {
+                return Ok(name.clone());
+            }
+        }
+        Err("no replica runs trade_sync under its lease".to_string())
+    })
+    .await;
+    let i = cluster.iter().position(|(n, _)| *n == h).unwrap();
+    let (_, frozen) = cluster.remove(i);
     kill(&frozen, libc::SIGSTOP);
     sim.post("/sim/faults", &json!({})).await;
 
