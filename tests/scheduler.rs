@@ -531,6 +531,91 @@ async fn a_continuous_process_that_keeps_failing_is_restarted_with_growing_waits
     );
 }
 
+/// A coordinator for a replica whose claims are refused (another replica
+/// holds the process) until `free_at`, then granted.
+struct HeldElsewhereUntil {
+    free_at: tokio::time::Instant,
+    claims: std::sync::atomic::AtomicU32,
+}
+
+impl script_manager::scheduler::Coordinator for HeldElsewhereUntil {
+    fn replica(&self) -> Arc<str> {
+        Arc::from("here")
+    }
+    fn until_next_tick(&self, interval: Duration, _offset: Duration, _guard: Duration) -> Duration {
+        interval
+    }
+    fn claim<'a>(
+        &'a self,
+        _process: &'a Arc<str>,
+        _timeout: Duration,
+        _grid: (Duration, Duration),
+        _manual: bool,
+    ) -> BoxFuture<'a, Option<script_manager::scheduler::Granted>> {
+        Box::pin(async move {
+            self.claims.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.holds("")
+                .then_some(script_manager::scheduler::Granted { token: 1, slot: None })
+        })
+    }
+    fn release<'a>(&'a self, _process: &'a str, _reason: &'static str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn finished<'a>(&'a self, _process: &'a str, _group_idle: bool) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    fn should_hand_over(&self, _process: &str) -> bool {
+        false
+    }
+    fn owner(&self, _process: &str) -> Option<String> {
+        Some("here".into())
+    }
+    fn holds(&self, _process: &str) -> bool {
+        tokio::time::Instant::now() >= self.free_at
+    }
+    fn holder(&self, _process: &str) -> Option<script_manager::scheduler::Holder> {
+        None
+    }
+    fn link(&self, _groups: &std::collections::BTreeMap<String, String>) {}
+    fn cluster(&self) -> script_manager::scheduler::ClusterView {
+        script_manager::scheduler::ClusterView {
+            replica: self.replica(),
+            replicas_alive: 2,
+            store_up: true,
+            holdings: Default::default(),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_continuous_process_held_elsewhere_starts_within_a_second_of_being_free() {
+    let live = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let peak = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let h = harness(vec![("stream", continuous(2.0), stream_until_cancelled(live, peak))]);
+    // Held by another replica for two minutes: long enough for a failure
+    // backoff to reach its 30 s ceiling, were lost claims counted as failures.
+    let free_at = tokio::time::Instant::now() + Duration::from_secs(120);
+    let coordinator = Arc::new(HeldElsewhereUntil {
+        free_at,
+        claims: Default::default(),
+    });
+    h.scheduler.coordinate_with(coordinator.clone());
+    h.scheduler.start();
+    sleep(Duration::from_secs(125)).await;
+    let starts = h.starts("stream");
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert!(
+        starts[0] >= Duration::from_secs(120) && starts[0] <= Duration::from_millis(121_500),
+        "started {:?} after start-up; free after 120 s",
+        starts[0]
+    );
+    let claims = coordinator.claims.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((100..=130).contains(&claims), "about one claim a second: {claims}");
+    let restarts = sample(&h.metrics, r#"script_manager_process_restarts_total{process="stream"}"#);
+    assert_eq!(restarts, 0.0, "a claim lost is not a restart");
+    h.scheduler.shutdown(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_continuous_process_runs_once_and_a_trigger_restarts_it_at_once() {
     let live = Arc::new(std::sync::atomic::AtomicI32::new(0));

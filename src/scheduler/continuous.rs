@@ -45,13 +45,19 @@ impl Scheduler {
                 continue;
             }
             let trigger = if first { Trigger::Schedule } else { Trigger::Manual };
-            if !first {
-                p.stats().restarts += 1;
-                p.series().restarted();
+            let started = Instant::now();
+            if !self.clone().execute(p.clone(), trigger, started, started).await {
+                // Another replica holds it (HA): not a failure, so no backoff.
+                // Look again shortly, so that a hand-over or a failover to
+                // this replica leaves the stream down for about a second.
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_EVERY) => {}
+                    _ = p.wake.notified() => {}
+                    _ = self.stop_ticking.cancelled() => return,
+                }
+                continue;
             }
             first = false;
-            let started = Instant::now();
-            self.clone().execute(p.clone(), trigger, started, started).await;
             let restart_now = p.restart_requested.swap(false, std::sync::atomic::Ordering::AcqRel);
             if started.elapsed() >= HEALTHY_RUN {
                 quick_failures = 0;

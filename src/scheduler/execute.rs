@@ -25,18 +25,26 @@ pub(super) struct Finished {
 }
 
 impl Scheduler {
+    /// One run of `p`; `false` when it did not run because another replica
+    /// holds it (HA).
     pub(super) async fn execute(
         self: Arc<Self>,
         p: Arc<ProcessHandle>,
         trigger: Trigger,
         scheduled: Instant,
         next_tick: Instant,
-    ) {
+    ) -> bool {
         let config = p.config();
         let Some((lease, fence)) = self.claim(&p, &config, trigger).await else {
             p.end();
-            return self.after_run(&p, false);
+            self.after_run(&p, false);
+            return false;
         };
+        if p.continuous() && trigger != Trigger::Schedule {
+            // Started again here after a run of its own ended (or was restarted).
+            p.stats().restarts += 1;
+            p.series().restarted();
+        }
         if config.chained() {
             self.chain_started(&p);
         }
@@ -109,6 +117,7 @@ impl Scheduler {
         if let Some(ha) = self.ha.get() {
             ha.finished(&p.id, !self.group_busy(&p)).await;
         }
+        true
     }
 
     /// Under HA, wins the lease of this tick first (`None`: it runs elsewhere),

@@ -432,8 +432,9 @@ impl Scheduler {
         // The task holds only its arguments; the run's (large) future is
         // built and boxed when the task first runs, on a worker, so launching
         // thousands of runs at one instant stays cheap for the tick loop.
-        self.tracker
-            .spawn(async move { Box::pin(me.execute(p, trigger, scheduled, next_tick)).await });
+        self.tracker.spawn(async move {
+            Box::pin(me.execute(p, trigger, scheduled, next_tick)).await;
+        });
     }
 
     /// Runs a process now, outside its schedule. Refused while it is running.
