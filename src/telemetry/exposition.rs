@@ -249,10 +249,6 @@ impl Histogram {
             Format::Prometheus => &self.buckets.le_prometheus[i],
         }
     }
-
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
 }
 
 /// An `f64` kept in an atomic (gauges and float counters).

@@ -174,6 +174,7 @@ const fn desc(name: &'static str, help: &'static str, kind: Kind, unit: Option<&
 const G: Kind = Kind::Gauge;
 const C: Kind = Kind::Counter;
 const S: Option<&str> = Some("seconds");
+
 macro_rules! family {
     ($name:literal, $help:literal, $kind:expr, $unit:expr) => {
         desc(concat!("script_manager_process_", $name), $help, $kind, $unit)
@@ -525,10 +526,5 @@ impl ProcessSeries {
         if at_ms > 0 {
             self.0.last_event.set(at_ms as f64 / 1000.0);
         }
-    }
-
-    /// Finished runs recorded so far.
-    pub fn runs(&self) -> u64 {
-        self.0.duration.count()
     }
 }
