@@ -73,7 +73,17 @@ pub async fn reload(_: Admin, State(state): State<AppState>) -> Result<Json<Valu
             "this instance cannot reload its configuration",
         ));
     };
-    match reload() {
+    // It reads files and the environment: off the async workers, as on SIGHUP.
+    let reload = reload.clone();
+    let outcome = tokio::task::spawn_blocking(move || reload()).await.map_err(|e| {
+        tracing::error!(error = %e, "configuration reload stopped unexpectedly");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload_failed",
+            "the reload stopped unexpectedly; see the service's log",
+        )
+    })?;
+    match outcome {
         Ok(report) => Ok(Json(serde_json::json!({"reloaded": true, "processes": report}))),
         Err(problems) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

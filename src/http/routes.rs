@@ -111,7 +111,7 @@ pub fn all() -> Routes {
                 .admin()
                 .errors(&[
                     (422, "the configuration is invalid; nothing changed (the message names the keys)"),
-                    (503, "this instance cannot reload"),
+                    (503, "this instance cannot reload, or the reload stopped unexpectedly"),
                 ]),
             )],
         )

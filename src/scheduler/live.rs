@@ -124,8 +124,8 @@ impl Scheduler {
         }
         for p in &fresh {
             let config = p.config();
+            // Creates its series (or finds a replaced instance's) and shows its settings.
             let _ = p.series.set(self.metrics.init_process(&p.id, &process_info(&config)));
-            self.metrics.process.configure(&p.id, &process_info(&config));
             self.budget.set_limit(&p.id, Some(config.max_api_calls_per_minute));
             self.metrics.ha.held(&p.id, self.ha.get().is_none() && p.schedulable());
         }
