@@ -6,6 +6,7 @@
 //! the layer order its modules keep (checked by `tests/layers.rs`).
 
 pub mod app;
+pub mod backoff;
 pub mod budget;
 pub mod clock;
 pub mod config;

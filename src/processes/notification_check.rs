@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::platform::{Platform, distinct};
+use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::config::webhook_allowed;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
@@ -15,6 +16,8 @@ use crate::store::Notification;
 
 /// Attempts before a notification is given up (and counted as failed).
 const MAX_ATTEMPTS: i64 = 12;
+/// Waits between deliveries of one notification: 1 s doubling to 256 s (stored, so exact).
+const DELIVERY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(256)).exact();
 /// Deliveries per tick, so a backlog cannot hold a run past its timeout.
 const BATCH: i64 = 50;
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -115,7 +118,7 @@ impl NotificationCheck {
                     Err(e) if attempts >= MAX_ATTEMPTS => ("failed", 0, Some(e), "failed"),
                     Err(e) => {
                         waiting += 1;
-                        let backoff = 1000i64 << (attempts - 1).min(8); // 1 s … 256 s
+                        let backoff = DELIVERY_BACKOFF.wait(attempts.max(0) as u32).as_millis() as i64;
                         ("pending", now_ms() + backoff, Some(e), "retried")
                     }
                 },

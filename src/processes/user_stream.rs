@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 
 use super::platform::{Platform, StreamSettings};
 use super::reconcile;
+use crate::backoff::Backoff;
 use crate::clock::now_ms;
 use crate::exchange::binance::ws::{Socket, StreamEvent};
 use crate::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
@@ -23,8 +24,8 @@ use crate::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
 /// The venue pings every 3 minutes; a user stream can be quiet far longer
 /// than a market one, so we ping it ourselves this often and count the pong.
 const PING_EVERY: Duration = Duration::from_secs(30);
-/// The longest wait between two attempts on one account.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// Waits between two attempts on one account: 250 ms doubling to 30 s.
+const RECONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
 
 pub struct UserStream {
     platform: Arc<Platform>,
@@ -82,7 +83,7 @@ impl UserStream {
             } else {
                 failures + 1
             };
-            let wait = (Duration::from_millis(250) * 2u32.pow(failures.min(7))).min(MAX_RETRY_WAIT);
+            let wait = RECONNECT_BACKOFF.wait(failures + 1);
             tokio::select! {
                 _ = sleep(wait) => {}
                 _ = ctx.cancel.cancelled() => return Ok(()),

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::execute::caught;
 use super::state::ProcessHandle;
 use super::{CANCEL_GRACE, Scheduler};
+use crate::backoff::Backoff;
 use crate::process::{ErrorKind, Fence, Process, ProcessError, RunContext, RunReport, RunUsage, Trigger};
 
 /// A run this long was healthy: the next restart starts the backoff over.
@@ -149,7 +150,5 @@ fn note_event(p: &ProcessHandle, usage: &RunUsage) {
 /// Backoff after `failures` runs in a row that ended quickly: 0.5 s doubling
 /// to 30 s, plus up to 50 % jitter so replicas and streams do not reconnect in lockstep.
 fn restart_wait(failures: u32) -> Duration {
-    let base = Duration::from_millis(500) * 2u32.saturating_pow(failures.saturating_sub(1).min(8));
-    let jitter: f64 = rand::random_range(0.0..0.5);
-    base.min(MAX_RESTART_WAIT).mul_f64(1.0 + jitter)
+    Backoff::new(Duration::from_millis(500), MAX_RESTART_WAIT).wait(failures)
 }

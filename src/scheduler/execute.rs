@@ -12,6 +12,7 @@ use tracing::{Instrument, field};
 
 use super::state::ProcessHandle;
 use super::{CANCEL_GRACE, Scheduler};
+use crate::backoff::Backoff;
 use crate::config::ProcessConfig;
 use crate::process::{ErrorKind, Fence, ProcessError, RunContext, RunLease, RunReport, RunUsage, Trigger};
 use crate::telemetry::otel;
@@ -276,11 +277,11 @@ pub(super) fn caught(result: std::thread::Result<Result<RunReport, ProcessError>
     result.unwrap_or_else(|panic| Err(panic_error(panic)))
 }
 
-/// Exponential backoff with up to 50 % jitter, so retrying processes do not move in lockstep.
+/// The wait before retry `attempt`: the shared backoff from `retry_backoff_seconds`
+/// (jittered, so retrying processes do not move in lockstep).
 fn backoff(base_seconds: f64, attempt: u32) -> Duration {
-    let exp = base_seconds * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
-    let jitter: f64 = rand::random_range(0.0..0.5);
-    Duration::from_secs_f64(exp * (1.0 + jitter))
+    let base = Duration::from_secs_f64(base_seconds);
+    Backoff::new(base, base.saturating_mul(1 << 16)).wait(attempt)
 }
 
 fn panic_error(panic: Box<dyn std::any::Any + Send>) -> ProcessError {

@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
+use crate::backoff::Backoff;
 use crate::domain::{LivePrices, PriceSource, Quote};
 use crate::exchange::binance::ws::{MAX_STREAMS_PER_CONNECTION, Route, Socket, StreamEvent};
 use crate::processes::platform::StreamSettings;
 use crate::telemetry::stream::StreamMetrics;
 
 /// Least time between two connection attempts on one route (doubling while they fail).
-const MIN_CONNECT_GAP: Duration = Duration::from_secs(1);
+const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(32)).exact();
 
 /// What a connection task tells the stream.
 pub enum Note {
@@ -153,8 +154,8 @@ impl Connections {
 
     /// Connection attempts are paced per route: 1 s apart, doubling while they fail.
     fn may_connect(&mut self, route: Route) -> bool {
-        let failures = self.failures.get(&route).copied().unwrap_or(0).min(5);
-        let gap = MIN_CONNECT_GAP * 2u32.pow(failures);
+        let failures = self.failures.get(&route).copied().unwrap_or(0);
+        let gap = CONNECT_BACKOFF.wait(failures + 1);
         if self.last_connect.get(&route).is_some_and(|t| t.elapsed() < gap) {
             return false;
         }
