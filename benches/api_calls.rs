@@ -203,6 +203,7 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
                     let level = NewLevel {
                         account: a.name.clone(),
                         symbol: p.symbol.clone(),
+                        side: script_manager::domain::PositionSide::of(p.amount).expect("an open position"),
                         take_profit: Some(tp.round_dp(6)),
                         stop_loss: Some(sl.round_dp(6)),
                     };
@@ -227,30 +228,33 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         "workload: {levels} levels, {positions} positions"
     );
 
+    let mut config: Config = script_manager::app::load_config(&script_manager::config::LoadOptions {
+        config_path: None,
+        env: Some(vec![("SCRIPT_MANAGER_BUILTIN_PROCESSES".into(), "false".into())]),
+    })
+    .unwrap();
+    let catalog: Arc<script_manager::domain::Catalog> = Arc::default();
+    let stream_health: Arc<script_manager::processes::platform::StreamHealth> = Arc::default();
+    let levels = script_manager::app::level_engine(&config, &store, &venue, &catalog, &metrics, &stream_health);
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: venue.clone(),
         accounts: venue.account_names(),
         symbols: Vec::new(),
         events: metrics.domain.clone(),
-        catalog: Arc::default(),
-        levels: Default::default(),
+        catalog,
+        levels,
         live: Arc::default(),
         stream_stale_after: Duration::from_secs(5),
         streaming: streams.then(|| stream_settings(addr, speedup)),
         stream_metrics: metrics.stream.clone(),
-        stream_health: Default::default(),
+        stream_health,
         http: http_client().unwrap(),
         webhook_url: None,
         webhook_hosts: Vec::new(),
         batching: knobs.batching,
         shared_store: false,
     });
-    let mut config: Config = script_manager::app::load_config(&script_manager::config::LoadOptions {
-        config_path: None,
-        env: Some(vec![("SCRIPT_MANAGER_BUILTIN_PROCESSES".into(), "false".into())]),
-    })
-    .unwrap();
     for (i, &(id, kind, interval)) in plan.iter().enumerate() {
         let defaults = process_defaults(kind);
         if kind.ends_with("_stream") {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rust_decimal::Decimal;
-use script_manager::processes::level_index::LevelIndex;
+use script_manager::domain::PositionSide;
+use script_manager::processes::levels::index::LevelIndex;
 use script_manager::store::{Level, LevelStatus, NewLevel, Store};
 
 fn level(id: i64, sl: Decimal, tp: Decimal) -> Level {
@@ -17,9 +18,11 @@ fn level(id: i64, sl: Decimal, tp: Decimal) -> Level {
         id,
         account: "main".into(),
         symbol: "BTCUSDT".into(),
+        side: Some(PositionSide::Long),
         take_profit: Some(tp),
         stop_loss: Some(sl),
         status: LevelStatus::Armed,
+        reason: None,
         version: 1,
         client_order_id: None,
         order_id: None,
@@ -51,7 +54,7 @@ fn main() {
             })
             .collect();
         let started = Instant::now();
-        let index = LevelIndex::build(&levels, |_, _| Some(1));
+        let index = LevelIndex::build(&levels);
         let build = started.elapsed();
         let price = Decimal::new(499_985, 1); // 49_998.5
         let mut samples = Vec::new();
@@ -84,17 +87,23 @@ fn main() {
                 .insert_level(&NewLevel {
                     account: "main".into(),
                     symbol: "BTCUSDT".into(),
+                    side: PositionSide::Long,
                     take_profit: Some(Decimal::from(200_000)),
                     stop_loss: Some(Decimal::from(50_000 + i)),
                 })
                 .await
                 .unwrap();
-            let index = LevelIndex::build([&l], |_, _| Some(1));
+            let index = LevelIndex::build([&l]);
             let started = Instant::now();
             let crossed = index.crossed("BTCUSDT", Decimal::from(40_000));
             assert_eq!(crossed.len(), 1);
-            let intent = store
-                .trigger_level(&script_manager::process::Fence::none(), &l, ("SELL", Decimal::ONE), (crossed[0].1, Decimal::from(40_000), 0))
+            let (intent, _claim) = store
+                .trigger_level(
+                    &script_manager::process::Fence::none(),
+                    &l,
+                    (crossed[0].1, Decimal::from(40_000), 0),
+                    ("bench", 30_000),
+                )
                 .await
                 .unwrap()
                 .expect("armed");

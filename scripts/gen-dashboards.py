@@ -222,7 +222,7 @@ trading = dashboard(
               [("script_manager_levels_armed", "armed")], 8, 0, 8, 6, kind="stat"),
         panel("Open positions", "Open positions across accounts at the last position sync.", "short",
               [("script_manager_positions_open", "open")], 16, 0, 8, 6, kind="stat"),
-        panel("Level triggers", "Crossed levels in each interval by kind and outcome (executed, failed, unknown = settled later).", "short",
+        panel("Level triggers", "Crossed levels in each interval by kind and outcome (executed, failed, cancelled = nothing was held any more, unknown = its first attempt could not finish).", "short",
               [(f"sum by (kind, outcome) (increase(script_manager_level_triggers_total[{RI}]))", "{{kind}} {{outcome}}")], 0, 6),
         panel("Trigger latency p50 / p95", "From receiving the crossing price to the venue acknowledging the close (our monotonic clock), and the venue's own timing of it (its clock on both ends).", "s",
               [(f"histogram_quantile({q}, sum by (le) (rate(script_manager_level_trigger_latency_seconds_bucket[{RI}])))", f"p{int(q*100)}") for q in (0.5, 0.95)]
@@ -239,6 +239,12 @@ trading = dashboard(
         panel("Skipped symbols and dropped run records", "Symbols left out because the venue no longer lists them, and run records the store's queue could not take.", "short",
               [(f"sum by (process) (increase(script_manager_symbols_skipped_total[{RI}]))", "{{process}} skipped"),
                (f"increase(script_manager_run_records_dropped_total[{RI}])", "run records dropped")], 16, 22, 8, 6),
+        panel("Closes retrying", "Crossed levels whose close cannot go on yet (refused, or its outcome still unknown): the position is still open while this is above 0.", "short",
+              [("script_manager_level_close_retrying", "retrying")], 0, 28, 8, 6, kind="stat"),
+        panel("Close refusals by step", "Close orders the venue refused or left unanswered, by the refusal table's next step (retry_later, look_up, split, reread, final).", "short",
+              [(f"sum by (step) (increase(script_manager_level_close_refusals_total[{RI}]))", "{{step}}")], 8, 28, 8, 6),
+        panel("Levels retired", "Armed levels cancelled without a close because their position went flat or changed side.", "short",
+              [(f"sum by (reason) (increase(script_manager_levels_retired_total[{RI}]))", "{{reason}}")], 16, 28, 8, 6),
     ],
 )
 

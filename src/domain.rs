@@ -51,6 +51,57 @@ impl OrderSide {
     }
 }
 
+/// Which way a position is held: what a take-profit/stop-loss level protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionSide {
+    Long,
+    Short,
+}
+
+impl PositionSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PositionSide::Long => "long",
+            PositionSide::Short => "short",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "long" => Some(PositionSide::Long),
+            "short" => Some(PositionSide::Short),
+            _ => None,
+        }
+    }
+
+    /// The side of a signed position amount; `None` when flat.
+    pub fn of(amount: Decimal) -> Option<Self> {
+        match amount {
+            a if a > Decimal::ZERO => Some(PositionSide::Long),
+            a if a < Decimal::ZERO => Some(PositionSide::Short),
+            _ => None,
+        }
+    }
+
+    /// The order side that reduces this position.
+    pub fn closing(self) -> OrderSide {
+        match self {
+            PositionSide::Long => OrderSide::Sell,
+            PositionSide::Short => OrderSide::Buy,
+        }
+    }
+
+    /// How much of a signed `amount` is held on this side (0 when flat or the other way).
+    pub fn held(self, amount: Decimal) -> Decimal {
+        match (self, PositionSide::of(amount)) {
+            (PositionSide::Long, Some(PositionSide::Long)) => amount,
+            (PositionSide::Short, Some(PositionSide::Short)) => -amount,
+            _ => Decimal::ZERO,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fill {
     pub symbol: String,
@@ -158,6 +209,14 @@ impl Catalog {
             Some(step) => ((qty / step).floor() * step).normalize(),
             None => qty,
         }
+    }
+
+    /// One MARKET order's share of closing `held`: at most `cap` (a split
+    /// after the venue refused more), rounded down to the step; zero when
+    /// below it.
+    pub fn market_qty(&self, symbol: &str, held: Decimal, cap: Option<Decimal>) -> Decimal {
+        let qty = cap.map_or(held, |cap| held.min(cap));
+        self.round_qty(symbol, qty)
     }
 }
 

@@ -168,11 +168,12 @@ async fn rejected_for_good(backend: Backend) {
     let (url, seen) = receiver(0).await;
     let svc = start(&sim, &store, &format!("[notifications]\nwebhook_url = \"{url}\""), &[]).await;
     let (id, symbol, amount, sl) = create_level_near(&svc, &sim, "main").await;
-    sim.post("/sim/faults", &json!({"reject_orders": 1, "reject_code": -2019}))
+    // -1121 (the symbol is no longer traded) is final in the refusal table: nothing a retry can change.
+    sim.post("/sim/faults", &json!({"reject_orders": 1, "reject_code": -1121}))
         .await;
     cross(&sim, &symbol, amount, sl).await;
     let level = wait_level(&svc, id, "failed").await;
-    assert!(level["error"].as_str().unwrap().contains("-2019"), "{level}");
+    assert!(level["error"].as_str().unwrap().contains("-1121"), "{level}");
     assert_eq!(
         venue_position(&sim, "main", &symbol).await,
         amount,
@@ -201,8 +202,9 @@ async fn one_failure_never_blocks_the_rest(backend: Backend) {
     let svc = start(&sim, &store, "", &[]).await;
     let (a, a_symbol, a_amount, a_sl) = create_level_near(&svc, &sim, "main").await;
     let (b, b_symbol, b_amount, b_sl) = create_level_near(&svc, &sim, "alt").await;
-    // Both crossed by one price move: the first close sent is refused, the other must still close.
-    sim.post("/sim/faults", &json!({"reject_orders": 1})).await;
+    // Both crossed by one price move: the first close sent is refused for good, the other must still close.
+    sim.post("/sim/faults", &json!({"reject_orders": 1, "reject_code": -1121}))
+        .await;
     let beyond = |amount: Decimal, sl: Decimal| {
         if amount > Decimal::ZERO {
             sl * Decimal::new(98, 2)
@@ -379,38 +381,40 @@ async fn unknown_and_delisted_symbols(backend: Backend) {
 /// Finished levels, intents, triggered alerts and sent notifications go after
 /// the retention; armed levels, active alerts and pending work stay.
 async fn finished_rows_are_pruned(backend: Backend) {
+    use script_manager::domain::PositionSide;
     use script_manager::process::Fence;
-    use script_manager::store::{CloseOutcome, NewAlert, NewLevel, Store};
+    use script_manager::store::{CloseOutcome, Ending, NewAlert, NewLevel, Store};
     let test_store = TestStore::new(backend);
     let store = Store::open(&test_store.url).await.unwrap();
     let level = |symbol: &str| NewLevel {
         account: "main".into(),
         symbol: symbol.into(),
+        side: PositionSide::Long,
         take_profit: None,
         stop_loss: Some(Decimal::ONE),
     };
     let done = store.insert_level(&level("BTCUSDT")).await.unwrap();
     let armed = store.insert_level(&level("ETHUSDT")).await.unwrap();
     let none = Fence::none();
-    let intent = store
-        .trigger_level(&none, &done, ("SELL", Decimal::ONE), ("stop_loss", Decimal::ONE, 0))
+    let (intent, claim) = store
+        .trigger_level(&none, &done, ("stop_loss", Decimal::ONE, 0), ("test", 30_000))
         .await
         .unwrap()
         .unwrap();
     let outcome = CloseOutcome {
-        error: None,
+        ending: Ending::Executed,
         closed_qty: Decimal::ONE,
         avg_price: Some(Decimal::ONE),
         last_order_id: Some(7),
         orders: 1,
     };
-    assert!(store.finish_intent(&none, &intent, &outcome, None).await.unwrap());
+    assert!(store.finish_intent(&claim, &intent, &outcome, None).await.unwrap());
     // A second settle of the same close (the stream's and the tick's at once) finishes nothing.
     let late = CloseOutcome {
-        error: Some("settled twice".into()),
+        ending: Ending::Failed("settled twice".into()),
         ..outcome.clone()
     };
-    assert!(!store.finish_intent(&none, &intent, &late, None).await.unwrap());
+    assert!(!store.finish_intent(&claim, &intent, &late, None).await.unwrap());
     let finished = store.level(done.id).await.unwrap().unwrap();
     assert_eq!(finished.status.as_str(), "executed", "the first outcome stands");
     let alert = NewAlert {

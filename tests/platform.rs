@@ -121,7 +121,18 @@ async fn assert_closed_once(svc: &Service, sim: &SimProcess, id: i64, account: &
         )
         .await;
     let client_id = level["client_order_id"].as_str().unwrap().to_string();
-    assert_eq!(client_id, format!("sm-{id}-1"));
+    // sm-<installation>-<level>-<version>: six letters or digits for the installation.
+    let installation = client_id
+        .strip_prefix("sm-")
+        .and_then(|rest| rest.strip_suffix(&format!("-{id}-1")))
+        .unwrap_or_else(|| panic!("{client_id} is not sm-<installation>-{id}-1"));
+    assert!(
+        installation.len() == 6
+            && installation
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+        "{client_id}"
+    );
     assert!(level["order_id"].as_i64().is_some(), "{level}");
     let orders = sim.get(&format!("/sim/orders?account={account}")).await;
     let executions: Vec<&Value> = orders

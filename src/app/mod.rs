@@ -23,6 +23,9 @@ use crate::domain::Catalog;
 use crate::ha::Coordinator;
 use crate::ha::budget::PgClusterBudget;
 use crate::http::{self, AppState};
+use crate::processes::levels::LevelEngine;
+use crate::processes::levels::close::{CloseDeps, CloseSettings, Closer};
+use crate::processes::platform::StreamHealth;
 use crate::processes::{self, Platform};
 use crate::scheduler::{ProcessHandle, RunRecord, Scheduler};
 use crate::store::Store;
@@ -149,6 +152,40 @@ fn join_cluster(
     });
 }
 
+/// The level engine and its close workers, from `[levels]` and the exchange.
+pub fn level_engine(
+    config: &Config,
+    store: &Arc<Store>,
+    venue: &Arc<crate::exchange::binance::Binance>,
+    catalog: &Arc<Catalog>,
+    metrics: &Metrics,
+    stream_health: &Arc<StreamHealth>,
+) -> Arc<LevelEngine> {
+    let l = &config.levels;
+    let timeout = config.exchange.request_timeout_seconds;
+    let settings = CloseSettings {
+        attempt: Duration::from_secs_f64(l.close_attempt_seconds),
+        lease: Duration::from_secs_f64(l.lease_seconds(timeout)),
+        send_margin: Duration::from_secs_f64(l.send_margin_seconds(timeout)),
+        concurrency: l.max_concurrent_closes,
+    };
+    let deps = CloseDeps {
+        store: store.clone(),
+        venue: venue.clone(),
+        catalog: catalog.clone(),
+        events: metrics.domain.clone(),
+        stream_health: stream_health.clone(),
+        webhook_url: config.notifications.webhook_url.clone(),
+    };
+    let closer = Closer::new(deps, settings, &crate::ha::replica_id(&config.ha));
+    Arc::new(LevelEngine::new(
+        store.clone(),
+        metrics.domain.clone(),
+        closer,
+        config.ha.enabled,
+    ))
+}
+
 /// Runs the service until `shutdown` fires.
 pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
@@ -175,6 +212,9 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     metrics
         .domain
         .init_accounts(&processes::ACCOUNT_PROCESSES, &processes::SYMBOL_PROCESSES, &accounts);
+    store.post_level_events_to(config.notifications.webhook_url.clone());
+    let stream_health = Arc::new(StreamHealth::default());
+    let levels = level_engine(&config, &store, &exchange.venue, &catalog, &metrics, &stream_health);
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: exchange.venue.clone(),
@@ -182,12 +222,12 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         symbols: config.exchange.symbols.clone(),
         events: metrics.domain.clone(),
         catalog: catalog.clone(),
-        levels: Default::default(),
+        levels: levels.clone(),
         live: Arc::default(),
         stream_stale_after: Duration::from_secs_f64(config.exchange.stream_stale_seconds),
         streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr)),
         stream_metrics: metrics.stream.clone(),
-        stream_health: Default::default(),
+        stream_health,
         http: crate::net::http_client()?,
         webhook_url: config.notifications.webhook_url.clone(),
         webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),
@@ -282,6 +322,9 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         cancelled = report.cancelled,
         "scheduler stopped"
     );
+    // Closes in flight stop where they are: their intents stay pending and
+    // are taken up by the next start (or another replica) with a look-up first.
+    levels.closer().shutdown(Duration::from_secs(1)).await;
     ha_stop.cancel();
     if let Some((coordinator, _)) = &ha {
         coordinator.leave().await;

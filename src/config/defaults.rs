@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Config, DemoConfig, ExchangeConfig, ExchangeKind, HaConfig, HttpConfig, LogFormat, NotificationsConfig,
-    ProcessConfig, ProcessMode, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
+    Config, DemoConfig, ExchangeConfig, ExchangeKind, HaConfig, HttpConfig, LevelsConfig, LogFormat,
+    NotificationsConfig, ProcessConfig, ProcessMode, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
 /// The seed's six processes, by id (also their kind and the seed's flat environment names).
@@ -166,6 +166,12 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         demo: DemoConfig {
             enabled: true,
             distance: 0.003,
+        },
+        levels: LevelsConfig {
+            close_attempt_seconds: 15.0,
+            close_lease_seconds: None,
+            close_send_margin_seconds: None,
+            max_concurrent_closes: 32,
         },
         ha: HaConfig {
             enabled: false,

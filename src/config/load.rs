@@ -189,6 +189,10 @@ fn extract(figment: &Figment, kinds: KindCheck, problems: &mut Vec<Problem>) -> 
         let kind = piece::<super::ExchangeKind>(figment, "exchange.kind", &mut Vec::new());
         validate::check_ha(&ha, store.as_ref(), kind, &mut report);
     }
+    if let Some(levels) = piece(figment, "levels", problems) {
+        let timeout = piece::<f64>(figment, "exchange.request_timeout_seconds", &mut Vec::new());
+        validate::check_levels(&levels, timeout, &mut report);
+    }
     if let Some(level) = piece::<String>(figment, "log_level", problems) {
         validate::check_log_level(&level, &mut report);
     }

@@ -51,6 +51,7 @@ pub struct Config {
     pub notifications: NotificationsConfig,
     pub demo: DemoConfig,
     pub ha: HaConfig,
+    pub levels: LevelsConfig,
     /// Processes by id; the id is the table key and the `process` label.
     pub processes: BTreeMap<String, ProcessConfig>,
 }
@@ -160,6 +161,37 @@ pub struct HaConfig {
     pub lease_margin_seconds: f64,
     /// How often a replica renews its leases and reports itself alive.
     pub heartbeat_seconds: f64,
+}
+
+/// How crossed levels are closed (`[levels]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelsConfig {
+    /// Deadline of one attempt at a close (a look-up, an order, its fill, a position read).
+    pub close_attempt_seconds: f64,
+    /// How long a claim on a close lasts from its last renewal; another
+    /// replica may take the close over only after it lapsed. Unset: the
+    /// attempt's deadline plus the send margin plus 5 s.
+    pub close_lease_seconds: Option<f64>,
+    /// No order leaves with less than this left on the claim (our monotonic
+    /// clock), so a request sent is answered or abandoned before another
+    /// replica may send. Unset: `exchange.request_timeout_seconds`.
+    pub close_send_margin_seconds: Option<f64>,
+    /// Close attempts in flight at once (each on its own intent).
+    pub max_concurrent_closes: usize,
+}
+
+impl LevelsConfig {
+    /// The send margin in force: as set, or the exchange's request timeout.
+    pub fn send_margin_seconds(&self, request_timeout_seconds: f64) -> f64 {
+        self.close_send_margin_seconds.unwrap_or(request_timeout_seconds)
+    }
+
+    /// The claim's length in force: as set, or attempt + margin + 5 s.
+    pub fn lease_seconds(&self, request_timeout_seconds: f64) -> f64 {
+        self.close_lease_seconds
+            .unwrap_or(self.close_attempt_seconds + self.send_margin_seconds(request_timeout_seconds) + 5.0)
+    }
 }
 
 /// Demo data for the simulated exchange: on a first run (no levels, no

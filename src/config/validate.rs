@@ -301,6 +301,33 @@ pub fn check_ha(
     }
 }
 
+pub fn check_levels(l: &super::LevelsConfig, request_timeout: Option<f64>, report: &mut dyn FnMut(&str, String)) {
+    if !(l.close_attempt_seconds >= 1.0 && l.close_attempt_seconds <= 300.0) {
+        report("levels.close_attempt_seconds", "must be between 1 and 300".into());
+    }
+    let timeout = request_timeout.unwrap_or(10.0);
+    let margin = l.send_margin_seconds(timeout);
+    if let Some(set) = l.close_send_margin_seconds
+        && !(1.0..=600.0).contains(&set)
+    {
+        report("levels.close_send_margin_seconds", "must be between 1 and 600".into());
+    }
+    if let Some(lease) = l.close_lease_seconds
+        && !(l.close_attempt_seconds + margin..=3600.0).contains(&lease)
+    {
+        report(
+            "levels.close_lease_seconds",
+            format!(
+                "must be at least close_attempt_seconds + the send margin ({}), and at most 3600",
+                l.close_attempt_seconds + margin
+            ),
+        );
+    }
+    if !(1..=10_000).contains(&l.max_concurrent_closes) {
+        report("levels.max_concurrent_closes", "must be between 1 and 10000".into());
+    }
+}
+
 pub fn check_notifications(n: &super::NotificationsConfig, report: &mut dyn FnMut(&str, String)) {
     if let Some(host) = n
         .allowed_webhook_hosts

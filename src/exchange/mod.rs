@@ -11,6 +11,7 @@
 pub mod binance;
 mod error;
 pub mod orders;
+pub mod refusals;
 mod types;
 
 use futures::future::BoxFuture;

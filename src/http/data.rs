@@ -18,6 +18,7 @@ use super::error::{store_error, unprocessable};
 use super::query::{self, Q, limit};
 use super::{ApiError, AppState};
 use crate::config::webhook_allowed;
+use crate::domain::PositionSide;
 use crate::store::{Level, NewAlert, NewLevel, Store};
 
 fn store(state: &AppState) -> Result<&Arc<Store>, ApiError> {
@@ -195,7 +196,7 @@ pub async fn level(_: Reader, State(state): State<AppState>, Path(id): Path<Stri
 pub async fn create_level(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let store = store(&state)?;
     let map = json_body(&body)?;
-    refuse_unknown(&map, &["account", "symbol", "take_profit", "stop_loss"])?;
+    refuse_unknown(&map, &["account", "symbol", "side", "take_profit", "stop_loss"])?;
     let account = text(&map, "account")?.to_string();
     if !state.accounts.contains(&account) {
         return Err(unprocessable(
@@ -214,16 +215,67 @@ pub async fn create_level(_: Admin, State(state): State<AppState>, body: Bytes) 
     {
         return Err(unprocessable("stop_loss", "must differ from take_profit"));
     }
+    let side = level_side(store, &map, &account, &symbol).await?;
+    if let (Some(tp), Some(sl)) = (take_profit, stop_loss)
+        && (tp > sl) != (side == PositionSide::Long)
+    {
+        let want = if side == PositionSide::Long { "above" } else { "below" };
+        return Err(unprocessable(
+            "take_profit",
+            format!(
+                "for a {} position the take-profit must be {want} the stop-loss",
+                side.as_str()
+            ),
+        ));
+    }
     let level: Level = store
         .insert_level(&NewLevel {
             account,
             symbol,
+            side,
             take_profit,
             stop_loss,
         })
         .await
         .map_err(store_error)?;
     Ok((StatusCode::CREATED, Json(json!(level))).into_response())
+}
+
+/// The side of the position a new level protects: the stored open position's,
+/// or `side` from the request when the store has none yet (a position just
+/// opened). A `side` that contradicts the open position is refused.
+async fn level_side(
+    store: &Store,
+    map: &serde_json::Map<String, Value>,
+    account: &str,
+    symbol: &str,
+) -> Result<PositionSide, ApiError> {
+    let asked = match map.get("side") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            Some(PositionSide::parse(s).ok_or_else(|| unprocessable("side", "must be `long` or `short`"))?)
+        }
+        Some(_) => return Err(unprocessable("side", "must be `long` or `short`")),
+    };
+    let held = store
+        .positions(Some(account))
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .find(|p| p.symbol == symbol)
+        .and_then(|p| PositionSide::of(p.amount));
+    match (held, asked) {
+        (Some(held), Some(asked)) if held != asked => Err(unprocessable(
+            "side",
+            format!("the open {symbol} position of `{account}` is {}", held.as_str()),
+        )),
+        (Some(held), _) => Ok(held),
+        (None, Some(asked)) => Ok(asked),
+        (None, None) => Err(unprocessable(
+            "symbol",
+            format!("`{account}` has no open {symbol} position to protect; open one first, or name its `side`"),
+        )),
+    }
 }
 
 pub async fn delete_level(

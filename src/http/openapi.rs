@@ -319,8 +319,12 @@ fn schemas() -> Value {
         })),
         "Level": object(&["id", "account", "symbol", "status", "version"], json!({
             "id": id, "account": {"type": "string"}, "symbol": {"type": "string"},
+            "side": {"description": "the side of the position it protects, recorded at creation",
+                "anyOf": [{"enum": ["long", "short"]}, {"type": "null"}]},
             "take_profit": nullable("string"), "stop_loss": nullable("string"),
-            "status": {"enum": ["armed", "triggered", "executed", "failed"]},
+            "status": {"enum": ["armed", "triggered", "executed", "failed", "cancelled"]},
+            "reason": {"description": "why a cancelled level was retired: position_closed or position_flipped",
+                "anyOf": [{"type": "string"}, {"type": "null"}]},
             "version": {"type": "integer"},
             "client_order_id": nullable("string"), "order_id": nullable("integer"),
             "trigger_kind": nullable("string"), "trigger_price": nullable("string"),
@@ -332,12 +336,15 @@ fn schemas() -> Value {
             "required": ["account", "symbol"],
             "additionalProperties": false,
             "description": "give take_profit, stop_loss or both (different); prices as numbers or decimal strings. \
-                The account must be configured and the symbol listed by the venue (422 otherwise).",
+                The account must be configured and the symbol listed by the venue (422 otherwise). The level \
+                protects the account's open position in the symbol and takes its side; with no open position \
+                stored, name `side` (422 naming `symbol` otherwise). A long's take-profit is above its stop-loss.",
             "properties": {
                 "account": {"type": "string", "minLength": 1},
                 "symbol": {"type": "string", "pattern": "^[A-Za-z0-9]{1,20}$"},
                 "take_profit": {"anyOf": [positive(), {"type": "null"}]},
                 "stop_loss": {"anyOf": [positive(), {"type": "null"}]},
+                "side": {"anyOf": [{"enum": ["long", "short"]}, {"type": "null"}]},
             },
         },
         "Alert": object(&["id", "symbol", "condition", "price", "status", "created_at"], json!({

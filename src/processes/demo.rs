@@ -25,6 +25,9 @@ pub async fn seed(platform: &Platform, config: &Config) -> anyhow::Result<()> {
     let mut levels = 0;
     for account in &platform.accounts {
         for p in platform.venue.positions(&caller, account).await?.into_iter().take(2) {
+            let Some(side) = crate::domain::PositionSide::of(p.amount) else {
+                continue;
+            };
             let (take_profit, stop_loss) = if p.amount > Decimal::ZERO {
                 (p.mark_price * up, p.mark_price * down)
             } else {
@@ -33,6 +36,7 @@ pub async fn seed(platform: &Platform, config: &Config) -> anyhow::Result<()> {
             let level = NewLevel {
                 account: account.clone(),
                 symbol: p.symbol.clone(),
+                side,
                 take_profit: Some(take_profit.round_dp(4)),
                 stop_loss: Some(stop_loss.round_dp(4)),
             };

@@ -1,10 +1,12 @@
 //! `level_monitor`: the periodic safety net of take-profit / stop-loss
-//! execution. Each tick settles closes left pending (a crash, a lost answer,
-//! an order not final yet), then evaluates every symbol with armed levels:
-//! with its streamed price when `market_stream` has a fresh one, with REST
-//! prices for the others. The levels, their index and the close protocol are
-//! the level engine's (`levels.rs`), shared with `market_stream`, which
-//! evaluates each streamed price the moment it arrives.
+//! execution. Each tick first evaluates every symbol with armed levels: with
+//! its streamed price when `market_stream` has a fresh one, with REST prices
+//! for the others. Then it hands the close workers any pending close nobody
+//! works on (a crash, another replica's death, a lapsed claim); settling
+//! runs on those workers, never in the tick, so a slow venue cannot stop
+//! evaluation. The levels, their index and the closes are the level
+//! engine's (`levels/`), shared with `market_stream`, which evaluates each
+//! streamed price the moment it arrives.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,14 +64,19 @@ impl LevelMonitor {
         let p = &self.platform;
         let engine = &p.levels;
         let mut tally = Tally::default();
-        engine.settle_pending(p, &ctx, &mut tally).await;
-        let symbols = p.listed("level_monitor", engine.symbols(p).await?);
+        let symbols = p.listed("level_monitor", engine.symbols().await?);
         if !symbols.is_empty() {
             for quote in p.current_quotes(&ctx, &symbols, self.max_age).await? {
-                engine.evaluate(p, &ctx, &quote, &mut tally).await?;
+                engine.evaluate(&ctx.fence, &quote, &mut tally).await?;
             }
         }
-        let summary = format!("{} levels fired; {} settled", tally.fired, tally.settled);
+        let adopted = engine.closer().adopt().await.map_err(|e| p.store_error(e))?;
+        let summary = format!(
+            "{} levels fired; {} closes taken up; {} in flight",
+            tally.fired,
+            adopted,
+            engine.closer().in_flight()
+        );
         match tally.failures.len() {
             0 => Ok(RunReport { summary: Some(summary) }),
             n => {

@@ -9,11 +9,9 @@
 //! `store`, `telemetry` (through `DomainEvents` only), `config`, `budget`,
 //! `clock`, `net`; never the scheduler, `ha`, `http` or `status`.
 
-pub mod close;
 pub mod command;
 pub mod dashboard_sync;
 pub mod demo;
-pub mod level_index;
 pub mod level_monitor;
 pub mod levels;
 pub mod market_stream;

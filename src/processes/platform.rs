@@ -22,8 +22,8 @@ pub struct Platform {
     pub events: DomainEvents,
     /// The venue's listed symbols (refreshed from `exchangeInfo`).
     pub catalog: Arc<Catalog>,
-    /// Armed levels and the close protocol, shared by level_monitor and market_stream.
-    pub levels: LevelEngine,
+    /// Armed levels and their closes, shared by level_monitor and market_stream.
+    pub levels: Arc<LevelEngine>,
     /// The latest streamed prices (written by market_stream).
     pub live: Arc<LivePrices>,
     /// A streamed price older than this is stale: REST is asked instead.
@@ -31,7 +31,7 @@ pub struct Platform {
     /// The WebSocket settings when `exchange.streams` is on.
     pub streaming: Option<StreamSettings>,
     /// Which accounts' user streams are up and reconciled right now.
-    pub stream_health: StreamHealth,
+    pub stream_health: Arc<StreamHealth>,
     pub stream_metrics: Arc<StreamMetrics>,
     pub http: reqwest::Client,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.

@@ -203,11 +203,11 @@ impl UserStream {
                     .map_err(|e| p.store_error(e))?;
                 p.events.trades_synced(inserted);
                 if client_order_id.starts_with("sm-") {
-                    p.levels.nudge(&client_order_id);
+                    p.levels.closer().nudge(&client_order_id);
                 }
             }
             StreamEvent::Order { client_order_id, .. } if client_order_id.starts_with("sm-") => {
-                p.levels.nudge(&client_order_id);
+                p.levels.closer().nudge(&client_order_id);
             }
             StreamEvent::Positions(changed) => {
                 p.store

@@ -6,6 +6,12 @@
 //! the orders before it, so after a crash the next step is always "look
 //! order `attempt` up", never a guess. Finishing writes the intent, its level
 //! and an outbox event in one transaction.
+//!
+//! One sender at a time: an intent is *claimed* (owner, a lease timed by the
+//! database's clock, and a token bumped whenever the owner changes) before
+//! it is worked on, by the stream's fire, the tick and every replica alike;
+//! moving it on and finishing it are conditional on the claim, so a sender
+//! that lost it (paused past its lease, say) changes nothing.
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -16,7 +22,6 @@ use sqlx::any::AnyRow;
 use super::notifications::insert_notification;
 use super::{Store, dec};
 use crate::clock::now_ms;
-use crate::process::Fence;
 
 /// An order the service decided to send, recorded before sending.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,11 +58,30 @@ impl Intent {
     }
 }
 
+/// The right to work on one intent: every write of the close is conditional on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub owner: String,
+    /// Bumped whenever the intent changes owner.
+    pub token: i64,
+}
+
 /// How a close ended.
 #[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// The position is flat.
+    Executed,
+    /// It could not be taken flat and nothing more can be done (why).
+    Failed(String),
+    /// Nothing was closed because the position it protects is gone:
+    /// `position_closed` (flat) or `position_flipped` (held the other way).
+    Cancelled(&'static str),
+}
+
+/// How a close ended, and what it took.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CloseOutcome {
-    /// `None`: the position is flat (executed); `Some(reason)`: it could not be taken flat (failed).
-    pub error: Option<String>,
+    pub ending: Ending,
     pub closed_qty: Decimal,
     pub avg_price: Option<Decimal>,
     pub last_order_id: Option<i64>,
@@ -93,20 +117,77 @@ impl Store {
         rows.iter().map(intent).collect()
     }
 
+    /// Pending intents nobody works on: unclaimed, or their claim has lapsed.
+    pub async fn unclaimed_intents(&self) -> anyhow::Result<Vec<Intent>> {
+        let sql = format!(
+            "SELECT * FROM order_intents WHERE status = 'pending' AND (owner IS NULL OR lease_until < {}) \
+             ORDER BY created_at",
+            self.now_sql()
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(self.pool()).await?;
+        rows.iter().map(intent).collect()
+    }
+
+    /// Claims (or, for its owner, renews) a pending intent for `lease_ms`.
+    /// `None`: finished, or another owner's claim is still live.
+    pub async fn claim_intent(
+        &self,
+        client_order_id: &str,
+        owner: &str,
+        lease_ms: i64,
+    ) -> anyhow::Result<Option<(Intent, Claim)>> {
+        let now = self.now_sql();
+        let sql = format!(
+            "UPDATE order_intents SET claim = CASE WHEN owner = $1 THEN claim ELSE claim + 1 END, owner = $1, \
+             lease_until = {now} + $2 \
+             WHERE client_order_id = $3 AND status = 'pending' AND (owner IS NULL OR owner = $1 OR lease_until < {now}) \
+             RETURNING *"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(owner.to_string())
+            .bind(lease_ms)
+            .bind(client_order_id.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let claim = Claim {
+            owner: owner.to_string(),
+            token: row.try_get("claim")?,
+        };
+        Ok(Some((intent(&row)?, claim)))
+    }
+
+    /// Gives a claim up (the owner stops working on the intent), so another may take it at once.
+    pub async fn release_intent(&self, client_order_id: &str, claim: &Claim) -> anyhow::Result<()> {
+        sqlx::query(
+            "UPDATE order_intents SET lease_until = 0 WHERE client_order_id = $1 AND owner = $2 AND claim = $3 \
+             AND status = 'pending'",
+        )
+        .bind(client_order_id.to_string())
+        .bind(claim.owner.clone())
+        .bind(claim.token)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Order `intent.attempt` is final: its fill joins the sums and the next
-    /// order becomes the one worked on. `Ok(false)`: another run moved it first.
+    /// order becomes the one worked on. `Ok(false)`: the claim is lost or the
+    /// intent moved on elsewhere.
     pub async fn advance_intent(
         &self,
-        fence: &Fence,
+        claim: &Claim,
         i: &Intent,
         filled: Decimal,
         price: Decimal,
         order_id: i64,
     ) -> anyhow::Result<bool> {
-        let mut tx = self.begin_fenced(fence).await?;
+        let mut tx = self.pool().begin().await?;
         let moved = sqlx::query(
             "UPDATE order_intents SET attempt = attempt + 1, filled_qty = $1, notional = $2, order_id = $3, updated_at = $4 \
-             WHERE client_order_id = $5 AND attempt = $6 AND status = 'pending'",
+             WHERE client_order_id = $5 AND attempt = $6 AND status = 'pending' AND owner = $7 AND claim = $8",
         )
         .bind((i.filled_qty + filled).to_string())
         .bind((i.notional + filled * price).to_string())
@@ -114,6 +195,8 @@ impl Store {
         .bind(now_ms())
         .bind(i.client_order_id.clone())
         .bind(i.attempt)
+        .bind(claim.owner.clone())
+        .bind(claim.token)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -122,33 +205,36 @@ impl Store {
     }
 
     /// Records how a close ended: intent, level and an outbox event, together.
-    /// `false`: the intent was no longer pending (settled elsewhere); nothing written.
+    /// `false`: the intent was no longer pending or the claim is lost; nothing written.
     pub async fn finish_intent(
         &self,
-        fence: &Fence,
+        claim: &Claim,
         i: &Intent,
         outcome: &CloseOutcome,
         webhook: Option<&str>,
     ) -> anyhow::Result<bool> {
         let now = now_ms();
-        let (status, event) = match outcome.error {
-            None => ("executed", "level_executed"),
-            Some(_) => ("failed", "level_failed"),
+        let (status, event, error, reason) = match &outcome.ending {
+            Ending::Executed => ("executed", "level_executed", None, None),
+            Ending::Failed(why) => ("failed", "level_failed", Some(why.clone()), None),
+            Ending::Cancelled(reason) => ("cancelled", "level_cancelled", None, Some(*reason)),
         };
         let avg = outcome.avg_price.map(|p| p.to_string());
-        let mut tx = self.begin_fenced(fence).await?;
-        // Only a pending intent finishes: whoever settled it first did the rest.
+        let mut tx = self.pool().begin().await?;
+        // Only a pending intent under this claim finishes: whoever settled it first did the rest.
         let finished = sqlx::query(
             "UPDATE order_intents SET status = $1, order_id = $2, avg_price = $3, filled_qty = $4, error = $5, updated_at = $6 \
-             WHERE client_order_id = $7 AND status = 'pending'",
+             WHERE client_order_id = $7 AND status = 'pending' AND owner = $8 AND claim = $9",
         )
         .bind(status)
         .bind(outcome.last_order_id)
         .bind(avg.clone())
         .bind(outcome.closed_qty.to_string())
-        .bind(outcome.error.clone())
+        .bind(error.clone())
         .bind(now)
         .bind(i.client_order_id.clone())
+        .bind(claim.owner.clone())
+        .bind(claim.token)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -158,23 +244,24 @@ impl Store {
         }
         sqlx::query(
             "UPDATE levels SET status = $1, order_id = $2, avg_price = $3, closed_qty = $4, close_orders = $5, error = $6, \
-             updated_at = $7 WHERE id = $8",
+             reason = $9, updated_at = $7 WHERE id = $8",
         )
         .bind(status)
         .bind(outcome.last_order_id)
         .bind(avg.clone())
         .bind(outcome.closed_qty.to_string())
         .bind(outcome.orders)
-        .bind(outcome.error.clone())
+        .bind(error.clone())
         .bind(now)
         .bind(i.level_id)
+        .bind(reason)
         .execute(&mut *tx)
         .await?;
         let payload = json!({
             "event": event, "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
             "kind": i.kind, "side": i.side, "qty": outcome.closed_qty.to_string(), "avg_price": avg,
             "trigger_price": i.trigger_price.to_string(), "order_id": outcome.last_order_id,
-            "close_orders": outcome.orders, "client_order_id": i.client_order_id, "error": outcome.error,
+            "close_orders": outcome.orders, "client_order_id": i.client_order_id, "error": error, "reason": reason,
         });
         insert_notification(
             &mut tx,
@@ -197,7 +284,7 @@ impl Store {
         let mut gone = 0;
         for sql in [
             "DELETE FROM order_intents WHERE status <> 'pending' AND updated_at < $1",
-            "DELETE FROM levels WHERE status IN ('executed', 'failed') AND updated_at < $1",
+            "DELETE FROM levels WHERE status IN ('executed', 'failed', 'cancelled') AND updated_at < $1",
             "DELETE FROM alerts WHERE status = 'triggered' AND triggered_at < $1",
             "DELETE FROM notifications WHERE status <> 'pending' AND created_at < $1",
         ] {

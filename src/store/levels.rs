@@ -1,18 +1,26 @@
 //! Take-profit / stop-loss levels.
 //!
+//! A level belongs to one position: its account, symbol and side are
+//! recorded when it is created and never recomputed. When that position goes
+//! flat or changes side the level is retired (`cancelled`, with a reason and
+//! an outbox event), in the transaction that writes the position.
+//!
 //! A trigger is one transaction: the level moves `armed → triggered` (only
 //! if still armed at the version read) and an intent row with the
-//! deterministic client order id is written, *before* anything is sent
-//! (the intent's life is in `intents.rs`).
+//! deterministic client order id is written, claimed by the one who will
+//! send it, *before* anything is sent (the intent's life is in `intents.rs`).
 
 use rust_decimal::Decimal;
 use serde::Serialize;
+use serde_json::json;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::intents::Intent;
+use super::intents::{Claim, Intent};
+use super::notifications::insert_notification;
 use super::{Store, opt_dec};
 use crate::clock::now_ms;
+use crate::domain::PositionSide;
 use crate::process::Fence;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -22,6 +30,8 @@ pub enum LevelStatus {
     Triggered,
     Executed,
     Failed,
+    /// Retired without a close: its position went flat or changed side (`reason`).
+    Cancelled,
 }
 
 impl LevelStatus {
@@ -31,6 +41,7 @@ impl LevelStatus {
             LevelStatus::Triggered => "triggered",
             LevelStatus::Executed => "executed",
             LevelStatus::Failed => "failed",
+            LevelStatus::Cancelled => "cancelled",
         }
     }
 
@@ -40,6 +51,7 @@ impl LevelStatus {
             "triggered" => LevelStatus::Triggered,
             "executed" => LevelStatus::Executed,
             "failed" => LevelStatus::Failed,
+            "cancelled" => LevelStatus::Cancelled,
             other => anyhow::bail!("unknown level status `{other}`"),
         })
     }
@@ -50,9 +62,13 @@ pub struct Level {
     pub id: i64,
     pub account: String,
     pub symbol: String,
+    /// The side of the position it protects (`None` only for a legacy level it was never known for).
+    pub side: Option<PositionSide>,
     pub take_profit: Option<Decimal>,
     pub stop_loss: Option<Decimal>,
     pub status: LevelStatus,
+    /// Why a `cancelled` level was retired: `position_closed` or `position_flipped`.
+    pub reason: Option<String>,
     pub version: i64,
     pub client_order_id: Option<String>,
     pub order_id: Option<i64>,
@@ -73,6 +89,7 @@ pub struct Level {
 pub struct NewLevel {
     pub account: String,
     pub symbol: String,
+    pub side: PositionSide,
     pub take_profit: Option<Decimal>,
     pub stop_loss: Option<Decimal>,
 }
@@ -82,9 +99,13 @@ fn level(r: &AnyRow) -> anyhow::Result<Level> {
         id: r.try_get("id")?,
         account: r.try_get("account")?,
         symbol: r.try_get("symbol")?,
+        side: r
+            .try_get::<Option<String>, _>("side")?
+            .and_then(|s| PositionSide::parse(&s)),
         take_profit: opt_dec(r, "take_profit")?,
         stop_loss: opt_dec(r, "stop_loss")?,
         status: LevelStatus::parse(&r.try_get::<String, _>("status")?)?,
+        reason: r.try_get("reason")?,
         version: r.try_get("version")?,
         client_order_id: r.try_get("client_order_id")?,
         order_id: r.try_get("order_id")?,
@@ -103,14 +124,15 @@ impl Store {
     pub async fn insert_level(&self, l: &NewLevel) -> anyhow::Result<Level> {
         let now = now_ms();
         let row = sqlx::query(
-            "INSERT INTO levels (account, symbol, take_profit, stop_loss, status, version, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'armed', 1, $5, $5) RETURNING *",
+            "INSERT INTO levels (account, symbol, side, take_profit, stop_loss, status, version, created_at, updated_at) \
+             VALUES ($1, $2, $6, $3, $4, 'armed', 1, $5, $5) RETURNING *",
         )
         .bind(l.account.clone())
         .bind(l.symbol.clone())
         .bind(l.take_profit.map(|d| d.to_string()))
         .bind(l.stop_loss.map(|d| d.to_string()))
         .bind(now)
+        .bind(l.side.as_str())
         .fetch_one(self.pool())
         .await?;
         self.levels_changed();
@@ -169,16 +191,22 @@ impl Store {
         }
     }
 
-    /// Moves an armed level to `triggered` and records the intent, atomically.
-    /// `Ok(None)`: the level changed meanwhile (not armed, or another version).
+    /// Moves an armed level to `triggered` and records its intent, claimed by
+    /// `claim.owner` for `lease_ms`, atomically. The intent's `qty` is the
+    /// stored position on the level's side (0 when the store has none: the
+    /// close reads the venue first). `Ok(None)`: the level changed meanwhile
+    /// (not armed, or another version).
     pub async fn trigger_level(
         &self,
         fence: &Fence,
         l: &Level,
-        (side, qty): (&str, Decimal),
         (kind, price, observed_at): (&str, Decimal, i64),
-    ) -> anyhow::Result<Option<Intent>> {
-        let client_order_id = format!("sm-{}-{}", l.id, l.version);
+        (owner, lease_ms): (&str, i64),
+    ) -> anyhow::Result<Option<(Intent, Claim)>> {
+        let Some(side) = l.side else {
+            return Ok(None);
+        };
+        let client_order_id = format!("sm-{}-{}-{}", self.installation(), l.id, l.version);
         let now = now_ms();
         let mut tx = self.begin_fenced(fence).await?;
         let won = sqlx::query(
@@ -197,29 +225,44 @@ impl Store {
         if won == 0 {
             return Ok(None);
         }
-        sqlx::query(
+        let stored = sqlx::query("SELECT amount FROM positions WHERE account = $1 AND symbol = $2")
+            .bind(l.account.clone())
+            .bind(l.symbol.clone())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let amount = match stored {
+            Some(row) => super::dec(&row, "amount")?,
+            None => Decimal::ZERO,
+        };
+        let qty = side.held(amount);
+        let insert = format!(
             "INSERT INTO order_intents (client_order_id, level_id, account, symbol, side, qty, kind, trigger_price, \
-             observed_at, status, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $10)",
-        )
-        .bind(client_order_id.clone())
-        .bind(l.id)
-        .bind(l.account.clone())
-        .bind(l.symbol.clone())
-        .bind(side.to_string())
-        .bind(qty.to_string())
-        .bind(kind.to_string())
-        .bind(price.to_string())
-        .bind(observed_at)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+             observed_at, status, created_at, updated_at, owner, lease_until, claim) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10, $10, $11, {} + $12, 1)",
+            self.now_sql()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(insert))
+            .bind(client_order_id.clone())
+            .bind(l.id)
+            .bind(l.account.clone())
+            .bind(l.symbol.clone())
+            .bind(side.closing().as_str())
+            .bind(qty.to_string())
+            .bind(kind.to_string())
+            .bind(price.to_string())
+            .bind(observed_at)
+            .bind(now)
+            .bind(owner.to_string())
+            .bind(lease_ms)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
-        Ok(Some(Intent {
+        let intent = Intent {
             client_order_id,
             level_id: l.id,
             account: l.account.clone(),
             symbol: l.symbol.clone(),
-            side: side.to_string(),
+            side: side.closing().as_str().to_string(),
             qty,
             kind: kind.to_string(),
             trigger_price: price,
@@ -229,6 +272,76 @@ impl Store {
             filled_qty: Decimal::ZERO,
             notional: Decimal::ZERO,
             order_id: None,
-        }))
+        };
+        let claim = Claim {
+            owner: owner.to_string(),
+            token: 1,
+        };
+        Ok(Some((intent, claim)))
+    }
+
+    /// Retires the armed levels of `account`/`symbol` that no longer match its
+    /// position (signed `amount`, 0 = flat): every one when flat, those of the
+    /// other side otherwise. Each becomes `cancelled` with a reason and an
+    /// outbox event, in the caller's transaction (the one writing the position).
+    pub(crate) async fn retire_levels_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        account: &str,
+        symbol: &str,
+        amount: Decimal,
+    ) -> anyhow::Result<Vec<Level>> {
+        let (keep, reason) = match PositionSide::of(amount) {
+            Some(side) => (side.as_str(), "position_flipped"),
+            None => ("", "position_closed"),
+        };
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE levels SET status = 'cancelled', reason = $1, version = version + 1, updated_at = $2 \
+             WHERE account = $3 AND symbol = $4 AND status = 'armed' AND ($5 = '' OR side <> $5) RETURNING *",
+        )
+        .bind(reason)
+        .bind(now)
+        .bind(account.to_string())
+        .bind(symbol.to_string())
+        .bind(keep)
+        .fetch_all(&mut **tx)
+        .await?;
+        let retired: Vec<Level> = rows.iter().map(level).collect::<anyhow::Result<_>>()?;
+        for l in &retired {
+            let payload = json!({
+                "event": "level_cancelled", "level_id": l.id, "account": l.account, "symbol": l.symbol,
+                "side": l.side.map(PositionSide::as_str), "reason": reason,
+                "take_profit": l.take_profit.map(|d| d.to_string()), "stop_loss": l.stop_loss.map(|d| d.to_string()),
+            });
+            let key = format!("level-{}-v{}-cancelled", l.id, l.version);
+            insert_notification(tx, &key, "level_cancelled", self.events_webhook(), &payload, now).await?;
+            tracing::info!(
+                level = l.id,
+                account,
+                symbol,
+                reason,
+                "level retired: its position is gone"
+            );
+        }
+        if !retired.is_empty() {
+            self.levels_changed();
+        }
+        Ok(retired)
+    }
+
+    /// Retires the levels that no longer match `account`/`symbol`'s position
+    /// (see [`Self::retire_levels_in`]), in a transaction of its own.
+    pub async fn retire_levels(
+        &self,
+        fence: &Fence,
+        account: &str,
+        symbol: &str,
+        amount: Decimal,
+    ) -> anyhow::Result<Vec<Level>> {
+        let mut tx = self.begin_fenced(fence).await?;
+        let retired = self.retire_levels_in(&mut tx, account, symbol, amount).await?;
+        tx.commit().await?;
+        Ok(retired)
     }
 }

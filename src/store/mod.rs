@@ -28,11 +28,14 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 pub use dashboard::Snapshot;
-pub use intents::{CloseOutcome, Intent};
+pub use intents::{Claim, CloseOutcome, Ending, Intent};
 pub use levels::{Level, LevelStatus, NewLevel};
 pub use market::{StoredPosition, StoredPrice};
 pub use notifications::{Alert, NewAlert, Notification};
 pub use trades::StoredTrade;
+
+/// Length of the installation id in client order ids (Binance allows 36 characters in all).
+pub const INSTALLATION_ID_LEN: usize = 6;
 
 /// Migrations, applied in order; `{{ID}}` is the dialect's auto-increment key.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -45,6 +48,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_process_overrides",
         include_str!("../../migrations/0004_process_overrides.sql"),
+    ),
+    (
+        "0005_level_positions",
+        include_str!("../../migrations/0005_level_positions.sql"),
     ),
 ];
 
@@ -60,6 +67,10 @@ pub struct Store {
     /// Bumped whenever this instance adds or removes a level, so a cache of
     /// armed levels (level_monitor) knows to re-read them.
     levels_generation: AtomicU64,
+    /// This installation's id (kept in the store; part of every client order id).
+    installation: String,
+    /// Where level events (retired levels) are posted; set once at start.
+    events_webhook: std::sync::OnceLock<String>,
 }
 
 impl Store {
@@ -85,24 +96,70 @@ impl Store {
         } else {
             anyhow::bail!("store.url must start with sqlite:// or postgres://");
         };
-        let store = Store {
+        let mut store = Store {
             pool: Self::pool_for(&url, dialect).await?,
             dialect,
             levels_generation: AtomicU64::new(0),
+            installation: String::new(),
+            events_webhook: Default::default(),
         };
         if dialect == Dialect::Sqlite {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
         }
-        if store.migrate().await? == 0 {
-            return Ok(store);
+        if store.migrate().await? > 0 {
+            // Connections that prepared statements before a migration may keep the
+            // old shape of a table (`SELECT *` with a column too few); start afresh.
+            store.pool.close().await;
+            store.pool = Self::pool_for(&url, dialect).await?;
         }
-        // Connections that prepared statements before a migration may keep the
-        // old shape of a table (`SELECT *` with a column too few); start afresh.
-        store.pool.close().await;
-        Ok(Store {
-            pool: Self::pool_for(&url, dialect).await?,
-            ..store
-        })
+        store.installation = store.installation_id().await?;
+        Ok(store)
+    }
+
+    /// This installation's id: made on the first start, then read back, so
+    /// every replica on one store and every restart use the same one.
+    async fn installation_id(&self) -> anyhow::Result<String> {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let fresh: String = (0..INSTALLATION_ID_LEN)
+            .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+            .collect();
+        sqlx::query(
+            "INSERT INTO installation (singleton, id, created_at) VALUES (1, $1, $2) ON CONFLICT (singleton) DO NOTHING",
+        )
+        .bind(fresh)
+        .bind(crate::clock::now_ms())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id FROM installation WHERE singleton = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// This installation's id (six lowercase letters and digits).
+    pub fn installation(&self) -> &str {
+        &self.installation
+    }
+
+    /// Where events written by the store itself (a level retired with its
+    /// position) are posted; the service's `notifications.webhook_url`.
+    pub fn post_level_events_to(&self, url: Option<String>) {
+        if let Some(url) = url {
+            let _ = self.events_webhook.set(url);
+        }
+    }
+
+    pub(crate) fn events_webhook(&self) -> Option<&str> {
+        self.events_webhook.get().map(String::as_str)
+    }
+
+    /// The database's clock in ms since the epoch, as SQL: claims that other
+    /// replicas honour are timed by the one clock they share.
+    pub(crate) fn now_sql(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+            Dialect::Postgres => "CAST(extract(epoch from clock_timestamp()) * 1000 AS BIGINT)",
+        }
     }
 
     async fn pool_for(url: &str, dialect: Dialect) -> anyhow::Result<AnyPool> {

@@ -16,12 +16,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::process::TraceLabels;
+use super::protection::ProtectionEvents;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TriggerLabels {
     /// `take_profit` or `stop_loss`.
     kind: &'static str,
-    /// `executed`, `failed` or `unknown` (outcome not known yet; resolved on a later tick).
+    /// `executed`, `failed`, `cancelled` (nothing held any more: no order) or
+    /// `unknown` (its first attempt could not finish; the close goes on).
     outcome: &'static str,
 }
 
@@ -46,7 +48,7 @@ struct AccountLabels {
 /// Level kinds, the `kind` label of level metrics.
 pub const LEVEL_KINDS: [&str; 2] = ["take_profit", "stop_loss"];
 /// Outcomes of a crossed level.
-pub const TRIGGER_OUTCOMES: [&str; 3] = ["executed", "failed", "unknown"];
+pub const TRIGGER_OUTCOMES: [&str; 4] = ["executed", "failed", "cancelled", "unknown"];
 /// Outcomes of a webhook delivery attempt.
 pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "retried", "failed", "skipped"];
 
@@ -76,6 +78,7 @@ pub struct DomainEvents {
     oldest_snapshot_ms: Arc<AtomicI64>,
     /// `script_manager_ha_fencing_rejections_total`, counted where a refused write is mapped.
     fenced_writes: Counter,
+    protection: ProtectionEvents,
 }
 
 impl DomainEvents {
@@ -96,6 +99,7 @@ impl DomainEvents {
             oldest_price_ms: Arc::default(),
             oldest_snapshot_ms: Arc::default(),
             fenced_writes: Counter::default(),
+            protection: ProtectionEvents::new(),
         };
         for kind in LEVEL_KINDS {
             for outcome in TRIGGER_OUTCOMES {
@@ -179,6 +183,12 @@ impl DomainEvents {
             Unit::Seconds,
             self.snapshot_age.clone(),
         );
+        self.protection.register(r);
+    }
+
+    /// Closes that cannot go on yet, refusals, retired levels.
+    pub fn protection(&self) -> &ProtectionEvents {
+        &self.protection
     }
 
     pub fn trades_synced(&self, count: u64) {

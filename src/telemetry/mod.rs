@@ -15,6 +15,7 @@ pub mod logfmt;
 pub mod metrics;
 pub mod otel;
 pub mod process;
+pub mod protection;
 pub mod resources;
 pub mod stream;
 

@@ -89,7 +89,7 @@ impl MarketStream {
             return;
         }
         let span = tracing::info_span!(parent: None, "streamed price", symbol = %quote.symbol);
-        let evaluated = tracing::Instrument::instrument(p.levels.evaluate(p, ctx, &quote, tally), span).await;
+        let evaluated = tracing::Instrument::instrument(p.levels.evaluate(&ctx.fence, &quote, tally), span).await;
         if let Err(e) = evaluated {
             tracing::warn!(error = %e, "cannot evaluate a streamed price; level_monitor's tick will");
         }
@@ -101,7 +101,7 @@ impl MarketStream {
     /// Symbols with armed levels or active alerts that the venue lists.
     async fn watched(&self) -> Result<BTreeSet<String>, ProcessError> {
         let p = &self.platform;
-        let levels = p.levels.symbols(p).await?;
+        let levels = p.levels.symbols().await?;
         let alerts = p.store.alerts(true).await.map_err(|e| p.store_error(e))?;
         let symbols = distinct(levels.into_iter().chain(alerts.into_iter().map(|a| a.symbol)));
         Ok(p.listed("market_stream", symbols).into_iter().collect())

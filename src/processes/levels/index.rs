@@ -3,12 +3,14 @@
 //!
 //! For a long position the stop-loss fires at or below its price and the
 //! take-profit at or above; for a short, the other way round. The direction
-//! comes from the position, or from the two prices when both are set.
+//! is the level's own side, recorded when it was created: never recomputed
+//! from whatever position is stored now.
 
 use std::collections::{BTreeMap, HashMap};
 
 use rust_decimal::Decimal;
 
+use crate::domain::PositionSide;
 use crate::store::Level;
 
 /// `take_profit` or `stop_loss`.
@@ -31,26 +33,21 @@ pub struct LevelIndex {
 }
 
 impl LevelIndex {
-    /// `direction(account, symbol)`: +1 long, -1 short, `None` flat.
-    pub fn build<'a>(
-        levels: impl IntoIterator<Item = &'a Level>,
-        direction: impl Fn(&str, &str) -> Option<i8>,
-    ) -> Self {
+    /// Indexes `levels` by their own side (a level without one is left out).
+    pub fn build<'a>(levels: impl IntoIterator<Item = &'a Level>) -> Self {
         let mut index = LevelIndex::default();
         for l in levels {
-            let dir = direction(&l.account, &l.symbol).or(match (l.take_profit, l.stop_loss) {
-                (Some(tp), Some(sl)) if tp > sl => Some(1),
-                (Some(tp), Some(sl)) if tp < sl => Some(-1),
-                _ => None,
-            });
-            if let Some(dir) = dir {
-                index.insert(l, dir);
-            }
+            index.insert(l);
         }
         index
     }
 
-    pub fn insert(&mut self, l: &Level, direction: i8) {
+    /// Adds a level (again, after a trigger that could not be committed).
+    pub fn insert(&mut self, l: &Level) {
+        let Some(side) = l.side else {
+            return;
+        };
+        let direction = if side == PositionSide::Long { 1 } else { -1 };
         self.directions.insert(l.id, direction);
         let s = self.symbols.entry(l.symbol.clone()).or_default();
         let long = direction > 0;
@@ -80,6 +77,18 @@ impl LevelIndex {
         hits.sort_by_key(|&(id, kind, _)| (id, kind != "stop_loss"));
         hits.dedup_by_key(|h| h.0);
         hits
+    }
+
+    /// Levels a quote crosses: a long's on the bid (it closes by selling), a
+    /// short's on the ask, each once, stop-losses first.
+    pub fn crossed_quote(&self, symbol: &str, bid: Decimal, ask: Decimal) -> Vec<(i64, TriggerKind)> {
+        let on = |price: Decimal, direction: i8| {
+            self.crossed(symbol, price)
+                .into_iter()
+                .filter(move |(id, _, _)| self.direction(*id) == Some(direction))
+                .map(|(id, kind, _)| (id, kind))
+        };
+        on(bid, 1).chain(on(ask, -1)).collect()
     }
 
     /// +1 if level `id` guards a long position, -1 a short one.
@@ -121,14 +130,16 @@ mod tests {
     use super::*;
     use crate::store::LevelStatus;
 
-    fn level(id: i64, symbol: &str, tp: Option<i64>, sl: Option<i64>) -> Level {
+    fn level(id: i64, symbol: &str, side: Option<PositionSide>, tp: Option<i64>, sl: Option<i64>) -> Level {
         Level {
             id,
             account: "main".into(),
             symbol: symbol.into(),
+            side,
             take_profit: tp.map(Decimal::from),
             stop_loss: sl.map(Decimal::from),
             status: LevelStatus::Armed,
+            reason: None,
             version: 1,
             client_order_id: None,
             order_id: None,
@@ -143,24 +154,27 @@ mod tests {
         }
     }
 
+    const LONG: Option<PositionSide> = Some(PositionSide::Long);
+    const SHORT: Option<PositionSide> = Some(PositionSide::Short);
+
     #[test]
     fn long_and_short_levels_fire_on_the_right_side() {
         let levels = [
-            level(1, "BTC", Some(110), Some(90)), // long by its prices
-            level(2, "BTC", Some(80), Some(120)), // short by its prices
-            level(3, "BTC", None, Some(95)),      // long by its position
-            level(4, "BTC", None, Some(95)),      // flat: not indexed
+            level(1, "BTC", LONG, Some(110), Some(90)),
+            level(2, "BTC", SHORT, Some(80), Some(120)),
+            level(3, "BTC", LONG, None, Some(95)),
+            level(4, "BTC", None, None, Some(95)), // no side known: not indexed
         ];
-        let idx = LevelIndex::build(&levels, |_, _| None);
-        assert_eq!(idx.len(), 4);
-        let idx = LevelIndex::build(&levels[2..3], |_, _| Some(1));
+        let idx = LevelIndex::build(&levels);
+        assert_eq!(idx.len(), 5);
+        let idx = LevelIndex::build(&levels[2..3]);
         assert_eq!(idx.crossed("BTC", Decimal::from(96)), vec![]);
         assert_eq!(
             idx.crossed("BTC", Decimal::from(95)),
             vec![(3, "stop_loss", Decimal::from(95))]
         );
 
-        let idx = LevelIndex::build(&levels[..2], |_, _| None);
+        let idx = LevelIndex::build(&levels[..2]);
         assert_eq!(idx.crossed("BTC", Decimal::from(100)), vec![]);
         assert_eq!(
             idx.crossed("BTC", Decimal::from(89)),
@@ -188,8 +202,37 @@ mod tests {
     }
 
     #[test]
+    fn the_side_is_the_levels_own_whatever_its_prices_say() {
+        // A stop-loss at 90 set for a long fires only when the bid falls to 90,
+        // never as a short's stop when the ask rises past it.
+        let idx = LevelIndex::build(&[level(7, "BTC", LONG, None, Some(90))]);
+        assert!(
+            idx.crossed_quote("BTC", Decimal::from(95), Decimal::from(96))
+                .is_empty()
+        );
+        assert!(
+            idx.crossed_quote("BTC", Decimal::from(91), Decimal::from(200))
+                .is_empty()
+        );
+        assert_eq!(
+            idx.crossed_quote("BTC", Decimal::from(90), Decimal::from(91)),
+            vec![(7, "stop_loss")]
+        );
+        let short = LevelIndex::build(&[level(8, "BTC", SHORT, None, Some(110))]);
+        assert!(
+            short
+                .crossed_quote("BTC", Decimal::from(111), Decimal::from(109))
+                .is_empty()
+        );
+        assert_eq!(
+            short.crossed_quote("BTC", Decimal::from(109), Decimal::from(110)),
+            vec![(8, "stop_loss")]
+        );
+    }
+
+    #[test]
     fn removed_levels_stop_firing() {
-        let mut idx = LevelIndex::build(&[level(1, "BTC", Some(110), Some(90))], |_, _| None);
+        let mut idx = LevelIndex::build(&[level(1, "BTC", LONG, Some(110), Some(90))]);
         idx.remove("BTC", 1);
         assert!(idx.is_empty());
         assert!(idx.crossed("BTC", Decimal::from(50)).is_empty());
