@@ -183,6 +183,97 @@ async fn fills_made_while_the_user_stream_is_down_arrive_after_it_reconnects_onc
     fills_match(&svc, &sim, "alt").await;
 }
 
+/// Polls `check` every 100 ms until it holds, failing with the service's log after `timeout`.
+async fn eventually<F, Fut>(svc: &Service, what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            svc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_stream_restarts_after_its_store_fails_while_the_other_streams_on() {
+    let sim = SimProcess::start("fills_per_minute = 600.0\nvolatility = 0.0").await;
+    let store = TestStore::new(Backend::Sqlite);
+    let svc = start(&sim, &store, &STREAMS_ONLY).await;
+    fills_match(&svc, &sim, "main").await;
+    fills_match(&svc, &sim, "alt").await;
+    // From now on the store refuses alt's fills (main's are taken as before).
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&store.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_alt BEFORE INSERT ON trades WHEN NEW.account = 'alt' \
+         BEGIN SELECT RAISE(ABORT, 'injected: the store refuses alt'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let store_failed = r#"script_manager_stream_reconnects_total{stream="user",account="alt",reason="store"}"#;
+    let main_up = r#"script_manager_stream_up{stream="user",account="main"}"#;
+    eventually(
+        &svc,
+        "alt's stream to fail on the store",
+        Duration::from_secs(30),
+        || async { metric(&svc, store_failed).await >= 1.0 },
+    )
+    .await;
+    // main streams on throughout: up, and its new fills stored.
+    let main_before = stored_fill_ids(&svc, "main").await.len();
+    eventually(
+        &svc,
+        "main's fills while alt fails",
+        Duration::from_secs(30),
+        || async {
+            assert_eq!(metric(&svc, main_up).await, 1.0, "main's stream stays up");
+            stored_fill_ids(&svc, "main").await.len() > main_before + 2
+        },
+    )
+    .await;
+    assert!(
+        !svc.log().contains(r#"account="main" reason="store""#),
+        "main never failed"
+    );
+    // The store recovers: alt's stream comes back on its own (reconciled), and streams again.
+    sqlx::query("DROP TRIGGER refuse_alt").execute(&db).await.unwrap();
+    let alt_up = r#"script_manager_stream_up{stream="user",account="alt"}"#;
+    eventually(&svc, "alt's stream back up", Duration::from_secs(60), || async {
+        metric(&svc, alt_up).await == 1.0
+    })
+    .await;
+    let alt_back = stored_fill_ids(&svc, "alt").await.len();
+    eventually(&svc, "alt's later fills stored", Duration::from_secs(30), || async {
+        stored_fill_ids(&svc, "alt").await.len() > alt_back + 1
+    })
+    .await;
+    fills_match(&svc, &sim, "alt").await;
+    fills_match(&svc, &sim, "main").await;
+    assert_eq!(
+        metric(
+            &svc,
+            r#"script_manager_stream_reconnects_total{stream="user",account="main",reason="store"}"#
+        )
+        .await,
+        0.0
+    );
+    assert!(
+        svc.log()
+            .contains(r#"user stream ended; reconnecting account="alt" reason="store""#),
+        "the failure is logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_listen_key_is_renewed_and_events_resume() {
     let sim = SimProcess::start("fills_per_minute = 300.0\nvolatility = 0.0").await;
