@@ -428,3 +428,161 @@ async fn with_streams_off_the_service_polls_as_before() {
         "no stream series while streams are off"
     );
 }
+
+/// `SUBSCRIBE`s the simulator received and answered as `how` (`answered`, `unanswered`, `refused`, `late`).
+async fn subscribes(sim: &SimProcess, how: &str) -> u64 {
+    sim.get("/sim/meter").await["ws_subscribes"][how].as_u64().unwrap_or(0)
+}
+
+/// An alert that never fires: it keeps `symbol` watched by market_stream.
+async fn watch(svc: &Service, symbol: &str) -> i64 {
+    let (status, body) = svc
+        .post_json(
+            "/api/alerts",
+            &json!({"symbol": symbol, "condition": "above", "price": "1000000000"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
+async fn unwatch(svc: &Service, alert: i64) {
+    let r = svc
+        .http
+        .delete(svc.url(&format!("/api/alerts/{alert}")))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_subscribe() {
+    // No price steps: a symbol's book moves only when the test posts it. Pings keep quiet sockets open.
+    let sim =
+        SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.0\nprice_step_ms = 3600000\nws_ping_seconds = 0.5")
+            .await;
+    let store = TestStore::new(Backend::Sqlite);
+    let env = [
+        ("SCRIPT_MANAGER_PROCESSES__USER_STREAM__ENABLED", "false"),
+        ("SCRIPT_MANAGER_EXCHANGE__STREAM_STALE_SECONDS", "1"),
+    ];
+    let svc = start(&sim, &store, &env).await;
+    // BTCUSDT ticks all along, so the connection keeps delivering (and vouching).
+    let ticker = {
+        let (http, base) = (sim.http.clone(), sim.base.clone());
+        tokio::spawn(async move {
+            loop {
+                let body = json!({"symbol": "BTCUSDT", "bid": "100000", "ask": "100000"});
+                let _ = http
+                    .post(format!("{base}/sim/stream/book_ticker"))
+                    .json(&body)
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let eth_tick = json!({"symbol": "ETHUSDT", "bid": "4000", "ask": "4000"});
+    let stale = "script_manager_stream_stale_symbols";
+    watch(&svc, "BTCUSDT").await;
+    let mut eth = watch(&svc, "ETHUSDT").await;
+    // The gauge reads 0 before the first look: first see ETHUSDT watched and never quoted.
+    eventually(&svc, "ETHUSDT watched", Duration::from_secs(30), || async {
+        metric(&svc, stale).await >= 1.0
+    })
+    .await;
+    eventually(&svc, "both symbols fresh", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, stale).await == 0.0
+    })
+    .await;
+
+    // ETHUSDT dropped; its quote ages; wanted again on the same connection (SUBSCRIBE answered).
+    unwatch(&svc, eth).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let answered = subscribes(&sim, "answered").await;
+    eth = watch(&svc, "ETHUSDT").await;
+    eventually(&svc, "the SUBSCRIBE answered", Duration::from_secs(30), || async {
+        subscribes(&sim, "answered").await > answered
+    })
+    .await;
+    for _ in 0..15 {
+        assert!(
+            metric(&svc, stale).await >= 1.0,
+            "ETHUSDT's quote from before its re-subscription is not fresh:\n{}",
+            svc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(&svc, "fresh from a new event", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, stale).await == 0.0
+    })
+    .await;
+
+    // Again, with SUBSCRIBE carried out but never answered: not fresh, and the connection is replaced.
+    unwatch(&svc, eth).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sim.post("/sim/faults", &json!({"ws_subscribe_unanswered": true})).await;
+    let unanswered = subscribes(&sim, "unanswered").await;
+    eth = watch(&svc, "ETHUSDT").await;
+    eventually(&svc, "the SUBSCRIBE received", Duration::from_secs(30), || async {
+        subscribes(&sim, "unanswered").await > unanswered
+    })
+    .await;
+    assert!(metric(&svc, stale).await >= 1.0, "unconfirmed: not vouched for");
+    let timeout = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="subscribe_timeout"}"#;
+    eventually(
+        &svc,
+        "the unconfirmed connection replaced",
+        Duration::from_secs(30),
+        || async { metric(&svc, timeout).await >= 1.0 },
+    )
+    .await;
+    sim.post("/sim/faults", &json!({})).await;
+    let book_up = r#"script_manager_stream_up{stream="book",account=""}"#;
+    eventually(&svc, "a new connection", Duration::from_secs(30), || async {
+        metric(&svc, book_up).await == 1.0
+    })
+    .await;
+    // BTCUSDT's next tick makes it fresh on the new connection; ETHUSDT's old quote stays unvouched.
+    eventually(&svc, "BTCUSDT fresh again", Duration::from_secs(30), || async {
+        metric(&svc, stale).await == 1.0
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(
+            metric(&svc, stale).await >= 1.0,
+            "the new connection does not vouch for the old quote"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(&svc, "fresh from a new event", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, stale).await == 0.0
+    })
+    .await;
+
+    // A refused SUBSCRIBE replaces the connection too.
+    unwatch(&svc, eth).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.post("/sim/faults", &json!({"ws_subscribe_refused": true})).await;
+    watch(&svc, "ETHUSDT").await;
+    let refused = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="subscribe_refused"}"#;
+    eventually(
+        &svc,
+        "the refusing connection replaced",
+        Duration::from_secs(30),
+        || async { metric(&svc, refused).await >= 1.0 },
+    )
+    .await;
+    sim.post("/sim/faults", &json!({})).await;
+    eventually(&svc, "ETHUSDT streamed again", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, book_up).await == 1.0 && metric(&svc, stale).await == 0.0
+    })
+    .await;
+    ticker.abort();
+}

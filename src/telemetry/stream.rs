@@ -44,6 +44,9 @@ pub const RECONNECT_REASONS: [&str; 5] = ["silent", "closed", "error", "planned"
 /// Why a user stream's connection was replaced, besides [`RECONNECT_REASONS`]:
 /// the store failed to take an event or a reconciliation.
 pub const USER_RECONNECT_REASONS: [&str; 1] = ["store"];
+/// Why a market stream's connection was replaced, besides [`RECONNECT_REASONS`]:
+/// a `SUBSCRIBE`/`UNSUBSCRIBE` not answered in time, or refused.
+pub const MARKET_RECONNECT_REASONS: [&str; 2] = ["subscribe_timeout", "subscribe_refused"];
 
 /// Event lag: 1 ms to 30 s.
 const LAG_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
@@ -125,7 +128,7 @@ impl StreamMetrics {
         let _ = self.lag.get_or_create(&LagLabels { stream });
         let own: &[&'static str] = match stream {
             "user" => &USER_RECONNECT_REASONS,
-            _ => &[],
+            _ => &MARKET_RECONNECT_REASONS,
         };
         for &reason in RECONNECT_REASONS.iter().chain(own) {
             let _ = self.reconnects.get_or_create(&ReconnectLabels {
