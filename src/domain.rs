@@ -268,7 +268,9 @@ pub enum PriceSource {
 /// A quote is fresh while it is recent *or* vouched for: a quiet symbol on a
 /// connection that keeps delivering has not moved, so its last quote is still
 /// the price. A connection vouches only for quotes it delivered itself (a quote
-/// from before a reconnect is not vouched for: the price may have moved in the gap).
+/// from before a reconnect is not vouched for: the price may have moved in the gap),
+/// and the caller says since when (`vouch`'s `since`: for a stream re-subscribed
+/// on an open connection, the venue's confirmation, not the connection's opening).
 #[derive(Debug, Default)]
 pub struct LivePrices {
     quotes: std::sync::RwLock<std::collections::HashMap<(String, PriceSource), Live>>,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backend, TestStore};
+use script_manager::budget::{Admission, ProcessCalls, VenueWeight};
 use script_manager::ha::budget::PgClusterBudget as ClusterBudget;
 use script_manager::ha::lease::{Claim, Leases};
 use script_manager::process::{ErrorKind, Fence, Fenced};
@@ -245,6 +246,33 @@ async fn the_cluster_budget_never_grants_more_than_its_cap() {
         3,
         "weight + 2 process rows of the old minute"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_venue_count_raises_the_cluster_row_of_the_minute_it_was_counted_in() {
+    let (_leases, pool, _store) = leases().await;
+    let cluster = Arc::new(ClusterBudget::new(pool).await.unwrap());
+    // Our clock reads 100 ms before a minute turns.
+    let minute_start = 29_000_100 * 60_000;
+    let weight = Arc::new(VenueWeight::new(2400, 1.0, 0.0, []).anchored_at(minute_start + 59_900));
+    let admission = Admission::new(Arc::new(ProcessCalls::new([])), weight.clone());
+    admission.share_with(cluster.clone());
+    let sent_in = weight.venue_minute();
+    // The answer, with the old minute's count, arrives once the next minute has begun.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(weight.venue_minute(), sent_in + 1);
+    admission.observe_used_weight(2300, sent_in).await;
+    assert_eq!(
+        cluster.used(sent_in).await.unwrap(),
+        2300,
+        "the minute it was counted in"
+    );
+    assert_eq!(
+        cluster.used(sent_in + 1).await.unwrap(),
+        0,
+        "the new minute is untouched"
+    );
+    assert_eq!(weight.usage().used, 0, "and so is ours");
 }
 
 /// `script_manager_ha_fencing_rejections_total` as scraped.

@@ -183,6 +183,97 @@ async fn fills_made_while_the_user_stream_is_down_arrive_after_it_reconnects_onc
     fills_match(&svc, &sim, "alt").await;
 }
 
+/// Polls `check` every 100 ms until it holds, failing with the service's log after `timeout`.
+async fn eventually<F, Fut>(svc: &Service, what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            svc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accounts_stream_restarts_after_its_store_fails_while_the_other_streams_on() {
+    let sim = SimProcess::start("fills_per_minute = 600.0\nvolatility = 0.0").await;
+    let store = TestStore::new(Backend::Sqlite);
+    let svc = start(&sim, &store, &STREAMS_ONLY).await;
+    fills_match(&svc, &sim, "main").await;
+    fills_match(&svc, &sim, "alt").await;
+    // From now on the store refuses alt's fills (main's are taken as before).
+    let db = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect(&store.url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_alt BEFORE INSERT ON trades WHEN NEW.account = 'alt' \
+         BEGIN SELECT RAISE(ABORT, 'injected: the store refuses alt'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let store_failed = r#"script_manager_stream_reconnects_total{stream="user",account="alt",reason="store"}"#;
+    let main_up = r#"script_manager_stream_up{stream="user",account="main"}"#;
+    eventually(
+        &svc,
+        "alt's stream to fail on the store",
+        Duration::from_secs(30),
+        || async { metric(&svc, store_failed).await >= 1.0 },
+    )
+    .await;
+    // main streams on throughout: up, and its new fills stored.
+    let main_before = stored_fill_ids(&svc, "main").await.len();
+    eventually(
+        &svc,
+        "main's fills while alt fails",
+        Duration::from_secs(30),
+        || async {
+            assert_eq!(metric(&svc, main_up).await, 1.0, "main's stream stays up");
+            stored_fill_ids(&svc, "main").await.len() > main_before + 2
+        },
+    )
+    .await;
+    assert!(
+        !svc.log().contains(r#"account="main" reason="store""#),
+        "main never failed"
+    );
+    // The store recovers: alt's stream comes back on its own (reconciled), and streams again.
+    sqlx::query("DROP TRIGGER refuse_alt").execute(&db).await.unwrap();
+    let alt_up = r#"script_manager_stream_up{stream="user",account="alt"}"#;
+    eventually(&svc, "alt's stream back up", Duration::from_secs(60), || async {
+        metric(&svc, alt_up).await == 1.0
+    })
+    .await;
+    let alt_back = stored_fill_ids(&svc, "alt").await.len();
+    eventually(&svc, "alt's later fills stored", Duration::from_secs(30), || async {
+        stored_fill_ids(&svc, "alt").await.len() > alt_back + 1
+    })
+    .await;
+    fills_match(&svc, &sim, "alt").await;
+    fills_match(&svc, &sim, "main").await;
+    assert_eq!(
+        metric(
+            &svc,
+            r#"script_manager_stream_reconnects_total{stream="user",account="main",reason="store"}"#
+        )
+        .await,
+        0.0
+    );
+    assert!(
+        svc.log()
+            .contains(r#"user stream ended; reconnecting account="alt" reason="store""#),
+        "the failure is logged"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_listen_key_is_renewed_and_events_resume() {
     let sim = SimProcess::start("fills_per_minute = 300.0\nvolatility = 0.0").await;
@@ -336,4 +427,162 @@ async fn with_streams_off_the_service_polls_as_before() {
         !svc.metrics().await.contains("script_manager_stream_up{"),
         "no stream series while streams are off"
     );
+}
+
+/// `SUBSCRIBE`s the simulator received and answered as `how` (`answered`, `unanswered`, `refused`, `late`).
+async fn subscribes(sim: &SimProcess, how: &str) -> u64 {
+    sim.get("/sim/meter").await["ws_subscribes"][how].as_u64().unwrap_or(0)
+}
+
+/// An alert that never fires: it keeps `symbol` watched by market_stream.
+async fn watch(svc: &Service, symbol: &str) -> i64 {
+    let (status, body) = svc
+        .post_json(
+            "/api/alerts",
+            &json!({"symbol": symbol, "condition": "above", "price": "1000000000"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
+async fn unwatch(svc: &Service, alert: i64) {
+    let r = svc
+        .http
+        .delete(svc.url(&format!("/api/alerts/{alert}")))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_subscribe() {
+    // No price steps: a symbol's book moves only when the test posts it. Pings keep quiet sockets open.
+    let sim =
+        SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.0\nprice_step_ms = 3600000\nws_ping_seconds = 0.5")
+            .await;
+    let store = TestStore::new(Backend::Sqlite);
+    let env = [
+        ("SCRIPT_MANAGER_PROCESSES__USER_STREAM__ENABLED", "false"),
+        ("SCRIPT_MANAGER_EXCHANGE__STREAM_STALE_SECONDS", "1"),
+    ];
+    let svc = start(&sim, &store, &env).await;
+    // BTCUSDT ticks all along, so the connection keeps delivering (and vouching).
+    let ticker = {
+        let (http, base) = (sim.http.clone(), sim.base.clone());
+        tokio::spawn(async move {
+            loop {
+                let body = json!({"symbol": "BTCUSDT", "bid": "100000", "ask": "100000"});
+                let _ = http
+                    .post(format!("{base}/sim/stream/book_ticker"))
+                    .json(&body)
+                    .send()
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let eth_tick = json!({"symbol": "ETHUSDT", "bid": "4000", "ask": "4000"});
+    let stale = "script_manager_stream_stale_symbols";
+    watch(&svc, "BTCUSDT").await;
+    let mut eth = watch(&svc, "ETHUSDT").await;
+    // The gauge reads 0 before the first look: first see ETHUSDT watched and never quoted.
+    eventually(&svc, "ETHUSDT watched", Duration::from_secs(30), || async {
+        metric(&svc, stale).await >= 1.0
+    })
+    .await;
+    eventually(&svc, "both symbols fresh", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, stale).await == 0.0
+    })
+    .await;
+
+    // ETHUSDT dropped; its quote ages; wanted again on the same connection (SUBSCRIBE answered).
+    unwatch(&svc, eth).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let answered = subscribes(&sim, "answered").await;
+    eth = watch(&svc, "ETHUSDT").await;
+    eventually(&svc, "the SUBSCRIBE answered", Duration::from_secs(30), || async {
+        subscribes(&sim, "answered").await > answered
+    })
+    .await;
+    for _ in 0..15 {
+        assert!(
+            metric(&svc, stale).await >= 1.0,
+            "ETHUSDT's quote from before its re-subscription is not fresh:\n{}",
+            svc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(&svc, "fresh from a new event", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, stale).await == 0.0
+    })
+    .await;
+
+    // Again, with SUBSCRIBE carried out but never answered: not fresh, and the connection is replaced.
+    unwatch(&svc, eth).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sim.post("/sim/faults", &json!({"ws_subscribe_unanswered": true})).await;
+    let unanswered = subscribes(&sim, "unanswered").await;
+    eth = watch(&svc, "ETHUSDT").await;
+    eventually(&svc, "the SUBSCRIBE received", Duration::from_secs(30), || async {
+        subscribes(&sim, "unanswered").await > unanswered
+    })
+    .await;
+    assert!(metric(&svc, stale).await >= 1.0, "unconfirmed: not vouched for");
+    let timeout = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="subscribe_timeout"}"#;
+    eventually(
+        &svc,
+        "the unconfirmed connection replaced",
+        Duration::from_secs(30),
+        || async { metric(&svc, timeout).await >= 1.0 },
+    )
+    .await;
+    sim.post("/sim/faults", &json!({})).await;
+    let book_up = r#"script_manager_stream_up{stream="book",account=""}"#;
+    eventually(&svc, "a new connection", Duration::from_secs(30), || async {
+        metric(&svc, book_up).await == 1.0
+    })
+    .await;
+    // BTCUSDT's next tick makes it fresh on the new connection; ETHUSDT's old quote stays unvouched.
+    eventually(&svc, "BTCUSDT fresh again", Duration::from_secs(30), || async {
+        metric(&svc, stale).await == 1.0
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(
+            metric(&svc, stale).await >= 1.0,
+            "the new connection does not vouch for the old quote"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eventually(&svc, "fresh from a new event", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, stale).await == 0.0
+    })
+    .await;
+
+    // A refused SUBSCRIBE replaces the connection too.
+    unwatch(&svc, eth).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sim.post("/sim/faults", &json!({"ws_subscribe_refused": true})).await;
+    watch(&svc, "ETHUSDT").await;
+    let refused = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="subscribe_refused"}"#;
+    eventually(
+        &svc,
+        "the refusing connection replaced",
+        Duration::from_secs(30),
+        || async { metric(&svc, refused).await >= 1.0 },
+    )
+    .await;
+    sim.post("/sim/faults", &json!({})).await;
+    eventually(&svc, "ETHUSDT streamed again", Duration::from_secs(30), || async {
+        sim.post("/sim/stream/book_ticker", &eth_tick).await;
+        metric(&svc, book_up).await == 1.0 && metric(&svc, stale).await == 0.0
+    })
+    .await;
+    ticker.abort();
 }

@@ -128,12 +128,13 @@ impl Admission {
         }
     }
 
-    /// The venue's own count of this minute's weight (`X-MBX-USED-WEIGHT-1M`)
-    /// raises ours, and the cluster's.
-    pub async fn observe_used_weight(&self, used: u32) {
-        self.weight.observe_used_weight(used);
+    /// The venue's own count (`X-MBX-USED-WEIGHT-1M`) of venue minute `minute`
+    /// (the one the request was sent in) raises ours, while that minute lasts,
+    /// and the cluster's row of that same minute (never the next one's).
+    pub async fn observe_used_weight(&self, used: u32, minute: i64) {
+        self.weight.observe_used_weight(used, minute);
         if let Some(cluster) = self.cluster.get()
-            && let Err(e) = cluster.observe_used(self.weight.venue_minute(), used).await
+            && let Err(e) = cluster.observe_used(minute, used).await
         {
             tracing::debug!(error = %format!("{e:#}"), "cannot record the venue's weight count in the cluster budget");
         }

@@ -6,7 +6,10 @@
 //! - Reserve: callers not in `reserved_for` may use only `1 − reserved_share`
 //!   of the budget, so level_monitor always finds room.
 //! - Correction: the venue's own count (`X-MBX-USED-WEIGHT-1M`) raises ours,
-//!   so another client on the same IP shrinks our share.
+//!   so another client on the same IP shrinks our share. A count belongs to
+//!   the minute its request was sent in (venue time): an answer that arrives
+//!   after the minute turned carries the old minute's count and is ignored,
+//!   never poured into the new minute.
 //! - 429/418: every caller waits until `Retry-After` has passed.
 
 use std::collections::{BTreeSet, HashSet};
@@ -31,6 +34,25 @@ pub struct VenueWeight {
     margin: f64,
     reserved_share: f64,
     reserved_for: HashSet<String>,
+    clock: Clock,
+}
+
+/// Where the budget reads the time: the venue's minutes are the wall clock's
+/// plus the measured offset. Anchored (tests): a wall time pinned to a tokio
+/// instant, so tokio's clock (paused or not) moves the minutes.
+#[derive(Debug, Clone, Copy)]
+enum Clock {
+    Wall,
+    Anchored { wall_ms: i64, at: Instant },
+}
+
+impl Clock {
+    fn now_ms(self) -> i64 {
+        match self {
+            Clock::Wall => crate::clock::now_ms(),
+            Clock::Anchored { wall_ms, at } => wall_ms + at.elapsed().as_millis() as i64,
+        }
+    }
 }
 
 struct State {
@@ -78,7 +100,18 @@ impl VenueWeight {
             margin,
             reserved_share,
             reserved_for: reserved_for.into_iter().collect(),
+            clock: Clock::Wall,
         }
+    }
+
+    /// Reads the time as tokio's clock moves on from `wall_ms` now, instead of
+    /// the wall clock: minute boundaries on a paused clock (tests).
+    pub fn anchored_at(mut self, wall_ms: i64) -> Self {
+        self.clock = Clock::Anchored {
+            wall_ms,
+            at: Instant::now(),
+        };
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -107,7 +140,7 @@ impl VenueWeight {
     pub fn usage(&self) -> Usage {
         let mut s = self.lock();
         let limit = self.our_limit(&s);
-        roll(&mut s);
+        roll(&mut s, self.clock);
         Usage {
             used: s.used,
             limit,
@@ -147,7 +180,7 @@ impl VenueWeight {
             notified.as_mut().enable();
             let wake_at = {
                 let mut s = self.lock();
-                roll(&mut s);
+                roll(&mut s, self.clock);
                 let now = Instant::now();
                 let cap = self.cap_for(process, self.our_limit(&s));
                 if weight > cap {
@@ -172,7 +205,7 @@ impl VenueWeight {
                             s.waiters.insert(place);
                             ticket.place = Some(place);
                         }
-                        now + until_next_minute(s.clock_offset_ms)
+                        now + until_next_minute(self.clock, s.clock_offset_ms)
                     }
                 }
             };
@@ -188,10 +221,16 @@ impl VenueWeight {
         }
     }
 
-    /// Takes the venue's count for the current minute into account.
-    pub fn observe_used_weight(&self, venue_used: u32) {
+    /// Takes the venue's count into account: `venue_used` as counted in venue
+    /// minute `minute`, the one the request was sent in ([`Self::venue_minute`]
+    /// just before sending). A count from a minute that is over by now says
+    /// nothing about the current one and is ignored.
+    pub fn observe_used_weight(&self, venue_used: u32, minute: i64) {
         let mut s = self.lock();
-        roll(&mut s);
+        roll(&mut s, self.clock);
+        if minute != s.minute {
+            return;
+        }
         s.venue_used = venue_used;
         if venue_used > s.used {
             s.used = venue_used;
@@ -209,12 +248,12 @@ impl VenueWeight {
 
     /// The venue's current minute (unix minutes, venue clock).
     pub fn venue_minute(&self) -> i64 {
-        venue_now_ms(self.lock().clock_offset_ms).div_euclid(60_000)
+        venue_now_ms(self.clock, self.lock().clock_offset_ms).div_euclid(60_000)
     }
 
     /// How long until the venue's next minute starts.
     pub fn until_next_minute(&self) -> Duration {
-        until_next_minute(self.lock().clock_offset_ms)
+        until_next_minute(self.clock, self.lock().clock_offset_ms)
     }
 
     /// The share of the budget `process` may use.
@@ -244,18 +283,18 @@ impl Drop for Ticket<'_> {
     }
 }
 
-fn venue_now_ms(offset: i64) -> i64 {
-    crate::clock::now_ms() + offset
+fn venue_now_ms(clock: Clock, offset: i64) -> i64 {
+    clock.now_ms() + offset
 }
 
-fn until_next_minute(offset: i64) -> Duration {
-    let now = venue_now_ms(offset);
+fn until_next_minute(clock: Clock, offset: i64) -> Duration {
+    let now = venue_now_ms(clock, offset);
     Duration::from_millis((60_000 - now.rem_euclid(60_000)) as u64 + 5)
 }
 
 /// Starts a new window when the venue's minute has changed.
-fn roll(s: &mut State) {
-    let minute = venue_now_ms(s.clock_offset_ms).div_euclid(60_000);
+fn roll(s: &mut State, clock: Clock) {
+    let minute = venue_now_ms(clock, s.clock_offset_ms).div_euclid(60_000);
     if minute != s.minute {
         s.minute = minute;
         s.used = 0;
@@ -276,7 +315,7 @@ mod tests {
         let b = VenueWeight::new(100, 0.8, 0.0, []);
         assert_eq!(b.limit(), 80);
         // Avoid straddling a minute boundary in this test.
-        if until_next_minute(0) < Duration::from_secs(2) {
+        if until_next_minute(Clock::Wall, 0) < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         for _ in 0..40 {
@@ -292,7 +331,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_reserve_is_kept_for_reserved_processes() {
-        if until_next_minute(0) < Duration::from_secs(2) {
+        if until_next_minute(Clock::Wall, 0) < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         let b = VenueWeight::new(100, 1.0, 0.2, ["level_monitor".to_string()]);
@@ -316,7 +355,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_waiter_gives_its_place_up() {
-        if until_next_minute(0) < Duration::from_secs(3) {
+        if until_next_minute(Clock::Wall, 0) < Duration::from_secs(3) {
             tokio::time::sleep(Duration::from_secs(3)).await;
         }
         let b = std::sync::Arc::new(VenueWeight::new(10, 1.0, 0.0, []));
@@ -326,7 +365,7 @@ mod tests {
         assert!(waiting.is_err(), "it was still waiting when dropped");
         assert!(b.lock().waiters.is_empty(), "the dropped waiter left the line");
         // A lower priority is not held behind a caller that has gone.
-        b.observe_used_weight(0);
+        b.observe_used_weight(0, b.venue_minute());
         b.lock().used = 0;
         let soon = Instant::now() + Duration::from_millis(50);
         b.acquire("later", 5, 1, soon).await.expect("priority 5 proceeds");
@@ -334,11 +373,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_venue_count_shrinks_our_share_and_a_pause_holds_everyone() {
-        if until_next_minute(0) < Duration::from_secs(2) {
+        if until_next_minute(Clock::Wall, 0) < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         let b = VenueWeight::new(100, 0.5, 0.0, []);
-        b.observe_used_weight(45);
+        b.observe_used_weight(45, b.venue_minute());
         let soon = Instant::now() + Duration::from_millis(10);
         b.acquire("p", 1, 5, soon).await.unwrap();
         assert!(
@@ -349,5 +388,41 @@ mod tests {
         assert!(b.paused());
         let r = b.acquire("p", 1, 0, Instant::now() + Duration::from_secs(1)).await;
         assert!(matches!(r, Err(WeightRefusal::WouldMissDeadline { .. })), "{r:?}");
+    }
+
+    /// 12:00:59.900 (venue time) on a paused clock.
+    fn just_before_a_minute_turns() -> VenueWeight {
+        let minute_start = 29_000_000 * 60_000;
+        VenueWeight::new(2400, 1.0, 0.0, []).anchored_at(minute_start + 59_900)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_from_the_old_minute_never_fills_the_new_one() {
+        let b = just_before_a_minute_turns();
+        let sent_in = b.venue_minute();
+        // The answer arrives 200 ms later, in the next minute, with the old minute's count.
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(b.venue_minute(), sent_in + 1);
+        b.observe_used_weight(2300, sent_in);
+        assert_eq!(b.usage().used, 0, "the new minute starts empty");
+        let soon = Instant::now() + Duration::from_millis(10);
+        b.acquire("level_monitor", 1, 200, soon)
+            .await
+            .expect("the new minute has room for priority 1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_from_the_current_minute_raises_our_count() {
+        let b = just_before_a_minute_turns();
+        tokio::time::advance(Duration::from_millis(150)).await;
+        let sent_in = b.venue_minute();
+        tokio::time::advance(Duration::from_millis(50)).await;
+        b.observe_used_weight(2300, sent_in);
+        assert_eq!((b.usage().used, b.usage().venue_used), (2300, 2300));
+        let soon = Instant::now() + Duration::from_millis(10);
+        assert!(b.acquire("p", 1, 200, soon).await.is_err(), "only 100 left");
+        // The next minute starts empty again.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(b.usage().used, 0);
     }
 }

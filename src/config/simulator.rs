@@ -40,6 +40,12 @@ pub struct Faults {
     pub ws_silent: bool,
     /// Every WebSocket event is held this long before it is sent.
     pub ws_delay_ms: u64,
+    /// A market connection's `SUBSCRIBE` is carried out but never answered.
+    pub ws_subscribe_unanswered: bool,
+    /// A market connection's `SUBSCRIBE` is carried out at once, answered this late.
+    pub ws_subscribe_reply_delay_ms: u64,
+    /// A market connection's `SUBSCRIBE` is refused (`{"code", "msg", "id"}`), nothing subscribed.
+    pub ws_subscribe_refused: bool,
 }
 
 /// Settings of the simulator (`[exchange.simulator]`).

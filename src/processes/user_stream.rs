@@ -7,6 +7,9 @@
 //! de-duplication as trade_sync, cursor untouched) and nudge the close they
 //! belong to; position changes are written at once. While an account's stream
 //! is healthy, trade_sync and position_sync poll it only to reconcile.
+//! Whatever ends an account's connection (the venue, a store error on an
+//! event, a failed reconciliation) ends only that connection: the account
+//! reconnects with backoff, counted by reason; only a fenced write ends the run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +67,10 @@ impl UserStream {
         }
     }
 
-    /// One account's stream, reconnecting with backoff until the run is cancelled.
+    /// One account's stream, reconnecting with backoff until the run is
+    /// cancelled, whatever ended a connection (the venue, the store, a failed
+    /// reconciliation): one account's trouble never stops it for good, nor the
+    /// others. Only a fenced write ends it (and the run): the lease is gone.
     async fn account(&self, ctx: &RunContext, settings: &StreamSettings, account: &str) -> Result<(), ProcessError> {
         let p = &self.platform;
         let mut failures: u32 = 0;
@@ -73,9 +79,14 @@ impl UserStream {
             let ended = self.connection(ctx, settings, account).await;
             p.stream_health.set(account, false);
             p.stream_metrics.up("user", account, false);
-            let Some(ended) = ended? else {
-                return Ok(()); // cancelled
+            let ended = match ended {
+                Ok(Some(ended)) => ended,
+                Ok(None) => return Ok(()), // cancelled
+                Err(e) => failed(e)?,
             };
+            if ctx.cancel.is_cancelled() {
+                return Ok(());
+            }
             p.stream_metrics.reconnect("user", account, ended.reason);
             tracing::warn!(account, reason = ended.reason, why = %ended.why, "user stream ended; reconnecting");
             failures = if started.elapsed() > Duration::from_secs(60) {
@@ -93,7 +104,7 @@ impl UserStream {
     }
 
     /// One connection: key, connect, reconcile, then events until it ends.
-    /// `Ok(None)`: cancelled. `Err`: the run must stop (its lease is gone).
+    /// `Ok(None)`: cancelled. `Err`: the run must stop (a fenced write: its lease is gone).
     async fn connection(
         &self,
         ctx: &RunContext,
@@ -126,13 +137,10 @@ impl UserStream {
         };
         // Whatever happened while no stream was up is read over REST before events are trusted.
         if let Err(e) = reconcile::account(p, ctx, account).await {
-            if e.kind == ErrorKind::Fenced {
-                return Err(e);
-            }
-            return Ok(Some(Ended {
-                reason: "error",
-                why: format!("reconciliation: {}", e.message),
-            }));
+            socket.close().await;
+            let mut ended = failed(e)?;
+            ended.why = format!("reconciliation: {}", ended.why);
+            return Ok(Some(ended));
         }
         p.stream_health.set(account, true);
         p.stream_metrics.up("user", account, true);
@@ -174,7 +182,11 @@ impl UserStream {
                     Ok(Some(event)) => {
                         ctx.usage.event();
                         p.stream_metrics.message("user", account, now_ms());
-                        if let Some(ended) = self.on_event(ctx, account, event).await? {
+                        let ended = match self.on_event(ctx, account, event).await {
+                            Ok(ended) => ended,
+                            Err(e) => Some(failed(e)?),
+                        };
+                        if let Some(ended) = ended {
                             socket.close().await;
                             return Ok(Some(ended));
                         }
@@ -226,6 +238,18 @@ impl UserStream {
         }
         Ok(None)
     }
+}
+
+/// A failure inside one account's stream ends that connection and no more:
+/// the account reconnects (and reconciles) with backoff. Only a fenced write
+/// ends the run, since the lease is gone.
+fn failed(e: ProcessError) -> Result<Ended, ProcessError> {
+    let reason = match e.kind {
+        ErrorKind::Fenced => return Err(e),
+        ErrorKind::Store => "store",
+        _ => "error",
+    };
+    Ok(Ended { reason, why: e.message })
 }
 
 impl Process for UserStream {

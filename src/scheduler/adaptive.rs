@@ -64,7 +64,7 @@ mod tests {
         let weight = Arc::new(VenueWeight::new(1000, 1.0, 0.0, []));
         let a = Adaptive::new(weight.clone(), 0.8, 4.0, 2);
         assert_eq!(a.factor("price_update", 2), 1.0, "idle budget");
-        weight.observe_used_weight(900);
+        weight.observe_used_weight(900, weight.venue_minute());
         assert!(
             (a.factor("price_update", 2) - 2.5).abs() < 1e-9,
             "{}",
@@ -72,7 +72,7 @@ mod tests {
         );
         assert_eq!(a.factor("trade_sync", 1), 1.0, "priority 1 never stretches");
         assert_eq!(a.factor("level_monitor", 5), 1.0, "level_monitor never stretches");
-        weight.observe_used_weight(1000);
+        weight.observe_used_weight(1000, weight.venue_minute());
         assert_eq!(a.factor("dashboard_sync", 4), 4.0, "a spent budget: the maximum");
     }
 }

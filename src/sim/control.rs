@@ -36,6 +36,7 @@ pub async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "answers": meter.answers,
         "fills_kept": fills_kept,
         "ws_connections": {"public": conns.0, "market": conns.1, "private": conns.2},
+        "ws_subscribes": sim.streams.subscribes(),
         "orders_kept": orders_kept,
         "weight_by_minute": weight,
         "weight_limit": sim.limiter().limit,

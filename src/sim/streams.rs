@@ -1,8 +1,8 @@
 //! The simulator's stream state: listen keys (by key: the account and when
-//! it expires), connection counts, and the signal that drops every
-//! connection at once.
+//! it expires), connection counts, `SUBSCRIBE`s by how they were answered,
+//! and the signal that drops every connection at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +22,8 @@ pub struct Streams {
     public: AtomicU64,
     market: AtomicU64,
     private: AtomicU64,
+    /// `SUBSCRIBE`s by answer: `answered`, `late`, `unanswered`, `refused`.
+    subscribes: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Streams {
@@ -35,6 +37,7 @@ impl Streams {
             public: AtomicU64::new(0),
             market: AtomicU64::new(0),
             private: AtomicU64::new(0),
+            subscribes: Mutex::default(),
         }
     }
 
@@ -108,6 +111,21 @@ impl Streams {
 
     pub fn connected_private(&self) {
         self.private.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `SUBSCRIBE` arrived and was answered as `how`.
+    pub fn subscribe(&self, how: &'static str) {
+        *self
+            .subscribes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(how)
+            .or_default() += 1;
+    }
+
+    /// `SUBSCRIBE`s so far, by how they were answered.
+    pub fn subscribes(&self) -> BTreeMap<&'static str, u64> {
+        self.subscribes.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Connections accepted so far: (public, market, private).

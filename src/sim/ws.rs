@@ -1,16 +1,19 @@
 //! The simulator's WebSockets, routed by path as Binance's since 2026-04:
 //! `/public` (`bookTicker`), `/market` (`markPrice`), each as `/ws/<stream>`
 //! or `/stream?streams=a/b` (combined: `{"stream", "data"}`), with
-//! `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` at run time; and
+//! `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` at run time (answered
+//! `{"result": .., "id"}`, refused `{"code", "msg", "id"}`); and
 //! `/private/ws?listenKey=` for one account's user data. As inconvenient as
 //! the venue: a stream on the wrong route is accepted and silent; more than
 //! 200 streams or 10 incoming messages a second close the connection; the
 //! server closes every connection after `ws_max_lifetime_seconds` and pings
 //! every `ws_ping_seconds`; faults make sockets silent (`ws_silent`), slow
-//! (`ws_delay_ms`) or drop them all (`POST /sim/stream/drop`); an expired
-//! listen key gets `listenKeyExpired` and then nothing.
+//! (`ws_delay_ms`) or drop them all (`POST /sim/stream/drop`), and leave a
+//! `SUBSCRIBE` unanswered (`ws_subscribe_unanswered`), answered late
+//! (`ws_subscribe_reply_delay_ms`) or refused (`ws_subscribe_refused`); an
+//! expired listen key gets `listenKeyExpired` and then nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +26,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::Sim;
+use super::{Faults, Sim};
 
 /// Streams one connection may carry.
 pub const MAX_STREAMS: usize = 200;
@@ -85,7 +88,10 @@ async fn market(socket: WebSocket, sim: Arc<Sim>, public: bool, mut streams: BTr
     let mut ping = tokio::time::interval(sim.streams.ping);
     ping.tick().await;
     let mut rate = Rate::default();
+    // Answers held back by `ws_subscribe_reply_delay_ms`, by when they are due.
+    let mut late: VecDeque<(Instant, Value)> = VecDeque::new();
     loop {
+        let late_due = late.front().map(|(due, _)| *due);
         tokio::select! {
             _ = sleep_until(closes_at) => {
                 let _ = out.send(Message::Close(None)).await;
@@ -95,18 +101,33 @@ async fn market(socket: WebSocket, sim: Arc<Sim>, public: bool, mut streams: BTr
             _ = ping.tick() => {
                 if out.send(Message::Ping(Default::default())).await.is_err() { return; }
             }
+            _ = sleep_until(late_due.unwrap_or(closes_at)), if late_due.is_some() => {
+                let Some((_, answer)) = late.pop_front() else { continue };
+                if out.send(Message::Text(Utf8Bytes::from(answer.to_string()))).await.is_err() { return; }
+            }
             message = incoming.next() => {
                 let Some(Ok(message)) = message else { return };
                 if !rate.allow() {
                     return;
                 }
-                if let Message::Text(text) = message
-                    && let Some(answer) = control(&text, &mut streams)
-                {
-                    if out.send(Message::Text(Utf8Bytes::from(answer.to_string()))).await.is_err() { return; }
-                    if streams.len() > MAX_STREAMS {
-                        return;
+                let Message::Text(text) = message else { continue };
+                let Some((answer, how)) = control(&text, &mut streams, &sim.faults()) else { continue };
+                if let Some(how) = how {
+                    sim.streams.subscribe(how);
+                }
+                match answer {
+                    Reply::Now(answer) => {
+                        if out.send(Message::Text(Utf8Bytes::from(answer.to_string()))).await.is_err() { return; }
                     }
+                    Reply::After(delay, answer) => {
+                        let due = Instant::now() + delay;
+                        let at = late.partition_point(|(d, _)| *d <= due);
+                        late.insert(at, (due, answer));
+                    }
+                    Reply::Never => {}
+                }
+                if streams.len() > MAX_STREAMS {
+                    return;
                 }
             }
             event = events.recv() => {
@@ -134,27 +155,57 @@ async fn market(socket: WebSocket, sim: Arc<Sim>, public: bool, mut streams: BTr
     }
 }
 
-/// `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`: the answer to send back.
-fn control(text: &str, streams: &mut BTreeSet<String>) -> Option<Value> {
+/// How a request is answered.
+enum Reply {
+    Now(Value),
+    After(Duration, Value),
+    Never,
+}
+
+/// `SUBSCRIBE`, `UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`: what to answer (as the
+/// faults say), and for a `SUBSCRIBE` how it was answered (for the meter).
+fn control(text: &str, streams: &mut BTreeSet<String>, faults: &Faults) -> Option<(Reply, Option<&'static str>)> {
     let request: Value = serde_json::from_str(text).ok()?;
     let id = request["id"].clone();
     let params: Vec<String> = request["params"]
         .as_array()
         .map(|a| a.iter().filter_map(|p| p.as_str().map(String::from)).collect())
         .unwrap_or_default();
+    let done = json!({"result": null, "id": id});
     Some(match request["method"].as_str()? {
+        "SUBSCRIBE" if faults.ws_subscribe_refused => (
+            Reply::Now(json!({"code": 2, "msg": "Invalid request: subscription refused (simulated)", "id": id})),
+            Some("refused"),
+        ),
         "SUBSCRIBE" => {
             streams.extend(params);
-            json!({"result": null, "id": id})
+            if faults.ws_subscribe_unanswered {
+                (Reply::Never, Some("unanswered"))
+            } else if faults.ws_subscribe_reply_delay_ms > 0 {
+                let delay = Duration::from_millis(faults.ws_subscribe_reply_delay_ms);
+                (Reply::After(delay, done), Some("late"))
+            } else {
+                (Reply::Now(done), Some("answered"))
+            }
         }
         "UNSUBSCRIBE" => {
             for p in &params {
                 streams.remove(p);
             }
-            json!({"result": null, "id": id})
+            (Reply::Now(done), None)
         }
-        "LIST_SUBSCRIPTIONS" => json!({"result": streams.iter().collect::<Vec<_>>(), "id": id}),
-        _ => json!({"error": {"code": 2, "msg": "Invalid request: unknown method"}, "id": id}),
+        "LIST_SUBSCRIPTIONS" => (
+            Reply::Now(json!({"result": streams.iter().collect::<Vec<_>>(), "id": id})),
+            None,
+        ),
+        other => (
+            Reply::Now(json!({
+                "code": 2,
+                "msg": format!("Invalid request: unknown variant {other}, expected one of SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS"),
+                "id": id,
+            })),
+            None,
+        ),
     })
 }
 
@@ -239,5 +290,59 @@ async fn user(socket: WebSocket, sim: Arc<Sim>, key: String, api_key: String) {
                 if out.send(Message::Text(Utf8Bytes::from(event.payload.to_string()))).await.is_err() { return; }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(faults: &Faults, streams: &mut BTreeSet<String>) -> (Reply, Option<&'static str>) {
+        control(
+            r#"{"method":"SUBSCRIBE","params":["btcusdt@bookTicker"],"id":7}"#,
+            streams,
+            faults,
+        )
+        .expect("a request")
+    }
+
+    #[test]
+    fn subscribe_is_answered_like_binance_unless_a_fault_says_otherwise() {
+        let mut streams = BTreeSet::new();
+        let (reply, how) = answer(&Faults::default(), &mut streams);
+        assert!(matches!(reply, Reply::Now(v) if v == json!({"result": null, "id": 7})));
+        assert_eq!((how, streams.len()), (Some("answered"), 1));
+
+        let mut streams = BTreeSet::new();
+        let refused = Faults {
+            ws_subscribe_refused: true,
+            ..Faults::default()
+        };
+        let (reply, how) = answer(&refused, &mut streams);
+        assert!(matches!(reply, Reply::Now(v) if v["code"] == 2 && v["id"] == 7 && v["msg"].is_string()));
+        assert_eq!((how, streams.len()), (Some("refused"), 0), "nothing subscribed");
+
+        let unanswered = Faults {
+            ws_subscribe_unanswered: true,
+            ..Faults::default()
+        };
+        let (reply, how) = answer(&unanswered, &mut streams);
+        assert!(matches!(reply, Reply::Never));
+        assert_eq!(
+            (how, streams.len()),
+            (Some("unanswered"), 1),
+            "carried out all the same"
+        );
+
+        let late = Faults {
+            ws_subscribe_reply_delay_ms: 800,
+            ..Faults::default()
+        };
+        let (reply, how) = answer(&late, &mut streams);
+        assert!(matches!(reply, Reply::After(d, _) if d == Duration::from_millis(800)));
+        assert_eq!(how, Some("late"));
+
+        let (reply, _) = control(r#"{"method":"NOPE","id":9}"#, &mut streams, &Faults::default()).unwrap();
+        assert!(matches!(reply, Reply::Now(v) if v["code"] == 2 && v["id"] == 9));
     }
 }

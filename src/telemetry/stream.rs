@@ -41,6 +41,12 @@ struct RenewalLabels {
 
 /// Why a connection was replaced.
 pub const RECONNECT_REASONS: [&str; 5] = ["silent", "closed", "error", "planned", "listen_key"];
+/// Why a user stream's connection was replaced, besides [`RECONNECT_REASONS`]:
+/// the store failed to take an event or a reconciliation.
+pub const USER_RECONNECT_REASONS: [&str; 1] = ["store"];
+/// Why a market stream's connection was replaced, besides [`RECONNECT_REASONS`]:
+/// a `SUBSCRIBE`/`UNSUBSCRIBE` not answered in time, or refused.
+pub const MARKET_RECONNECT_REASONS: [&str; 2] = ["subscribe_timeout", "subscribe_refused"];
 
 /// Event lag: 1 ms to 30 s.
 const LAG_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
@@ -120,7 +126,11 @@ impl StreamMetrics {
         let _ = self.messages.get_or_create(&l);
         let _ = self.last_event_age.get_or_create(&l);
         let _ = self.lag.get_or_create(&LagLabels { stream });
-        for reason in RECONNECT_REASONS {
+        let own: &[&'static str] = match stream {
+            "user" => &USER_RECONNECT_REASONS,
+            _ => &MARKET_RECONNECT_REASONS,
+        };
+        for &reason in RECONNECT_REASONS.iter().chain(own) {
             let _ = self.reconnects.get_or_create(&ReconnectLabels {
                 stream,
                 account: account.to_string(),
@@ -156,7 +166,7 @@ impl StreamMetrics {
             .insert((stream, account.to_string()), now);
     }
 
-    /// A connection was replaced, for `reason` (one of [`RECONNECT_REASONS`]).
+    /// A connection was replaced, for `reason` (one of [`RECONNECT_REASONS`] or the stream's own).
     pub fn reconnect(&self, stream: &'static str, account: &str, reason: &'static str) {
         self.reconnects
             .get_or_create(&ReconnectLabels {

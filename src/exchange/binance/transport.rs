@@ -104,6 +104,8 @@ impl Transport {
             self.clock_offset_ms(),
         );
         let started = Instant::now();
+        // The venue counts this request's weight in the minute it arrives, at or after this one.
+        let sent_in_minute = self.admission.weight.venue_minute();
         let is_write = req.method != Method::GET;
         let result = send(&self.http, prepared, req.endpoint, self.options.timeout).await;
         self.metrics.api.request(Sent {
@@ -124,7 +126,7 @@ impl Transport {
             .and_then(|v| v.to_str().ok()?.parse().ok())
         {
             self.metrics.api.venue_used_weight(used);
-            self.admission.observe_used_weight(used).await;
+            self.admission.observe_used_weight(used, sent_in_minute).await;
         }
         if (200..300).contains(&answer.status) {
             return Ok(answer.body);

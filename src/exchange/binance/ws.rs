@@ -1,8 +1,9 @@
 //! Binance's WebSockets, as the client sees them: routed URLs (`/public`
 //! for `bookTicker`, `/market` for `markPrice`, `/private` for user data),
 //! combined streams (`{"stream", "data"}`), `SUBSCRIBE`/`UNSUBSCRIBE` at run
-//! time (one message per change, paced to ≤ 10 a second), and the payloads
-//! decoded into quotes and account events. Pings are answered by the socket
+//! time (one message per change, paced to ≤ 10 a second, each with an id the
+//! venue's answer names), and the payloads decoded into quotes, account
+//! events and those answers. Pings are answered by the socket
 //! as it reads; silence is for the caller to time.
 
 use std::collections::VecDeque;
@@ -71,6 +72,9 @@ pub enum StreamEvent {
     Positions(Vec<Position>),
     /// The listen key expired: nothing more will arrive on this socket.
     ListenKeyExpired,
+    /// The venue's answer to our request `id` (`SUBSCRIBE`, ...): `{"result": .., "id"}`,
+    /// or `error` when it refused (`{"code", "msg", "id"}`).
+    Reply { id: u64, error: Option<String> },
     /// Venue time of the event, for lag (`E`), when it carried nothing else we use.
     Other,
 }
@@ -123,18 +127,21 @@ impl Socket {
     }
 
     /// Adds streams (`subscribe`) or removes them, in one paced message.
-    pub async fn change(&mut self, streams: &[String], subscribe: bool) -> Result<(), VenueError> {
+    /// `Some(id)`: the request's id, which the venue's [`StreamEvent::Reply`] names.
+    pub async fn change(&mut self, streams: &[String], subscribe: bool) -> Result<Option<u64>, VenueError> {
         if streams.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         self.pace().await;
         let method = if subscribe { "SUBSCRIBE" } else { "UNSUBSCRIBE" };
-        let request = json!({"method": method, "params": streams, "id": self.next_id});
+        let id = self.next_id;
+        let request = json!({"method": method, "params": streams, "id": id});
         self.next_id += 1;
         self.inner
             .send(Message::Text(request.to_string().into()))
             .await
-            .map_err(|e| VenueError::Transient(format!("websocket send: {}", describe(&e))))
+            .map_err(|e| VenueError::Transient(format!("websocket send: {}", describe(&e))))?;
+        Ok(Some(id))
     }
 
     /// Waits until one more message fits the venue's limit of sent messages per second.
@@ -156,8 +163,8 @@ impl Socket {
         self.sent.push_back(Instant::now());
     }
 
-    /// The next message, decoded. `Ok(None)`: nothing for us (an answer to a
-    /// subscription, a ping); `Err`: the connection is gone.
+    /// The next message, decoded. `Ok(None)`: nothing for us (a ping, what
+    /// does not parse); `Err`: the connection is gone.
     pub async fn next(&mut self) -> Result<Option<StreamEvent>, VenueError> {
         let message = match self.inner.next().await {
             Some(Ok(m)) => m,
@@ -203,6 +210,9 @@ fn dec(v: &Value) -> Option<Decimal> {
 /// One message's payload as an event (a combined stream's is under `data`).
 pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
     let value: Value = serde_json::from_str(text).ok()?;
+    if let Some(reply) = reply(&value) {
+        return Some(reply);
+    }
     let data = if value.get("data").is_some() {
         &value["data"]
     } else {
@@ -273,6 +283,20 @@ pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
     })
 }
 
+/// An answer to one of our requests: it has our `id` and no event (`e`, `data`).
+/// Refusals come as `{"code", "msg", "id"}` (or `{"error": {"code", "msg"}, "id"}`).
+fn reply(value: &Value) -> Option<StreamEvent> {
+    if value.get("e").is_some() || value.get("data").is_some() {
+        return None;
+    }
+    let id = value.get("id")?.as_u64()?;
+    let refusal = value.get("error").unwrap_or(value);
+    let error = refusal
+        .get("code")
+        .map(|code| format!("{code}: {}", refusal["msg"].as_str().unwrap_or("")));
+    Some(StreamEvent::Reply { id, error })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +326,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(decode("not json", now), None);
-        assert_eq!(decode(r#"{"result":null,"id":1}"#, now), None);
+        assert_eq!(
+            decode(r#"{"result":null,"id":1}"#, now),
+            Some(StreamEvent::Reply { id: 1, error: None })
+        );
+        let refused = r#"{"code":2,"msg":"Invalid request: unknown variant","id":7}"#;
+        assert_eq!(
+            decode(refused, now),
+            Some(StreamEvent::Reply {
+                id: 7,
+                error: Some("2: Invalid request: unknown variant".into())
+            })
+        );
+        let nested = r#"{"error":{"code":3,"msg":"Invalid JSON"},"id":8}"#;
+        assert!(matches!(
+            decode(nested, now),
+            Some(StreamEvent::Reply { id: 8, error: Some(_) })
+        ));
     }
 }

@@ -2,9 +2,13 @@
 //! (≤ 200 each), subscribing and unsubscribing as the wanted set changes,
 //! opening connections for streams nothing carries (paced per route, backing
 //! off while they fail), replacing a connection ahead of the venue's close,
-//! and the task that serves one connection (silence watchdog included).
+//! and the task that serves one connection (silence watchdog included; a
+//! subscription not confirmed in time, or refused, replaces the connection).
+//! A connection vouches for a stream's quotes only from the moment that
+//! stream's subscription was confirmed: from the connection's opening for the
+//! streams in its URL, from the venue's answer for those added by `SUBSCRIBE`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +21,8 @@ use crate::exchange::binance::ws::{MAX_STREAMS_PER_CONNECTION, Route, Socket, St
 use crate::processes::platform::StreamSettings;
 use crate::telemetry::stream::StreamMetrics;
 
+use super::requests::{ANSWER_TIMEOUT, Answer, Requests};
+
 /// Least time between two connection attempts on one route (doubling while they fail).
 const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(32)).exact();
 
@@ -24,6 +30,8 @@ const CONNECT_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::
 pub enum Note {
     Up(usize),
     Quote(usize, Route, Quote),
+    /// The venue confirmed these streams' subscription (`SUBSCRIBE` answered) at this instant.
+    Subscribed(usize, Vec<String>, Instant),
     /// Nearing the venue's close: open a replacement, then close this one.
     Renew(usize),
     Down(usize, &'static str),
@@ -44,8 +52,9 @@ struct Slot {
     replaces: Option<usize>,
     /// Being replaced: its streams are the replacement's.
     retiring: bool,
-    /// When it came up, and when it last delivered a price.
-    opened: Option<Instant>,
+    /// Since when each stream's subscription is confirmed (absent: not yet).
+    confirmed: HashMap<String, Instant>,
+    /// When it last delivered a price.
     heard: Option<Instant>,
 }
 
@@ -103,6 +112,7 @@ impl Connections {
                 .collect();
             let mut missing: Vec<String> = want.difference(&carried).cloned().collect();
             // Live connections with room take new streams first (SUBSCRIBE).
+            // They are not vouched for until the venue confirms.
             for slot in self
                 .slots
                 .values_mut()
@@ -139,6 +149,7 @@ impl Connections {
             if !gone.is_empty() {
                 for g in &gone {
                     slot.streams.remove(g);
+                    slot.confirmed.remove(g);
                 }
                 let _ = slot.orders.try_send(Order::Change(gone, false));
             }
@@ -184,7 +195,7 @@ impl Connections {
                 up: false,
                 replaces: None,
                 retiring: false,
-                opened: None,
+                confirmed: HashMap::new(),
                 heard: None,
             },
         );
@@ -196,7 +207,9 @@ impl Connections {
             return;
         };
         slot.up = true;
-        slot.opened = Some(Instant::now());
+        // The streams of its URL are subscribed from the start.
+        let opened = Instant::now();
+        slot.confirmed = slot.streams.iter().map(|s| (s.clone(), opened)).collect();
         let route = slot.route;
         self.failures.insert(route, 0);
         if let Some(old) = slot.replaces.take()
@@ -214,14 +227,33 @@ impl Connections {
         }
     }
 
-    /// Each live connection vouches for the quotes it delivered: its symbols
-    /// did not move if nothing came since (see [`LivePrices`]).
+    /// The venue confirmed `streams` on connection `id` at `at`.
+    pub fn subscribed(&mut self, id: usize, streams: Vec<String>, at: Instant) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        for s in streams.into_iter().filter(|s| slot.streams.contains(s)) {
+            slot.confirmed.insert(s, at);
+        }
+    }
+
+    /// Each live connection vouches for the quotes it delivered since each
+    /// stream's subscription was confirmed: its symbols did not move if
+    /// nothing came since (see [`LivePrices`]). Unconfirmed streams: nothing.
     pub fn vouch(&self, live: &LivePrices) {
         for slot in self.slots.values().filter(|s| s.up) {
-            if let (Some(opened), Some(heard)) = (slot.opened, slot.heard) {
-                let source = price_source(slot.route);
-                let symbols: Vec<String> = slot.streams.iter().map(|s| Route::symbol(s)).collect();
-                live.vouch(source, symbols.iter().map(String::as_str), opened, heard);
+            let Some(heard) = slot.heard else { continue };
+            let mut by_since: BTreeMap<Instant, Vec<String>> = BTreeMap::new();
+            for (stream, since) in &slot.confirmed {
+                by_since.entry(*since).or_default().push(Route::symbol(stream));
+            }
+            for (since, symbols) in by_since {
+                live.vouch(
+                    price_source(slot.route),
+                    symbols.iter().map(String::as_str),
+                    since,
+                    heard,
+                );
             }
         }
     }
@@ -286,12 +318,24 @@ async fn serve(
     let _ = notes.send(Note::Up(id)).await;
     let renew_at = socket.opened + settings.planned_reconnect();
     let mut renewing = false;
+    let mut requests = Requests::default();
     loop {
         let silent_at = socket.last_message + settings.silence;
+        let answer_due = requests.deadline();
         tokio::select! {
             message = socket.next() => match message {
                 Ok(Some(StreamEvent::Book(quote))) => { let _ = notes.send(Note::Quote(id, Route::Public, quote)).await; }
                 Ok(Some(StreamEvent::Mark(quote))) => { let _ = notes.send(Note::Quote(id, Route::Market, quote)).await; }
+                Ok(Some(StreamEvent::Reply { id: request, error })) => match requests.answered(request, error) {
+                    Answer::Subscribed(streams) => { let _ = notes.send(Note::Subscribed(id, streams, socket.last_message)).await; }
+                    Answer::Nothing => {}
+                    Answer::Refused(why) => {
+                        tracing::warn!(route = ?route, why, "the venue refused a market stream subscription; replacing the connection");
+                        let _ = notes.send(Note::Down(id, "subscribe_refused")).await;
+                        socket.close().await;
+                        return;
+                    }
+                },
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(error = %e, "market stream connection ended");
@@ -304,23 +348,129 @@ async fn serve(
                 let _ = notes.send(Note::Down(id, "silent")).await;
                 return;
             }
+            _ = sleep_until(answer_due.unwrap_or(renew_at)), if answer_due.is_some() => {
+                tracing::warn!(route = ?route, timeout_s = ANSWER_TIMEOUT.as_secs(), "the venue did not answer a market stream subscription; replacing the connection");
+                let _ = notes.send(Note::Down(id, "subscribe_timeout")).await;
+                socket.close().await;
+                return;
+            }
             _ = sleep_until(renew_at), if !renewing => {
                 renewing = true;
                 let _ = notes.send(Note::Renew(id)).await;
             }
             order = orders.recv() => match order {
-                Some(Order::Change(streams, subscribe)) => {
-                    if let Err(e) = socket.change(&streams, subscribe).await {
+                Some(Order::Change(streams, subscribe)) => match socket.change(&streams, subscribe).await {
+                    Ok(Some(request)) => requests.sent(request, streams, subscribe, Instant::now()),
+                    Ok(None) => {}
+                    Err(e) => {
                         tracing::warn!(error = %e, "cannot change a market stream's subscriptions");
                         let _ = notes.send(Note::Down(id, "error")).await;
                         return;
                     }
-                }
+                },
                 Some(Order::Close) | None => {
                     socket.close().await;
                     return;
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Quote;
+    use rust_decimal::Decimal;
+
+    const MAX_AGE: Duration = Duration::from_secs(5);
+
+    fn connections() -> Connections {
+        let settings = StreamSettings {
+            base_url: "ws://127.0.0.1:1".into(),
+            silence: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(86_400),
+            listen_key_renew: Duration::from_secs(1800),
+            reconcile: Duration::from_secs(60),
+        };
+        let (notes, _) = mpsc::channel(8);
+        Connections::new(settings, Arc::new(StreamMetrics::new()), notes)
+    }
+
+    /// A connection on `route` that is up with `symbols`; its orders are returned.
+    fn up_with(c: &mut Connections, route: Route, symbols: &[&str]) -> (usize, mpsc::Receiver<Order>) {
+        let (orders, received) = mpsc::channel(8);
+        let id = c.next_id;
+        c.next_id += 1;
+        let streams = symbols.iter().map(|s| route.stream(s)).collect();
+        c.slots.insert(
+            id,
+            Slot {
+                route,
+                streams,
+                orders,
+                up: false,
+                replaces: None,
+                retiring: false,
+                confirmed: HashMap::new(),
+                heard: None,
+            },
+        );
+        c.up(id);
+        (id, received)
+    }
+
+    fn wanted(symbols: &[&str]) -> BTreeSet<String> {
+        symbols.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn quote(live: &LivePrices, symbol: &str) {
+        live.update(
+            PriceSource::Book,
+            Quote::single(symbol, Decimal::ONE, 0, Instant::now()),
+        );
+    }
+
+    fn fresh(live: &LivePrices, symbol: &str) -> bool {
+        live.fresh(symbol, PriceSource::Book, MAX_AGE).is_some()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resubscribed_symbols_old_quote_is_not_vouched_for_until_a_new_one_follows_the_confirmation() {
+        let mut c = connections();
+        let live = LivePrices::default();
+        let (_, _mark_orders) = up_with(&mut c, Route::Market, &["BTCUSDT", "ETHUSDT"]);
+        let (book, mut orders) = up_with(&mut c, Route::Public, &["BTCUSDT", "ETHUSDT"]);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        quote(&live, "ETHUSDT");
+        c.heard(book);
+        c.vouch(&live);
+        assert!(fresh(&live, "ETHUSDT"));
+        // ETHUSDT is dropped, and wanted again much later; the connection stayed open and delivering.
+        c.reconcile(&wanted(&["BTCUSDT"]));
+        assert!(matches!(orders.try_recv(), Ok(Order::Change(s, false)) if s == ["ethusdt@bookTicker"]));
+        tokio::time::advance(Duration::from_secs(600)).await;
+        quote(&live, "BTCUSDT");
+        c.heard(book);
+        c.reconcile(&wanted(&["BTCUSDT", "ETHUSDT"]));
+        assert!(matches!(orders.try_recv(), Ok(Order::Change(s, true)) if s == ["ethusdt@bookTicker"]));
+        c.vouch(&live);
+        assert!(!fresh(&live, "ETHUSDT"), "not vouched for before the venue confirms");
+        // Confirmed: the quote from before is still not vouched for.
+        tokio::time::advance(Duration::from_millis(20)).await;
+        c.subscribed(book, vec!["ethusdt@bookTicker".into()], Instant::now());
+        c.heard(book);
+        c.vouch(&live);
+        assert!(!fresh(&live, "ETHUSDT"), "the quote predates the confirmation");
+        assert!(fresh(&live, "BTCUSDT"), "the others are vouched for as before");
+        // A new event after the confirmation: fresh, and vouched for while the connection delivers.
+        tokio::time::advance(Duration::from_millis(20)).await;
+        quote(&live, "ETHUSDT");
+        tokio::time::advance(MAX_AGE * 2).await;
+        assert!(!fresh(&live, "ETHUSDT"));
+        quote(&live, "BTCUSDT");
+        c.heard(book);
+        c.vouch(&live);
+        assert!(fresh(&live, "ETHUSDT"));
     }
 }

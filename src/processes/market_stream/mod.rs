@@ -8,6 +8,7 @@
 //! price_update, notification_check) covers whatever is stale.
 
 mod connections;
+mod requests;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -67,6 +68,7 @@ impl MarketStream {
                         self.on_quote(&ctx, route, quote, &mut tally).await;
                     }
                     Some(Note::Up(id)) => connections.up(id),
+                    Some(Note::Subscribed(id, streams, at)) => connections.subscribed(id, streams, at),
                     Some(Note::Renew(id)) => connections.renew(id),
                     Some(Note::Down(id, reason)) => connections.down(id, reason),
                     None => {}
