@@ -16,6 +16,7 @@ mod levels;
 mod market;
 mod notifications;
 mod overrides;
+mod positions;
 mod runs;
 mod trades;
 
@@ -30,8 +31,9 @@ use sqlx::{AnyPool, Row};
 pub use dashboard::Snapshot;
 pub use intents::{CloseOutcome, Intent};
 pub use levels::{Level, LevelStatus, NewLevel};
-pub use market::{StoredPosition, StoredPrice};
+pub use market::StoredPrice;
 pub use notifications::{Alert, NewAlert, Notification};
+pub use positions::{FLAT_KEPT_MS, PositionChange, StoredPosition};
 pub use trades::StoredTrade;
 
 /// Migrations, applied in order; `{{ID}}` is the dialect's auto-increment key.
@@ -45,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_process_overrides",
         include_str!("../../migrations/0004_process_overrides.sql"),
+    ),
+    (
+        "0006_position_times",
+        include_str!("../../migrations/0006_position_times.sql"),
     ),
 ];
 
