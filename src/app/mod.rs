@@ -139,6 +139,7 @@ fn join_cluster(
     stop: CancellationToken,
 ) {
     scheduler.coordinate_with(ha.clone() as Arc<dyn crate::scheduler::Coordinator>);
+    ha.report_replicas_to(cluster.clone());
     ha.spawn_heartbeat(stop.clone());
     tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
     tokio::spawn(async move {
