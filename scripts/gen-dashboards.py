@@ -146,8 +146,12 @@ overview = dashboard(
               [("sum by (instance) (increase(script_manager_ha_fencing_rejections_total[$__rate_interval]))", "{{instance}}")],
               12, 82, 6, 4),
         panel("Cluster budget waits (HA)", "Calls that waited for the next minute because all replicas together "
-              "had spent the minute's budget.", "short",
-              [("sum by (instance) (increase(script_manager_ha_cluster_budget_waits_total[$__rate_interval]))", "{{instance}}")],
+              "had spent the minute's budget; and calls admitted on a replica's local share (the venue's budget "
+              "over the replicas it last saw) because PostgreSQL, where the cluster's budget is kept, did not answer.",
+              "short",
+              [("sum by (instance) (increase(script_manager_ha_cluster_budget_waits_total[$__rate_interval]))", "{{instance}} waits"),
+               ("sum by (instance) (increase(script_manager_ha_cluster_budget_local_calls_total[$__rate_interval]))",
+                "{{instance}} on the local share")],
               18, 82, 6, 4),
         panel("Last reload OK", "1 if the last configuration reload (SIGHUP, POST /-/reload) was accepted; "
               "0: the file is invalid and the previous configuration still runs.", "short",

@@ -660,3 +660,65 @@ async fn replicas_stop_while_postgres_is_away_and_resume_after() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_once_each(&scheduled_runs(&db, "tick").await, "across the outage");
 }
+
+/// The cluster's budget on a PostgreSQL that stops: calls are admitted on
+/// this replica's local share meanwhile (the venue's budget over the replicas
+/// last seen), and counted by the cluster again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_admitted_on_a_local_share_while_postgres_is_away() {
+    use script_manager::budget::{Admission, Caller, ProcessCalls, VenueWeight};
+    use script_manager::ha::budget::PgClusterBudget;
+    use std::sync::Arc;
+
+    let pg = PrivatePostgres::new();
+    let cluster = Arc::new(PgClusterBudget::connect(&pg.url()).await.unwrap());
+    cluster.saw_replicas(2);
+    let weight = Arc::new(VenueWeight::new(1000, 1.0, 0.2, ["level_monitor".to_string()]));
+    let calls = ProcessCalls::new([("level_monitor".to_string(), 1000)]);
+    let admission = Admission::new(Arc::new(calls), weight.clone());
+    admission.share_with(cluster.clone());
+    let caller = || {
+        Caller::new(
+            "level_monitor",
+            1,
+            tokio::time::Instant::now() + Duration::from_secs(10),
+        )
+    };
+    // The cluster's count for the minute(s) an admission happened in.
+    let counted = async |minutes: &BTreeSet<i64>| {
+        let mut used = 0;
+        for m in minutes {
+            used += cluster.used(*m).await.unwrap();
+        }
+        used
+    };
+
+    let before = weight.venue_minute();
+    let admitted = admission.admit(&caller(), 5).await.unwrap();
+    assert!(!admitted.local_share);
+    assert!(counted(&BTreeSet::from([before, weight.venue_minute()])).await >= 5);
+
+    pg.stop();
+    let admitted = admission
+        .admit(&caller(), 5)
+        .await
+        .expect("admitted without PostgreSQL");
+    assert!(admitted.local_share);
+    assert!(admission.local_share_in_use());
+    let admitted = admission.admit(&caller(), 5).await.expect("and again");
+    assert!(admitted.local_share);
+
+    pg.start();
+    // A background probe finds it back; calls are then counted there again.
+    let back = eventually(Duration::from_secs(30), async || {
+        let before = weight.venue_minute();
+        let admitted = admission.admit(&caller(), 7).await.map_err(|e| e.to_string())?;
+        match admitted.local_share {
+            true => Err("still on the local share".to_string()),
+            false => Ok(BTreeSet::from([before, weight.venue_minute()])),
+        }
+    })
+    .await;
+    assert!(!admission.local_share_in_use());
+    assert!(counted(&back).await >= 7, "the cluster counts again");
+}

@@ -160,6 +160,73 @@ async fn installation_id_is_kept(backend: Backend) {
     assert_ne!(first, elsewhere, "a fresh store is another installation");
 }
 
+/// A position written flat or the other way retires the levels set for it,
+/// in the same transaction, with a reason and an outbox event; one that grows keeps them.
+async fn levels_retire_with_their_position(backend: Backend) {
+    use script_manager::domain::Position;
+    let test_store = TestStore::new(backend);
+    let store = Store::open(&test_store.url).await.unwrap();
+    let position = |symbol: &str, amount: i64, time: i64| Position {
+        symbol: symbol.into(),
+        amount: Decimal::from(amount),
+        entry_price: Decimal::ONE,
+        mark_price: Decimal::ONE,
+        unrealized_pnl: Decimal::ZERO,
+        update_time_ms: time,
+    };
+    let none = Fence::none();
+    store
+        .update_positions(&none, "main", &[position("BTCUSDT", 2, 10), position("ETHUSDT", -3, 10)], 0)
+        .await
+        .unwrap();
+    let level = |symbol: &str, side| NewLevel {
+        account: "main".into(),
+        symbol: symbol.into(),
+        side,
+        take_profit: None,
+        stop_loss: Some(Decimal::ONE),
+    };
+    let btc = store.insert_level(&level("BTCUSDT", PositionSide::Long)).await.unwrap();
+    let eth = store.insert_level(&level("ETHUSDT", PositionSide::Short)).await.unwrap();
+
+    // BTC grows: its level stays armed.
+    let changes = store
+        .update_positions(&none, "main", &[position("BTCUSDT", 5, 20)], 0)
+        .await
+        .unwrap();
+    assert!(changes.iter().all(|c| c.retired.is_empty()), "{changes:?}");
+    assert_eq!(store.level(btc.id).await.unwrap().unwrap().status.as_str(), "armed");
+
+    // BTC flips to a short (closed on the venue's app, a short opened): retired, never re-read as the short's.
+    let changes = store
+        .update_positions(&none, "main", &[position("BTCUSDT", -1, 30)], 0)
+        .await
+        .unwrap();
+    assert_eq!(changes[0].retired, vec![btc.id]);
+    assert_eq!(changes[0].retire_reason(), "position_flipped");
+    let retired = store.level(btc.id).await.unwrap().unwrap();
+    assert_eq!(
+        (retired.status.as_str(), retired.reason.as_deref()),
+        ("cancelled", Some("position_flipped"))
+    );
+
+    // ETH disappears from a full snapshot: flat, retired.
+    let changes = store
+        .replace_positions(&none, "main", &[position("BTCUSDT", -1, 40)], 0)
+        .await
+        .unwrap();
+    let eth_change = changes.iter().find(|c| c.symbol == "ETHUSDT").expect("ETH went flat");
+    assert_eq!(eth_change.retired, vec![eth.id]);
+    let retired = store.level(eth.id).await.unwrap().unwrap();
+    assert_eq!(
+        (retired.status.as_str(), retired.reason.as_deref()),
+        ("cancelled", Some("position_closed"))
+    );
+    let notes = store.notifications(10).await.unwrap();
+    let cancelled = notes.iter().filter(|n| n["kind"] == "level_cancelled").count();
+    assert_eq!(cancelled, 2, "{notes:?}");
+}
+
 macro_rules! on_both_stores {
     ($($name:ident => $body:ident;)*) => {
         mod sqlite {
@@ -176,6 +243,7 @@ macro_rules! on_both_stores {
 on_both_stores! {
     a_close_has_one_claim_at_a_time_and_a_lost_claim_writes_nothing => one_claim_at_a_time;
     the_installation_id_is_made_once_and_kept => installation_id_is_kept;
+    levels_are_retired_with_their_position => levels_retire_with_their_position;
 }
 
 /// -4131 (best price outside PERCENT_PRICE: a fast market) twice, then

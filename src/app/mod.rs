@@ -85,7 +85,8 @@ pub struct Retention {
 }
 
 /// Writes finished runs to the store; every ten minutes prunes the run
-/// history and finished levels, intents, alerts and notifications past retention.
+/// history and finished levels, intents, alerts and notifications past retention,
+/// and flat positions past `store::FLAT_KEPT_MS`.
 pub fn spawn_run_writer(store: Arc<Store>, retention: Retention) -> mpsc::Sender<RunRecord> {
     let (tx, mut rx) = mpsc::channel::<RunRecord>(RUN_RECORD_QUEUE);
     tokio::spawn(async move {
@@ -115,6 +116,11 @@ async fn prune(store: &Store, retention: Retention) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune finished rows"),
     }
+    match store.prune_flat_positions(now).await {
+        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned flat positions"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune flat positions"),
+    }
 }
 
 /// Processes the scheduler will tick.
@@ -136,6 +142,7 @@ fn join_cluster(
     stop: CancellationToken,
 ) {
     scheduler.coordinate_with(ha.clone() as Arc<dyn crate::scheduler::Coordinator>);
+    ha.report_replicas_to(cluster.clone());
     ha.spawn_heartbeat(stop.clone());
     tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
     tokio::spawn(async move {

@@ -6,7 +6,8 @@
 //! shared by all processes with priorities and a reserve, corrected by the
 //! venue's headers and paused by its 429/418), and, with several replicas, a
 //! [`ClusterBudget`] that every replica takes from (implemented on
-//! PostgreSQL in `ha::budget`).
+//! PostgreSQL in `ha::budget`), or, while that cannot be reached, a local
+//! share of the venue's budget (`local`).
 //!
 //! Owns: limits, waiting and refusals. Imports only `clock`: no exchange, no
 //! metrics (the caller records what [`Admitted`] reports), no `ha`.
@@ -14,6 +15,7 @@
 mod admission;
 mod calls;
 mod cluster;
+mod local;
 mod weight;
 
 use std::time::Duration;

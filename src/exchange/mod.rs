@@ -44,12 +44,24 @@ pub trait Venue: Send + Sync + 'static {
         account: &'a str,
         symbol: &'a str,
     ) -> BoxFuture<'a, Result<Option<Position>, VenueError>>;
+    /// Every position row the venue lists for an account, flat ones included
+    /// (each with the venue's time of its last change): one state of the account.
+    fn position_rows<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Position>, VenueError>>;
     /// Open positions of an account.
     fn positions<'a>(
         &'a self,
         caller: &'a Caller,
         account: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<Position>, VenueError>>;
+    ) -> BoxFuture<'a, Result<Vec<Position>, VenueError>> {
+        Box::pin(async move {
+            let rows = self.position_rows(caller, account).await?;
+            Ok(rows.into_iter().filter(|p| !p.amount.is_zero()).collect())
+        })
+    }
     /// When each symbol's position of `account` last changed (ms), open or not: a fill
     /// changes it, so a symbol whose time has not moved has no new fills.
     fn position_update_times<'a>(

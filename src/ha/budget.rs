@@ -8,6 +8,10 @@
 //! so however many replicas ask at once, the venue never sees more than
 //! limit × margin from all of them together. The venue's own count
 //! (`X-MBX-USED-WEIGHT-1M`) raises the row, as it raises the local one.
+//! While PostgreSQL cannot be reached, admission takes from a local share:
+//! the venue's budget divided by the replicas the heartbeat last saw alive.
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures::future::BoxFuture;
 use sqlx::{PgPool, Row};
@@ -16,6 +20,8 @@ use crate::budget::ClusterBudget;
 
 pub struct PgClusterBudget {
     pool: PgPool,
+    /// Replicas alive at the last heartbeat that reached PostgreSQL (0: none yet).
+    replicas: AtomicU32,
 }
 
 /// The weight scope; a process's calls are counted under `calls:<process>`.
@@ -44,7 +50,16 @@ impl PgClusterBudget {
         )
         .execute(&pool)
         .await?;
-        Ok(PgClusterBudget { pool })
+        Ok(PgClusterBudget {
+            pool,
+            replicas: AtomicU32::new(0),
+        })
+    }
+
+    /// The heartbeat saw `alive` replicas (kept while PostgreSQL is away).
+    pub fn saw_replicas(&self, alive: i64) {
+        self.replicas
+            .store(alive.clamp(0, u32::MAX as i64) as u32, Ordering::Relaxed);
     }
 
     /// Takes one call of `process` (up to `calls_limit` in the minute) and
@@ -126,6 +141,17 @@ impl ClusterBudget for PgClusterBudget {
 
     fn observe_used(&self, minute: i64, used: u32) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(PgClusterBudget::observe_used(self, minute, used))
+    }
+
+    fn ping(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+    }
+
+    fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
     }
 }
 

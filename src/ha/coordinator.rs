@@ -52,6 +52,8 @@ pub struct Coordinator {
     links: std::sync::RwLock<HashMap<String, Vec<String>>>,
     /// Process → its group, for every process the scheduler runs.
     groups: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
+    /// Told how many replicas the heartbeat sees (its local share while PostgreSQL is away).
+    pub(super) budget: std::sync::OnceLock<Arc<super::budget::PgClusterBudget>>,
 }
 
 impl Coordinator {
@@ -83,6 +85,7 @@ impl Coordinator {
             }),
             links: Default::default(),
             groups: Default::default(),
+            budget: Default::default(),
         });
         me.measure_clock().await?;
         Ok(me)
@@ -290,6 +293,13 @@ impl Coordinator {
     /// Replicas seen alive at the last heartbeat.
     pub fn replicas_alive(&self) -> i64 {
         self.lock().replicas_alive
+    }
+
+    /// Tells `budget` the replica count each heartbeat sees, so that while
+    /// PostgreSQL is away this replica takes its share of the venue's budget.
+    pub fn report_replicas_to(&self, budget: Arc<super::budget::PgClusterBudget>) {
+        budget.saw_replicas(self.replicas_alive());
+        let _ = self.budget.set(budget);
     }
 
     /// Whether PostgreSQL answered the last claim or heartbeat.

@@ -52,6 +52,9 @@ impl Coordinator {
         }
         self.store_reachable(true, None);
         self.metrics.ha.replicas(count);
+        if let Some(budget) = self.budget.get() {
+            budget.saw_replicas(count);
+        }
         let mut lost = Vec::new();
         {
             let mut s = self.lock();

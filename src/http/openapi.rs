@@ -302,10 +302,11 @@ fn schemas() -> Value {
         "Price": object(&["symbol", "price", "observed_at", "venue_time"], json!({
             "symbol": {"type": "string"}, "price": decimal(), "observed_at": ms, "venue_time": ms,
         })),
-        "Position": object(&["account", "symbol", "amount", "entry_price", "mark_price", "unrealized_pnl", "updated_at"], json!({
+        "Position": object(&["account", "symbol", "amount", "entry_price", "mark_price", "unrealized_pnl", "updated_at", "venue_time"], json!({
             "account": {"type": "string"}, "symbol": {"type": "string"},
             "amount": {"type": "string", "description": "signed decimal: > 0 long, < 0 short"},
             "entry_price": decimal(), "mark_price": decimal(), "unrealized_pnl": {"type": "string"}, "updated_at": ms,
+            "venue_time": {"type": "integer", "description": "the venue's time of the fact (ms since the epoch)"},
         })),
         "Trade": object(&["account", "symbol", "id", "order_id", "side", "price", "qty", "time"], json!({
             "account": {"type": "string"}, "symbol": {"type": "string"}, "id": id, "order_id": id,

@@ -112,6 +112,15 @@ impl StreamSettings {
 }
 
 impl Platform {
+    /// Counts the levels that position writes retired (their position went flat or the other way).
+    pub fn count_retired(&self, changes: &[crate::store::PositionChange]) {
+        for change in changes.iter().filter(|c| !c.retired.is_empty()) {
+            self.events
+                .protection()
+                .levels_retired(change.retire_reason(), change.retired.len());
+        }
+    }
+
     /// A store failure, as a run error (see [`store_error`]).
     pub fn store_error(&self, e: anyhow::Error) -> ProcessError {
         store_error(&self.events, e)

@@ -61,18 +61,21 @@ pub async fn fills(p: &Platform, ctx: &RunContext, account: &str, symbol: &str) 
     }
 }
 
-/// Replaces the account's positions with the venue's; returns how many are open.
+/// Applies the venue's positions of the account (rows it has newer stay);
+/// returns how many the venue has open.
 pub async fn positions(p: &Platform, ctx: &RunContext, account: &str) -> Result<usize, ProcessError> {
-    let positions = p
+    let rows = p
         .venue
-        .positions(&ctx.caller(None), account)
+        .position_rows(&ctx.caller(None), account)
         .await
         .map_err(venue_error)?;
-    p.store
-        .replace_positions(&ctx.fence, account, &positions, now_ms())
+    let changes = p
+        .store
+        .replace_positions(&ctx.fence, account, &rows, now_ms())
         .await
         .map_err(|e| p.store_error(e))?;
-    Ok(positions.len())
+    p.count_retired(&changes);
+    Ok(rows.iter().filter(|r| !r.amount.is_zero()).count())
 }
 
 /// The whole account: positions, then fills since the cursor of every

@@ -222,10 +222,12 @@ impl UserStream {
                 p.levels.closer().nudge(&client_order_id);
             }
             StreamEvent::Positions(changed) => {
-                p.store
+                let changes = p
+                    .store
                     .update_positions(&ctx.fence, account, &changed, now_ms())
                     .await
                     .map_err(|e| p.store_error(e))?;
+                p.count_retired(&changes);
             }
             StreamEvent::ListenKeyExpired => {
                 p.stream_metrics.listen_key(account, false);

@@ -16,6 +16,7 @@ mod levels;
 mod market;
 mod notifications;
 mod overrides;
+mod positions;
 mod runs;
 mod trades;
 
@@ -30,8 +31,9 @@ use sqlx::{AnyPool, Row};
 pub use dashboard::Snapshot;
 pub use intents::{Claim, CloseOutcome, Ending, Intent};
 pub use levels::{Level, LevelStatus, NewLevel};
-pub use market::{StoredPosition, StoredPrice};
+pub use market::StoredPrice;
 pub use notifications::{Alert, NewAlert, Notification};
+pub use positions::{FLAT_KEPT_MS, PositionChange, StoredPosition};
 pub use trades::StoredTrade;
 
 /// Length of the installation id in client order ids (Binance allows 36 characters in all).
@@ -52,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_level_positions",
         include_str!("../../migrations/0005_level_positions.sql"),
+    ),
+    (
+        "0006_position_times",
+        include_str!("../../migrations/0006_position_times.sql"),
     ),
 ];
 

@@ -41,6 +41,7 @@ pub struct HaMetrics {
     replicas: Gauge,
     store_up: Gauge,
     cluster_budget_waits: Counter,
+    cluster_budget_local_calls: Counter,
 }
 
 impl HaMetrics {
@@ -85,6 +86,12 @@ impl HaMetrics {
             "cluster_budget_waits",
             "Calls that waited because the cluster's shared budget for the minute was spent",
             self.cluster_budget_waits.clone(),
+        );
+        r.register(
+            "cluster_budget_local_calls",
+            "Calls admitted on this replica's local share of the venue's budget because the cluster's budget \
+             (PostgreSQL) could not be reached",
+            self.cluster_budget_local_calls.clone(),
         );
     }
 
@@ -142,6 +149,11 @@ impl HaMetrics {
 
     pub fn cluster_budget_waits(&self, count: u32) {
         self.cluster_budget_waits.inc_by(count as u64);
+    }
+
+    /// A call was admitted on the local share (the cluster's budget unreachable).
+    pub fn cluster_budget_local_call(&self) {
+        self.cluster_budget_local_calls.inc();
     }
 
     /// The counter refused writes are counted in (handed to whoever maps them).

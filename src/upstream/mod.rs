@@ -126,6 +126,9 @@ where
         if admitted.cluster_waits > 0 {
             self.metrics.ha.cluster_budget_waits(admitted.cluster_waits);
         }
+        if admitted.local_share {
+            self.metrics.ha.cluster_budget_local_call();
+        }
         send(caller).await
     }
 }

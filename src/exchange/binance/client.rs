@@ -327,7 +327,7 @@ impl Venue for Binance {
         }))
     }
 
-    fn positions<'a>(
+    fn position_rows<'a>(
         &'a self,
         caller: &'a Caller,
         account: &'a str,
@@ -335,11 +335,7 @@ impl Venue for Binance {
         Box::pin(self.tally(async move {
             let acct = self.account(account)?;
             let raw: Vec<RawPosition> = self.get(caller, POSITION_RISK, vec![], Some(acct)).await?;
-            let mut out = Vec::new();
-            for r in raw {
-                out.extend(r.into_open_position()?);
-            }
-            Ok(out)
+            raw.into_iter().map(RawPosition::into_position).collect()
         }))
     }
 

@@ -131,20 +131,22 @@ impl RawPrice {
 }
 
 impl RawPosition {
-    /// The position, `None` when flat.
-    pub fn into_open_position(self) -> Result<Option<Position>, VenueError> {
-        let amount = dec("positionAmt", &self.position_amt)?;
-        if amount.is_zero() {
-            return Ok(None);
-        }
-        Ok(Some(Position {
-            amount,
+    /// The row as it is, flat or not.
+    pub fn into_position(self) -> Result<Position, VenueError> {
+        Ok(Position {
+            amount: dec("positionAmt", &self.position_amt)?,
             entry_price: dec("entryPrice", &self.entry_price)?,
             mark_price: dec("markPrice", &self.mark_price)?,
             unrealized_pnl: dec("unRealizedProfit", &self.un_realized_profit)?,
             update_time_ms: self.update_time,
             symbol: self.symbol,
-        }))
+        })
+    }
+
+    /// The position, `None` when flat.
+    pub fn into_open_position(self) -> Result<Option<Position>, VenueError> {
+        let position = self.into_position()?;
+        Ok((!position.amount.is_zero()).then_some(position))
     }
 }
 

@@ -273,7 +273,8 @@ pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
                         entry_price: entry,
                         mark_price: mark.round_dp(8),
                         unrealized_pnl: unrealized,
-                        update_time_ms: time,
+                        // Ordered by the transaction time; `E` is when the event went out.
+                        update_time_ms: data["T"].as_i64().unwrap_or(time),
                     })
                 })
                 .collect(),
@@ -322,6 +323,17 @@ mod tests {
             Some(StreamEvent::Fill { fill, client_order_id }) => {
                 assert_eq!((fill.id, fill.order_id, fill.qty), (9, 7, Decimal::new(5, 1)));
                 assert_eq!(client_order_id, "sm-1-1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let account = r#"{"e":"ACCOUNT_UPDATE","E":8,"T":6,"a":{"m":"ORDER","B":[],"P":[{"s":"ETHUSDT","pa":"-0.5","ep":"4000","up":"-5","ps":"BOTH"}]}}"#;
+        match decode(account, now) {
+            Some(StreamEvent::Positions(p)) => {
+                assert_eq!(
+                    (p[0].amount, p[0].mark_price),
+                    (Decimal::new(-5, 1), Decimal::from(4010))
+                );
+                assert_eq!(p[0].update_time_ms, 6, "the transaction time orders positions");
             }
             other => panic!("{other:?}"),
         }
