@@ -83,4 +83,7 @@ pub trait Venue: Send + Sync + 'static {
         symbol: &'a str,
         client_order_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<OrderAck>, VenueError>>;
+    /// Whether the account is in hedge mode (`dualSidePosition`): then orders
+    /// must name a position side and `reduceOnly` is refused.
+    fn hedge_mode<'a>(&'a self, caller: &'a Caller, account: &'a str) -> BoxFuture<'a, Result<bool, VenueError>>;
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use super::feed::{Feed, MarketEvent, OrderUpdate, account_update};
+use super::lots::Lot;
 use super::orders::SimOrder;
 
 use rand::rngs::StdRng;
@@ -47,12 +48,16 @@ pub struct SimAccount {
     pub fills: VecDeque<SimFill>,
     /// By client order id; at most `Book::keep_orders`.
     pub orders: HashMap<String, SimOrder>,
+    /// Hedge mode (`dualSidePosition`): orders must name `positionSide`, never `reduceOnly`.
+    pub hedge: bool,
 }
 
 pub struct Book {
     rng: StdRng,
     volatility: f64,
     pub prices: BTreeMap<String, Decimal>,
+    /// Each symbol's quantity and price filters.
+    pub lots: BTreeMap<String, Lot>,
     /// Each listed symbol's last 24 h, for `ticker/24hr`.
     pub day: BTreeMap<String, DayStats>,
     /// By API key.
@@ -116,6 +121,7 @@ impl Book {
             rng: StdRng::seed_from_u64(seed),
             volatility,
             day: prices.iter().map(|(s, &p)| (s.clone(), DayStats::opening(p))).collect(),
+            lots: super::lots::defaults(&prices),
             prices,
             accounts: HashMap::new(),
             pending: Vec::new(),

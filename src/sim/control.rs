@@ -93,6 +93,51 @@ pub async fn orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String,
     Json(orders).into_response()
 }
 
+/// `{"account", "symbol", "side", "qty"}`: a trade made outside the service, as
+/// on the venue's app: a plain MARKET order filled at the current price, told
+/// to the account's user stream like any other.
+pub async fn trade(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let Some(key) = body["account"].as_str().and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let side = match body["side"].as_str() {
+        Some("BUY") => "BUY",
+        Some("SELL") => "SELL",
+        _ => return (StatusCode::UNPROCESSABLE_ENTITY, "side must be BUY or SELL").into_response(),
+    };
+    let qty = match &body["qty"] {
+        Value::String(s) => Decimal::from_str(s).ok(),
+        Value::Number(n) => Decimal::from_str(&n.to_string()).ok(),
+        _ => None,
+    };
+    let (Some(symbol), Some(qty)) = (body["symbol"].as_str(), qty) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "need symbol and qty").into_response();
+    };
+    let result = sim.book().outside_trade(&key, symbol, side, qty, wall_ms());
+    match result {
+        Ok(order) => Json(order).into_response(),
+        Err(r) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"code": r.code, "msg": r.msg})),
+        )
+            .into_response(),
+    }
+}
+
+/// `{"account", "enabled"}`: the account's hedge mode (`dualSidePosition`).
+pub async fn hedge(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let Some(key) = body["account"].as_str().and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let Some(enabled) = body["enabled"].as_bool() else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "need {\"enabled\": true|false}").into_response();
+    };
+    if let Some(account) = sim.book().accounts.get_mut(&key) {
+        account.hedge = enabled;
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// `{"symbol": "X"}`: the venue stops listing X (every route answers -1121 for it).
 pub async fn delist(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
     match body["symbol"].as_str() {

@@ -4,7 +4,7 @@
 //! made to misbehave.
 //!
 //! It serves the endpoints the client uses with Binance's shapes, headers
-//! and error codes; counts weight per fixed minute (429, then 418 for a
+//! and error codes (symbol filters, hedge mode); counts weight per fixed minute (429, then 418 for a
 //! client that ignores it); checks signatures and timestamps; and takes
 //! faults from configuration or `POST /sim/faults`. `GET /sim/meter` reports
 //! what it served, by endpoint and account.
@@ -22,6 +22,7 @@ mod feed;
 mod form;
 mod gate;
 mod limits;
+mod lots;
 mod orders;
 mod routes;
 mod streams;
@@ -93,9 +94,13 @@ impl Sim {
         let mut book = Book::new(config.seed, config.volatility, prices);
         book.keep_fills = config.keep_fills;
         book.keep_orders = config.keep_orders;
+        book.lots = lots::from_config(config, &book.prices);
         let now = crate::clock::now_ms();
         for a in accounts {
             book.add_account(&a.api_key, &a.name, &a.api_secret, now, config.opening_positions);
+            if let Some(account) = book.accounts.get_mut(&a.api_key) {
+                account.hedge = config.hedge_mode;
+            }
         }
         Arc::new(Sim {
             book: Mutex::new(book),

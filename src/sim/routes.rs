@@ -20,6 +20,8 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/trading", post(control::trading))
         .route("/sim/fills", get(control::fills))
         .route("/sim/orders", get(control::orders))
+        .route("/sim/trade", post(control::trade))
+        .route("/sim/hedge", post(control::hedge))
         .route("/sim/stream/drop", post(control::drop_streams))
         .route("/sim/stream/expire_keys", post(control::expire_listen_keys))
         .route("/sim/stream/book_ticker", post(control::book_ticker))

@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use super::sign::encode;
 use super::transport::{Request, Transport, TransportOptions};
 use super::weights::{
-    self, ENDPOINTS, EXCHANGE_INFO, LISTEN_KEY, ORDER, POSITION_RISK, TICKER_PRICE, TIME, USER_TRADES,
+    self, ENDPOINTS, EXCHANGE_INFO, LISTEN_KEY, ORDER, POSITION_RISK, POSITION_SIDE_DUAL, TICKER_PRICE, TIME,
+    USER_TRADES,
 };
 use super::wire::{RawFill, RawInfo, RawOrder, RawPosition, RawPrice, decode};
 use crate::budget::{Admission, Caller};
@@ -411,6 +412,19 @@ impl Venue for Binance {
                 Err(VenueError::Rejected { code: -2013, .. }) => Ok(None),
                 Err(e) => Err(e),
             }
+        }))
+    }
+
+    fn hedge_mode<'a>(&'a self, caller: &'a Caller, account: &'a str) -> BoxFuture<'a, Result<bool, VenueError>> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Mode {
+            dual_side_position: bool,
+        }
+        Box::pin(self.tally(async move {
+            let acct = self.account(account)?;
+            let mode: Mode = self.get(caller, POSITION_SIDE_DUAL, vec![], Some(acct)).await?;
+            Ok(mode.dual_side_position)
         }))
     }
 }

@@ -12,6 +12,8 @@ pub const USER_TRADES: &str = "/fapi/v1/userTrades";
 pub const ORDER: &str = "/fapi/v1/order";
 /// The user-data stream's key: create (POST), extend (PUT), close (DELETE).
 pub const LISTEN_KEY: &str = "/fapi/v1/listenKey";
+/// Whether the account is in hedge mode (`dualSidePosition`).
+pub const POSITION_SIDE_DUAL: &str = "/fapi/v1/positionSide/dual";
 
 /// Routes the simulator also serves for third-party clients (ccxt), which this client does not call.
 pub const TICKER_24HR: &str = "/fapi/v1/ticker/24hr";
@@ -27,6 +29,7 @@ pub const ENDPOINTS: &[&str] = &[
     USER_TRADES,
     ORDER,
     LISTEN_KEY,
+    POSITION_SIDE_DUAL,
 ];
 
 /// The IP weight of a request; `None` for a route we do not know.
@@ -51,6 +54,7 @@ pub fn weight(method: &Method, route: &str, with_symbol: bool) -> Option<u32> {
         }
         ("GET", POSITION_RISK) | ("GET", POSITION_RISK_V3) | ("GET", USER_TRADES) => 5,
         ("GET", LEVERAGE_BRACKET) => 1,
+        ("GET", POSITION_SIDE_DUAL) => 30,
         // Orders cost no IP weight; they count toward the order limits.
         ("POST", ORDER) => 0,
         ("POST", LISTEN_KEY) | ("PUT", LISTEN_KEY) | ("DELETE", LISTEN_KEY) => 1,
@@ -75,5 +79,6 @@ mod tests {
         assert_eq!(weight(&Method::GET, TICKER_PRICE, true), Some(1));
         assert_eq!(weight(&Method::POST, ORDER, true), Some(0));
         assert_eq!(weight(&Method::DELETE, ORDER, true), None);
+        assert_eq!(weight(&Method::GET, POSITION_SIDE_DUAL, false), Some(30));
     }
 }

@@ -44,16 +44,23 @@ pub struct RawSymbol {
 
 impl RawSymbol {
     pub fn into_listing(self) -> Listing {
-        let step_size = self
-            .filters
-            .iter()
-            .find(|f| f["filterType"] == "LOT_SIZE")
-            .and_then(|f| f["stepSize"].as_str())
-            .and_then(|s| Decimal::from_str(s).ok());
+        let filter = |kind: &str, field: &str| {
+            self.filters
+                .iter()
+                .find(|f| f["filterType"] == kind)
+                .and_then(|f| f[field].as_str())
+                .and_then(|s| Decimal::from_str(s).ok())
+        };
         Listing {
+            step_size: filter("LOT_SIZE", "stepSize"),
+            min_qty: filter("LOT_SIZE", "minQty"),
+            max_qty: filter("LOT_SIZE", "maxQty"),
+            market_min_qty: filter("MARKET_LOT_SIZE", "minQty"),
+            market_max_qty: filter("MARKET_LOT_SIZE", "maxQty"),
+            market_step: filter("MARKET_LOT_SIZE", "stepSize"),
+            tick_size: filter("PRICE_FILTER", "tickSize"),
             trading: self.status.as_deref().is_none_or(|s| s == "TRADING"),
             symbol: self.symbol,
-            step_size,
         }
     }
 }
