@@ -5,8 +5,12 @@
 //! Owns: these value types. Imports nothing of the service (ground floor), so
 //! the store can keep them without importing the exchange.
 
+mod algo;
+
 use rust_decimal::Decimal;
 use serde::Serialize;
+
+pub use algo::{AlgoKind, AlgoOrder, AlgoOrderRequest, AlgoSize, AlgoStatus, WorkingType};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Price {

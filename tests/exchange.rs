@@ -2,8 +2,11 @@
 //! de-duplication, cache, lost order answers, clock skew, bad credentials.
 //! Counts come from the simulator's own meter, not from the client. What a
 //! protective close meets at the venue is in `exchange/closes.rs` (filters,
-//! refusals, slow answers, trades made elsewhere, hedge mode).
+//! refusals, slow answers, trades made elsewhere, hedge mode) and
+//! `exchange/algo.rs` (conditional orders resting on the venue).
 
+#[path = "exchange/algo.rs"]
+mod algo;
 #[path = "exchange/closes.rs"]
 mod closes;
 

@@ -44,6 +44,10 @@ pub struct Faults {
     /// answer is held this long, as a venue slow to answer in a crash. Other
     /// symbols' orders are answered as usual.
     pub hold_orders_ms: BTreeMap<String, u64>,
+    /// The next N algo (conditional) orders are refused with `reject_algo_code`
+    /// (-4045, max stop orders reached, when unset).
+    pub reject_algo_orders: u32,
+    pub reject_algo_code: i64,
     /// WebSocket connections stay open but send nothing (a silent socket).
     pub ws_silent: bool,
     /// Every WebSocket event is held this long before it is sent.

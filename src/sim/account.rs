@@ -1,7 +1,8 @@
 //! The signed `/fapi` routes: positions (v2 and v3 shapes, with the `symbol`
 //! filter), fills, leverage brackets, the position mode, MARKET orders placed
-//! and looked up as Binance answers them (`ACK` unless `RESULT` is asked for),
-//! and refusals with Binance's code and message.
+//! and looked up as Binance answers them (`ACK` unless `RESULT` is asked for;
+//! conditional types refused with -4120, they live in the Algo Order API,
+//! `algo_api.rs`), and refusals with Binance's code and message.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -36,6 +37,9 @@ pub async fn route(
         ("POST", "/fapi/v1/order") => place_order(sim, key, params, faults, now).await,
         ("GET", "/fapi/v1/positionSide/dual") => {
             Json(json!({"dualSidePosition": sim.book().accounts[key].hedge})).into_response()
+        }
+        (_, route) if super::algo_api::ROUTES.contains(&route) => {
+            super::algo_api::route(sim, method, path, key, params, faults, now)
         }
         _ => binance_error(StatusCode::NOT_FOUND, -1000, "Unknown route."),
     }
@@ -152,6 +156,13 @@ async fn place_order(
     };
     match get("type") {
         "MARKET" => {}
+        "STOP" | "STOP_MARKET" | "TAKE_PROFIT" | "TAKE_PROFIT_MARKET" | "TRAILING_STOP_MARKET" => {
+            return binance_error(
+                StatusCode::BAD_REQUEST,
+                -4120,
+                "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.",
+            );
+        }
         _ => {
             return binance_error(
                 StatusCode::BAD_REQUEST,

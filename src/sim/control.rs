@@ -52,7 +52,10 @@ pub async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Faults>)
     Json(faults)
 }
 
+/// `{"BTCUSDT": "95000"}`: moves last prices (the mark follows within a
+/// second) and triggers the algo orders they cross.
 pub async fn set_prices(State(sim): State<Arc<Sim>>, Json(prices): Json<BTreeMap<String, String>>) -> Response {
+    let matching = sim.algo_matching();
     let mut book = sim.book();
     for (symbol, price) in prices {
         match Decimal::from_str(&price) {
@@ -60,6 +63,7 @@ pub async fn set_prices(State(sim): State<Arc<Sim>>, Json(prices): Json<BTreeMap
             _ => return (StatusCode::UNPROCESSABLE_ENTITY, format!("bad price for {symbol}")).into_response(),
         }
     }
+    book.trigger_algos(wall_ms(), matching);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -91,6 +95,16 @@ pub async fn orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String,
     let mut orders: Vec<_> = sim.book().accounts[&key].orders.values().cloned().collect();
     orders.sort_by_key(|o| o.order_id);
     Json(orders).into_response()
+}
+
+/// Every algo (conditional) order of the account, oldest first, in the REST shape.
+pub async fn algo_orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(key) = q.get("account").and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let book = sim.book();
+    let rows: Vec<Value> = book.accounts[&key].algos.values().map(|a| a.rest()).collect();
+    Json(rows).into_response()
 }
 
 /// `{"account", "symbol", "side", "qty"}`: a trade made outside the service, as

@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::account;
+use super::algo::MAX_OPEN_PER_SYMBOL;
 use super::auth::authenticate;
 use super::book::{Book, STEP_SIZE};
 use super::lots::Lot;
@@ -139,7 +140,7 @@ fn symbol_info(symbol: &str, lot: Lot) -> Value {
             {"filterType": "LOT_SIZE", "minQty": min, "maxQty": max, "stepSize": STEP_SIZE.to_string()},
             {"filterType": "MARKET_LOT_SIZE", "minQty": min, "maxQty": market_max, "stepSize": STEP_SIZE.to_string()},
             {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": MAX_OPEN_PER_SYMBOL},
             {"filterType": "MIN_NOTIONAL", "notional": "5"},
             {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"}
         ],

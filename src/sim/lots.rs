@@ -1,7 +1,7 @@
 //! Each symbol's quantity and price filters, as `exchangeInfo` lists them and
 //! orders are held to: `LOT_SIZE` (limit orders), `MARKET_LOT_SIZE` (MARKET
 //! orders, with a much smaller maximum than `LOT_SIZE`, so closing a large
-//! position takes several orders) and `PRICE_FILTER`'s tick.
+//! position takes several orders) and `PRICE_FILTER`'s tick (trigger prices).
 //! Fixed at start from the opening prices and `[exchange.simulator]`.
 
 use std::collections::BTreeMap;
@@ -55,6 +55,23 @@ impl Lot {
         }
         if qty > self.market_max_qty {
             return reject(-4005, "Quantity greater than max quantity.");
+        }
+        Ok(())
+    }
+
+    /// Checks a trigger price: positive and a whole number of ticks.
+    pub fn check_price(&self, price: Decimal) -> Result<(), OrderReject> {
+        if price <= Decimal::ZERO {
+            return Err(OrderReject {
+                code: -4006,
+                msg: "Stop price less than zero.",
+            });
+        }
+        if !(price % self.tick).is_zero() {
+            return Err(OrderReject {
+                code: -4014,
+                msg: "Price not increased by tick size.",
+            });
         }
         Ok(())
     }
@@ -132,5 +149,7 @@ mod tests {
         );
         assert_eq!(lot.check_market(Decimal::new(5, 3)).unwrap_err().code, -4004);
         assert_eq!(lot.check_market(Decimal::new(2501, 3)).unwrap_err().code, -4005);
+        assert_eq!(lot.check_price(Decimal::new(950_005, 2)).unwrap_err().code, -4014);
+        assert!(lot.check_price(Decimal::new(950_001, 1)).is_ok());
     }
 }

@@ -355,6 +355,7 @@ impl Book {
         if status != "FILLED" {
             self.feed.user(api_key, update.payload());
         }
+        self.algo_order_done(api_key, order.order_id, qty, price, now_ms);
     }
 
     pub(super) fn position(&self, api_key: &str, symbol: &str) -> Decimal {

@@ -20,6 +20,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/trading", post(control::trading))
         .route("/sim/fills", get(control::fills))
         .route("/sim/orders", get(control::orders))
+        .route("/sim/algo_orders", get(control::algo_orders))
         .route("/sim/trade", post(control::trade))
         .route("/sim/hedge", post(control::hedge))
         .route("/sim/stream/drop", post(control::drop_streams))

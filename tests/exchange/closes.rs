@@ -12,7 +12,9 @@ use rust_decimal::Decimal;
 use script_manager::domain::{Catalog, OrderStatus};
 use script_manager::exchange::binance::ws::StreamEvent;
 use script_manager::exchange::orders::close_exactly_once;
-use script_manager::exchange::{OrderSide, Venue, VenueError, VenueErrorKind};
+use script_manager::exchange::{
+    AlgoKind, AlgoOrderRequest, AlgoSize, OrderSide, Venue, VenueError, VenueErrorKind, WorkingType,
+};
 use script_manager::sim::Faults;
 use serde_json::json;
 use tokio::time::Instant;
@@ -310,6 +312,18 @@ async fn hedge_mode_is_read_from_the_venue_and_orders_are_refused_as_it_refuses_
         rejected(close),
         (-1106, "Parameter 'reduceOnly' sent when not required.".to_string())
     );
+    let stop = AlgoOrderRequest {
+        symbol: "BTCUSDT".into(),
+        side: OrderSide::Sell,
+        kind: AlgoKind::StopMarket,
+        trigger_price: d("50000"),
+        working_type: WorkingType::MarkPrice,
+        size: AlgoSize::ClosePosition,
+        price_protect: false,
+        client_algo_id: "sm-30-sl".into(),
+    };
+    let (code, _) = rejected(rig.venue.place_algo_order(&close_caller(), "main", &stop).await);
+    assert_eq!(code, -4061, "no positionSide in hedge mode");
     let plain = [
         ("symbol", "BTCUSDT"),
         ("side", "SELL"),
