@@ -5,8 +5,12 @@
 //! Owns: these value types. Imports nothing of the service (ground floor), so
 //! the store can keep them without importing the exchange.
 
+mod algo;
+
 use rust_decimal::Decimal;
 use serde::Serialize;
+
+pub use algo::{AlgoKind, AlgoOrder, AlgoOrderRequest, AlgoSize, AlgoStatus, WorkingType};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Price {
@@ -163,14 +167,23 @@ pub struct OrderAck {
     pub update_time_ms: i64,
 }
 
-/// A symbol as the venue lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A symbol as the venue lists it, with the filters that bind an order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Listing {
     pub symbol: String,
     /// `TRADING` (orders accepted); anything else is listed but closed.
     pub trading: bool,
     /// Quantities are multiples of this (`LOT_SIZE.stepSize`); `None` when not given.
     pub step_size: Option<Decimal>,
+    /// `LOT_SIZE.minQty` and `maxQty` (limit orders).
+    pub min_qty: Option<Decimal>,
+    pub max_qty: Option<Decimal>,
+    /// `MARKET_LOT_SIZE`: MARKET orders, whose maximum is often far below `LOT_SIZE`'s.
+    pub market_min_qty: Option<Decimal>,
+    pub market_max_qty: Option<Decimal>,
+    pub market_step: Option<Decimal>,
+    /// Prices are multiples of this (`PRICE_FILTER.tickSize`).
+    pub tick_size: Option<Decimal>,
 }
 
 /// The venue's symbols as last read from `exchangeInfo`, shared by whoever
@@ -198,9 +211,31 @@ impl Catalog {
         self.lists(symbol) != Some(false)
     }
 
-    pub fn step_size(&self, symbol: &str) -> Option<Decimal> {
+    /// The symbol's listing as last read.
+    pub fn listing(&self, symbol: &str) -> Option<Listing> {
         let listings = self.listings.read().unwrap_or_else(|e| e.into_inner());
-        listings.as_ref()?.get(symbol)?.step_size
+        listings.as_ref()?.get(symbol).cloned()
+    }
+
+    pub fn step_size(&self, symbol: &str) -> Option<Decimal> {
+        self.listing(symbol)?.step_size
+    }
+
+    /// The largest MARKET order (`MARKET_LOT_SIZE.maxQty`): a bigger close takes several.
+    pub fn market_max_qty(&self, symbol: &str) -> Option<Decimal> {
+        self.listing(symbol)?.market_max_qty.filter(|q| *q > Decimal::ZERO)
+    }
+
+    /// The smallest MARKET order (`MARKET_LOT_SIZE.minQty`, else `LOT_SIZE.minQty`).
+    pub fn min_qty(&self, symbol: &str) -> Option<Decimal> {
+        let listing = self.listing(symbol)?;
+        listing.market_min_qty.or(listing.min_qty)
+    }
+
+    /// MARKET quantities are multiples of this (`MARKET_LOT_SIZE.stepSize`, else `LOT_SIZE.stepSize`).
+    pub fn market_step(&self, symbol: &str) -> Option<Decimal> {
+        let listing = self.listing(symbol)?;
+        listing.market_step.or(listing.step_size).filter(|s| *s > Decimal::ZERO)
     }
 
     /// `qty` rounded down to `symbol`'s step (unchanged when the step is unknown).
@@ -211,12 +246,67 @@ impl Catalog {
         }
     }
 
-    /// One MARKET order's share of closing `held`: at most `cap` (a split
-    /// after the venue refused more), rounded down to the step; zero when
-    /// below it.
+    /// One MARKET order's share of closing `held`: the first part of its
+    /// split by the symbol's MARKET filters, at most `cap` (a split after the
+    /// venue refused more); zero when nothing an order may carry is left
+    /// (below the step or the minimum quantity).
     pub fn market_qty(&self, symbol: &str, held: Decimal, cap: Option<Decimal>) -> Decimal {
         let qty = cap.map_or(held, |cap| held.min(cap));
-        self.round_qty(symbol, qty)
+        let first = self.split_market_qty(symbol, qty).into_iter().next().unwrap_or_default();
+        match self.min_qty(symbol) {
+            Some(min) if first < min => Decimal::ZERO,
+            _ => first,
+        }
+    }
+
+    /// `price` rounded to the nearest tick of `symbol` (unchanged when the tick is unknown).
+    pub fn round_price_to_tick(&self, symbol: &str, price: Decimal) -> Decimal {
+        match self
+            .listing(symbol)
+            .and_then(|l| l.tick_size)
+            .filter(|t| *t > Decimal::ZERO)
+        {
+            Some(tick) => {
+                let ticks =
+                    (price / tick).round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+                (ticks * tick).normalize()
+            }
+            None => price,
+        }
+    }
+
+    /// A MARKET close of `qty` as the orders the venue accepts: rounded down
+    /// to the MARKET step, in parts of at most `MARKET_LOT_SIZE.maxQty`, the
+    /// last part evened out with the one before it so that no part is below
+    /// the minimum where that can be helped. One part when the filters are not
+    /// known; none when nothing is left after rounding.
+    pub fn split_market_qty(&self, symbol: &str, qty: Decimal) -> Vec<Decimal> {
+        let qty = match self.market_step(symbol) {
+            Some(step) => ((qty / step).floor() * step).normalize(),
+            None => qty,
+        };
+        if qty <= Decimal::ZERO {
+            return Vec::new();
+        }
+        let Some(max) = self.market_max_qty(symbol) else {
+            return vec![qty];
+        };
+        let mut parts = Vec::new();
+        let mut left = qty;
+        while left > max {
+            parts.push(max);
+            left -= max;
+        }
+        let min = self.min_qty(symbol).unwrap_or_default();
+        if let (Some(last), true) = (parts.last_mut(), left < min) {
+            let moved = (min - left).min(*last - min);
+            if moved > Decimal::ZERO {
+                *last -= moved;
+                left += moved;
+            }
+        }
+        parts.push(left);
+        parts.into_iter().map(|p| p.normalize()).collect()
     }
 }
 
@@ -346,12 +436,47 @@ mod tests {
             symbol: "BTCUSDT".into(),
             trading: true,
             step_size: Some(Decimal::new(1, 3)),
+            ..Listing::default()
         }]);
         assert_eq!(c.lists("BTCUSDT"), Some(true));
         assert!(!c.usable("NOPEUSDT"));
         assert_eq!(c.round_qty("BTCUSDT", Decimal::new(12345, 4)), Decimal::new(1234, 3));
         assert_eq!(c.round_qty("ETHUSDT", Decimal::new(12345, 4)), Decimal::new(12345, 4));
         assert!(OrderStatus::parse("EXPIRED").is_final() && !OrderStatus::parse("NEW").is_final());
+    }
+
+    #[test]
+    fn a_close_above_the_market_maximum_splits_into_orders_the_venue_accepts() {
+        let c = Catalog::default();
+        let d = |s: &str| s.parse::<Decimal>().unwrap();
+        assert_eq!(
+            c.split_market_qty("BTCUSDT", d("7.5")),
+            vec![d("7.5")],
+            "filters unknown: one part"
+        );
+        c.replace(vec![Listing {
+            symbol: "BTCUSDT".into(),
+            trading: true,
+            step_size: Some(d("0.001")),
+            market_step: Some(d("0.001")),
+            market_min_qty: Some(d("0.01")),
+            market_max_qty: Some(d("2")),
+            tick_size: Some(d("0.1")),
+            ..Listing::default()
+        }]);
+        assert_eq!(
+            (c.market_max_qty("BTCUSDT"), c.min_qty("BTCUSDT")),
+            (Some(d("2")), Some(d("0.01")))
+        );
+        assert_eq!(c.split_market_qty("BTCUSDT", d("5.0009")), vec![d("2"), d("2"), d("1")]);
+        assert_eq!(
+            c.split_market_qty("BTCUSDT", d("4.005")),
+            vec![d("2"), d("1.995"), d("0.01")]
+        );
+        assert_eq!(c.split_market_qty("BTCUSDT", d("2")), vec![d("2")]);
+        assert!(c.split_market_qty("BTCUSDT", d("0.0004")).is_empty());
+        assert_eq!(c.round_price_to_tick("BTCUSDT", d("95123.46")), d("95123.5"));
+        assert_eq!(c.round_price_to_tick("ETHUSDT", d("1.234")), d("1.234"), "tick unknown");
     }
 
     #[tokio::test(start_paused = true)]

@@ -428,3 +428,34 @@ fn check_config_shows_no_secret_read_from_a_file() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(format!("{config:?}").find("hunter2").is_none());
 }
+
+#[test]
+fn a_venue_other_than_production_must_say_where_its_streams_are() {
+    let testnet = "[exchange]\nkind = \"binance-usdm\"\nbase_url = \"https://testnet.binancefuture.com\"\n\
+                   [exchange.accounts.main]\napi_key = \"k\"\napi_secret = \"s\"\n";
+    let found = problems(Some(testnet), &[]).join("\n");
+    assert!(
+        found.contains("exchange.ws_base_url: must be set when exchange.base_url"),
+        "{found}"
+    );
+    let named = ok(
+        Some(testnet),
+        &[(
+            "SCRIPT_MANAGER_EXCHANGE__WS_BASE_URL",
+            "wss://fstream.binancefuture.com",
+        )],
+    );
+    assert_eq!(named.exchange.ws_url(), Some("wss://fstream.binancefuture.com"));
+    let polling = ok(Some(testnet), &[("SCRIPT_MANAGER_EXCHANGE__STREAMS", "false")]);
+    assert_eq!(polling.exchange.ws_url(), None, "no streams, nothing to dial");
+    let production = testnet.replace("https://testnet.binancefuture.com", "https://fapi.binance.com/");
+    assert_eq!(
+        ok(Some(&production), &[]).exchange.ws_url(),
+        Some("wss://fstream.binance.com")
+    );
+    let simulated = ok(None, &[]);
+    assert_eq!(
+        simulated.exchange.ws_base_url, None,
+        "the simulator serves its own streams"
+    );
+}

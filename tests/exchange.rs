@@ -1,6 +1,14 @@
 //! The exchange layer over real HTTP against the simulator: budgets, 429s,
 //! de-duplication, cache, lost order answers, clock skew, bad credentials.
-//! Counts come from the simulator's own meter, not from the client.
+//! Counts come from the simulator's own meter, not from the client. What a
+//! protective close meets at the venue is in `exchange/closes.rs` (filters,
+//! refusals, slow answers, trades made elsewhere, hedge mode) and
+//! `exchange/algo.rs` (conditional orders resting on the venue).
+
+#[path = "exchange/algo.rs"]
+mod algo;
+#[path = "exchange/closes.rs"]
+mod closes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,7 +19,8 @@ use rust_decimal::Decimal;
 use script_manager::app::exchange::{demo_accounts, sim_specs};
 use script_manager::budget::{Admission, ProcessCalls, VenueWeight};
 use script_manager::config::Secret;
-use script_manager::exchange::binance::{Binance, TransportOptions};
+use script_manager::exchange::binance::ws::{Socket, StreamEvent};
+use script_manager::exchange::binance::{Binance, TransportOptions, sign};
 use script_manager::exchange::orders::close_exactly_once;
 use script_manager::exchange::{Account, Caller, OrderSide, Venue, VenueErrorKind};
 use script_manager::net::http_client;
@@ -45,6 +54,8 @@ struct RigOptions {
     recv_window_ms: u64,
     limits: Vec<(&'static str, u32)>,
     accounts: Vec<Account>,
+    /// Changes the simulator's settings before it starts.
+    configure: fn(&mut SimulatorConfig),
 }
 
 impl Default for RigOptions {
@@ -58,18 +69,20 @@ impl Default for RigOptions {
             recv_window_ms: 5000,
             limits: vec![("test", 10_000), ("level_monitor", 100)],
             accounts: demo_accounts(),
+            configure: |_| {},
         }
     }
 }
 
 async fn rig(o: RigOptions) -> Rig {
     let stop = CancellationToken::new();
-    let config = SimulatorConfig {
+    let mut config = SimulatorConfig {
         weight_limit: o.weight_limit,
         fills_per_minute: 0.0,
         price_step_ms: 50,
         ..SimulatorConfig::default()
     };
+    (o.configure)(&mut config);
     let (addr, _sim) = sim::start(&config, &sim_specs(&demo_accounts()), stop.clone())
         .await
         .unwrap();
@@ -105,6 +118,37 @@ fn caller(process: &str, priority: u8, within: Duration) -> Caller {
     Caller::new(process, priority, Instant::now() + within)
 }
 
+fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+/// Events from `socket` until `enough` says so (at most 10 s).
+async fn events_until(socket: &mut Socket, enough: impl Fn(&[StreamEvent]) -> bool) -> Vec<StreamEvent> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !enough(&seen) {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Ok(Some(event))) => seen.push(event),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => panic!("stream ended: {e}; seen {seen:?}"),
+            Err(_) => panic!("not enough events in 10 s: {seen:?}"),
+        }
+    }
+    seen
+}
+
+/// Polls `check` every 50 ms for up to 10 s.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl Rig {
     async fn meter(&self) -> Value {
         self.http
@@ -130,6 +174,57 @@ impl Rig {
             .await
             .unwrap();
         assert!(r.status().is_success());
+    }
+
+    /// `POST /sim/...` with a JSON body; its status.
+    async fn sim_post(&self, path: &str, body: Value) -> reqwest::StatusCode {
+        self.http
+            .post(format!("http://{}{path}", self.addr))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// A signed request made by hand, as the client never sends it: status and JSON answer.
+    async fn signed(&self, method: reqwest::Method, path: &str, params: &[(&str, &str)]) -> (u16, Value) {
+        let account = &demo_accounts()[0];
+        let mut query: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        query.push(("timestamp".into(), script_manager::clock::now_ms().to_string()));
+        let payload = sign::encode(&query);
+        let signature = sign::signature(account.api_secret.expose(), &payload);
+        let r = self
+            .http
+            .request(
+                method,
+                format!("http://{}{path}?{payload}&signature={signature}", self.addr),
+            )
+            .header("X-MBX-APIKEY", account.api_key.expose())
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A trade made on the venue's app (`POST /sim/trade`).
+    async fn trade(&self, account: &str, symbol: &str, side: &str, qty: &str) {
+        let body = serde_json::json!({"account": account, "symbol": symbol, "side": side, "qty": qty});
+        assert!(self.sim_post("/sim/trade", body).await.is_success());
+    }
+
+    /// The venue's position of `account` in `symbol` (0 when flat).
+    async fn position(&self, account: &str, symbol: &str) -> Decimal {
+        let c = caller("test", 1, Duration::from_secs(5));
+        let p = self.venue.position(&c, account, symbol).await.unwrap();
+        p.map_or(Decimal::ZERO, |p| p.amount)
+    }
+
+    /// The account's user-data stream, connected.
+    async fn user_stream(&self, account: &str) -> Socket {
+        let c = caller("test", 1, Duration::from_secs(5));
+        let key = self.venue.listen_key(&c, account).await.unwrap();
+        Socket::user(&format!("ws://{}", self.addr), &key).await.unwrap()
     }
 
     async fn sim_get(&self, path: &str) -> Value {

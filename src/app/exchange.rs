@@ -167,7 +167,11 @@ pub fn stream_settings(
     x.streams.then(|| crate::processes::platform::StreamSettings {
         base_url: match simulator {
             Some(addr) => format!("ws://{addr}"),
-            None => x.ws_base_url.clone(),
+            // Checked when the configuration was loaded: set for any other venue.
+            None => x
+                .ws_url()
+                .unwrap_or(crate::config::BINANCE_PRODUCTION_WS_URL)
+                .to_string(),
         },
         silence: Duration::from_secs_f64(x.stream_silence_seconds),
         max_lifetime: Duration::from_secs_f64(x.stream_max_lifetime_seconds),

@@ -131,7 +131,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         },
         exchange: ExchangeConfig {
             kind: ExchangeKind::Simulated,
-            base_url: "https://fapi.binance.com".into(),
+            base_url: super::BINANCE_PRODUCTION_URL.into(),
             weight_safety_margin: 0.8,
             reserved_share: 0.2,
             reserved_for: vec!["level_monitor".into(), "market_stream".into()],
@@ -140,7 +140,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             symbols: Vec::new(),
             accounts: BTreeMap::new(),
             streams: with_streams,
-            ws_base_url: "wss://fstream.binance.com".into(),
+            ws_base_url: None,
             stream_silence_seconds: 10.0,
             stream_stale_seconds: 5.0,
             stream_max_lifetime_seconds: 86_400.0,

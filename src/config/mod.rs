@@ -226,8 +226,10 @@ pub struct ExchangeConfig {
     /// with REST as the safety net; `false` keeps polling only.
     pub streams: bool,
     /// Binance's WebSocket base (routed paths `/public`, `/market`, `/private`);
-    /// the in-process simulator sets its own.
-    pub ws_base_url: String,
+    /// the in-process simulator sets its own. Unset: production's, and only
+    /// with production's `base_url` (anything else must say where its streams are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ws_base_url: Option<String>,
     /// A connection that received nothing this long is replaced (a silent socket).
     pub stream_silence_seconds: f64,
     /// A streamed price older than this is stale: REST is asked instead.
@@ -241,6 +243,23 @@ pub struct ExchangeConfig {
     /// reconcile it over REST only this often.
     pub stream_reconcile_seconds: f64,
     pub simulator: SimulatorConfig,
+}
+
+/// Binance's production REST host, and the WebSocket host that goes with it.
+pub const BINANCE_PRODUCTION_URL: &str = "https://fapi.binance.com";
+pub const BINANCE_PRODUCTION_WS_URL: &str = "wss://fstream.binance.com";
+
+impl ExchangeConfig {
+    /// Where the venue's streams are: `ws_base_url`, or production's when
+    /// `base_url` is production's; `None` when it cannot be told (a testnet or
+    /// another venue without `ws_base_url`: a configuration error with streams on).
+    pub fn ws_url(&self) -> Option<&str> {
+        match &self.ws_base_url {
+            Some(url) => Some(url),
+            None if self.base_url.trim_end_matches('/') == BINANCE_PRODUCTION_URL => Some(BINANCE_PRODUCTION_WS_URL),
+            None => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,9 +33,21 @@ pub struct Faults {
     pub partial_fills: u32,
     /// Share of the quantity a thin-book order fills (0.4 when unset).
     pub partial_fill_ratio: f64,
-    /// The next N orders are rejected with `reject_code` (-2019, margin is insufficient, when unset).
+    /// The next N orders are rejected with `reject_code` (-2019, margin is insufficient, when unset),
+    /// with Binance's message for that code (-4131, -1008, -1001, -1015, ...).
     pub reject_orders: u32,
     pub reject_code: i64,
+    /// Per route (`/fapi/v2/positionRisk`, or `POST /fapi/v1/order` for one method):
+    /// ms added to its answers, before the route runs (`latency_ms` is for every route).
+    pub route_delay_ms: BTreeMap<String, u64>,
+    /// Per symbol: an order for it is accepted (and executes) at once, but its
+    /// answer is held this long, as a venue slow to answer in a crash. Other
+    /// symbols' orders are answered as usual.
+    pub hold_orders_ms: BTreeMap<String, u64>,
+    /// The next N algo (conditional) orders are refused with `reject_algo_code`
+    /// (-4045, max stop orders reached, when unset).
+    pub reject_algo_orders: u32,
+    pub reject_algo_code: i64,
     /// WebSocket connections stay open but send nothing (a silent socket).
     pub ws_silent: bool,
     /// Every WebSocket event is held this long before it is sent.
@@ -79,6 +91,16 @@ pub struct SimulatorConfig {
     pub ws_ping_seconds: f64,
     /// A listen key not extended for this long expires (Binance: 60 min).
     pub listen_key_ttl_seconds: f64,
+    /// Per symbol: `MARKET_LOT_SIZE.maxQty`, the largest MARKET order. Unset:
+    /// what 1 000 000 USDT buys at the opening price (Binance's is far below
+    /// `LOT_SIZE.maxQty`: BTCUSDT 120 against 1000).
+    pub market_max_qty: BTreeMap<String, f64>,
+    /// Per symbol: `LOT_SIZE.maxQty`. Unset: ten times the MARKET maximum.
+    pub max_qty: BTreeMap<String, f64>,
+    /// Per symbol: `minQty` of both filters. Unset: the step (0.001).
+    pub min_qty: BTreeMap<String, f64>,
+    /// Accounts start in hedge mode (`dualSidePosition`); `POST /sim/hedge` changes one.
+    pub hedge_mode: bool,
     pub faults: Faults,
 }
 
@@ -116,6 +138,10 @@ impl Default for SimulatorConfig {
             ws_max_lifetime_seconds: 86_400.0,
             ws_ping_seconds: 180.0,
             listen_key_ttl_seconds: 3_600.0,
+            market_max_qty: BTreeMap::new(),
+            max_qty: BTreeMap::new(),
+            min_qty: BTreeMap::new(),
+            hedge_mode: false,
             faults: Faults::default(),
         }
     }

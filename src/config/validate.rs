@@ -176,11 +176,21 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
             );
         }
     }
-    if x.streams && !(x.ws_base_url.starts_with("ws://") || x.ws_base_url.starts_with("wss://")) {
-        report(
+    match (&x.ws_base_url, x.ws_url()) {
+        (Some(url), _) if x.streams && !(url.starts_with("ws://") || url.starts_with("wss://")) => {
+            report("exchange.ws_base_url", format!("`{url}` is not a ws:// or wss:// URL"));
+        }
+        (None, None) if x.streams && x.kind == ExchangeKind::BinanceUsdm => report(
             "exchange.ws_base_url",
-            format!("`{}` is not a ws:// or wss:// URL", x.ws_base_url),
-        );
+            format!(
+                "must be set when exchange.base_url (`{}`) is not Binance's production host ({}): \
+                 its streams are not at production's {} (or set exchange.streams = false)",
+                x.base_url,
+                super::BINANCE_PRODUCTION_URL,
+                super::BINANCE_PRODUCTION_WS_URL
+            ),
+        ),
+        _ => {}
     }
     for (key, value, max) in [
         ("exchange.stream_silence_seconds", x.stream_silence_seconds, 3600.0),

@@ -17,7 +17,10 @@ mod types;
 use futures::future::BoxFuture;
 
 pub use crate::budget::Caller;
-pub use crate::domain::{Fill, Listing, OrderAck, OrderSide, OrderStatus, Position, Price};
+pub use crate::domain::{
+    AlgoKind, AlgoOrder, AlgoOrderRequest, AlgoSize, AlgoStatus, Fill, Listing, OrderAck, OrderSide, OrderStatus,
+    Position, Price, WorkingType,
+};
 pub use error::{VenueError, VenueErrorKind};
 pub use types::{Account, ExchangeInfo};
 
@@ -96,4 +99,39 @@ pub trait Venue: Send + Sync + 'static {
         symbol: &'a str,
         client_order_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<OrderAck>, VenueError>>;
+    /// Whether the account is in hedge mode (`dualSidePosition`): then orders
+    /// must name a position side and `reduceOnly` is refused.
+    fn hedge_mode<'a>(&'a self, caller: &'a Caller, account: &'a str) -> BoxFuture<'a, Result<bool, VenueError>>;
+    /// Rests a conditional order on the venue (the Algo Order API). A lost
+    /// answer (`UnknownOutcome`) is settled by `algo_order_by_client_id`.
+    fn place_algo_order<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        request: &'a AlgoOrderRequest,
+    ) -> BoxFuture<'a, Result<AlgoOrder, VenueError>>;
+    /// Cancels an open conditional order; one that is not open (unknown,
+    /// triggered, finished) is `Rejected` with -2011.
+    fn cancel_algo_order<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        client_algo_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), VenueError>>;
+    /// The account's open conditional orders, of `symbol` or all (weight 1 or 40).
+    fn open_algo_orders<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AlgoOrder>, VenueError>>;
+    /// The conditional order with this client id in any state, `None` if the venue has none.
+    fn algo_order_by_client_id<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        client_algo_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AlgoOrder>, VenueError>>;
 }

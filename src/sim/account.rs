@@ -1,6 +1,8 @@
 //! The signed `/fapi` routes: positions (v2 and v3 shapes, with the `symbol`
-//! filter), fills, leverage brackets, and MARKET orders placed and looked up
-//! as Binance answers them (`ACK` unless `RESULT` is asked for).
+//! filter), fills, leverage brackets, the position mode, MARKET orders placed
+//! and looked up as Binance answers them (`ACK` unless `RESULT` is asked for;
+//! conditional types refused with -4120, they live in the Algo Order API,
+//! `algo_api.rs`), and refusals with Binance's code and message.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -33,6 +35,12 @@ pub async fn route(
         ("GET", "/fapi/v1/leverageBracket") => leverage_brackets(sim, params),
         ("GET", "/fapi/v1/order") => query_order(sim, key, params),
         ("POST", "/fapi/v1/order") => place_order(sim, key, params, faults, now).await,
+        ("GET", "/fapi/v1/positionSide/dual") => {
+            Json(json!({"dualSidePosition": sim.book().accounts[key].hedge})).into_response()
+        }
+        (_, route) if super::algo_api::ROUTES.contains(&route) => {
+            super::algo_api::route(sim, method, path, key, params, faults, now)
+        }
         _ => binance_error(StatusCode::NOT_FOUND, -1000, "Unknown route."),
     }
 }
@@ -146,12 +154,25 @@ async fn place_order(
         "SELL" => "SELL",
         _ => return binance_error(StatusCode::BAD_REQUEST, -1117, "Invalid side."),
     };
-    if get("type") != "MARKET" {
-        return binance_error(
-            StatusCode::BAD_REQUEST,
-            -1116,
-            "Invalid orderType: the simulator fills MARKET orders.",
-        );
+    match get("type") {
+        "MARKET" => {}
+        "STOP" | "STOP_MARKET" | "TAKE_PROFIT" | "TAKE_PROFIT_MARKET" | "TRAILING_STOP_MARKET" => {
+            return binance_error(
+                StatusCode::BAD_REQUEST,
+                -4120,
+                "Order type not supported for this endpoint. Please use the Algo Order API endpoints instead.",
+            );
+        }
+        _ => {
+            return binance_error(
+                StatusCode::BAD_REQUEST,
+                -1116,
+                "Invalid orderType: the simulator fills MARKET orders.",
+            );
+        }
+    }
+    if let Err(refused) = position_mode(sim, key, params) {
+        return *refused;
     }
     if get("reduceOnly") != "true" {
         return binance_error(
@@ -187,12 +208,7 @@ async fn place_order(
         );
     }
     if sim.take_fault(|f| &mut f.reject_orders) {
-        let code = if faults.reject_code == 0 {
-            -2019
-        } else {
-            faults.reject_code
-        };
-        return binance_error(StatusCode::BAD_REQUEST, code, "Order rejected (simulated fault).");
+        return refusal(faults.reject_code, -2019);
     }
     let matching = Matching {
         delay_ms: faults.fill_delay_ms,
@@ -214,8 +230,10 @@ async fn place_order(
         Err(reject) => return binance_error(StatusCode::BAD_REQUEST, reject.code, reject.msg),
     };
     let fail_after = sim.take_fault(|f| &mut f.order_error_after_execute);
-    if faults.order_delay_after_execute_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.order_delay_after_execute_ms)).await;
+    // Executed; the answer waits (no lock is held while it does).
+    let hold = faults.order_delay_after_execute_ms + faults.hold_orders_ms.get(get("symbol")).copied().unwrap_or(0);
+    if hold > 0 {
+        tokio::time::sleep(Duration::from_millis(hold)).await;
     }
     if fail_after {
         return binance_error(
@@ -229,4 +247,60 @@ async fn place_order(
         _ => order.ack(),
     };
     Json(answer).into_response()
+}
+
+/// A refusal by the `reject_*` faults: `code` (`default` when 0) with Binance's
+/// message for it; a server-side condition (-1001) comes as a 503.
+pub fn refusal(code: i64, default: i64) -> Response {
+    let code = if code == 0 { default } else { code };
+    let (status, msg) = match code {
+        -1001 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Internal error; unable to process your request. Please try again.",
+        ),
+        -1008 => (
+            StatusCode::BAD_REQUEST,
+            "Server is currently overloaded with other requests. Please try again in a few minutes.",
+        ),
+        -1015 => (
+            StatusCode::BAD_REQUEST,
+            "Too many new orders; current limit is 1200 orders per MINUTE.",
+        ),
+        -2019 => (StatusCode::BAD_REQUEST, "Margin is insufficient."),
+        -2022 => (StatusCode::BAD_REQUEST, "ReduceOnly Order is rejected."),
+        -4045 => (StatusCode::BAD_REQUEST, "Reach max stop order limit."),
+        -4118 => (
+            StatusCode::BAD_REQUEST,
+            "ReduceOnly Order Failed. Please check your existing position and open orders",
+        ),
+        -4131 => (
+            StatusCode::BAD_REQUEST,
+            "The counterparty's best price does not meet the PERCENT_PRICE filter limit.",
+        ),
+        -4164 => (
+            StatusCode::BAD_REQUEST,
+            "Order's notional must be no smaller than 5.0 (unless you choose reduce only)",
+        ),
+        _ => (StatusCode::BAD_REQUEST, "Order rejected (simulated fault)."),
+    };
+    binance_error(status, code, msg)
+}
+
+/// The account's position mode against the order's parameters: in hedge mode
+/// `reduceOnly` is refused (-1106) and `positionSide` must be LONG or SHORT
+/// (-4061); in one-way mode it may only be BOTH (-4061). The simulator keeps
+/// one position per symbol, so a valid hedge-mode order is refused too.
+pub fn position_mode(sim: &Sim, key: &str, params: &HashMap<String, String>) -> Result<(), Box<Response>> {
+    let hedge = sim.book().accounts.get(key).is_some_and(|a| a.hedge);
+    let side = params.get("positionSide").map(String::as_str).unwrap_or("");
+    let error = |code, msg| Err(Box::new(binance_error(StatusCode::BAD_REQUEST, code, msg)));
+    match (hedge, side) {
+        (true, _) if params.get("reduceOnly").is_some_and(|r| r.eq_ignore_ascii_case("true")) => {
+            error(-1106, "Parameter 'reduceOnly' sent when not required.")
+        }
+        (true, "LONG" | "SHORT") => error(-1000, "The simulator does not trade hedge-mode positions."),
+        (true, _) | (false, "LONG" | "SHORT") => error(-4061, "Order's position side does not match user's setting."),
+        (false, "" | "BOTH") => Ok(()),
+        (false, _) => error(-4060, "Invalid position side."),
+    }
 }

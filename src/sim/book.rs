@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use super::algo::SimAlgo;
 use super::feed::{Feed, MarketEvent, OrderUpdate, account_update};
+use super::lots::Lot;
 use super::orders::SimOrder;
 
 use rand::rngs::StdRng;
@@ -47,18 +49,28 @@ pub struct SimAccount {
     pub fills: VecDeque<SimFill>,
     /// By client order id; at most `Book::keep_orders`.
     pub orders: HashMap<String, SimOrder>,
+    /// Conditional orders by algo id (oldest first); finished ones at most `Book::keep_orders`.
+    pub algos: BTreeMap<u64, SimAlgo>,
+    /// Hedge mode (`dualSidePosition`): orders must name `positionSide`, never `reduceOnly`.
+    pub hedge: bool,
 }
 
 pub struct Book {
     rng: StdRng,
     volatility: f64,
     pub prices: BTreeMap<String, Decimal>,
+    /// Mark prices: the last price as of the latest `markPrice` tick (every
+    /// second), so they lag a fast move as the venue's do.
+    pub marks: BTreeMap<String, Decimal>,
+    /// Each symbol's quantity and price filters.
+    pub lots: BTreeMap<String, Lot>,
     /// Each listed symbol's last 24 h, for `ticker/24hr`.
     pub day: BTreeMap<String, DayStats>,
     /// By API key.
     pub accounts: HashMap<String, SimAccount>,
     next_trade_id: u64,
     next_order_id: u64,
+    pub(super) next_algo_id: u64,
     /// Orders accepted but not filled yet: (API key, client order id).
     pub(super) pending: Vec<(String, String)>,
     /// Where market and user-data events go (WebSocket subscribers).
@@ -116,6 +128,8 @@ impl Book {
             rng: StdRng::seed_from_u64(seed),
             volatility,
             day: prices.iter().map(|(s, &p)| (s.clone(), DayStats::opening(p))).collect(),
+            marks: prices.clone(),
+            lots: super::lots::defaults(&prices),
             prices,
             accounts: HashMap::new(),
             pending: Vec::new(),
@@ -125,6 +139,7 @@ impl Book {
             keep_orders: 10_000,
             next_trade_id: base,
             next_order_id: base,
+            next_algo_id: base,
         }
     }
 
@@ -185,9 +200,15 @@ impl Book {
         });
     }
 
+    /// The mark prices catch up with the last prices (a `markPrice` tick).
+    pub fn mark_to_market(&mut self) {
+        self.marks.clone_from(&self.prices);
+    }
+
     /// The venue stops listing `symbol`: every route answers -1121 for it.
     pub fn delist(&mut self, symbol: &str) -> bool {
         self.day.remove(symbol);
+        self.marks.remove(symbol);
         self.prices.remove(symbol).is_some()
     }
 

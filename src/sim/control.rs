@@ -53,7 +53,10 @@ pub async fn set_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Faults>)
     Json(faults)
 }
 
+/// `{"BTCUSDT": "95000"}`: moves last prices (the mark follows within a
+/// second) and triggers the algo orders they cross.
 pub async fn set_prices(State(sim): State<Arc<Sim>>, Json(prices): Json<BTreeMap<String, String>>) -> Response {
+    let matching = sim.algo_matching();
     let mut book = sim.book();
     for (symbol, price) in prices {
         match Decimal::from_str(&price) {
@@ -61,6 +64,7 @@ pub async fn set_prices(State(sim): State<Arc<Sim>>, Json(prices): Json<BTreeMap
             _ => return (StatusCode::UNPROCESSABLE_ENTITY, format!("bad price for {symbol}")).into_response(),
         }
     }
+    book.trigger_algos(wall_ms(), matching);
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -92,6 +96,61 @@ pub async fn orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String,
     let mut orders: Vec<_> = sim.book().accounts[&key].orders.values().cloned().collect();
     orders.sort_by_key(|o| o.order_id);
     Json(orders).into_response()
+}
+
+/// Every algo (conditional) order of the account, oldest first, in the REST shape.
+pub async fn algo_orders(State(sim): State<Arc<Sim>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(key) = q.get("account").and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let book = sim.book();
+    let rows: Vec<Value> = book.accounts[&key].algos.values().map(|a| a.rest()).collect();
+    Json(rows).into_response()
+}
+
+/// `{"account", "symbol", "side", "qty"}`: a trade made outside the service, as
+/// on the venue's app: a plain MARKET order filled at the current price, told
+/// to the account's user stream like any other.
+pub async fn trade(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let Some(key) = body["account"].as_str().and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let side = match body["side"].as_str() {
+        Some("BUY") => "BUY",
+        Some("SELL") => "SELL",
+        _ => return (StatusCode::UNPROCESSABLE_ENTITY, "side must be BUY or SELL").into_response(),
+    };
+    let qty = match &body["qty"] {
+        Value::String(s) => Decimal::from_str(s).ok(),
+        Value::Number(n) => Decimal::from_str(&n.to_string()).ok(),
+        _ => None,
+    };
+    let (Some(symbol), Some(qty)) = (body["symbol"].as_str(), qty) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "need symbol and qty").into_response();
+    };
+    let result = sim.book().outside_trade(&key, symbol, side, qty, wall_ms());
+    match result {
+        Ok(order) => Json(order).into_response(),
+        Err(r) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"code": r.code, "msg": r.msg})),
+        )
+            .into_response(),
+    }
+}
+
+/// `{"account", "enabled"}`: the account's hedge mode (`dualSidePosition`).
+pub async fn hedge(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let Some(key) = body["account"].as_str().and_then(|a| account_key(&sim, a)) else {
+        return (StatusCode::NOT_FOUND, "unknown account").into_response();
+    };
+    let Some(enabled) = body["enabled"].as_bool() else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "need {\"enabled\": true|false}").into_response();
+    };
+    if let Some(account) = sim.book().accounts.get_mut(&key) {
+        account.hedge = enabled;
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `{"symbol": "X"}`: the venue stops listing X (every route answers -1121 for it).

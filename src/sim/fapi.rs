@@ -13,8 +13,10 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use super::account;
+use super::algo::MAX_OPEN_PER_SYMBOL;
 use super::auth::authenticate;
 use super::book::{Book, STEP_SIZE};
+use super::lots::Lot;
 use super::{Faults, Sim};
 
 pub fn binance_error(status: StatusCode, code: i64, msg: &str) -> Response {
@@ -78,7 +80,13 @@ pub fn one_or_all(params: &HashMap<String, String>, rows: Vec<(String, Value)>) 
 
 fn exchange_info(sim: &Sim, server_time: i64) -> Response {
     let limit = sim.limiter().limit;
-    let symbols: Vec<Value> = sim.book().prices.iter().map(|(s, p)| symbol_info(s, *p)).collect();
+    let symbols: Vec<Value> = {
+        let book = sim.book();
+        book.prices
+            .keys()
+            .map(|s| symbol_info(s, book.lots.get(s).copied().unwrap_or(Lot::for_price(book.prices[s]))))
+            .collect()
+    };
     Json(json!({
         "timezone": "UTC",
         "serverTime": server_time,
@@ -96,9 +104,14 @@ fn exchange_info(sim: &Sim, server_time: i64) -> Response {
 }
 
 /// A linear perpetual as Binance describes it: assets, precisions and filters.
-fn symbol_info(symbol: &str, price: Decimal) -> Value {
+fn symbol_info(symbol: &str, lot: Lot) -> Value {
     let base = symbol.strip_suffix("USDT").unwrap_or(symbol);
-    let tick = tick_size(price);
+    let tick = lot.tick;
+    let (min, max, market_max) = (
+        lot.min_qty.to_string(),
+        lot.max_qty.to_string(),
+        lot.market_max_qty.to_string(),
+    );
     json!({
         "symbol": symbol,
         "pair": symbol,
@@ -124,25 +137,14 @@ fn symbol_info(symbol: &str, price: Decimal) -> Value {
         "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
         "filters": [
             {"filterType": "PRICE_FILTER", "minPrice": tick.to_string(), "maxPrice": "10000000", "tickSize": tick.to_string()},
-            {"filterType": "LOT_SIZE", "minQty": STEP_SIZE.to_string(), "maxQty": "100000", "stepSize": STEP_SIZE.to_string()},
-            {"filterType": "MARKET_LOT_SIZE", "minQty": STEP_SIZE.to_string(), "maxQty": "10000", "stepSize": STEP_SIZE.to_string()},
+            {"filterType": "LOT_SIZE", "minQty": min, "maxQty": max, "stepSize": STEP_SIZE.to_string()},
+            {"filterType": "MARKET_LOT_SIZE", "minQty": min, "maxQty": market_max, "stepSize": STEP_SIZE.to_string()},
             {"filterType": "MAX_NUM_ORDERS", "limit": 200},
-            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": MAX_OPEN_PER_SYMBOL},
             {"filterType": "MIN_NOTIONAL", "notional": "5"},
             {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500", "multiplierDown": "0.9500", "multiplierDecimal": "4"}
         ],
     })
-}
-
-/// The price step the simulator's prices move in (see `book::round_price`).
-fn tick_size(price: Decimal) -> Decimal {
-    if price >= Decimal::from(1000) {
-        Decimal::new(1, 1)
-    } else if price >= Decimal::from(10) {
-        Decimal::new(1, 2)
-    } else {
-        Decimal::new(1, 4)
-    }
 }
 
 fn ticker(sim: &Sim, params: &HashMap<String, String>, time: i64) -> Response {

@@ -1,5 +1,5 @@
-//! The way into `/fapi`: count the request, apply faults (latency, forced
-//! 429s, 5xx, broken bodies), charge its weight per minute (429, then 418
+//! The way into `/fapi`: count the request, apply faults (latency, per-route
+//! delays, forced 429s, 5xx, broken bodies), charge its weight per minute (429, then 418
 //! for a client that ignores it), then hand it to the route; every answer
 //! carries `X-MBX-USED-WEIGHT-1M`.
 
@@ -49,8 +49,15 @@ pub async fn fapi(
         .requests
         .entry(format!("{path} {account_name}"))
         .or_default() += 1;
-    if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    let keyed = format!("{method} {path}");
+    let route_delay = faults
+        .route_delay_ms
+        .get(&keyed)
+        .or_else(|| faults.route_delay_ms.get(&path))
+        .copied()
+        .unwrap_or(0);
+    if faults.latency_ms + route_delay > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms + route_delay)).await;
     }
     let now = wall_ms();
     let forced = sim
@@ -78,7 +85,6 @@ pub async fn fapi(
         Verdict::Allowed { .. } => {
             let (fail, malformed) = {
                 let mut book = sim.book();
-                let keyed = format!("{method} {path}");
                 let rate = |rates: &std::collections::BTreeMap<String, f64>| {
                     rates.get(&keyed).or_else(|| rates.get(&path)).copied()
                 };

@@ -4,7 +4,8 @@
 //! made to misbehave.
 //!
 //! It serves the endpoints the client uses with Binance's shapes, headers
-//! and error codes; counts weight per fixed minute (429, then 418 for a
+//! and error codes (symbol filters, hedge mode, conditional orders in the
+//! Algo Order API); counts weight per fixed minute (429, then 418 for a
 //! client that ignores it); checks signatures and timestamps; and takes
 //! faults from configuration or `POST /sim/faults`. `GET /sim/meter` reports
 //! what it served, by endpoint and account.
@@ -14,6 +15,8 @@
 //! never the client's coordination, the store or the processes.
 
 mod account;
+mod algo;
+mod algo_api;
 mod auth;
 mod book;
 mod control;
@@ -22,6 +25,7 @@ mod feed;
 mod form;
 mod gate;
 mod limits;
+mod lots;
 mod orders;
 mod routes;
 mod streams;
@@ -93,9 +97,13 @@ impl Sim {
         let mut book = Book::new(config.seed, config.volatility, prices);
         book.keep_fills = config.keep_fills;
         book.keep_orders = config.keep_orders;
+        book.lots = lots::from_config(config, &book.prices);
         let now = crate::clock::now_ms();
         for a in accounts {
             book.add_account(&a.api_key, &a.name, &a.api_secret, now, config.opening_positions);
+            if let Some(account) = book.accounts.get_mut(&a.api_key) {
+                account.hedge = config.hedge_mode;
+            }
         }
         Arc::new(Sim {
             book: Mutex::new(book),
@@ -134,15 +142,27 @@ impl Sim {
         true
     }
 
-    /// Moves the price REST answers with (and publishes it on the streams);
-    /// `false` for a symbol the venue does not list.
+    /// Moves the price REST answers with (and publishes it on the streams),
+    /// triggering the algo orders it crosses; `false` for a symbol the venue
+    /// does not list.
     pub fn set_price(&self, symbol: &str, price: Decimal) -> bool {
+        let matching = self.algo_matching();
         let mut book = self.book();
         if !book.prices.contains_key(symbol) {
             return false;
         }
-        book.set_price(symbol, price, crate::clock::now_ms());
+        let now = crate::clock::now_ms();
+        book.set_price(symbol, price, now);
+        book.trigger_algos(now, matching);
         true
+    }
+
+    /// How a triggered algo order's MARKET order fills: as late as `fill_delay_ms` says.
+    fn algo_matching(&self) -> orders::Matching {
+        orders::Matching {
+            delay_ms: self.faults().fill_delay_ms,
+            partial: None,
+        }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -194,7 +214,9 @@ pub async fn start(
     Ok((addr, sim))
 }
 
-/// `markPrice` events: every second (`@markPrice@1s`) and every third (`@markPrice`).
+/// `markPrice` events: every second (`@markPrice@1s`) and every third
+/// (`@markPrice`); each second the mark price catches up with the last price
+/// and the algo orders working on the mark price are checked.
 fn spawn_mark_prices(sim: Arc<Sim>, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -205,9 +227,12 @@ fn spawn_mark_prices(sim: Arc<Sim>, stop: CancellationToken) {
                 _ = ticker.tick() => {}
             }
             second += 1;
-            let book = sim.book();
+            let matching = sim.algo_matching();
+            let mut book = sim.book();
             let now = crate::clock::now_ms();
-            for (symbol, &price) in &book.prices {
+            book.mark_to_market();
+            book.trigger_algos(now, matching);
+            for (symbol, &price) in &book.marks {
                 for every_s in [1u8, 3] {
                     if second.is_multiple_of(every_s as u64) {
                         book.feed.market(feed::MarketEvent::MarkPrice {
@@ -233,10 +258,12 @@ fn spawn_market(sim: Arc<Sim>, config: &SimulatorConfig, stop: CancellationToken
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
+            let matching = sim.algo_matching();
             let mut book = sim.book();
             let now = crate::clock::now_ms();
             book.step_prices(now);
             book.settle_due(now);
+            book.trigger_algos(now, matching);
             let trading = !sim.trading_paused.load(std::sync::atomic::Ordering::Relaxed);
             if trading
                 && book.chance(fill_chance)

@@ -2,8 +2,10 @@
 //! order is accepted (`NEW`, nothing filled) and fills at once or after a
 //! delay; a thin book fills part of it and expires the rest; reduce-only
 //! never opens or flips a position and is refused on a flat one (-2022); a
-//! client order id is used once (-4116). Orders are kept for lookups up to
-//! `Book::keep_orders` per account.
+//! client order id is used once (-4116); a MARKET order is held to the
+//! symbol's `MARKET_LOT_SIZE` (-4003, -4004, -4005). Orders placed outside
+//! the service (`/sim/trade`) are plain MARKET orders that may open or flip a
+//! position. Orders are kept for lookups up to `Book::keep_orders` per account.
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -70,8 +72,19 @@ pub struct Matching {
     pub partial: Option<Decimal>,
 }
 
+/// An order about to be accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOrder<'a> {
+    pub symbol: &'a str,
+    pub side: &'static str,
+    pub qty: Decimal,
+    pub client_order_id: &'a str,
+    /// Never opens or flips a position; refused on a flat or opposite one (-2022).
+    pub reduce_only: bool,
+}
+
 impl Book {
-    /// A reduce-only MARKET order: accepted now, filled now or after `matching.delay_ms`.
+    /// A reduce-only MARKET order (the service's close): accepted now, filled now or after `matching.delay_ms`.
     #[allow(clippy::too_many_arguments)]
     pub fn market_order(
         &mut self,
@@ -83,6 +96,72 @@ impl Book {
         now_ms: i64,
         matching: Matching,
     ) -> Result<SimOrder, OrderReject> {
+        let order = NewOrder {
+            symbol,
+            side,
+            qty,
+            client_order_id,
+            reduce_only: true,
+        };
+        self.place(api_key, order, now_ms, matching)
+    }
+
+    /// A MARKET order placed outside the service (the venue's app, another
+    /// bot): not reduce-only, so it may open, grow, close or flip a position.
+    pub fn outside_trade(
+        &mut self,
+        api_key: &str,
+        symbol: &str,
+        side: &'static str,
+        qty: Decimal,
+        now_ms: i64,
+    ) -> Result<SimOrder, OrderReject> {
+        let client_order_id = format!("web_{}", rand::random::<u64>());
+        let order = NewOrder {
+            symbol,
+            side,
+            qty,
+            client_order_id: &client_order_id,
+            reduce_only: false,
+        };
+        self.place(api_key, order, now_ms, Matching::default())
+    }
+
+    /// A MARKET order held to the symbol's `MARKET_LOT_SIZE`, accepted, and
+    /// filled at once unless `matching` delays it.
+    pub fn place(
+        &mut self,
+        api_key: &str,
+        order: NewOrder,
+        now_ms: i64,
+        matching: Matching,
+    ) -> Result<SimOrder, OrderReject> {
+        if let Some(lot) = self.lots.get(order.symbol) {
+            lot.check_market(order.qty)?;
+        }
+        self.accept(api_key, order, now_ms, matching)?;
+        if matching.delay_ms == 0 {
+            self.settle_due(now_ms);
+        }
+        Ok(self.accounts[api_key].orders[order.client_order_id].clone())
+    }
+
+    /// Checks an order and records it `NEW` (told to the user stream), to be
+    /// filled by `settle_due`: its order id.
+    pub(super) fn accept(
+        &mut self,
+        api_key: &str,
+        new: NewOrder,
+        now_ms: i64,
+        matching: Matching,
+    ) -> Result<u64, OrderReject> {
+        let NewOrder {
+            symbol,
+            side,
+            qty,
+            client_order_id,
+            reduce_only,
+        } = new;
         if !self.prices.contains_key(symbol) {
             return Err(OrderReject {
                 code: -1121,
@@ -105,7 +184,7 @@ impl Book {
                 msg: "Precision is over the maximum defined for this asset.",
             });
         }
-        if !reduces(self.position(api_key, symbol), side) {
+        if reduce_only && !reduces(self.position(api_key, symbol), side) {
             return Err(OrderReject {
                 code: -2022,
                 msg: "ReduceOnly Order is rejected.",
@@ -125,13 +204,14 @@ impl Book {
             kind: "MARKET",
             side,
             position_side: "BOTH",
-            reduce_only: true,
+            reduce_only,
             close_position: false,
             time: now_ms,
             update_time: now_ms,
             fill_at: now_ms + matching.delay_ms as i64,
             partial: matching.partial,
         };
+        let order_id = order.order_id;
         let accepted = OrderUpdate {
             symbol,
             client_order_id,
@@ -139,7 +219,7 @@ impl Book {
             orig_qty: qty,
             execution: "NEW",
             status: "NEW",
-            order_id: order.order_id,
+            order_id,
             last_qty: Decimal::ZERO,
             last_price: Decimal::ZERO,
             cumulative_qty: Decimal::ZERO,
@@ -147,7 +227,7 @@ impl Book {
             commission: Decimal::ZERO,
             realized: Decimal::ZERO,
             trade_id: 0,
-            reduce_only: true,
+            reduce_only,
             time: now_ms,
         };
         self.feed.user(api_key, accepted.payload());
@@ -155,10 +235,7 @@ impl Book {
         account.orders.insert(client_order_id.to_string(), order);
         self.pending.push((api_key.to_string(), client_order_id.to_string()));
         self.prune_orders(api_key);
-        if matching.delay_ms == 0 {
-            self.settle_due(now_ms);
-        }
-        Ok(self.accounts[api_key].orders[client_order_id].clone())
+        Ok(order_id)
     }
 
     /// Fills every accepted order whose time has come, at the current price.
@@ -188,10 +265,10 @@ impl Book {
         let position = self.position(api_key, &order.symbol);
         let price = self.prices.get(&order.symbol).copied();
         // Reduce-only: never more than the position, never the wrong way.
-        let room = if reduces(position, order.side) {
-            position.abs()
-        } else {
-            Decimal::ZERO
+        let room = match (order.reduce_only, reduces(position, order.side)) {
+            (false, _) => order.orig_qty,
+            (true, true) => position.abs(),
+            (true, false) => Decimal::ZERO,
         };
         let mut executed = order.orig_qty.min(room);
         if let Some(share) = order.partial {
@@ -255,7 +332,7 @@ impl Book {
             commission: Decimal::ZERO,
             realized: Decimal::ZERO,
             trade_id: 0,
-            reduce_only: true,
+            reduce_only: order.reduce_only,
             time: now_ms,
         };
         if let Some((qty, price, filled)) = fill {
@@ -278,9 +355,10 @@ impl Book {
         if status != "FILLED" {
             self.feed.user(api_key, update.payload());
         }
+        self.algo_order_done(api_key, order.order_id, qty, price, now_ms);
     }
 
-    fn position(&self, api_key: &str, symbol: &str) -> Decimal {
+    pub(super) fn position(&self, api_key: &str, symbol: &str) -> Decimal {
         self.accounts
             .get(api_key)
             .and_then(|a| a.positions.get(symbol))
@@ -312,7 +390,7 @@ impl Book {
 }
 
 /// Whether a `side` order reduces a position of `amount` (signed).
-fn reduces(amount: Decimal, side: &str) -> bool {
+pub(super) fn reduces(amount: Decimal, side: &str) -> bool {
     (side == "SELL" && amount > Decimal::ZERO) || (side == "BUY" && amount < Decimal::ZERO)
 }
 
@@ -358,6 +436,39 @@ mod tests {
         assert_eq!(flat.unwrap_err().code, -2022, "refused on a flat position");
         let unknown = b.market_order("k", "NOPEUSDT", "SELL", Decimal::ONE, "c4", 3, now());
         assert_eq!(unknown.unwrap_err().code, -1121);
+    }
+
+    #[test]
+    fn a_trade_made_outside_the_service_may_open_and_flip_a_position() {
+        let mut b = book();
+        let mut events = b.feed.user.subscribe();
+        let o = b.outside_trade("k", "BTCUSDT", "BUY", Decimal::ONE, 1).unwrap();
+        assert!(o.client_order_id.starts_with("web_") && !o.reduce_only);
+        assert_eq!((o.status, o.executed_qty), ("FILLED", Decimal::ONE));
+        b.outside_trade("k", "BTCUSDT", "SELL", Decimal::from(3), 2).unwrap();
+        assert_eq!(
+            b.accounts["k"].positions["BTCUSDT"].amount,
+            Decimal::from(-2),
+            "flipped"
+        );
+        assert_eq!(b.accounts["k"].orders.len(), 2);
+        let seen: Vec<String> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e.payload["e"].as_str().unwrap(),
+                    e.payload["o"]["x"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        let one = ["ORDER_TRADE_UPDATE NEW", "ACCOUNT_UPDATE ", "ORDER_TRADE_UPDATE TRADE"];
+        assert_eq!(seen, [one, one].concat(), "as for the service's own orders");
+        let refused = b.outside_trade("k", "BTCUSDT", "BUY", Decimal::from(11), 3);
+        assert_eq!(
+            refused.unwrap_err().code,
+            -4005,
+            "above MARKET_LOT_SIZE.maxQty (10 BTC)"
+        );
     }
 
     #[test]

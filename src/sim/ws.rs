@@ -3,7 +3,8 @@
 //! or `/stream?streams=a/b` (combined: `{"stream", "data"}`), with
 //! `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` at run time (answered
 //! `{"result": .., "id"}`, refused `{"code", "msg", "id"}`); and
-//! `/private/ws?listenKey=` for one account's user data. As inconvenient as
+//! `/private/ws?listenKey=&events=A/B` for one account's user data (only the
+//! event types named in `events`, when given). As inconvenient as
 //! the venue: a stream on the wrong route is accepted and silent; more than
 //! 200 streams or 10 incoming messages a second close the connection; the
 //! server closes every connection after `ws_max_lifetime_seconds` and pings
@@ -240,12 +241,24 @@ pub async fn private(
     let Some(api_key) = sim.streams.listen_key_owner(&key) else {
         return (StatusCode::BAD_REQUEST, "invalid listen key").into_response();
     };
+    // `events=A/B`: only those event types are sent (all when not given).
+    let wanted: Option<BTreeSet<String>> = q
+        .get("events")
+        .map(|e| e.split('/').filter(|e| !e.is_empty()).map(String::from).collect());
     sim.streams.connected_private();
-    ws.on_upgrade(move |socket| user(socket, sim, key, api_key))
+    // Subscribed before the handshake completes: nothing the client causes once connected is missed.
+    let events = sim.book().feed.user.subscribe();
+    ws.on_upgrade(move |socket| user(socket, sim, key, api_key, wanted, events))
 }
 
-async fn user(socket: WebSocket, sim: Arc<Sim>, key: String, api_key: String) {
-    let mut events = sim.book().feed.user.subscribe();
+async fn user(
+    socket: WebSocket,
+    sim: Arc<Sim>,
+    key: String,
+    api_key: String,
+    wanted: Option<BTreeSet<String>>,
+    mut events: tokio::sync::broadcast::Receiver<super::feed::UserEvent>,
+) {
     let mut drops = sim.streams.drops.subscribe();
     let (mut out, mut incoming) = socket.split();
     let closes_at = Instant::now() + sim.streams.lifetime;
@@ -281,7 +294,10 @@ async fn user(socket: WebSocket, sim: Arc<Sim>, key: String, api_key: String) {
                     Err(RecvError::Closed) => return,
                 };
                 let faults = sim.faults();
-                if expired || event.api_key != api_key || faults.ws_silent {
+                let unwanted = wanted
+                    .as_ref()
+                    .is_some_and(|w| !event.payload["e"].as_str().is_some_and(|e| w.contains(e)));
+                if expired || event.api_key != api_key || faults.ws_silent || unwanted {
                     continue;
                 }
                 if faults.ws_delay_ms > 0 {

@@ -3,6 +3,8 @@
 //! ([`Upstream`]) and the [`Transport`]. Every failure is counted once,
 //! here, by kind.
 
+mod algo;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,12 +16,13 @@ use serde::de::DeserializeOwned;
 use super::sign::encode;
 use super::transport::{Request, Transport, TransportOptions};
 use super::weights::{
-    self, ENDPOINTS, EXCHANGE_INFO, LISTEN_KEY, ORDER, POSITION_RISK, TICKER_PRICE, TIME, USER_TRADES,
+    self, ENDPOINTS, EXCHANGE_INFO, LISTEN_KEY, ORDER, POSITION_RISK, POSITION_SIDE_DUAL, TICKER_PRICE, TIME,
+    USER_TRADES,
 };
 use super::wire::{RawFill, RawInfo, RawOrder, RawPosition, RawPrice, decode};
 use crate::budget::{Admission, Caller};
 use crate::clock::now_ms;
-use crate::domain::{Fill, OrderAck, OrderSide, Position, Price};
+use crate::domain::{AlgoOrder, AlgoOrderRequest, Fill, OrderAck, OrderSide, Position, Price};
 use crate::exchange::{Account, ExchangeInfo, Venue, VenueError, VenueErrorKind};
 use crate::telemetry::Metrics;
 use crate::upstream::{Call, Knobs, Upstream};
@@ -408,5 +411,56 @@ impl Venue for Binance {
                 Err(e) => Err(e),
             }
         }))
+    }
+
+    fn hedge_mode<'a>(&'a self, caller: &'a Caller, account: &'a str) -> BoxFuture<'a, Result<bool, VenueError>> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Mode {
+            dual_side_position: bool,
+        }
+        Box::pin(self.tally(async move {
+            let acct = self.account(account)?;
+            let mode: Mode = self.get(caller, POSITION_SIDE_DUAL, vec![], Some(acct)).await?;
+            Ok(mode.dual_side_position)
+        }))
+    }
+
+    fn place_algo_order<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        request: &'a AlgoOrderRequest,
+    ) -> BoxFuture<'a, Result<AlgoOrder, VenueError>> {
+        Box::pin(self.tally(self.place_algo(caller, account, request)))
+    }
+
+    fn cancel_algo_order<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        client_algo_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), VenueError>> {
+        Box::pin(self.tally(self.cancel_algo(caller, account, symbol, client_algo_id)))
+    }
+
+    fn open_algo_orders<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<AlgoOrder>, VenueError>> {
+        Box::pin(self.tally(self.open_algos(caller, account, symbol)))
+    }
+
+    fn algo_order_by_client_id<'a>(
+        &'a self,
+        caller: &'a Caller,
+        account: &'a str,
+        symbol: &'a str,
+        client_algo_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AlgoOrder>, VenueError>> {
+        Box::pin(self.tally(self.algo_by_client_id(caller, account, symbol, client_algo_id)))
     }
 }

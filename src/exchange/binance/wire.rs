@@ -8,7 +8,9 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::domain::{Fill, Listing, OrderAck, OrderSide, OrderStatus, Position, Price};
+use crate::domain::{
+    AlgoKind, AlgoOrder, AlgoStatus, Fill, Listing, OrderAck, OrderSide, OrderStatus, Position, Price, WorkingType,
+};
 use crate::exchange::VenueError;
 
 pub fn decode<T: DeserializeOwned>(endpoint: &str, body: &[u8]) -> Result<T, VenueError> {
@@ -44,16 +46,23 @@ pub struct RawSymbol {
 
 impl RawSymbol {
     pub fn into_listing(self) -> Listing {
-        let step_size = self
-            .filters
-            .iter()
-            .find(|f| f["filterType"] == "LOT_SIZE")
-            .and_then(|f| f["stepSize"].as_str())
-            .and_then(|s| Decimal::from_str(s).ok());
+        let filter = |kind: &str, field: &str| {
+            self.filters
+                .iter()
+                .find(|f| f["filterType"] == kind)
+                .and_then(|f| f[field].as_str())
+                .and_then(|s| Decimal::from_str(s).ok())
+        };
         Listing {
+            step_size: filter("LOT_SIZE", "stepSize"),
+            min_qty: filter("LOT_SIZE", "minQty"),
+            max_qty: filter("LOT_SIZE", "maxQty"),
+            market_min_qty: filter("MARKET_LOT_SIZE", "minQty"),
+            market_max_qty: filter("MARKET_LOT_SIZE", "maxQty"),
+            market_step: filter("MARKET_LOT_SIZE", "stepSize"),
+            tick_size: filter("PRICE_FILTER", "tickSize"),
             trading: self.status.as_deref().is_none_or(|s| s == "TRADING"),
             symbol: self.symbol,
-            step_size,
         }
     }
 }
@@ -162,6 +171,84 @@ impl RawFill {
             id: self.id,
             order_id: self.order_id,
             time_ms: self.time,
+        })
+    }
+}
+
+/// A conditional order as the Algo Order API answers it. Flags and the
+/// triggered order's id are read leniently (booleans or strings, numbers or
+/// strings, `""` before it triggers).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawAlgoOrder {
+    pub algo_id: u64,
+    pub client_algo_id: String,
+    pub order_type: String,
+    pub symbol: String,
+    pub side: String,
+    #[serde(default)]
+    pub quantity: Option<String>,
+    pub algo_status: String,
+    #[serde(default)]
+    pub trigger_price: Option<String>,
+    #[serde(default)]
+    pub working_type: Option<String>,
+    #[serde(default)]
+    pub close_position: serde_json::Value,
+    #[serde(default)]
+    pub reduce_only: serde_json::Value,
+    #[serde(default)]
+    pub price_protect: serde_json::Value,
+    #[serde(default)]
+    pub actual_order_id: serde_json::Value,
+    #[serde(default)]
+    pub create_time: i64,
+    #[serde(default)]
+    pub update_time: i64,
+    #[serde(default)]
+    pub trigger_time: i64,
+}
+
+/// `true`, `"true"` (any case) → true; anything else false.
+pub fn flag(v: &serde_json::Value) -> bool {
+    v.as_bool()
+        .unwrap_or_else(|| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("true")))
+}
+
+/// An order id given as a number or a numeric string; `None` for `""`, 0 or nothing.
+pub fn order_id(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .filter(|id| *id > 0)
+}
+
+impl RawAlgoOrder {
+    pub fn into_algo_order(self) -> Result<AlgoOrder, VenueError> {
+        let optional = |field: &str, v: Option<&str>| match v {
+            None | Some("") => Ok(Decimal::ZERO),
+            Some(s) => dec(field, s),
+        };
+        Ok(AlgoOrder {
+            side: OrderSide::parse(&self.side).ok_or_else(|| VenueError::Decode(format!("side `{}`", self.side)))?,
+            kind: AlgoKind::parse(&self.order_type),
+            status: AlgoStatus::parse(&self.algo_status),
+            trigger_price: optional("triggerPrice", self.trigger_price.as_deref())?,
+            working_type: self
+                .working_type
+                .as_deref()
+                .and_then(WorkingType::parse)
+                .unwrap_or_default(),
+            close_position: flag(&self.close_position),
+            reduce_only: flag(&self.reduce_only),
+            price_protect: flag(&self.price_protect),
+            quantity: optional("quantity", self.quantity.as_deref())?,
+            order_id: order_id(&self.actual_order_id),
+            create_time_ms: self.create_time,
+            update_time_ms: self.update_time,
+            trigger_time_ms: self.trigger_time,
+            algo_id: self.algo_id,
+            client_algo_id: self.client_algo_id,
+            symbol: self.symbol,
         })
     }
 }

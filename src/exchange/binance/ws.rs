@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::domain::{Fill, OrderSide, Position, Quote};
+use crate::domain::{AlgoKind, AlgoOrder, AlgoStatus, Fill, OrderSide, Position, Quote, WorkingType};
 use crate::exchange::VenueError;
 
 /// At most this many streams ride one connection.
@@ -70,6 +70,11 @@ pub enum StreamEvent {
     Order { client_order_id: String, status: String },
     /// Positions that changed (`ACCOUNT_UPDATE`).
     Positions(Vec<Position>),
+    /// A conditional order changed state (`ALGO_UPDATE`); `reject_reason` when the venue gave one.
+    Algo {
+        order: AlgoOrder,
+        reject_reason: Option<String>,
+    },
     /// The listen key expired: nothing more will arrive on this socket.
     ListenKeyExpired,
     /// The venue's answer to our request `id` (`SUBSCRIBE`, ...): `{"result": .., "id"}`,
@@ -104,7 +109,7 @@ impl Socket {
     /// One account's user-data connection.
     pub async fn user(base: &str, listen_key: &str) -> Result<Socket, VenueError> {
         let url = format!(
-            "{}/private/ws?listenKey={listen_key}&events=ORDER_TRADE_UPDATE/ACCOUNT_UPDATE",
+            "{}/private/ws?listenKey={listen_key}&events=ORDER_TRADE_UPDATE/ACCOUNT_UPDATE/ALGO_UPDATE",
             base.trim_end_matches('/')
         );
         Self::open(&url).await
@@ -279,6 +284,7 @@ pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
                 })
                 .collect(),
         ),
+        "ALGO_UPDATE" => algo_update(data, time)?,
         "listenKeyExpired" => StreamEvent::ListenKeyExpired,
         _ => StreamEvent::Other,
     })
@@ -296,6 +302,35 @@ fn reply(value: &Value) -> Option<StreamEvent> {
         .get("code")
         .map(|code| format!("{code}: {}", refusal["msg"].as_str().unwrap_or("")));
     Some(StreamEvent::Reply { id, error })
+}
+
+/// `ALGO_UPDATE`: the order under `o` (`caid`, `aid`, `X`, `ai` once triggered, `rm` a reason).
+fn algo_update(data: &Value, time: i64) -> Option<StreamEvent> {
+    let o = &data["o"];
+    let id = |v: &Value| v.as_u64().or_else(|| v.as_str()?.parse().ok());
+    let flag = super::wire::flag;
+    let reason = o["rm"].as_str().filter(|r| !r.is_empty()).map(String::from);
+    Some(StreamEvent::Algo {
+        order: AlgoOrder {
+            algo_id: id(&o["aid"])?,
+            client_algo_id: o["caid"].as_str()?.to_string(),
+            symbol: o["s"].as_str()?.to_string(),
+            side: OrderSide::parse(o["S"].as_str()?)?,
+            kind: AlgoKind::parse(o["o"].as_str().unwrap_or("")),
+            status: AlgoStatus::parse(o["X"].as_str()?),
+            trigger_price: dec(&o["tp"]).unwrap_or_default(),
+            working_type: o["wt"].as_str().and_then(WorkingType::parse).unwrap_or_default(),
+            close_position: flag(&o["cp"]),
+            reduce_only: flag(&o["R"]),
+            price_protect: flag(&o["pP"]),
+            quantity: dec(&o["q"]).unwrap_or_default(),
+            order_id: super::wire::order_id(&o["ai"]),
+            create_time_ms: 0,
+            update_time_ms: data["T"].as_i64().unwrap_or(time),
+            trigger_time_ms: o["tt"].as_i64().unwrap_or(0),
+        },
+        reject_reason: reason,
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +369,17 @@ mod tests {
                     (Decimal::new(-5, 1), Decimal::from(4010))
                 );
                 assert_eq!(p[0].update_time_ms, 6, "the transaction time orders positions");
+            }
+            other => panic!("{other:?}"),
+        }
+        let algo = r#"{"e":"ALGO_UPDATE","E":7,"T":7,"o":{"caid":"sm-sl-3","aid":41,"at":"CONDITIONAL","o":"STOP_MARKET","s":"BTCUSDT","S":"SELL","ps":"BOTH","q":"0","X":"TRIGGERED","ai":"9001","tp":"95000.1","wt":"MARK_PRICE","cp":true,"pP":false,"R":false,"tt":6,"rm":""}}"#;
+        match decode(algo, now) {
+            Some(StreamEvent::Algo { order, reject_reason }) => {
+                assert_eq!((order.algo_id, order.client_algo_id.as_str()), (41, "sm-sl-3"));
+                assert_eq!((order.status, order.order_id), (AlgoStatus::Triggered, Some(9001)));
+                assert_eq!(order.trigger_price, Decimal::new(950_001, 1));
+                assert!(order.close_position && order.working_type == WorkingType::MarkPrice);
+                assert_eq!(reject_reason, None);
             }
             other => panic!("{other:?}"),
         }
