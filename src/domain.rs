@@ -252,7 +252,11 @@ impl Catalog {
     /// (below the step or the minimum quantity).
     pub fn market_qty(&self, symbol: &str, held: Decimal, cap: Option<Decimal>) -> Decimal {
         let qty = cap.map_or(held, |cap| held.min(cap));
-        let first = self.split_market_qty(symbol, qty).into_iter().next().unwrap_or_default();
+        let first = self
+            .split_market_qty(symbol, qty)
+            .into_iter()
+            .next()
+            .unwrap_or_default();
         match self.min_qty(symbol) {
             Some(min) if first < min => Decimal::ZERO,
             _ => first,

@@ -176,7 +176,12 @@ async fn levels_retire_with_their_position(backend: Backend) {
     };
     let none = Fence::none();
     store
-        .update_positions(&none, "main", &[position("BTCUSDT", 2, 10), position("ETHUSDT", -3, 10)], 0)
+        .update_positions(
+            &none,
+            "main",
+            &[position("BTCUSDT", 2, 10), position("ETHUSDT", -3, 10)],
+            0,
+        )
         .await
         .unwrap();
     let level = |symbol: &str, side| NewLevel {
@@ -187,7 +192,10 @@ async fn levels_retire_with_their_position(backend: Backend) {
         stop_loss: Some(Decimal::ONE),
     };
     let btc = store.insert_level(&level("BTCUSDT", PositionSide::Long)).await.unwrap();
-    let eth = store.insert_level(&level("ETHUSDT", PositionSide::Short)).await.unwrap();
+    let eth = store
+        .insert_level(&level("ETHUSDT", PositionSide::Short))
+        .await
+        .unwrap();
 
     // BTC grows: its level stays armed.
     let changes = store

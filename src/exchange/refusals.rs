@@ -101,8 +101,9 @@ pub const CLOSE_REFUSALS: &[(i64, CloseStep, &str)] = &[
         CloseStep::Reread,
         "reduce-only refused: flat or the other way already",
     ),
+    (-4003, CloseStep::Final, "quantity not above zero"),
     (
-        -4003,
+        -4004,
         CloseStep::Final,
         "quantity below the minimum: dust no MARKET order can close",
     ),

@@ -310,7 +310,11 @@ impl Store {
     /// Retires the armed levels of every position that went flat or the
     /// other way, in the transaction that wrote it: a level never outlives
     /// the position it was set for.
-    async fn retire_with(&self, tx: &mut Transaction<'static, Any>, changes: &mut [PositionChange]) -> anyhow::Result<()> {
+    async fn retire_with(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        changes: &mut [PositionChange],
+    ) -> anyhow::Result<()> {
         for change in changes.iter_mut().filter(|c| c.closed_or_flipped()) {
             let retired = self
                 .retire_levels_in(tx, &change.account, &change.symbol, change.to)
