@@ -1,4 +1,4 @@
-//! `cargo bench --bench trigger_latency [-- TRIGGERS]`
+//! `cargo bench --bench trigger_latency [-- TRIGGERS] [--rtt-ms=0,20]`
 //!
 //! How long a stop-loss takes: from the simulator publishing a price that
 //! crosses it to the close order arriving back at the simulator, measured on
@@ -19,6 +19,12 @@
 //! each published price crosses exactly one more level. TRIGGERS (default
 //! 1000) triggers per configuration; a trigger with no order within 10 s is
 //! counted as missed.
+//!
+//! `--rtt-ms` (default `0,20`) runs both configurations once per value with
+//! every venue request held that long before the simulator handles it: the
+//! order's own trip shows as +rtt, and every venue call made *before* the
+//! order (a position read, say) as another +rtt. At 20 ms a p50 near
+//! 0 ms + 20 means no round trip before the order leaves; near + 40, one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -108,9 +114,15 @@ fn free_port() -> u16 {
 }
 
 /// The simulator, then the service pointed at it, with every position stored.
-async fn start(streams: bool) -> Service {
+/// `rtt_ms`: every request waits this long at the venue before it is handled
+/// (the venue's round trip, as seen from the order's arrival).
+async fn start(streams: bool, rtt_ms: u64) -> Service {
     let stop = CancellationToken::new();
     let config = SimulatorConfig {
+        faults: script_manager::sim::Faults {
+            latency_ms: rtt_ms,
+            ..Default::default()
+        },
         listen: "127.0.0.1:0".into(),
         symbols: symbols(),
         volatility: 0.0,
@@ -268,8 +280,8 @@ async fn arrival(rx: &mut broadcast::Receiver<OrderArrival>, symbol: &str, api_k
 /// Latencies in ms, and how many triggers had no order within the timeout.
 type Sample = (Vec<f64>, usize);
 
-async fn streaming(triggers: usize) -> Sample {
-    let svc = start(true).await;
+async fn streaming(triggers: usize, rtt_ms: u64) -> Sample {
+    let svc = start(true, rtt_ms).await;
     let plan = arm(&svc).await;
     // Let market_stream subscribe to every symbol with armed levels.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -290,8 +302,8 @@ async fn streaming(triggers: usize) -> Sample {
     (latencies, missed)
 }
 
-async fn polling(triggers: usize) -> Sample {
-    let svc = start(false).await;
+async fn polling(triggers: usize, rtt_ms: u64) -> Sample {
+    let svc = start(false, rtt_ms).await;
     let plan = arm(&svc).await;
     let mut rx = svc.sim.order_arrivals();
     let (mut latencies, mut missed) = (Vec::new(), 0);
@@ -389,13 +401,19 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let rtts: Vec<u64> = std::env::args()
+        .find_map(|a| a.strip_prefix("--rtt-ms=").map(String::from))
+        .map(|list| list.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![0, 20]);
     runtime.block_on(async move {
-        let streamed = report("streaming", streaming(triggers).await);
-        let polled = report("polling", polling(triggers).await);
-        println!(
-            "ratio polling/streaming p50={:.0}x p99={:.0}x",
-            polled.0 / streamed.0,
-            polled.1 / streamed.1
-        );
+        for rtt in rtts {
+            let streamed = report(&format!("streaming rtt_ms={rtt}"), streaming(triggers, rtt).await);
+            let polled = report(&format!("polling rtt_ms={rtt}"), polling(triggers, rtt).await);
+            println!(
+                "rtt_ms={rtt} ratio polling/streaming p50={:.0}x p99={:.0}x",
+                polled.0 / streamed.0,
+                polled.1 / streamed.1
+            );
+        }
     });
 }

@@ -314,6 +314,28 @@ impl Catalog {
     }
 }
 
+/// Accounts the venue says are in hedge mode (`dualSidePosition`): the
+/// service closes positions in one-way mode only, so it refuses levels on
+/// them rather than fire orders the venue would refuse (-1106, -4061).
+#[derive(Debug, Default)]
+pub struct AccountModes {
+    hedge: std::sync::RwLock<std::collections::BTreeSet<String>>,
+}
+
+impl AccountModes {
+    pub fn set_hedge(&self, account: &str, hedge: bool) {
+        let mut set = self.hedge.write().unwrap_or_else(|e| e.into_inner());
+        match hedge {
+            true => set.insert(account.to_string()),
+            false => set.remove(account),
+        };
+    }
+
+    pub fn is_hedge(&self, account: &str) -> bool {
+        self.hedge.read().unwrap_or_else(|e| e.into_inner()).contains(account)
+    }
+}
+
 /// A price to evaluate levels against: the best bid and ask (equal for a
 /// last or mark price), the venue's time of it, and when it reached us.
 #[derive(Debug, Clone, PartialEq)]

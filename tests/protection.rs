@@ -148,6 +148,48 @@ async fn one_claim_at_a_time(backend: Backend) {
     assert_eq!(store.claim_intent(&id, "b", 60_000).await.unwrap(), None, "finished");
 }
 
+/// A restarted service takes up its previous life's closes at once: its own
+/// replica's claims (HA), or every claim (one instance per store).
+async fn stale_claims_are_released(backend: Backend) {
+    let test_store = TestStore::new(backend);
+    let store = Store::open(&test_store.url).await.unwrap();
+    let level = store
+        .insert_level(&NewLevel {
+            account: "main".into(),
+            symbol: "BTCUSDT".into(),
+            side: PositionSide::Short,
+            take_profit: None,
+            stop_loss: Some(Decimal::TEN),
+        })
+        .await
+        .unwrap();
+    let (intent, _) = store
+        .trigger_level(
+            &Fence::none(),
+            &level,
+            ("stop_loss", Decimal::TEN, 0),
+            ("r_1/dead", 60_000),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.release_claims_of(Some("r%1")).await.unwrap(),
+        0,
+        "LIKE patterns are escaped"
+    );
+    assert_eq!(
+        store.release_claims_of(Some("r_2")).await.unwrap(),
+        0,
+        "another replica's claim stays"
+    );
+    assert!(store.unclaimed_intents().await.unwrap().is_empty());
+    assert_eq!(store.release_claims_of(Some("r_1")).await.unwrap(), 1);
+    let adoptable = store.unclaimed_intents().await.unwrap();
+    assert_eq!(adoptable.len(), 1);
+    assert_eq!(adoptable[0].client_order_id, intent.client_order_id);
+}
+
 /// The installation id is made once and kept: a second start reads it back.
 async fn installation_id_is_kept(backend: Backend) {
     let test_store = TestStore::new(backend);
@@ -252,6 +294,7 @@ on_both_stores! {
     a_close_has_one_claim_at_a_time_and_a_lost_claim_writes_nothing => one_claim_at_a_time;
     the_installation_id_is_made_once_and_kept => installation_id_is_kept;
     levels_are_retired_with_their_position => levels_retire_with_their_position;
+    a_restart_releases_its_previous_lifes_claims => stale_claims_are_released;
 }
 
 /// -4131 (best price outside PERCENT_PRICE: a fast market) twice, then

@@ -363,7 +363,14 @@ async fn a_planned_reconnect_ahead_of_the_venues_close_loses_nothing() {
     let mut env = STREAMS_ONLY.to_vec();
     env.push(("SCRIPT_MANAGER_EXCHANGE__STREAM_MAX_LIFETIME_SECONDS", "4"));
     let svc = start(&sim, &store, &env).await;
-    create_level_near(&svc, &sim, "main").await;
+    // A far alert keeps a symbol watched (a level would be retired when trading elsewhere flips its position).
+    let (status, alert) = svc
+        .post_json(
+            "/api/alerts",
+            &json!({"symbol": "BTCUSDT", "condition": "above", "price": "100000000"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{alert}");
     tokio::time::sleep(Duration::from_secs(10)).await;
     let planned = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="planned"}"#;
     assert!(metric(&svc, planned).await >= 2.0, "{}", svc.log());

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Admission, Caller, ProcessCalls, SERVICE_CALLER, VenueWeight};
 use crate::config::{Config, ExchangeKind, Secret};
-use crate::domain::Catalog;
+use crate::domain::{AccountModes, Catalog};
 use crate::exchange::binance::{Binance, TransportOptions};
 use crate::exchange::{Account, Venue};
 use crate::sim::{self, SimAccountSpec};
@@ -122,6 +122,29 @@ pub async fn bootstrap(venue: &Binance, catalog: &Catalog) {
         tracing::warn!(error = %e, "cannot read the venue's clock; signed calls may be rejected until it answers");
     }
     read_exchange_info(venue, catalog).await;
+}
+
+/// Asks the venue which accounts are in hedge mode (`GET
+/// /fapi/v1/positionSide/dual`, weight 30 each, once at start). The service
+/// supports one-way mode only: a hedge-mode account is named in an error and
+/// levels on it are refused (422) until it is switched and the service restarted.
+pub async fn read_position_modes(venue: &Binance, modes: &AccountModes) {
+    for account in venue.account_names() {
+        let caller = Caller::new(SERVICE_CALLER, 2, Instant::now() + Duration::from_secs(15));
+        match venue.hedge_mode(&caller, &account).await {
+            Ok(hedge) => {
+                modes.set_hedge(&account, hedge);
+                if hedge {
+                    tracing::error!(
+                        account,
+                        "account is in hedge mode (dualSidePosition): script-manager closes positions in one-way mode \
+                         only; levels on it are refused. Switch it to one-way mode on the venue and restart"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(account, error = %e, "cannot read the account's position mode; assuming one-way"),
+        }
+    }
 }
 
 /// Reads `exchangeInfo`: the weight limit and the listed symbols.

@@ -159,6 +159,19 @@ fn join_cluster(
     });
 }
 
+/// Closes a previous life of this service was working on are taken up at
+/// once, not after their claim's lease: with one instance per store every
+/// claim is a dead one's; under HA only those of this replica's name.
+async fn release_stale_claims(config: &Config, store: &Store) {
+    let replica = crate::ha::replica_id(&config.ha);
+    let mine = config.ha.enabled.then_some(replica.as_str());
+    match store.release_claims_of(mine).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(released = n, "closes left by a previous run are taken up again"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot release the claims of a previous run"),
+    }
+}
+
 /// The level engine and its close workers, from `[levels]` and the exchange.
 pub fn level_engine(
     config: &Config,
@@ -215,6 +228,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     let catalog = Arc::new(Catalog::default());
     exchange::bootstrap(&exchange.venue, &catalog).await;
     exchange::spawn_exchange_info_refresh(exchange.venue.clone(), catalog.clone(), exchange_stop.clone());
+    let modes = Arc::new(crate::domain::AccountModes::default());
+    exchange::read_position_modes(&exchange.venue, &modes).await;
     let accounts = exchange.venue.account_names();
     metrics
         .domain
@@ -222,6 +237,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     store.post_level_events_to(config.notifications.webhook_url.clone());
     let stream_health = Arc::new(StreamHealth::default());
     let levels = level_engine(&config, &store, &exchange.venue, &catalog, &metrics, &stream_health);
+    release_stale_claims(&config, &store).await;
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: exchange.venue.clone(),
@@ -289,6 +305,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         store: Some(store.clone()),
         accounts,
         catalog: Some(catalog),
+        modes,
         reload: Some(reload),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;

@@ -204,6 +204,12 @@ pub async fn create_level(_: Admin, State(state): State<AppState>, body: Bytes) 
             format!("unknown account; known: {}", state.accounts.join(", ")),
         ));
     }
+    if state.modes.is_hedge(&account) {
+        return Err(unprocessable(
+            "account",
+            "the account is in hedge mode (dualSidePosition); script-manager closes positions in one-way mode only",
+        ));
+    }
     let symbol = symbol(&state, &map)?;
     let take_profit = decimal(&map, "take_profit")?;
     let stop_loss = decimal(&map, "stop_loss")?;

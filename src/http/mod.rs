@@ -53,6 +53,8 @@ pub struct AppState {
     pub accounts: Vec<String>,
     /// The venue's listed symbols: levels and alerts on others are refused.
     pub catalog: Option<Arc<Catalog>>,
+    /// Accounts in hedge mode: levels on them are refused.
+    pub modes: Arc<crate::domain::AccountModes>,
     /// Re-reads the configuration (`POST /-/reload`); `Err` names the problems, and nothing changed.
     pub reload: Option<Reload>,
 }

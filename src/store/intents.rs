@@ -159,6 +159,26 @@ impl Store {
         Ok(Some((intent(&row)?, claim)))
     }
 
+    /// Releases the claims a previous life of this process left behind, so
+    /// its closes are taken up at once instead of after their lease:
+    /// `replica` names the owners to release (`owner` is `<replica>/<suffix>`),
+    /// `None` releases every claim (one instance per store, so none is alive).
+    /// Returns how many were released.
+    pub async fn release_claims_of(&self, replica: Option<&str>) -> anyhow::Result<u64> {
+        let pattern = match replica {
+            Some(r) => format!("{}/%", r.replace('!', "!!").replace('%', "!%").replace('_', "!_")),
+            None => "%".to_string(),
+        };
+        let released = sqlx::query(
+            "UPDATE order_intents SET lease_until = 0 WHERE status = 'pending' AND owner IS NOT NULL AND owner LIKE $1 ESCAPE '!'",
+        )
+        .bind(pattern)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(released)
+    }
+
     /// Gives a claim up (the owner stops working on the intent), so another may take it at once.
     pub async fn release_intent(&self, client_order_id: &str, claim: &Claim) -> anyhow::Result<()> {
         sqlx::query(

@@ -128,7 +128,7 @@ async fn write_fact(
          ON CONFLICT (account, symbol) DO UPDATE SET prev_amount = positions.amount, amount = excluded.amount, \
          entry_price = excluded.entry_price, mark_price = excluded.mark_price, \
          unrealized_pnl = excluded.unrealized_pnl, updated_at = excluded.updated_at, venue_time = excluded.venue_time \
-         WHERE 1 = 1 \
+         WHERE positions.venue_time <= excluded.venue_time \
          RETURNING prev_amount, amount",
     )
     .bind(account.to_string())
