@@ -5,7 +5,8 @@
 //! 30 open positions, 60 armed levels, 100 alerts, in three configurations:
 //! coordinated (streams off: the polling service), streaming (the defaults:
 //! market_stream and user_stream up, REST only to reconcile and keep listen
-//! keys alive), uncoordinated (`upstream.batching/dedupe/cache = false`), and
+//! keys alive, and backstop_sync keeping a conditional order on the venue per
+//! armed stop-loss), uncoordinated (`upstream.batching/dedupe/cache = false`), and
 //! the seed's "before" pattern (its old intervals, no coordination); plus the
 //! floor, the fewest calls that keep every data type as fresh as its interval
 //! requires when polling.
@@ -126,10 +127,13 @@ async fn meter_totals(http: &reqwest::Client, base: &str) -> (f64, f64) {
 const STREAMING_SPEEDUP: f64 = 6.0;
 
 /// The seed's intervals plus the two streams.
+/// The defaults: the seed's six, the two streams, and the venue-side
+/// backstops (one per armed stop-loss: placements, cancels, reconciliation reads).
 fn streaming_plan() -> Plan {
     let mut plan = seed_intervals();
     plan.push(("market_stream", "market_stream", 0.0));
     plan.push(("user_stream", "user_stream", 0.0));
+    plan.push(("backstop_sync", "backstop_sync", 1.0));
     plan
 }
 
@@ -244,6 +248,11 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         events: metrics.domain.clone(),
         catalog,
         levels,
+        backstops: script_manager::processes::backstop::BackstopSettings {
+            // Placed only where they are planned (the streaming configuration), reconciled at the accelerated pace.
+            reconcile: Duration::from_secs_f64(config.levels.backstop_reconcile_seconds / speedup),
+            ..script_manager::app::backstop_settings(&config)
+        },
         live: Arc::default(),
         stream_stale_after: Duration::from_secs(5),
         streaming: streams.then(|| stream_settings(addr, speedup)),

@@ -32,6 +32,7 @@ fn level(id: i64, sl: Decimal, tp: Decimal) -> Level {
         closed_qty: None,
         avg_price: None,
         close_orders: None,
+        closed_by: None,
         created_at: 0,
         updated_at: 0,
     }

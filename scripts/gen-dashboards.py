@@ -247,8 +247,14 @@ trading = dashboard(
               [("script_manager_level_close_retrying", "retrying")], 0, 28, 8, 6, kind="stat"),
         panel("Close refusals by step", "Close orders the venue refused or left unanswered, by the refusal table's next step (retry_later, look_up, split, reread, final).", "short",
               [(f"sum by (step) (increase(script_manager_level_close_refusals_total[{RI}]))", "{{step}}")], 8, 28, 8, 6),
-        panel("Levels retired", "Armed levels cancelled without a close because their position went flat or changed side.", "short",
+        panel("Levels retired", "Armed levels cancelled without a close because their position went flat or changed side, or the kill switch flattened it.", "short",
               [(f"sum by (reason) (increase(script_manager_levels_retired_total[{RI}]))", "{{reason}}")], 16, 28, 8, 6),
+        panel("Backstops on the venue", "The conditional orders armed stop-losses want on the venue, by state: live, placing, missing (not placed yet), failed (refused). Anything but live for 2 minutes while the venue answers pages (ScriptManagerPositionUnprotected).", "short",
+              [("sum by (state) (script_manager_backstop_orders)", "{{state}}")], 0, 34, 8, 6),
+        panel("Backstop placements and cancels", "Backstop changes sent to the venue per interval, by action and outcome.", "short",
+              [(f"sum by (action, outcome) (increase(script_manager_backstop_changes_total[{RI}]))", "{{action}} {{outcome}}")], 8, 34, 8, 6),
+        panel("Kill switch", "Positions the kill switch (POST /api/flatten) acted on, by outcome.", "short",
+              [(f"sum by (outcome) (increase(script_manager_positions_flattened_total[{RI}]))", "{{outcome}}")], 16, 34, 8, 6),
     ],
 )
 

@@ -127,12 +127,12 @@ fn a_file_that_names_one_section_keeps_every_default_process() {
     let c = ok(Some("[http]\nlisten = \"127.0.0.1:1\"\n"), &[]);
     assert_eq!(
         c.processes.len(),
-        8,
-        "the seed's six, and the two streams (on by default)"
+        9,
+        "the seed's six, the two streams (on by default) and backstop_sync"
     );
     assert!(c.processes["market_stream"].continuous() && c.processes["user_stream"].continuous());
     let c = ok(Some("[exchange]\nstreams = false\n"), &[]);
-    assert_eq!(c.processes.len(), 6, "streams off: the seed's six only");
+    assert_eq!(c.processes.len(), 7, "streams off: the seed's six and backstop_sync");
     let c = ok(
         Some("builtin_processes = false\n[processes.backup]\nkind = \"command\"\ncommand = \"true\"\n"),
         &[],

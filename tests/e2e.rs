@@ -2,7 +2,8 @@
 //! Prometheus with the repository's rules (only intervals and addresses
 //! changed) and Alertmanager with the repository's routing (receiver pointed
 //! at a listener here). Proves that every dashboard query returns data, that
-//! a failing process's alert arrives through Alertmanager and resolves, and
+//! a failing process's alert arrives through Alertmanager and resolves, the
+//! unprotected-position alert fires while the venue refuses backstops, and
 //! that metrics and panels name each other.
 
 mod common;
@@ -149,6 +150,10 @@ interval_seconds = 2
 interval_seconds = 1
 [processes.dashboard_sync]
 interval_seconds = 2
+[exchange.simulator.faults]
+reject_algo_orders = 1000000000
+[demo]
+distance = 0.4
 "#,
         fault.display()
     );
@@ -280,10 +285,29 @@ interval_seconds = 2
         .lock()
         .unwrap()
         .iter()
-        .filter(|(_, _, p)| p != "flaky")
+        .filter(|(_, name, p)| p != "flaky" && name != "ScriptManagerPositionUnprotected")
         .cloned()
         .collect();
     assert!(others.is_empty(), "only the injected fault alerts: {others:?}");
+    // (c) The venue refuses every backstop (the second fault): the demo's armed
+    // stop-losses (40 % away, so the simulator's prices never reach them) are
+    // unprotected, which pages after 2 minutes.
+    let unprotected = |status: &str| {
+        alerts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(s, name, _)| s == status && name == "ScriptManagerPositionUnprotected")
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !unprotected("firing") {
+        assert!(
+            Instant::now() < deadline,
+            "no unprotected-position alert; got {:?}",
+            alerts.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     std::fs::remove_file(&fault).unwrap();
     let deadline = Instant::now() + Duration::from_secs(180);
     while !firing("resolved") {

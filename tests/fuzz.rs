@@ -48,8 +48,7 @@ fn schemathesis(svc: &common::Service, token: Option<&str>) -> (String, u64) {
         .split_whitespace()
         .collect::<Vec<_>>()
         .windows(2)
-        .find(|w| w[1].starts_with("generated"))
-        .and_then(|w| w[0].parse().ok())
+        .find_map(|w| w[1].starts_with("generated").then(|| w[0].parse().ok()).flatten())
         .unwrap_or(0);
     (text, generated)
 }

@@ -441,7 +441,7 @@ async fn the_default_configuration_runs_all_six_within_a_minute() {
                 })
         })
         .await;
-    assert_eq!(doc["total_processes"], 8);
-    assert_eq!(doc["running_processes"], 8, "{doc:#}");
+    assert_eq!(doc["total_processes"], 9);
+    assert_eq!(doc["running_processes"], 9, "{doc:#}");
     assert_eq!(doc["error_processes"], 0, "{doc:#}");
 }

@@ -32,7 +32,10 @@ async fn status_document_has_the_seed_shape_and_more() {
                 >= 2
         })
         .await;
-    assert_eq!(doc["total_processes"], 9, "six polling + two streams + one command");
+    assert_eq!(
+        doc["total_processes"], 10,
+        "six polling + two streams + backstop_sync + one command"
+    );
     assert!(doc["running_processes"].as_u64().unwrap() >= 1);
     let hello = &doc["processes"]["hello"];
     assert_eq!(hello["process_name"], "hello");

@@ -401,7 +401,7 @@ async fn with_streams_off_the_service_polls_as_before() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(ids.len(), 6, "only the six polling processes: {ids:?}");
+    assert_eq!(ids.len(), 7, "the six polling processes and backstop_sync: {ids:?}");
     assert!(!ids.contains(&"market_stream") && !ids.contains(&"user_stream"));
 
     let (id, symbol, amount, sl) = create_level_near(&svc, &sim, "main").await;

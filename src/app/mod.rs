@@ -172,6 +172,33 @@ async fn release_stale_claims(config: &Config, store: &Store) {
     }
 }
 
+/// The kill switch the HTTP layer calls.
+fn flatten_with(platform: Arc<Platform>) -> crate::http::flatten::Flatten {
+    Arc::new(move |account: Option<String>| {
+        let platform = platform.clone();
+        Box::pin(async move {
+            let refused = |budget_spent, message| crate::http::flatten::Refused { budget_spent, message };
+            let report = processes::backstop::flatten::flatten(&platform, account.as_deref())
+                .await
+                .map_err(|e| refused(e.budget_spent, e.message))?;
+            serde_json::to_value(report).map_err(|e| refused(false, e.to_string()))
+        })
+    })
+}
+
+/// `levels.backstop*` as the backstop process reads them.
+pub fn backstop_settings(config: &Config) -> crate::processes::backstop::BackstopSettings {
+    let l = &config.levels;
+    crate::processes::backstop::BackstopSettings {
+        mode: l.backstop,
+        offset: rust_decimal::Decimal::from_f64_retain(l.backstop_offset)
+            .unwrap_or(rust_decimal::Decimal::new(5, 3))
+            .round_dp(6),
+        reconcile: Duration::from_secs_f64(l.backstop_reconcile_seconds),
+        resync: Default::default(),
+    }
+}
+
 /// The level engine and its close workers, from `[levels]` and the exchange.
 pub fn level_engine(
     config: &Config,
@@ -246,6 +273,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         events: metrics.domain.clone(),
         catalog: catalog.clone(),
         levels: levels.clone(),
+        backstops: backstop_settings(&config),
         live: Arc::default(),
         stream_stale_after: Duration::from_secs_f64(config.exchange.stream_stale_seconds),
         streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr)),
@@ -306,6 +334,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         accounts,
         catalog: Some(catalog),
         modes,
+        flatten: Some(flatten_with(platform.clone())),
         reload: Some(reload),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;

@@ -63,6 +63,23 @@ const STREAM_PROCESSES: [(&str, &str, u32, f64); 2] = [
     ("user_stream", "User Stream", 60, 10.0),
 ];
 
+/// The venue-side backstops' reconciler: every second, priority 1 (it is
+/// protection), its own share of calls. Built in whatever `levels.backstop`
+/// says (`off` makes it clean up and idle).
+fn backstop_process() -> (String, ProcessConfig) {
+    let process = ProcessConfig {
+        name: Some("Backstop Sync".to_string()),
+        interval_seconds: 1.0,
+        // Placements weigh 0: calls, not weight, bound how fast many new levels get theirs.
+        max_api_calls_per_minute: 600,
+        priority: 1,
+        timeout_seconds: 10.0,
+        start_offset_seconds: 2.0,
+        ..process_defaults("backstop_sync")
+    };
+    ("backstop_sync".to_string(), process)
+}
+
 fn stream_processes() -> impl Iterator<Item = (String, ProcessConfig)> {
     STREAM_PROCESSES.iter().map(|&(id, name, limit, lease)| {
         let process = ProcessConfig {
@@ -101,6 +118,7 @@ pub fn builtin_processes(with_streams: bool) -> BTreeMap<String, ProcessConfig> 
             (id.to_string(), process)
         })
         .chain(streams)
+        .chain(std::iter::once(backstop_process()))
         .collect()
 }
 
@@ -172,6 +190,9 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             close_lease_seconds: None,
             close_send_margin_seconds: None,
             max_concurrent_closes: 32,
+            backstop: super::BackstopMode::StopLoss,
+            backstop_offset: 0.005,
+            backstop_reconcile_seconds: 60.0,
         },
         ha: HaConfig {
             enabled: false,

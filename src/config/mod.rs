@@ -179,6 +179,23 @@ pub struct LevelsConfig {
     pub close_send_margin_seconds: Option<f64>,
     /// Close attempts in flight at once (each on its own intent).
     pub max_concurrent_closes: usize,
+    /// Which levels get a conditional order on the venue as a second line:
+    /// `stop_loss` (the default), `both` (take-profits too) or `off`.
+    pub backstop: BackstopMode,
+    /// How much further than the level's own price the venue's order
+    /// triggers (0.005 = 0.5 %), so the service's close fires first.
+    pub backstop_offset: f64,
+    /// How often the venue's open conditional orders are compared with the levels.
+    pub backstop_reconcile_seconds: f64,
+}
+
+/// `levels.backstop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackstopMode {
+    StopLoss,
+    Both,
+    Off,
 }
 
 impl LevelsConfig {

@@ -336,6 +336,15 @@ pub fn check_levels(l: &super::LevelsConfig, request_timeout: Option<f64>, repor
     if !(1..=10_000).contains(&l.max_concurrent_closes) {
         report("levels.max_concurrent_closes", "must be between 1 and 10000".into());
     }
+    if !(l.backstop_offset > 0.0 && l.backstop_offset < 0.5) {
+        report(
+            "levels.backstop_offset",
+            "must be between 0 and 0.5 (0.005 = the venue's order triggers 0.5 % beyond the level)".into(),
+        );
+    }
+    if !(5.0..=3600.0).contains(&l.backstop_reconcile_seconds) {
+        report("levels.backstop_reconcile_seconds", "must be between 5 and 3600".into());
+    }
 }
 
 pub fn check_notifications(n: &super::NotificationsConfig, report: &mut dyn FnMut(&str, String)) {

@@ -187,8 +187,23 @@ fn parse_id(id: &str) -> Result<i64, ApiError> {
 
 pub async fn level(_: Reader, State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    match store(&state)?.level(id).await.map_err(store_error)? {
-        Some(l) => Ok(Json(json!(l))),
+    let store = store(&state)?;
+    match store.level(id).await.map_err(store_error)? {
+        Some(l) => {
+            let backstops = store.backstops_of_level(id).await.map_err(store_error)?;
+            let mut doc = json!(l);
+            doc["backstops"] = json!(
+                backstops
+                    .iter()
+                    .map(|b| json!({
+                        "kind": b.kind, "client_algo_id": b.client_algo_id, "algo_id": b.algo_id,
+                        "trigger_price": b.trigger_price.normalize().to_string(), "state": b.state,
+                        "order_id": b.order_id, "error": b.error,
+                    }))
+                    .collect::<Vec<_>>()
+            );
+            Ok(Json(doc))
+        }
         None => Err(ApiError::not_found(format!("no level {id}"))),
     }
 }

@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod data;
 mod error;
+pub mod flatten;
 mod live;
 mod openapi;
 mod query;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub catalog: Option<Arc<Catalog>>,
     /// Accounts in hedge mode: levels on them are refused.
     pub modes: Arc<crate::domain::AccountModes>,
+    /// The kill switch (`POST /api/flatten`), when the service has an exchange.
+    pub flatten: Option<flatten::Flatten>,
     /// Re-reads the configuration (`POST /-/reload`); `Err` names the problems, and nothing changed.
     pub reload: Option<Reload>,
 }

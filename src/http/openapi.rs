@@ -331,6 +331,27 @@ fn schemas() -> Value {
             "trigger_kind": nullable("string"), "trigger_price": nullable("string"),
             "error": nullable("string"), "closed_qty": nullable("string"), "avg_price": nullable("string"),
             "close_orders": nullable("integer"), "created_at": ms, "updated_at": ms,
+            "closed_by": {"description": "who took the position flat: service or venue (its backstop)",
+                "anyOf": [{"enum": ["service", "venue"]}, {"type": "null"}]},
+            "backstops": {"type": "array", "items": schema("Backstop"),
+                "description": "its conditional orders on the venue, every placement (GET /api/levels/{id} only)"},
+        })),
+        "Backstop": object(&["kind", "client_algo_id", "trigger_price", "state"], json!({
+            "kind": {"enum": ["stop_loss", "take_profit"]}, "client_algo_id": {"type": "string"},
+            "algo_id": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "trigger_price": {"type": "string"},
+            "state": {"enum": ["placing", "live", "triggered", "recorded", "failed", "cancelled"]},
+            "order_id": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "error": nullable("string"),
+        })),
+        "Flattened": object(&["positions", "backstops_cancelled"], json!({
+            "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
+            "positions": {"type": "array", "items": object(&["account", "symbol", "amount", "outcome", "levels_retired"], json!({
+                "account": {"type": "string"}, "symbol": {"type": "string"},
+                "amount": {"type": "string", "description": "the signed amount that was open"},
+                "outcome": {"enum": ["flat", "closing", "already_closing", "failed"]},
+                "level_id": {"anyOf": [{"type": "integer"}, {"type": "null"}], "description": "the level carrying this close"},
+                "levels_retired": {"type": "integer"},
+                "error": nullable("string"),
+            }))},
         })),
         "NewLevel": {
             "type": "object",

@@ -5,7 +5,7 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::openapi::{Routes, list, op, schema};
-use super::{api, data, live};
+use super::{api, data, flatten, live};
 
 const OPS: &str = "operations";
 const STATUS: &str = "status";
@@ -233,6 +233,44 @@ pub fn all() -> Routes {
                         ]),
                 ),
             ],
+        )
+        .route(
+            "/api/flatten",
+            post(flatten::all),
+            vec![(
+                "post",
+                op(
+                    "Kill switch: cancel our conditional orders and close every open position of every account",
+                    DATA,
+                    schema("Flattened"),
+                )
+                .admin()
+                .errors(&[
+                    (429, "the exchange budget is spent for now; nothing more was sent (try again shortly)"),
+                    (502, "the venue could not be asked what is open (nothing was sent for that account)"),
+                    (503, "this instance has no exchange"),
+                ]),
+            )],
+        )
+        .route(
+            "/api/accounts/{account}/flatten",
+            post(flatten::account),
+            vec![(
+                "post",
+                op(
+                    "Kill switch for one account: cancel our conditional orders and close its open positions",
+                    DATA,
+                    schema("Flattened"),
+                )
+                .path("account", "account name")
+                .admin()
+                .errors(&[
+                    (404, "no such account"),
+                    (429, "the exchange budget is spent for now; nothing more was sent (try again shortly)"),
+                    (502, "the venue could not be asked what is open (nothing was sent)"),
+                    (503, "this instance has no exchange"),
+                ]),
+            )],
         )
         .route(
             "/api/levels/{id}",

@@ -9,6 +9,7 @@
 //! `store`, `telemetry` (through `DomainEvents` only), `config`, `budget`,
 //! `clock`, `net`; never the scheduler, `ha`, `http` or `status`.
 
+pub mod backstop;
 pub mod command;
 pub mod dashboard_sync;
 pub mod demo;
@@ -40,6 +41,9 @@ pub const TRADING_KINDS: [&str; 6] = crate::config::SEED_PROCESSES;
 /// The stream processes (continuous), run when `exchange.streams` is on.
 pub const STREAM_KINDS: [&str; 2] = ["market_stream", "user_stream"];
 
+/// Protection beyond the seed's processes: the venue-side backstops.
+pub const PROTECTION_KINDS: [&str; 1] = ["backstop_sync"];
+
 /// The processes that serve every account, counted per account when one fails.
 pub const ACCOUNT_PROCESSES: [&str; 3] = ["trade_sync", "position_sync", "dashboard_sync"];
 /// The processes that leave out symbols the venue does not list, and count them.
@@ -53,14 +57,15 @@ pub fn check_settings(kind: &str, settings: &BTreeMap<String, Value>) -> Result<
         "level_monitor" => Ok(level_monitor::LevelMonitorSettings::parse(settings)
             .err()
             .unwrap_or_default()),
-        k if TRADING_KINDS.contains(&k) || STREAM_KINDS.contains(&k) => Ok(settings
+        k if TRADING_KINDS.contains(&k) || STREAM_KINDS.contains(&k) || PROTECTION_KINDS.contains(&k) => Ok(settings
             .keys()
             .map(|key| (key.clone(), "unknown setting".to_string()))
             .collect()),
         other => Err(format!(
-            "unknown kind `{other}`; known kinds: command, {}, {}",
+            "unknown kind `{other}`; known kinds: command, {}, {}, {}",
             TRADING_KINDS.join(", "),
-            STREAM_KINDS.join(", ")
+            STREAM_KINDS.join(", "),
+            PROTECTION_KINDS.join(", ")
         )),
     }
 }
@@ -91,6 +96,7 @@ pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>)
         "market_stream" => Arc::new(market_stream::MarketStream::new(p()?)),
         "user_stream" => Arc::new(user_stream::UserStream::new(p()?)),
         "dashboard_sync" => Arc::new(dashboard_sync::DashboardSync::new(p()?)),
+        "backstop_sync" => Arc::new(backstop::BackstopSync::new(p()?)),
         _ => return None,
     })
 }

@@ -24,6 +24,8 @@ pub struct Platform {
     pub catalog: Arc<Catalog>,
     /// Armed levels and their closes, shared by level_monitor and market_stream.
     pub levels: Arc<LevelEngine>,
+    /// The venue-side backstops' settings (`levels.backstop*`).
+    pub backstops: super::backstop::BackstopSettings,
     /// The latest streamed prices (written by market_stream).
     pub live: Arc<LivePrices>,
     /// A streamed price older than this is stale: REST is asked instead.

@@ -145,6 +145,8 @@ impl UserStream {
         p.stream_health.set(account, true);
         p.stream_metrics.up("user", account, true);
         tracing::info!(account, "user stream up and reconciled");
+        // What the venue did with our backstops while no events came is read again.
+        p.backstops.resync.store(true, std::sync::atomic::Ordering::Relaxed);
         let renew_at = socket.opened + settings.planned_reconnect();
         let mut extend =
             tokio::time::interval_at(Instant::now() + settings.listen_key_renew, settings.listen_key_renew);
@@ -220,6 +222,12 @@ impl UserStream {
             }
             StreamEvent::Order { client_order_id, .. } if client_order_id.starts_with("sm-") => {
                 p.levels.closer().nudge(&client_order_id);
+            }
+            StreamEvent::Algo { order, reject_reason } => {
+                if let Some(why) = reject_reason {
+                    tracing::warn!(account, client_algo_id = %order.client_algo_id, reason = %why, "the venue rejected a conditional order");
+                }
+                super::backstop::on_update(p, ctx, &order).await?;
             }
             StreamEvent::Positions(changed) => {
                 let changes = p

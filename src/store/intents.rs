@@ -264,7 +264,7 @@ impl Store {
         }
         sqlx::query(
             "UPDATE levels SET status = $1, order_id = $2, avg_price = $3, closed_qty = $4, close_orders = $5, error = $6, \
-             reason = $9, updated_at = $7 WHERE id = $8",
+             reason = $9, closed_by = CASE WHEN $1 = 'executed' THEN 'service' END, updated_at = $7 WHERE id = $8",
         )
         .bind(status)
         .bind(outcome.last_order_id)

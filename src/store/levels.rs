@@ -81,6 +81,8 @@ pub struct Level {
     pub avg_price: Option<Decimal>,
     /// How many close orders it took.
     pub close_orders: Option<i64>,
+    /// Who took the position flat: `venue` when its backstop did.
+    pub closed_by: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -115,6 +117,7 @@ fn level(r: &AnyRow) -> anyhow::Result<Level> {
         closed_qty: opt_dec(r, "closed_qty")?,
         avg_price: opt_dec(r, "avg_price")?,
         close_orders: r.try_get("close_orders")?,
+        closed_by: r.try_get("closed_by")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -284,6 +287,9 @@ impl Store {
     /// position (signed `amount`, 0 = flat): every one when flat, those of the
     /// other side otherwise. Each becomes `cancelled` with a reason and an
     /// outbox event, in the caller's transaction (the one writing the position).
+    /// A level whose backstop is (or may be) on the venue is left to the
+    /// backstop's reconciliation, which asks the venue whether its backstop
+    /// closed the position (then the level is executed by the venue) first.
     pub(crate) async fn retire_levels_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
@@ -298,7 +304,9 @@ impl Store {
         let now = now_ms();
         let rows = sqlx::query(
             "UPDATE levels SET status = 'cancelled', reason = $1, version = version + 1, updated_at = $2 \
-             WHERE account = $3 AND symbol = $4 AND status = 'armed' AND ($5 = '' OR side <> $5) RETURNING *",
+             WHERE account = $3 AND symbol = $4 AND status = 'armed' AND ($5 = '' OR side <> $5) \
+             AND NOT EXISTS (SELECT 1 FROM backstops b WHERE b.level_id = levels.id \
+                 AND b.state IN ('placing', 'live', 'triggered')) RETURNING *",
         )
         .bind(reason)
         .bind(now)
@@ -308,7 +316,39 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?;
         let retired: Vec<Level> = rows.iter().map(level).collect::<anyhow::Result<_>>()?;
-        for l in &retired {
+        self.announce_retired(tx, &retired, reason, now).await?;
+        Ok(retired)
+    }
+
+    /// The kill switch: every armed level of `account`/`symbol` is retired
+    /// (`flattened`), its backstops being cancelled by the caller.
+    pub async fn retire_flattened(&self, fence: &Fence, account: &str, symbol: &str) -> anyhow::Result<Vec<Level>> {
+        let now = now_ms();
+        let mut tx = self.begin_fenced(fence).await?;
+        let rows = sqlx::query(
+            "UPDATE levels SET status = 'cancelled', reason = 'flattened', version = version + 1, updated_at = $1 \
+             WHERE account = $2 AND symbol = $3 AND status = 'armed' RETURNING *",
+        )
+        .bind(now)
+        .bind(account.to_string())
+        .bind(symbol.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let retired: Vec<Level> = rows.iter().map(level).collect::<anyhow::Result<_>>()?;
+        self.announce_retired(&mut tx, &retired, "flattened", now).await?;
+        tx.commit().await?;
+        Ok(retired)
+    }
+
+    /// An outbox event and a log line per retired level.
+    async fn announce_retired(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        retired: &[Level],
+        reason: &str,
+        now: i64,
+    ) -> anyhow::Result<()> {
+        for l in retired {
             let payload = json!({
                 "event": "level_cancelled", "level_id": l.id, "account": l.account, "symbol": l.symbol,
                 "side": l.side.map(PositionSide::as_str), "reason": reason,
@@ -316,18 +356,12 @@ impl Store {
             });
             let key = format!("level-{}-v{}-cancelled", l.id, l.version);
             insert_notification(tx, &key, "level_cancelled", self.events_webhook(), &payload, now).await?;
-            tracing::info!(
-                level = l.id,
-                account,
-                symbol,
-                reason,
-                "level retired: its position is gone"
-            );
+            tracing::info!(level = l.id, account = %l.account, symbol = %l.symbol, reason, "level retired: its position is gone");
         }
         if !retired.is_empty() {
             self.levels_changed();
         }
-        Ok(retired)
+        Ok(())
     }
 
     /// Retires the levels that no longer match `account`/`symbol`'s position

@@ -9,6 +9,7 @@
 //! facts it keeps), `process` (a run's `Fence` and `RunRecord`), `config`
 //! (URL redaction) and `clock`; never the exchange, scheduler or status.
 
+mod backstops;
 mod dashboard;
 mod fence;
 mod intents;
@@ -28,6 +29,7 @@ use rust_decimal::Decimal;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use backstops::{Backstop, BackstopState, BackstopUpdate, NewBackstop};
 pub use dashboard::Snapshot;
 pub use intents::{Claim, CloseOutcome, Ending, Intent};
 pub use levels::{Level, LevelStatus, NewLevel};
@@ -59,6 +61,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_position_times",
         include_str!("../../migrations/0006_position_times.sql"),
     ),
+    ("0007_backstops", include_str!("../../migrations/0007_backstops.sql")),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -324,6 +324,24 @@ impl Store {
         Ok(())
     }
 
+    /// Every stored position fact, flat ones (kept a while) included:
+    /// (account, symbol, signed amount, venue time).
+    pub async fn position_facts(&self) -> anyhow::Result<Vec<(String, String, Decimal, i64)>> {
+        let rows = sqlx::query("SELECT account, symbol, amount, venue_time FROM positions")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("account")?,
+                    r.try_get("symbol")?,
+                    dec(r, "amount")?,
+                    r.try_get("venue_time")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Open positions (flat rows skipped), of one account or all.
     pub async fn positions(&self, account: Option<&str>) -> anyhow::Result<Vec<StoredPosition>> {
         let rows = sqlx::query(

@@ -131,6 +131,17 @@ impl Store {
         rows.iter().map(trade).collect()
     }
 
+    /// The fills of one order: what the venue's backstop closed, say.
+    pub async fn fills_of_order(&self, account: &str, symbol: &str, order_id: i64) -> anyhow::Result<Vec<StoredTrade>> {
+        let rows = sqlx::query("SELECT * FROM trades WHERE account = $1 AND symbol = $2 AND order_id = $3 ORDER BY id")
+            .bind(account.to_string())
+            .bind(symbol.to_string())
+            .bind(order_id)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(trade).collect()
+    }
+
     pub async fn trades_since(&self, account: &str, since_ms: i64) -> anyhow::Result<Vec<StoredTrade>> {
         let rows = sqlx::query("SELECT * FROM trades WHERE account = $1 AND time >= $2 ORDER BY time, id")
             .bind(account.to_string())

@@ -46,7 +46,7 @@ struct AccountLabels {
 }
 
 /// Level kinds, the `kind` label of level metrics.
-pub const LEVEL_KINDS: [&str; 2] = ["take_profit", "stop_loss"];
+pub const LEVEL_KINDS: [&str; 3] = ["take_profit", "stop_loss", "flatten"];
 /// Outcomes of a crossed level.
 pub const TRIGGER_OUTCOMES: [&str; 4] = ["executed", "failed", "cancelled", "unknown"];
 /// Outcomes of a webhook delivery attempt.

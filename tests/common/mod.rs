@@ -237,6 +237,19 @@ impl Service {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// `DELETE path` with the admin token: (status, JSON body or null).
+    pub async fn delete(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     /// Polls `GET path` until `check` holds.
     pub async fn wait_get(
         &self,

@@ -149,6 +149,7 @@ mod tests {
             closed_qty: None,
             avg_price: None,
             close_orders: None,
+            closed_by: None,
             created_at: 0,
             updated_at: 0,
         }

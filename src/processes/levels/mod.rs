@@ -134,6 +134,32 @@ impl LevelEngine {
         Ok(())
     }
 
+    /// Fires `level` now, without a price crossing it here: the venue said
+    /// the price is already through (its backstop would trigger at once).
+    /// `Ok(false)`: the level changed meanwhile.
+    pub async fn fire_now(&self, fence: &Fence, level: &Level, kind: &'static str) -> anyhow::Result<bool> {
+        let price = match kind {
+            "take_profit" => level.take_profit,
+            _ => level.stop_loss,
+        }
+        .unwrap_or_default();
+        let claim_for = (self.closer.owner(), self.closer.lease_ms());
+        let claimed_at = Instant::now();
+        let triggered = self
+            .store
+            .trigger_level(fence, level, (kind, price, crate::clock::now_ms()), claim_for)
+            .await?;
+        let Some((intent, claim)) = triggered else {
+            return Ok(false);
+        };
+        let fired = Fired {
+            received: claimed_at,
+            venue_ms: 0,
+        };
+        self.closer.start_fired(intent, claim, claimed_at, fired);
+        Ok(true)
+    }
+
     /// Removes and returns the levels `quote` crossed, under the lock and without I/O.
     fn take_crossed(&self, quote: &Quote) -> Vec<(Level, &'static str)> {
         let mut state = self.lock();

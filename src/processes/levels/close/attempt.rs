@@ -26,9 +26,10 @@ use crate::budget::Caller;
 use crate::domain::{OrderAck, PositionSide};
 use crate::exchange::orders::close_exactly_once;
 use crate::exchange::refusals::{CloseStep, close_step};
-use crate::process::ProcessError;
+use crate::process::{Fence, ProcessError};
+use crate::processes::backstop::record;
 use crate::processes::platform::store_error;
-use crate::store::{Claim, CloseOutcome, Ending, Intent};
+use crate::store::{BackstopState, BackstopUpdate, Claim, CloseOutcome, Ending, Intent};
 
 /// How many times "no such order" is asked before it is believed (it may not be visible yet).
 const LOOKUPS_BEFORE_NOT_FOUND: u32 = 3;
@@ -166,7 +167,10 @@ impl Attempt<'_> {
         .await;
         let e = match sent {
             Ok(ack) => {
-                progress.first_ack.get_or_insert((Instant::now(), ack.update_time_ms));
+                if progress.first_ack.is_none() {
+                    progress.first_ack = Some((Instant::now(), ack.update_time_ms));
+                    self.cancel_backstops(intent).await;
+                }
                 return Ok(ack);
             }
             Err(e) => e,
@@ -290,9 +294,80 @@ impl Attempt<'_> {
         Ok(moved)
     }
 
+    /// Our first order has left: the level's backstops on the venue have
+    /// done their job as a second line and are cancelled (best effort:
+    /// `backstop_sync` cancels what is left, since the level is no longer armed).
+    async fn cancel_backstops(&self, intent: &Intent) {
+        let d = self.deps;
+        let Ok(rows) = d.store.backstops_of_level(intent.level_id).await else {
+            return;
+        };
+        for b in rows.iter().filter(|b| b.state.on_venue()) {
+            let cancelled = d
+                .venue
+                .cancel_algo_order(&self.caller, &b.account, &b.symbol, &b.client_algo_id)
+                .await;
+            match cancelled {
+                Ok(()) => {
+                    d.events.protection().backstop_change("cancel", "ok");
+                    let none = Fence::none();
+                    let _ = d
+                        .store
+                        .update_backstop(
+                            &none,
+                            &b.client_algo_id,
+                            BackstopState::Cancelled,
+                            &BackstopUpdate::default(),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    tracing::debug!(client_algo_id = %b.client_algo_id, error = %e, "backstop not cancelled by the close; backstop_sync will")
+                }
+            }
+        }
+    }
+
+    /// Nothing was held any more when this close looked: if the level's
+    /// backstop fired, the venue took the position flat and the level says so.
+    async fn closed_by_venue(&self, intent: &Intent) -> Option<Step> {
+        let d = self.deps;
+        let none = Fence::none();
+        let fired = record::fired_backstop(&d.store, &*d.venue, &self.caller, &none, intent.level_id).await;
+        let b = match fired {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                return Some(Step::Retry(
+                    format!("cannot ask about the backstop: {e:#}"),
+                    CloseStep::LookUp,
+                ));
+            }
+        };
+        let fill = record::filled(&d.store, &*d.venue, &self.caller, &none, &b)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or((Decimal::ZERO, None));
+        match d
+            .store
+            .record_venue_close(&none, &b, fill, d.webhook_url.as_deref())
+            .await
+        {
+            Ok(true) => Some(Step::Done(Settled::ClosedByVenue)),
+            Ok(false) => Some(Step::Done(Settled::Elsewhere)),
+            Err(e) => Some(Step::Retry(store_error(&d.events, e).message, CloseStep::RetryLater)),
+        }
+    }
+
     /// Records the end. `last` is the final order whose fill is not yet in the intent's sums.
     async fn finish(&self, intent: &Intent, last: Option<&OrderAck>, ending: Ending) -> Step {
         let d = self.deps;
+        if matches!(ending, Ending::Cancelled(_))
+            && let Some(step) = self.closed_by_venue(intent).await
+        {
+            return step;
+        }
         let outcome = outcome(intent, last, ending);
         match d
             .store

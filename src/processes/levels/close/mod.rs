@@ -77,6 +77,8 @@ pub enum Settled {
     Failed(String),
     /// Nothing was held any more: the level is cancelled (reason).
     Cancelled(&'static str),
+    /// The level's backstop on the venue closed the position first; the level says so.
+    ClosedByVenue,
     /// Another owner finished it, or holds it now; nothing to record here.
     Elsewhere,
 }
@@ -317,6 +319,10 @@ impl Closer {
                 events.level_triggered(kind, "cancelled");
                 tracing::info!(client_order_id = %id, reason, "nothing held any more: level cancelled, no order sent");
             }
+            Settled::ClosedByVenue => {
+                events.level_triggered(kind, "executed");
+                tracing::warn!(client_order_id = %id, "the venue's backstop took the position flat first; level executed by the venue");
+            }
             Settled::Elsewhere => {}
         }
     }
@@ -346,6 +352,7 @@ impl Closer {
 fn kind_of(intent: &Intent) -> &'static str {
     match intent.kind.as_str() {
         "take_profit" => "take_profit",
+        "flatten" => "flatten",
         _ => "stop_loss",
     }
 }
