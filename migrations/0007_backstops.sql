@@ -21,7 +21,7 @@ CREATE TABLE backstops (
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
 );
-CREATE INDEX backstops_by_level ON backstops (level_id);
+CREATE INDEX backstops_by_level ON backstops (level_id, kind, generation);
 CREATE INDEX backstops_by_state ON backstops (state);
 -- Who took a level's position flat: `service` (our close) or `venue` (its backstop).
 ALTER TABLE levels ADD COLUMN closed_by TEXT

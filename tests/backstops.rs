@@ -247,7 +247,7 @@ async fn a_close_by_the_venue_while_the_service_is_down_is_recorded_after_restar
             "the level executed by the venue",
             &format!("/api/levels/{id}"),
             Duration::from_secs(30),
-            |l| l["status"] != "armed",
+            |l| l["status"] != "armed" && l["status"] != "triggered",
         )
         .await;
     assert_eq!(
@@ -356,7 +356,7 @@ async fn the_kill_switch_flattens_an_account_once() {
 
     let (status, report) = svc.post_json("/api/accounts/main/flatten", &json!({})).await;
     assert_eq!(status, 200, "{report}");
-    assert_eq!(report["backstops_cancelled"], 2, "{report}");
+    assert_eq!(report["failed_accounts"], json!([]), "{report}");
     let positions = report["positions"].as_array().unwrap();
     assert_eq!(positions.len(), 3, "{report}");
     for symbol in ["BTCUSDT", "ETHUSDT", "SOLUSDT"] {
@@ -379,7 +379,11 @@ async fn the_kill_switch_flattens_an_account_once() {
             "{l}"
         );
     }
-    assert!(open(&algo_orders(&sim, "main").await).is_empty());
+    // The backstops are cancelled (by the kill switch, or first by the closes it started).
+    until(&sim, "no backstop left open", Duration::from_secs(20), async |sim| {
+        open(&algo_orders(sim, "main").await).is_empty()
+    })
+    .await;
 
     let (status, again) = svc.post_json("/api/accounts/main/flatten", &json!({})).await;
     assert_eq!(status, 200, "{again}");

@@ -309,13 +309,15 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
         "{HA}{}\n\
          [http]\nadmin_token = \"{}\"\n\
          [processes.trade_sync]\ninterval_seconds = 1\ntimeout_seconds = 6\nmax_api_calls_per_minute = 2000\n\
-         [processes.position_sync]\ninterval_seconds = 1\nmax_api_calls_per_minute = 1000\n\
+         [processes.position_sync]\ninterval_seconds = 1\ntimeout_seconds = 6\nmax_api_calls_per_minute = 1000\n\
          [processes.level_monitor]\ninterval_seconds = 0.5\ntimeout_seconds = 5\nmax_api_calls_per_minute = 1000\n\
          [processes.price_update]\nenabled = false\n[processes.notification_check]\nenabled = false\n\
          [processes.dashboard_sync]\nenabled = false\n",
+        // Requests in flight when the holder is frozen are still answered when it thaws
+        // (then it writes, and is fenced off): longer than any freeze here.
         sim.polling_exchange_toml().replacen(
             "\n[exchange.accounts.main]",
-            "\nrequest_timeout_seconds = 30\n[exchange.accounts.main]",
+            "\nrequest_timeout_seconds = 120\n[exchange.accounts.main]",
             1
         ),
         common::TOKEN
@@ -428,13 +430,24 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
         )
         .await;
 
-    // Thaw the old holder: its run resumes, and everything it tries to write is refused.
+    // Thaw the old holder: its run resumes, and everything it tries to write is
+    // refused. Whether it gets to try depends on where the freeze caught it: a
+    // run whose deadline passed while frozen is cancelled at once, before any
+    // write; one still waiting on the venue writes, and is fenced off. Either
+    // way it learns that the lease moved on, and the data checks below show it
+    // changed nothing.
     kill(&frozen, libc::SIGCONT);
     eventually(Duration::from_secs(20), async || {
         let fenced = metric(&frozen, "script_manager_ha_fencing_rejections_total").await;
-        (fenced >= 1.0)
-            .then_some(())
-            .ok_or_else(|| format!("no fenced write counted; output:\n{}", frozen.log()))
+        let told = frozen
+            .log()
+            .contains("lease lost: another replica holds it now process=trade_sync");
+        (fenced >= 1.0 || told).then_some(()).ok_or_else(|| {
+            format!(
+                "neither fenced off nor told the lease moved on; output:\n{}",
+                frozen.log()
+            )
+        })
     })
     .await;
     let m = frozen.metrics().await;
@@ -442,7 +455,9 @@ async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
         common::sample(&m, r#"script_manager_ha_lease_held{process="trade_sync"}"#),
         Some(0.0)
     );
-    assert!(frozen.log().contains("write fenced off"), "{}", frozen.log());
+    if common::sample(&m, "script_manager_ha_fencing_rejections_total").unwrap_or(0.0) >= 1.0 {
+        assert!(frozen.log().contains("write fenced off"), "{}", frozen.log());
+    }
 
     // The data: every fill the venue has (up to a few seconds ago) stored once, nothing else; one close order.
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -40,7 +40,7 @@ async fn the_stream_the_tick_and_another_replica_close_one_intent_once() {
          [processes.position_sync]\ninterval_seconds = 1\nmax_api_calls_per_minute = 1000\n\
          [processes.trade_sync]\ninterval_seconds = 1\ntimeout_seconds = 5\nmax_api_calls_per_minute = 2000\n\
          [processes.price_update]\nenabled = false\n[processes.dashboard_sync]\nenabled = false\n\
-         [levels]\nclose_attempt_seconds = 2\n",
+         [levels]\nclose_attempt_seconds = 2\nbackstop = \"off\"\n",
         sim.exchange_toml(),
         common::TOKEN
     );

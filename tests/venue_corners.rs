@@ -282,11 +282,16 @@ async fn levels_on_a_hedge_mode_account_are_refused_with_the_reason() {
         .await;
     let store = TestStore::new(Backend::Sqlite);
     let svc = start(&sim, &store, "").await;
-    assert!(
-        svc.log().contains("hedge mode"),
-        "the error names the account's mode: {}",
-        svc.log()
-    );
+    // Read in the background shortly after start (each read weighs 30).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !svc.log().contains("hedge mode") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hedge-mode error: {}",
+            svc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (status, body) = svc
         .post_json(
             "/api/levels",

@@ -130,7 +130,7 @@ pub async fn bootstrap(venue: &Binance, catalog: &Catalog) {
 /// levels on it are refused (422) until it is switched and the service restarted.
 pub async fn read_position_modes(venue: &Binance, modes: &AccountModes) {
     for account in venue.account_names() {
-        let caller = Caller::new(SERVICE_CALLER, 2, Instant::now() + Duration::from_secs(15));
+        let caller = Caller::new(SERVICE_CALLER, 5, Instant::now() + Duration::from_secs(120));
         match venue.hedge_mode(&caller, &account).await {
             Ok(hedge) => {
                 modes.set_hedge(&account, hedge);

@@ -111,6 +111,11 @@ async fn prune(store: &Store, retention: Retention) {
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune run history"),
     }
+    match store.prune_backstops(now - retention.finished.as_millis() as i64).await {
+        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned backstops of finished levels"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune backstops"),
+    }
     match store.prune_finished(now - retention.finished.as_millis() as i64).await {
         Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned finished levels, intents, alerts and notifications"),
         Ok(_) => {}
@@ -256,7 +261,15 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     exchange::bootstrap(&exchange.venue, &catalog).await;
     exchange::spawn_exchange_info_refresh(exchange.venue.clone(), catalog.clone(), exchange_stop.clone());
     let modes = Arc::new(crate::domain::AccountModes::default());
-    exchange::read_position_modes(&exchange.venue, &modes).await;
+    {
+        // In the background, after the first answers told the budget what the venue has counted
+        // (each read weighs 30): a start never bursts past another client's share.
+        let (venue, modes) = (exchange.venue.clone(), modes.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            exchange::read_position_modes(&venue, &modes).await;
+        });
+    }
     let accounts = exchange.venue.account_names();
     metrics
         .domain

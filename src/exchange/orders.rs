@@ -32,8 +32,13 @@ pub async fn close_exactly_once(
                 match venue.order_by_client_id(caller, account, symbol, client_order_id).await {
                     Ok(Some(ack)) => return Ok(ack),
                     Ok(None) => last = Some(VenueError::UnknownOutcome(why)),
-                    // Cannot tell: stop here rather than risk a second execution.
-                    Err(e) => return Err(e),
+                    // Cannot tell: stop here rather than risk a second execution. The
+                    // outcome is still unknown, whatever kept the look-up from answering.
+                    Err(e) => {
+                        return Err(VenueError::UnknownOutcome(format!(
+                            "{why}; the look-up failed too: {e}"
+                        )));
+                    }
                 }
             }
             // -4116: this client id already executed; the lookup tells how.

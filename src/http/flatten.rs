@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use serde_json::Value;
+use std::time::Duration;
 
 use super::auth::Admin;
 use super::{ApiError, AppState};
@@ -25,7 +27,10 @@ pub struct Refused {
     pub message: String,
 }
 
-pub async fn all(_: Admin, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// How long a request waits for the kill switch before answering that it goes on.
+const ANSWER_WITHIN: Duration = Duration::from_secs(8);
+
+pub async fn all(_: Admin, State(state): State<AppState>) -> Result<Response, ApiError> {
     run(&state, None).await
 }
 
@@ -33,14 +38,14 @@ pub async fn account(
     _: Admin,
     State(state): State<AppState>,
     Path(account): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if !state.accounts.contains(&account) {
         return Err(ApiError::not_found(format!("no account `{account}`")));
     }
     run(&state, Some(account)).await
 }
 
-async fn run(state: &AppState, account: Option<String>) -> Result<Json<Value>, ApiError> {
+async fn run(state: &AppState, account: Option<String>) -> Result<Response, ApiError> {
     let Some(flatten) = &state.flatten else {
         return Err(ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -52,8 +57,28 @@ async fn run(state: &AppState, account: Option<String>) -> Result<Json<Value>, A
         account = account.as_deref().unwrap_or("every account"),
         "kill switch requested"
     );
-    match flatten(account).await {
-        Ok(report) => Ok(Json(report)),
+    // The work runs to its end on a task of its own whatever happens to this
+    // request; the answer waits for it a while, then says it goes on.
+    let work = tokio::spawn(flatten(account));
+    let done = match tokio::time::timeout(ANSWER_WITHIN, work).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the kill switch stopped unexpectedly: {e}"),
+            ));
+        }
+        Err(_) => {
+            let body = serde_json::json!({
+                "status": "in_progress",
+                "message": "the kill switch is still working; the closes it started go on (GET /api/levels shows them)",
+            });
+            return Ok((axum::http::StatusCode::ACCEPTED, Json(body)).into_response());
+        }
+    };
+    match done {
+        Ok(report) => Ok(Json(report).into_response()),
         Err(r) if r.budget_spent => Err(ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "budget_exhausted",

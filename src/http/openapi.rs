@@ -153,6 +153,13 @@ impl Op {
         self
     }
 
+    /// A second success answer beside the 200 one (`202`: accepted, still working).
+    pub fn also_answers(mut self, status: u16, description: &str, schema: Value) -> Self {
+        let answer = json!({"description": description, "content": {"application/json": {"schema": schema}}});
+        self.responses().insert(status.to_string(), answer);
+        self
+    }
+
     /// A success answer in another media type.
     pub fn text(mut self, media: &str, description: &str) -> Self {
         self.responses().insert(
@@ -342,8 +349,10 @@ fn schemas() -> Value {
             "state": {"enum": ["placing", "live", "triggered", "recorded", "failed", "cancelled"]},
             "order_id": {"anyOf": [{"type": "integer"}, {"type": "null"}]}, "error": nullable("string"),
         })),
-        "Flattened": object(&["positions", "backstops_cancelled"], json!({
+        "Flattened": object(&["positions", "backstops_cancelled", "failed_accounts"], json!({
             "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
+            "failed_accounts": {"type": "array", "description": "accounts it could not act on (nothing was sent for them); the others were flattened",
+                "items": object(&["account", "error"], json!({"account": {"type": "string"}, "error": {"type": "string"}}))},
             "positions": {"type": "array", "items": object(&["account", "symbol", "amount", "outcome", "levels_retired"], json!({
                 "account": {"type": "string"}, "symbol": {"type": "string"},
                 "amount": {"type": "string", "description": "the signed amount that was open"},

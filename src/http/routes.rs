@@ -244,6 +244,11 @@ pub fn all() -> Routes {
                     DATA,
                     schema("Flattened"),
                 )
+                .also_answers(
+                    202,
+                    "still working after 8 s: the closes it started go on (GET /api/levels shows them)",
+                    json!({"type": "object", "properties": {"status": {"const": "in_progress"}, "message": {"type": "string"}}}),
+                )
                 .admin()
                 .errors(&[
                     (429, "the exchange budget is spent for now; nothing more was sent (try again shortly)"),
@@ -263,6 +268,11 @@ pub fn all() -> Routes {
                     schema("Flattened"),
                 )
                 .path("account", "account name")
+                .also_answers(
+                    202,
+                    "still working after 8 s: the closes it started go on (GET /api/levels shows them)",
+                    json!({"type": "object", "properties": {"status": {"const": "in_progress"}, "message": {"type": "string"}}}),
+                )
                 .admin()
                 .errors(&[
                     (404, "no such account"),

@@ -146,7 +146,11 @@ impl UserStream {
         p.stream_metrics.up("user", account, true);
         tracing::info!(account, "user stream up and reconciled");
         // What the venue did with our backstops while no events came is read again.
-        p.backstops.resync.store(true, std::sync::atomic::Ordering::Relaxed);
+        p.backstops
+            .resync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(account.to_string());
         let renew_at = socket.opened + settings.planned_reconnect();
         let mut extend =
             tokio::time::interval_at(Instant::now() + settings.listen_key_renew, settings.listen_key_renew);

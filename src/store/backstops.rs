@@ -87,6 +87,7 @@ pub struct Backstop {
     /// Not placed again before this (ms).
     pub next_at: i64,
     pub error: Option<String>,
+    pub created_at: i64,
     pub updated_at: i64,
 }
 
@@ -121,9 +122,13 @@ fn backstop(r: &AnyRow) -> anyhow::Result<Backstop> {
         failures: r.try_get("failures")?,
         next_at: r.try_get("next_at")?,
         error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
 }
+
+/// How long a superseded placement (a newer generation exists) is kept.
+const SUPERSEDED_KEPT_MS: i64 = 3_600_000;
 
 /// A change of one row's state, with what the venue said.
 #[derive(Debug, Clone, Default)]
@@ -201,8 +206,10 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Moves a row to `state` (only from one that is not final, so a late
-    /// event never undoes a recorded close). `false`: nothing changed.
+    /// Moves a row to `state`, or fills in what the venue said while it
+    /// stays there. Never from a final state (a late event never undoes a
+    /// recorded close), never back from `triggered` to resting, nor from
+    /// `live` to `placing`. `false`: nothing changed.
     pub async fn update_backstop(
         &self,
         fence: &Fence,
@@ -214,7 +221,8 @@ impl Store {
         let n = sqlx::query(
             "UPDATE backstops SET state = $1, algo_id = COALESCE($2, algo_id), order_id = COALESCE($3, order_id), \
              error = $4, failures = COALESCE($5, failures), next_at = COALESCE($6, next_at), updated_at = $7 \
-             WHERE client_algo_id = $8 AND state NOT IN ('recorded', 'cancelled', 'failed') AND state <> $1",
+             WHERE client_algo_id = $8 AND state NOT IN ('recorded', 'cancelled', 'failed') \
+             AND NOT (state = 'triggered' AND $1 IN ('placing', 'live')) AND NOT (state = 'live' AND $1 = 'placing')",
         )
         .bind(state.as_str())
         .bind(u.algo_id)
@@ -222,6 +230,24 @@ impl Store {
         .bind(u.error.clone())
         .bind(u.failures)
         .bind(u.next_at)
+        .bind(now_ms())
+        .bind(client_algo_id.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// A row given up on (`failed`) whose order the venue turns out to hold
+    /// open, while its level still wants it: it is live again.
+    pub async fn revive_backstop(&self, fence: &Fence, client_algo_id: &str, algo_id: i64) -> anyhow::Result<bool> {
+        let mut tx = self.begin_fenced(fence).await?;
+        let n = sqlx::query(
+            "UPDATE backstops SET state = 'live', algo_id = $1, error = NULL, failures = 0, updated_at = $2 \
+             WHERE client_algo_id = $3 AND state = 'failed'",
+        )
+        .bind(algo_id)
         .bind(now_ms())
         .bind(client_algo_id.to_string())
         .execute(&mut *tx)
@@ -289,13 +315,23 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Forgets rows whose level is gone or final, older than `before_ms`.
+    /// Forgets rows whose level is gone or final, older than `before_ms`, and
+    /// superseded generations (a newer placement exists) after an hour.
     pub async fn prune_backstops(&self, before_ms: i64) -> anyhow::Result<u64> {
-        let gone = sqlx::query(
+        let mut gone = sqlx::query(
             "DELETE FROM backstops WHERE state IN ('recorded', 'cancelled', 'failed') AND updated_at < $1 \
              AND NOT EXISTS (SELECT 1 FROM levels l WHERE l.id = backstops.level_id AND l.status = 'armed')",
         )
         .bind(before_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        gone += sqlx::query(
+            "DELETE FROM backstops WHERE state IN ('cancelled', 'failed') AND updated_at < $1 \
+             AND EXISTS (SELECT 1 FROM backstops n WHERE n.level_id = backstops.level_id AND n.kind = backstops.kind \
+                 AND n.generation > backstops.generation)",
+        )
+        .bind(now_ms() - SUPERSEDED_KEPT_MS)
         .execute(self.pool())
         .await?
         .rows_affected();

@@ -179,6 +179,16 @@ impl Store {
         Ok(released)
     }
 
+    /// Gives up every claim of `owner` (a service shutting down). Returns how many.
+    pub async fn release_claims_owned_by(&self, owner: &str) -> anyhow::Result<u64> {
+        let released = sqlx::query("UPDATE order_intents SET lease_until = 0 WHERE status = 'pending' AND owner = $1")
+            .bind(owner.to_string())
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        Ok(released)
+    }
+
     /// Gives a claim up (the owner stops working on the intent), so another may take it at once.
     pub async fn release_intent(&self, client_order_id: &str, claim: &Claim) -> anyhow::Result<()> {
         sqlx::query(

@@ -1,10 +1,13 @@
 //! The kill switch: `POST /api/flatten` (every account) and `POST
-//! /api/accounts/{account}/flatten`. For each account: our open conditional
-//! orders are cancelled, the armed levels of every open position are retired
-//! (`flattened`), and every open position is closed through the close
-//! protocol, each on its own intent and worker, exactly once: a position
-//! already being closed is left to that close, so a second call changes
-//! nothing. The answer says what was done per symbol.
+//! /api/accounts/{account}/flatten`. For each account, on its own: the
+//! armed levels of every open position are retired (`flattened`), every
+//! open position is closed through the close protocol (each on its own
+//! intent and worker, exactly once: a position already being closed is left
+//! to that close, so a second call changes nothing), and then our open
+//! conditional orders are cancelled, but for those of levels still armed on
+//! other symbols (which `backstop_sync` would only place again). One
+//! account's failure is reported and the others are still flattened. The
+//! answer says what was done per symbol, within a few seconds.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -15,13 +18,16 @@ use tokio::time::Instant;
 use super::venue::ours;
 use crate::budget::Caller;
 use crate::domain::PositionSide;
+use crate::exchange::{VenueError, VenueErrorKind};
 use crate::process::Fence;
 use crate::processes::levels::close::CLOSE_CALLER;
 use crate::processes::platform::Platform;
 use crate::store::{BackstopState, BackstopUpdate, LevelStatus, NewLevel};
 
+/// The venue calls of one request are admitted within this (it answers in time).
+const ANSWER_WITHIN: Duration = Duration::from_secs(6);
 /// How long the answer waits for the closes it started to finish.
-const WAIT_FOR_CLOSES: Duration = Duration::from_secs(5);
+const WAIT_FOR_CLOSES: Duration = Duration::from_secs(2);
 
 /// What the kill switch did with one position.
 #[derive(Debug, Clone, Serialize)]
@@ -39,14 +45,25 @@ pub struct Flattened {
     pub error: Option<String>,
 }
 
-/// What one call did: positions, and our conditional orders cancelled per account.
+/// An account the kill switch could not act on (nothing was sent for it).
+#[derive(Debug, Clone, Serialize)]
+pub struct Unflattened {
+    pub account: String,
+    pub error: String,
+    /// The exchange budget was spent: try again shortly.
+    #[serde(skip)]
+    pub budget_spent: bool,
+}
+
+/// What one call did: positions, our conditional orders cancelled, accounts it could not act on.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct FlattenReport {
     pub positions: Vec<Flattened>,
     pub backstops_cancelled: usize,
+    pub failed_accounts: Vec<Unflattened>,
 }
 
-/// Why the kill switch could not act on an account (nothing was sent for it).
+/// Why the kill switch could not act at all (every account failed).
 #[derive(Debug, Clone)]
 pub struct Unable {
     /// The exchange budget is spent for now; the venue itself may be fine.
@@ -54,83 +71,29 @@ pub struct Unable {
     pub message: String,
 }
 
-impl Unable {
-    fn venue(what: String, e: crate::exchange::VenueError) -> Self {
-        Unable {
-            budget_spent: e.kind() == crate::exchange::VenueErrorKind::BudgetExhausted,
-            message: format!("{what}: {e}"),
-        }
-    }
-
-    fn store(e: anyhow::Error) -> Self {
-        Unable {
-            budget_spent: false,
-            message: format!("store: {e:#}"),
-        }
-    }
-}
-
-/// Flattens `accounts` (every configured one when `None`). `Err`: the venue
-/// could not be asked what is open (nothing was sent for that account).
+/// Flattens `account` (every configured one when `None`). `Err` only when no
+/// account could be acted on; otherwise the report lists what failed.
 pub async fn flatten(p: &Platform, account: Option<&str>) -> Result<FlattenReport, Unable> {
     let accounts: Vec<String> = match account {
         Some(a) => vec![a.to_string()],
         None => p.accounts.clone(),
     };
+    let caller = Caller::new(CLOSE_CALLER, 1, Instant::now() + ANSWER_WITHIN);
     let mut report = FlattenReport::default();
     let mut started = Vec::new();
     for account in &accounts {
         tracing::warn!(account, "kill switch: flattening the account");
-        report.backstops_cancelled += cancel_ours(p, account).await?;
-        let caller = Caller::new(CLOSE_CALLER, 1, Instant::now() + Duration::from_secs(15));
-        let open = p
-            .venue
-            .positions(&caller, account)
-            .await
-            .map_err(|e| Unable::venue(format!("cannot read the positions of `{account}`"), e))?;
-        let closing: HashSet<String> = p
-            .store
-            .pending_intents()
-            .await
-            .map_err(Unable::store)?
-            .into_iter()
-            .filter(|i| &i.account == account)
-            .map(|i| i.symbol)
-            .collect();
-        for position in open {
-            let Some(side) = PositionSide::of(position.amount) else {
-                continue;
-            };
-            let retired = p
-                .store
-                .retire_flattened(&Fence::none(), account, &position.symbol)
-                .await
-                .map_err(Unable::store)?;
-            p.events.protection().levels_retired("flattened", retired.len());
-            let mut done = Flattened {
-                account: account.clone(),
-                symbol: position.symbol.clone(),
-                amount: position.amount.normalize().to_string(),
-                outcome: "already_closing",
-                level_id: None,
-                levels_retired: retired.len(),
-                error: None,
-            };
-            if !closing.contains(&position.symbol) {
-                match close(p, account, &position.symbol, side).await {
-                    Ok(level_id) => {
-                        done.outcome = "closing";
-                        done.level_id = Some(level_id);
-                        started.push(report.positions.len());
-                    }
-                    Err(e) => {
-                        done.outcome = "failed";
-                        done.error = Some(e);
-                    }
-                }
-            }
-            report.positions.push(done);
+        if let Err(e) = flatten_account(p, &caller, account, &mut report, &mut started).await {
+            tracing::error!(account, error = %e.error, "kill switch: cannot flatten the account");
+            report.failed_accounts.push(e);
         }
+    }
+    if !accounts.is_empty() && report.failed_accounts.len() == accounts.len() {
+        let first = &report.failed_accounts[0];
+        return Err(Unable {
+            budget_spent: report.failed_accounts.iter().all(|f| f.budget_spent),
+            message: first.error.clone(),
+        });
     }
     wait_for(p, &mut report, &started).await;
     for done in &report.positions {
@@ -144,20 +107,98 @@ pub async fn flatten(p: &Platform, account: Option<&str>) -> Result<FlattenRepor
     Ok(report)
 }
 
-/// Cancels every open conditional order of ours on `account`; returns how many.
-async fn cancel_ours(p: &Platform, account: &str) -> Result<usize, Unable> {
-    let caller = Caller::new(CLOSE_CALLER, 1, Instant::now() + Duration::from_secs(15));
-    let prefix = ours(p);
+/// One account: retire and close every open position, then cancel what is left of ours.
+async fn flatten_account(
+    p: &Platform,
+    caller: &Caller,
+    account: &str,
+    report: &mut FlattenReport,
+    started: &mut Vec<usize>,
+) -> Result<(), Unflattened> {
+    let unable = |what: &str, e: VenueError| Unflattened {
+        account: account.to_string(),
+        error: format!("{what}: {e}"),
+        budget_spent: e.kind() == VenueErrorKind::BudgetExhausted,
+    };
+    let store_failed = |e: anyhow::Error| Unflattened {
+        account: account.to_string(),
+        error: format!("store: {e:#}"),
+        budget_spent: false,
+    };
     let open = p
         .venue
-        .open_algo_orders(&caller, account, None)
+        .positions(caller, account)
         .await
-        .map_err(|e| Unable::venue(format!("cannot read the conditional orders of `{account}`"), e))?;
+        .map_err(|e| unable("cannot read the positions", e))?;
+    let closing: HashSet<String> = p
+        .store
+        .pending_intents()
+        .await
+        .map_err(store_failed)?
+        .into_iter()
+        .filter(|i| i.account == account)
+        .map(|i| i.symbol)
+        .collect();
+    for position in open {
+        let Some(side) = PositionSide::of(position.amount) else {
+            continue;
+        };
+        let retired = p
+            .store
+            .retire_flattened(&Fence::none(), account, &position.symbol)
+            .await
+            .map_err(store_failed)?;
+        p.events.protection().levels_retired("flattened", retired.len());
+        let mut done = Flattened {
+            account: account.to_string(),
+            symbol: position.symbol.clone(),
+            amount: position.amount.normalize().to_string(),
+            outcome: "already_closing",
+            level_id: None,
+            levels_retired: retired.len(),
+            error: None,
+        };
+        if !closing.contains(&position.symbol) {
+            match close(p, account, &position.symbol, side).await {
+                Ok(level_id) => {
+                    done.outcome = "closing";
+                    done.level_id = Some(level_id);
+                    started.push(report.positions.len());
+                }
+                Err(e) => {
+                    done.outcome = "failed";
+                    done.error = Some(e);
+                }
+            }
+        }
+        report.positions.push(done);
+    }
+    report.backstops_cancelled += cancel_ours(p, caller, account)
+        .await
+        .map_err(|e| unable("cannot read the conditional orders", e))?;
+    Ok(())
+}
+
+/// Cancels our open conditional orders on `account` but those of levels
+/// still armed (on symbols with nothing open); returns how many.
+async fn cancel_ours(p: &Platform, caller: &Caller, account: &str) -> Result<usize, VenueError> {
+    let prefix = ours(p);
+    let open = p.venue.open_algo_orders(caller, account, None).await?;
+    let armed: HashSet<i64> = p
+        .store
+        .levels(Some(LevelStatus::Armed))
+        .await
+        .map(|ls| ls.iter().map(|l| l.id).collect())
+        .unwrap_or_default();
     let mut cancelled = 0;
     for order in open.iter().filter(|o| o.client_algo_id.starts_with(&prefix)) {
+        let row = p.store.backstop(&order.client_algo_id).await.ok().flatten();
+        if row.is_some_and(|b| armed.contains(&b.level_id)) {
+            continue;
+        }
         match p
             .venue
-            .cancel_algo_order(&caller, account, &order.symbol, &order.client_algo_id)
+            .cancel_algo_order(caller, account, &order.symbol, &order.client_algo_id)
             .await
         {
             Ok(()) => {

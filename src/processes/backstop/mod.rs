@@ -22,28 +22,27 @@ pub mod plan;
 pub mod record;
 mod venue;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use tokio::time::Instant;
 
-use super::platform::Platform;
+use super::platform::{Platform, venue_error};
 use crate::clock::now_ms;
 use crate::config::BackstopMode;
-use crate::domain::AlgoOrder;
+use crate::domain::{AlgoOrder, AlgoStatus, PositionSide};
 use crate::process::{Process, ProcessError, RunContext, RunReport};
-use crate::store::{Backstop, BackstopState, Level, LevelStatus};
+use crate::store::{Backstop, BackstopState, BackstopUpdate, Level, LevelStatus};
 
 /// Placements one pass sends at most (the rest go on the next).
 const PLACEMENTS_PER_PASS: usize = 20;
 /// A placement still unanswered after this is looked up.
 const LOOK_UP_AFTER_MS: i64 = 5_000;
-/// A fired backstop whose fills cannot be found is recorded anyway after this.
-const RECORD_WITHOUT_FILLS_AFTER_MS: i64 = 30_000;
+/// A fired backstop whose fills do not show is asked about after this.
+const NO_FILLS_AFTER_MS: i64 = 30_000;
 
 /// `[levels]` settings of backstops.
 #[derive(Debug, Clone)]
@@ -51,8 +50,8 @@ pub struct BackstopSettings {
     pub mode: BackstopMode,
     pub offset: Decimal,
     pub reconcile: Duration,
-    /// Set by the user stream after a reconnect: compare with the venue on the next pass.
-    pub resync: Arc<AtomicBool>,
+    /// Accounts whose user stream reconnected: compared with the venue on the next pass.
+    pub resync: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl BackstopSettings {
@@ -83,61 +82,100 @@ impl BackstopSync {
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
         let settings = &p.backstops;
-        let levels = p
-            .store
-            .levels(Some(LevelStatus::Armed))
-            .await
-            .map_err(|e| p.store_error(e))?;
-        let latest = p.store.latest_backstops().await.map_err(|e| p.store_error(e))?;
+        let store_error = |e| p.store_error(e);
+        let levels = p.store.levels(Some(LevelStatus::Armed)).await.map_err(store_error)?;
+        let latest = p.store.latest_backstops().await.map_err(store_error)?;
         if settings.mode == BackstopMode::Off && !latest.iter().any(|b| b.state.on_venue()) {
             return Ok(RunReport {
                 summary: Some("backstops are off (levels.backstop)".into()),
             });
         }
+        let closing: HashSet<i64> = p
+            .store
+            .levels(Some(LevelStatus::Triggered))
+            .await
+            .map_err(store_error)?
+            .iter()
+            .map(|l| l.id)
+            .collect();
         let wants = plan::wants(settings.mode, settings.offset, &levels, &p.catalog);
-        let plan = plan::plan(&wants, &latest, now_ms());
+        let plan = plan::plan(&wants, &latest, &closing, now_ms());
         p.events.protection().backstop_states(&plan.states);
+        // Each step on its own: one row's or one account's failure never stops the others.
+        let mut failures = Failures::default();
         let mut placed = 0;
-        for (want, generation, failures) in plan.place.iter().take(PLACEMENTS_PER_PASS) {
-            let refused = venue::place(p, &ctx, want, *generation, *failures).await?;
-            placed += 1;
-            if refused == Some(-2021) {
-                self.fire_now(&ctx, &levels, want).await;
+        for (want, generation, fails) in plan.place.iter().take(PLACEMENTS_PER_PASS) {
+            match venue::place(p, &ctx, want, *generation, *fails).await {
+                Ok(refused) => {
+                    placed += 1;
+                    if refused == Some(-2021) {
+                        self.fire_now(&ctx, &levels, want).await;
+                    }
+                }
+                Err(e) => failures.note(&format!("placing {}'s backstop", want.level_id), e),
             }
         }
         for b in &plan.cancel {
-            venue::cancel(p, &ctx, b).await?;
+            if let Err(e) = venue::cancel(p, &ctx, b).await {
+                failures.note(&format!("cancelling {}", b.client_algo_id), e);
+            }
         }
         let now = now_ms();
-        for b in latest
+        let unanswered = latest
             .iter()
-            .filter(|b| b.state == BackstopState::Placing && now - b.updated_at > LOOK_UP_AFTER_MS)
-        {
-            venue::settle(p, &ctx, b).await?;
-        }
-        let recorded = self.record_fired(&ctx, &latest).await?;
-        let retired = self.positions_gone(&ctx, &levels, &latest).await?;
-        let due = self.reconcile_due();
-        let orphans = match due.is_empty() {
-            false => {
-                let active = p.store.active_backstops().await.map_err(|e| p.store_error(e))?;
-                let orphans = venue::reconcile(p, &ctx, &due, &active).await?;
-                let mut reconciled = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
-                for account in due {
-                    reconciled.insert(account, Instant::now());
-                }
-                orphans
+            .filter(|b| b.state == BackstopState::Placing && now - b.updated_at > LOOK_UP_AFTER_MS && b.next_at <= now);
+        for b in unanswered {
+            if let Err(e) = venue::settle(p, &ctx, b).await {
+                failures.note(&format!("looking {} up", b.client_algo_id), e);
             }
-            true => 0,
-        };
-        Ok(RunReport {
-            summary: Some(format!(
-                "{} backstops wanted; {placed} placed, {} cancelled, {recorded} closes by the venue recorded, \
-                 {retired} levels retired, {orphans} orphans cancelled",
-                wants.len(),
-                plan.cancel.len()
-            )),
-        })
+        }
+        let recorded = self.record_fired(&ctx, &latest, &mut failures).await;
+        let retired = self.positions_gone(&ctx, &levels, &latest, &mut failures).await?;
+        let orphans = self.reconcile(&ctx, &wants, &latest, &mut failures).await?;
+        let summary = format!(
+            "{} backstops wanted; {placed} placed, {} cancelled, {recorded} closes by the venue recorded, \
+             {retired} levels retired, {orphans} orphans cancelled",
+            wants.len(),
+            plan.cancel.len()
+        );
+        failures.finish(summary)
+    }
+
+    /// Reads the open conditional orders of the accounts that are due, each
+    /// on its own; an account whose read fails waits its interval like the others.
+    async fn reconcile(
+        &self,
+        ctx: &RunContext,
+        wants: &[plan::Want],
+        latest: &[Backstop],
+        failures: &mut Failures,
+    ) -> Result<usize, ProcessError> {
+        let p = &self.platform;
+        let due = self.reconcile_due();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let active = p.store.active_backstops().await.map_err(|e| p.store_error(e))?;
+        let want_keys: HashSet<(i64, &str)> = wants.iter().map(|w| (w.level_id, w.kind)).collect();
+        let wanted: HashSet<String> = latest
+            .iter()
+            .filter(|b| want_keys.contains(&(b.level_id, b.kind.as_str())))
+            .map(|b| b.client_algo_id.clone())
+            .collect();
+        let rows: Vec<Backstop> = active
+            .into_iter()
+            .chain(latest.iter().filter(|b| b.state == BackstopState::Failed).cloned())
+            .collect();
+        let mut orphans = 0;
+        for account in due {
+            match venue::reconcile(p, ctx, &account, &rows, &wanted).await {
+                Ok(n) => orphans += n,
+                Err(e) => failures.note(&format!("reconciling `{account}`"), e),
+            }
+            let mut reconciled = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
+            reconciled.insert(account, Instant::now());
+        }
+        Ok(orphans)
     }
 
     /// The accounts whose open conditional orders are read this pass: all at
@@ -147,7 +185,7 @@ impl BackstopSync {
     /// the rows current; the read is the safety net, as for fills).
     fn reconcile_due(&self) -> Vec<String> {
         let p = &self.platform;
-        let asked = p.backstops.resync.swap(false, Ordering::Relaxed);
+        let asked = std::mem::take(&mut *p.backstops.resync.lock().unwrap_or_else(|e| e.into_inner()));
         let reconciled = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
         p.accounts
             .iter()
@@ -156,7 +194,7 @@ impl BackstopSync {
                     (Some(s), true) => p.backstops.reconcile.max(s.reconcile),
                     _ => p.backstops.reconcile,
                 };
-                asked || reconciled.get(*account).is_none_or(|at| at.elapsed() >= every)
+                asked.contains(*account) || reconciled.get(*account).is_none_or(|at| at.elapsed() >= every)
             })
             .cloned()
             .collect()
@@ -180,32 +218,106 @@ impl BackstopSync {
     }
 
     /// Fired backstops: the level is recorded as executed by the venue, with
-    /// what its order filled.
-    async fn record_fired(&self, ctx: &RunContext, latest: &[Backstop]) -> Result<usize, ProcessError> {
+    /// what its order filled. One whose order cannot be told, or whose fills
+    /// do not show while the position is still open on the level's side, is
+    /// looked up again: a backstop that did not close the position is settled
+    /// as failed (placed again while its level is armed), never recorded.
+    async fn record_fired(&self, ctx: &RunContext, latest: &[Backstop], failures: &mut Failures) -> usize {
         let p = &self.platform;
         let caller = ctx.caller(None);
         let mut recorded = 0;
         for b in latest.iter().filter(|b| b.state == BackstopState::Triggered) {
-            let fill = record::filled(&p.store, &*p.venue, &caller, &ctx.fence, b)
-                .await
-                .map_err(|e| p.store_error(e))?;
-            let fill = match fill {
-                Some(fill) => fill,
-                None if now_ms() - b.updated_at > RECORD_WITHOUT_FILLS_AFTER_MS => (Decimal::ZERO, None),
-                None => continue,
+            let fill = match record::filled(&p.store, &*p.venue, &caller, &ctx.fence, b).await {
+                Ok(Some(fill)) => fill,
+                Ok(None) if b.order_id.is_none() || now_ms() - b.updated_at > NO_FILLS_AFTER_MS => {
+                    if let Err(e) = self.confirm_fired(ctx, b).await {
+                        failures.note(&format!("confirming {}", b.client_algo_id), e);
+                    }
+                    continue;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    failures.note(&format!("fills of {}", b.client_algo_id), venue_or_store(p, e));
+                    continue;
+                }
             };
-            let done = p
+            match p
                 .store
                 .record_venue_close(&ctx.fence, b, fill, p.webhook_url.as_deref())
                 .await
-                .map_err(|e| p.store_error(e))?;
-            if done {
-                recorded += 1;
-                p.events.level_triggered(kind_label(&b.kind), "executed");
-                tracing::warn!(level = b.level_id, client_algo_id = %b.client_algo_id, qty = %fill.0, "the venue's backstop closed the position; level executed by the venue");
+            {
+                Ok(true) => {
+                    recorded += 1;
+                    p.events.level_triggered(kind_label(&b.kind), "executed");
+                    tracing::warn!(level = b.level_id, client_algo_id = %b.client_algo_id, qty = %fill.0, "the venue's backstop closed the position; level executed by the venue");
+                }
+                Ok(false) => {}
+                Err(e) => failures.note(&format!("recording {}", b.client_algo_id), p.store_error(e)),
             }
         }
-        Ok(recorded)
+        recorded
+    }
+
+    /// A fired backstop whose fills cannot be found: the venue's word on the
+    /// order (its MARKET order's id, or that it ended without one), then the
+    /// position. Flat on the level's side: recorded without fills; still
+    /// open: the backstop did not close it and is settled as failed.
+    async fn confirm_fired(&self, ctx: &RunContext, b: &Backstop) -> Result<(), ProcessError> {
+        let p = &self.platform;
+        let caller = ctx.caller(None);
+        let found = p
+            .venue
+            .algo_order_by_client_id(&caller, &b.account, &b.symbol, &b.client_algo_id)
+            .await
+            .map_err(venue_error)?;
+        let ended_unfired = found.as_ref().is_some_and(|o| {
+            matches!(
+                o.status,
+                AlgoStatus::Canceled | AlgoStatus::Expired | AlgoStatus::Rejected
+            )
+        });
+        if ended_unfired
+            || found
+                .as_ref()
+                .is_some_and(|o| o.order_id.is_some() && b.order_id.is_none())
+        {
+            return venue::settle_with(p, ctx, b, found.as_ref()).await;
+        }
+        if now_ms() - b.updated_at <= NO_FILLS_AFTER_MS {
+            return Ok(());
+        }
+        let amount = p
+            .venue
+            .position(&caller, &b.account, &b.symbol)
+            .await
+            .map_err(venue_error)?
+            .map(|x| x.amount)
+            .unwrap_or_default();
+        let held = match b.side.as_str() {
+            "SELL" => PositionSide::Long.held(amount),
+            _ => PositionSide::Short.held(amount),
+        };
+        if held.is_zero() {
+            let done = p
+                .store
+                .record_venue_close(&ctx.fence, b, (Decimal::ZERO, None), p.webhook_url.as_deref())
+                .await
+                .map_err(|e| p.store_error(e))?;
+            if done {
+                p.events.level_triggered(kind_label(&b.kind), "executed");
+                tracing::warn!(level = b.level_id, client_algo_id = %b.client_algo_id, "the venue's backstop closed the position; its fills were not found");
+            }
+            return Ok(());
+        }
+        let why = BackstopUpdate {
+            error: Some(format!("fired, but {held} is still open on the level's side")),
+            ..BackstopUpdate::default()
+        };
+        p.store
+            .update_backstop(&ctx.fence, &b.client_algo_id, BackstopState::Failed, &why)
+            .await
+            .map_err(|e| p.store_error(e))?;
+        Ok(())
     }
 
     /// Armed levels whose position went flat or the other way while their
@@ -217,6 +329,7 @@ impl BackstopSync {
         ctx: &RunContext,
         levels: &[Level],
         latest: &[Backstop],
+        failures: &mut Failures,
     ) -> Result<usize, ProcessError> {
         let p = &self.platform;
         let rows = p.store.position_facts().await.map_err(|e| p.store_error(e))?;
@@ -233,24 +346,19 @@ impl BackstopSync {
             if !side.held(amount).is_zero() || time < l.created_at {
                 continue;
             }
-            let resting: Vec<&Backstop> = latest
-                .iter()
-                .filter(|b| b.level_id == l.id && b.state.on_venue())
-                .collect();
-            if resting.is_empty() {
-                continue;
+            let mut cancelled = true;
+            for b in latest.iter().filter(|b| b.level_id == l.id && b.state.on_venue()) {
+                if let Err(e) = venue::cancel(p, ctx, b).await {
+                    failures.note(&format!("cancelling {}", b.client_algo_id), e);
+                    cancelled = false;
+                }
             }
-            for b in resting {
-                venue::cancel(p, ctx, b).await?;
-            }
-            let fired = p
-                .store
-                .backstops_of_level(l.id)
-                .await
-                .map_err(|e| p.store_error(e))?
+            let rows = p.store.backstops_of_level(l.id).await.map_err(|e| p.store_error(e))?;
+            let fired = rows
                 .iter()
                 .any(|b| matches!(b.state, BackstopState::Triggered | BackstopState::Recorded));
-            if !fired {
+            let resting = rows.iter().any(|b| b.state.on_venue());
+            if cancelled && !fired && !resting {
                 let gone = p
                     .store
                     .retire_levels(&ctx.fence, &l.account, &l.symbol, amount)
@@ -266,6 +374,38 @@ impl BackstopSync {
             }
         }
         Ok(retired)
+    }
+}
+
+/// A pass's failures, each logged and counted where it happened; the pass
+/// goes on and reports them at the end.
+#[derive(Default)]
+struct Failures(Vec<ProcessError>);
+
+impl Failures {
+    fn note(&mut self, what: &str, e: ProcessError) {
+        tracing::warn!(error = %e.message, "backstops: {what} failed; the rest goes on");
+        self.0
+            .push(ProcessError::new(e.kind, format!("{what}: {}", e.message), e.retriable));
+    }
+
+    fn finish(self, summary: String) -> Result<RunReport, ProcessError> {
+        match self.0.into_iter().next() {
+            None => Ok(RunReport { summary: Some(summary) }),
+            Some(first) => Err(ProcessError::new(
+                first.kind,
+                format!("{summary}; first failure: {}", first.message),
+                first.retriable,
+            )),
+        }
+    }
+}
+
+/// An error of `record` (venue or store), as a run error of its kind.
+fn venue_or_store(p: &Platform, e: anyhow::Error) -> ProcessError {
+    match e.downcast::<crate::exchange::VenueError>() {
+        Ok(v) => venue_error(v),
+        Err(e) => p.store_error(e),
     }
 }
 

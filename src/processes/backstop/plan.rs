@@ -3,7 +3,7 @@
 //! offset and the symbols' ticks), compared with the latest row of each.
 //! No I/O here, so every rule is a unit test.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rust_decimal::Decimal;
 
@@ -96,8 +96,11 @@ pub fn trigger_price(
 }
 
 /// Compares `wants` with the latest row of each (level, kind) and the rows
-/// that are on the venue, at `now_ms`.
-pub fn plan(wants: &[Want], latest: &[Backstop], now_ms: i64) -> Plan {
+/// that are on the venue, at `now_ms`. The backstops of `closing` levels
+/// (triggered: our close is under way) are left where they are: the close
+/// cancels them once its first order is acknowledged, and until then they
+/// are the position's second line.
+pub fn plan(wants: &[Want], latest: &[Backstop], closing: &HashSet<i64>, now_ms: i64) -> Plan {
     let mut plan = Plan::default();
     let by_key: HashMap<(i64, &str), &Backstop> = latest.iter().map(|b| ((b.level_id, b.kind.as_str()), b)).collect();
     for want in wants {
@@ -125,10 +128,15 @@ pub fn plan(wants: &[Want], latest: &[Backstop], now_ms: i64) -> Plan {
         };
         *plan.states.entry(state).or_default() += 1;
     }
-    let wanted: std::collections::HashSet<(i64, &str)> = wants.iter().map(|w| (w.level_id, w.kind)).collect();
+    let wanted: HashSet<(i64, &str)> = wants.iter().map(|w| (w.level_id, w.kind)).collect();
     plan.cancel = latest
         .iter()
-        .filter(|b| b.state.on_venue() && !wanted.contains(&(b.level_id, b.kind.as_str())))
+        .filter(|b| {
+            b.state.on_venue()
+                && b.next_at <= now_ms
+                && !closing.contains(&b.level_id)
+                && !wanted.contains(&(b.level_id, b.kind.as_str()))
+        })
         .cloned()
         .collect();
     plan
@@ -184,6 +192,7 @@ mod tests {
             failures: generation - 1,
             next_at,
             error: None,
+            created_at: 0,
             updated_at: 0,
         }
     }
@@ -256,12 +265,15 @@ mod tests {
             row(9, "stop_loss", BackstopState::Live, 1, 0), // level 9 is no longer armed
             row(8, "stop_loss", BackstopState::Cancelled, 1, 0),
         ];
-        let p = plan(&w, &latest, 1_000);
+        let p = plan(&w, &latest, &HashSet::new(), 1_000);
         let placed: Vec<(i64, i64)> = p.place.iter().map(|(w, g, _)| (w.level_id, *g)).collect();
         assert_eq!(placed, vec![(1, 1), (4, 2)], "level 3 waits until 5 000 ms");
         assert_eq!(p.cancel.iter().map(|b| b.level_id).collect::<Vec<_>>(), vec![9]);
         assert_eq!(p.states.get("live"), Some(&1));
         assert_eq!(p.states.get("missing"), Some(&1));
         assert_eq!(p.states.get("failed"), Some(&2));
+        // Level 9 triggered (our close under way): its backstop stays until the close cancels it.
+        let closing: HashSet<i64> = [9].into();
+        assert!(plan(&w, &latest, &closing, 1_000).cancel.is_empty());
     }
 }

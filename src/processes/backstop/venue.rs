@@ -14,6 +14,11 @@ use crate::process::{ProcessError, RunContext};
 use crate::processes::platform::{Platform, venue_error};
 use crate::store::{Backstop, BackstopState, BackstopUpdate, NewBackstop};
 
+/// A placement the venue does not show yet is not believed gone before this.
+const NOT_VISIBLE_FOR_MS: i64 = 300_000;
+/// And is asked about again after this.
+const ASK_AGAIN_MS: i64 = 15_000;
+
 /// Waits before a backstop is placed again after a refusal: 2 s doubling to 5 min.
 /// Also the least time between two placements of one level's backstop: never a cancel/replace loop.
 const REPLACE: Backoff = Backoff::new(std::time::Duration::from_secs(2), std::time::Duration::from_secs(300)).exact();
@@ -159,47 +164,61 @@ pub(super) async fn settle_with(
             let why = format!("the venue ended it: {}", status.as_str());
             failed(p, ctx, &b.client_algo_id, b.failures + 1, &why).await
         }
+        // The venue may not show an order it just took (for a while): ask again later.
+        None if now_ms() - b.created_at < NOT_VISIBLE_FOR_MS => {
+            let update = BackstopUpdate {
+                next_at: Some(now_ms() + ASK_AGAIN_MS),
+                ..BackstopUpdate::default()
+            };
+            set(p, ctx, &b.client_algo_id, b.state, update).await
+        }
         None => failed(p, ctx, &b.client_algo_id, b.failures + 1, "the venue has no such order").await,
     }
 }
 
-/// The venue's open conditional orders against the rows, for `accounts`:
-/// ours without a row on the venue are cancelled (orphans), rows on the
-/// venue that it no longer has open are settled, other clients' orders are
-/// never touched. Returns how many orphans were cancelled.
+/// The venue's open conditional orders against the rows, for one account:
+/// ours without a row on the venue (or whose row is not the one wanted) are
+/// cancelled as orphans, one given up on but still wanted is taken back,
+/// rows on the venue that it no longer has open are settled, other
+/// clients' orders are never touched. Returns how many orphans were cancelled.
 pub async fn reconcile(
     p: &Platform,
     ctx: &RunContext,
-    accounts: &[String],
+    account: &str,
     rows: &[Backstop],
+    wanted: &HashSet<String>,
 ) -> Result<usize, ProcessError> {
     let prefix = ours(p);
     let by_id: HashMap<&str, &Backstop> = rows.iter().map(|b| (b.client_algo_id.as_str(), b)).collect();
     let mut orphans = 0;
-    for account in accounts {
-        let open = p
-            .venue
-            .open_algo_orders(&ctx.caller(None), account, None)
-            .await
-            .map_err(venue_error)?;
-        let mut seen = HashSet::new();
-        for order in open.iter().filter(|o| o.client_algo_id.starts_with(&prefix)) {
-            seen.insert(order.client_algo_id.as_str());
-            match by_id.get(order.client_algo_id.as_str()) {
-                Some(b) if b.state == BackstopState::Placing => settle_with(p, ctx, b, Some(order)).await?,
-                Some(b) if b.state.on_venue() => {}
-                _ => {
-                    tracing::warn!(account, client_algo_id = %order.client_algo_id, "an orphan backstop of ours is open on the venue; cancelling it");
-                    let orphan = orphan_row(account, order);
-                    cancel(p, ctx, &orphan).await?;
-                    orphans += 1;
-                }
+    let open = p
+        .venue
+        .open_algo_orders(&ctx.caller(None), account, None)
+        .await
+        .map_err(venue_error)?;
+    let mut seen = HashSet::new();
+    for order in open.iter().filter(|o| o.client_algo_id.starts_with(&prefix)) {
+        seen.insert(order.client_algo_id.as_str());
+        match by_id.get(order.client_algo_id.as_str()) {
+            Some(b) if b.state == BackstopState::Placing => settle_with(p, ctx, b, Some(order)).await?,
+            Some(b) if b.state.on_venue() || b.state == BackstopState::Triggered => {}
+            Some(b) if b.state == BackstopState::Failed && wanted.contains(&b.client_algo_id) => {
+                tracing::info!(account, client_algo_id = %b.client_algo_id, "a backstop given up on is open on the venue after all; live again");
+                p.store
+                    .revive_backstop(&ctx.fence, &b.client_algo_id, order.algo_id as i64)
+                    .await
+                    .map_err(|e| p.store_error(e))?;
+            }
+            _ => {
+                tracing::warn!(account, client_algo_id = %order.client_algo_id, "an orphan backstop of ours is open on the venue; cancelling it");
+                cancel(p, ctx, &orphan_row(account, order)).await?;
+                orphans += 1;
             }
         }
-        for b in rows.iter().filter(|b| &b.account == account && b.state.on_venue()) {
-            if !seen.contains(b.client_algo_id.as_str()) {
-                settle(p, ctx, b).await?;
-            }
+    }
+    for b in rows.iter().filter(|b| b.account == account && b.state.on_venue()) {
+        if !seen.contains(b.client_algo_id.as_str()) {
+            settle(p, ctx, b).await?;
         }
     }
     Ok(orphans)
@@ -222,6 +241,7 @@ fn orphan_row(account: &str, o: &AlgoOrder) -> Backstop {
         failures: 0,
         next_at: 0,
         error: None,
+        created_at: 0,
         updated_at: 0,
     }
 }

@@ -44,6 +44,10 @@ pub(super) struct Progress {
     pub split_max: Option<Decimal>,
     /// When the first order was acknowledged (monotonic), and the venue's time of it.
     pub first_ack: Option<(Instant, i64)>,
+    /// Some order of this close has been acknowledged (its backstops are cancelled then).
+    pub acked_once: bool,
+    /// Orders (by number) the venue acknowledged: never sent again, whatever a look-up says.
+    pub acked: std::collections::BTreeSet<i64>,
 }
 
 /// What the attempt came to.
@@ -78,6 +82,10 @@ impl Attempt<'_> {
         let found = match progress.unsent {
             true => None,
             false => match self.look_up(intent, &id).await {
+                Ok(None) if progress.acked.contains(&n) => {
+                    let why = format!("order {id} was acknowledged but is not visible yet");
+                    return Step::Retry(why, CloseStep::LookUp);
+                }
                 Ok(found) => found,
                 Err(why) => return Step::Retry(why, CloseStep::LookUp),
             },
@@ -90,6 +98,7 @@ impl Attempt<'_> {
             },
         };
         progress.unsent = false;
+        progress.acked.insert(n);
         let ack = match self.until_final(intent, &id, ack).await {
             Ok(ack) => ack,
             Err(why) => return Step::Retry(why, CloseStep::LookUp),
@@ -155,9 +164,14 @@ impl Attempt<'_> {
             return Err(Step::Retry(why, CloseStep::RetryLater));
         }
         tracing::info!(client_order_id = %id, %qty, side = side.closing().as_str(), from_stream, "sending a reduce-only close");
+        // Admission may not hold the order past the point where it may still leave.
+        let caller = Caller {
+            deadline: self.caller.deadline.min(self.send_until),
+            ..self.caller.clone()
+        };
         let sent = close_exactly_once(
             &*d.venue,
-            &self.caller,
+            &caller,
             &intent.account,
             &intent.symbol,
             side.closing(),
@@ -167,7 +181,8 @@ impl Attempt<'_> {
         .await;
         let e = match sent {
             Ok(ack) => {
-                if progress.first_ack.is_none() {
+                if !progress.acked_once {
+                    progress.acked_once = true;
                     progress.first_ack = Some((Instant::now(), ack.update_time_ms));
                     self.cancel_backstops(intent).await;
                 }

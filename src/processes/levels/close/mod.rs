@@ -174,11 +174,18 @@ impl Closer {
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Stops every worker (their intents stay pending for whoever comes next) and waits up to `grace`.
+    /// Stops every worker (their intents stay pending for whoever comes
+    /// next), waits up to `grace`, and gives up this process's claims so
+    /// another replica takes the closes over at once, not after their lease.
     pub async fn shutdown(&self, grace: Duration) {
         self.stop.cancel();
         self.tasks.close();
         let _ = tokio::time::timeout(grace, self.tasks.wait()).await;
+        match self.deps.store.release_claims_owned_by(&self.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(released = n, "closes in flight handed back for another replica"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot hand back the claims of closes in flight"),
+        }
     }
 
     fn working_on(&self, id: &str) -> bool {
