@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::trading::{FAST, d};
+use common::venue::{amount as venue_amount, price, stored, trade};
 use common::{Backend, Service, SimProcess, TestStore};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -23,11 +24,6 @@ async fn start(sim: &SimProcess, store: &TestStore) -> Service {
         common::TOKEN
     );
     common::start(&config, &[("SCRIPT_MANAGER_STORE__URL", store.url.as_str())]).await
-}
-
-async fn trade(sim: &SimProcess, account: &str, symbol: &str, side: &str, qty: &str) {
-    let body = json!({"account": account, "symbol": symbol, "side": side, "qty": qty});
-    sim.post("/sim/trade", &body).await;
 }
 
 async fn algo_orders(sim: &SimProcess, account: &str) -> Vec<Value> {
@@ -51,42 +47,6 @@ async fn our_orders(sim: &SimProcess, symbol: &str) -> Vec<Value> {
         .filter(|o| o["symbol"] == symbol && o["clientOrderId"].as_str().unwrap_or("").starts_with("sm-"))
         .cloned()
         .collect()
-}
-
-async fn price(sim: &SimProcess, symbol: &str) -> Decimal {
-    d(&sim.get(&format!("/fapi/v1/ticker/price?symbol={symbol}")).await["price"])
-}
-
-async fn venue_amount(sim: &SimProcess, account: &str, symbol: &str) -> Decimal {
-    let fills = sim.get(&format!("/sim/fills?account={account}")).await;
-    fills
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["symbol"] == symbol)
-        .map(|f| {
-            if f["side"] == "BUY" {
-                d(&f["qty"])
-            } else {
-                -d(&f["qty"])
-            }
-        })
-        .sum()
-}
-
-async fn stored(svc: &Service, account: &str, symbol: &str, amount: Decimal) {
-    svc.wait_get(
-        &format!("{account} {symbol} stored at {amount}"),
-        &format!("/api/positions?account={account}"),
-        Duration::from_secs(15),
-        |ps| {
-            ps.as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["symbol"] == symbol && d(&p["amount"]) == amount)
-        },
-    )
-    .await;
 }
 
 async fn level(svc: &Service, account: &str, symbol: &str, stop: Decimal) -> i64 {

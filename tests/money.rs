@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::trading::{FAST, create_level_near, cross, d, receiver};
+use common::venue::{amount as venue_position, orders};
 use common::{Backend, Service, SimProcess, TestStore};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -23,35 +24,6 @@ async fn start(sim: &SimProcess, store: &TestStore, extra: &str, env: &[(&str, &
     let mut all = vec![("SCRIPT_MANAGER_STORE__URL", store.url.as_str())];
     all.extend_from_slice(env);
     common::start(&config, &all).await
-}
-
-/// The simulator's orders for `symbol` of `account`, oldest first.
-async fn orders(sim: &SimProcess, account: &str, symbol: &str) -> Vec<Value> {
-    let all = sim.get(&format!("/sim/orders?account={account}")).await;
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["symbol"] == symbol)
-        .cloned()
-        .collect()
-}
-
-/// The venue's position of `account` in `symbol` (0 when flat).
-async fn venue_position(sim: &SimProcess, account: &str, symbol: &str) -> Decimal {
-    let fills = sim.get(&format!("/sim/fills?account={account}")).await;
-    fills
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["symbol"] == symbol)
-        .map(|f| {
-            if f["side"] == "BUY" {
-                d(&f["qty"])
-            } else {
-                -d(&f["qty"])
-            }
-        })
-        .sum()
 }
 
 async fn wait_level(svc: &Service, id: i64, status: &str) -> Value {

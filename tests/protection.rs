@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::trading::{FAST, create_level_near, cross, d, receiver};
+use common::venue::{amount as venue_amount, orders};
 use common::{Backend, Service, SimProcess, TestStore};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -25,16 +26,6 @@ async fn start(sim: &SimProcess, store: &TestStore, extra: &str) -> Service {
     common::start(&config, &[("SCRIPT_MANAGER_STORE__URL", store.url.as_str())]).await
 }
 
-async fn orders(sim: &SimProcess, account: &str, symbol: &str) -> Vec<Value> {
-    let all = sim.get(&format!("/sim/orders?account={account}")).await;
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["symbol"] == symbol)
-        .cloned()
-        .collect()
-}
-
 async fn wait_level(svc: &Service, id: i64, status: &str) -> Value {
     svc.wait_get(
         &format!("level {id} to be {status}"),
@@ -43,23 +34,6 @@ async fn wait_level(svc: &Service, id: i64, status: &str) -> Value {
         |l| l["status"] == status,
     )
     .await
-}
-
-async fn venue_amount(sim: &SimProcess, account: &str, symbol: &str) -> Decimal {
-    let fills = sim.get(&format!("/sim/fills?account={account}")).await;
-    fills
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["symbol"] == symbol)
-        .map(|f| {
-            if f["side"] == "BUY" {
-                d(&f["qty"])
-            } else {
-                -d(&f["qty"])
-            }
-        })
-        .sum()
 }
 
 /// Two close workers (two replicas, or the stream and the tick) ask for the

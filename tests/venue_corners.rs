@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::trading::{FAST, d, receiver};
+use common::venue::{amount, price, stored, trade};
 use common::{Backend, Service, SimProcess, TestStore};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -25,62 +26,6 @@ async fn start(sim: &SimProcess, store: &TestStore, extra: &str) -> Service {
     common::start(&config, &[("SCRIPT_MANAGER_STORE__URL", store.url.as_str())]).await
 }
 
-/// Trades on `account` as its owner would on the venue's app.
-async fn trade(sim: &SimProcess, account: &str, symbol: &str, side: &str, qty: &str) {
-    sim.post(
-        "/sim/trade",
-        &json!({"account": account, "symbol": symbol, "side": side, "qty": qty}),
-    )
-    .await;
-}
-
-async fn orders(sim: &SimProcess, symbol: &str) -> Vec<Value> {
-    let all = sim.get("/sim/orders?account=main").await;
-    all.as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["symbol"] == symbol)
-        .cloned()
-        .collect()
-}
-
-async fn venue_amount(sim: &SimProcess, symbol: &str) -> Decimal {
-    let fills = sim.get("/sim/fills?account=main").await;
-    fills
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["symbol"] == symbol)
-        .map(|f| {
-            if f["side"] == "BUY" {
-                d(&f["qty"])
-            } else {
-                -d(&f["qty"])
-            }
-        })
-        .sum()
-}
-
-async fn price(sim: &SimProcess, symbol: &str) -> Decimal {
-    d(&sim.get(&format!("/fapi/v1/ticker/price?symbol={symbol}")).await["price"])
-}
-
-/// Waits until the service stores `amount` for main's `symbol`.
-async fn stored(svc: &Service, symbol: &str, amount: Decimal) {
-    svc.wait_get(
-        &format!("{symbol} stored at {amount}"),
-        "/api/positions?account=main",
-        Duration::from_secs(15),
-        |ps| {
-            ps.as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p["symbol"] == symbol && d(&p["amount"]) == amount)
-        },
-    )
-    .await;
-}
-
 async fn level(svc: &Service, body: Value) -> i64 {
     let (status, level) = svc.post_json("/api/levels", &body).await;
     assert_eq!(status, 201, "{level}");
@@ -94,7 +39,7 @@ async fn a_long_closed_and_reversed_on_the_venue_retires_its_level_without_an_or
     let (url, seen) = receiver(0).await;
     let svc = start(&sim, &store, &format!("[notifications]\nwebhook_url = \"{url}\"")).await;
     trade(&sim, "main", "BTCUSDT", "BUY", "2").await;
-    stored(&svc, "BTCUSDT", Decimal::from(2)).await;
+    stored(&svc, "main", "BTCUSDT", Decimal::from(2)).await;
     let p = price(&sim, "BTCUSDT").await;
     let stop = (p * Decimal::new(90, 2)).round_dp(2);
     let id = level(
@@ -128,7 +73,7 @@ async fn a_long_closed_and_reversed_on_the_venue_retires_its_level_without_an_or
     )
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let placed = orders(&sim, "BTCUSDT").await;
+    let placed = common::venue::orders(&sim, "main", "BTCUSDT").await;
     assert!(
         placed
             .iter()
@@ -136,7 +81,7 @@ async fn a_long_closed_and_reversed_on_the_venue_retires_its_level_without_an_or
         "no order of ours: {placed:?}"
     );
     assert_eq!(
-        venue_amount(&sim, "BTCUSDT").await,
+        amount(&sim, "main", "BTCUSDT").await,
         Decimal::from(-1),
         "the short is untouched"
     );
@@ -162,7 +107,7 @@ async fn a_position_larger_than_one_market_order_closes_in_parts() {
     // The venue's MARKET limit binds the user too: 15 opened as 10 + 5.
     trade(&sim, "main", "BTCUSDT", "BUY", "10").await;
     trade(&sim, "main", "BTCUSDT", "BUY", "5").await;
-    stored(&svc, "BTCUSDT", Decimal::from(15)).await;
+    stored(&svc, "main", "BTCUSDT", Decimal::from(15)).await;
     let p = price(&sim, "BTCUSDT").await;
     let stop = (p * Decimal::new(95, 2)).round_dp(2);
     let id = level(
@@ -184,8 +129,8 @@ async fn a_position_larger_than_one_market_order_closes_in_parts() {
         )
         .await;
     assert_eq!(done["status"], "executed", "{done}");
-    assert_eq!(venue_amount(&sim, "BTCUSDT").await, Decimal::ZERO, "flat");
-    let ours: Vec<Value> = orders(&sim, "BTCUSDT")
+    assert_eq!(amount(&sim, "main", "BTCUSDT").await, Decimal::ZERO, "flat");
+    let ours: Vec<Value> = common::venue::orders(&sim, "main", "BTCUSDT")
         .await
         .into_iter()
         .filter(|o| o["clientOrderId"].as_str().unwrap().starts_with("sm-"))
@@ -211,8 +156,8 @@ async fn a_close_held_by_the_venue_never_delays_another_symbols_trigger() {
     let svc = start(&sim, &store, "").await;
     trade(&sim, "main", "BTCUSDT", "BUY", "1").await;
     trade(&sim, "main", "ETHUSDT", "BUY", "1").await;
-    stored(&svc, "BTCUSDT", Decimal::ONE).await;
-    stored(&svc, "ETHUSDT", Decimal::ONE).await;
+    stored(&svc, "main", "BTCUSDT", Decimal::ONE).await;
+    stored(&svc, "main", "ETHUSDT", Decimal::ONE).await;
     let (btc, eth) = (price(&sim, "BTCUSDT").await, price(&sim, "ETHUSDT").await);
     let stop = |p: Decimal| (p * Decimal::new(95, 2)).round_dp(2);
     let a = level(
@@ -235,13 +180,13 @@ async fn a_close_held_by_the_venue_never_delays_another_symbols_trigger() {
     )
     .await;
     for _ in 0..200 {
-        if orders(&sim, "BTCUSDT").await.len() >= 2 {
+        if common::venue::orders(&sim, "main", "BTCUSDT").await.len() >= 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        orders(&sim, "BTCUSDT").await.len(),
+        common::venue::orders(&sim, "main", "BTCUSDT").await.len(),
         2,
         "the app's buy and our held close"
     );

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod trading;
+pub mod venue;
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
