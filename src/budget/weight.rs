@@ -10,6 +10,12 @@
 //!   the minute its request was sent in (venue time): an answer that arrives
 //!   after the minute turned carries the old minute's count and is ignored,
 //!   never poured into the new minute.
+//! - Prediction: what other clients spent in the minute just over (the
+//!   venue's count above ours) is expected again in the next one, for callers
+//!   outside the reserve. A client that spends at each minute's turn would
+//!   otherwise meet our first calls of the minute, before any answer told us
+//!   of it, and the venue would answer 429. The reserve is not held back by a
+//!   prediction: a client that stopped costs the reserved processes nothing.
 //! - 429/418: every caller waits until `Retry-After` has passed.
 
 use std::collections::{BTreeSet, HashSet};
@@ -61,6 +67,12 @@ struct State {
     minute: i64,
     used: u32,
     venue_used: u32,
+    /// What we admitted this minute.
+    own: u32,
+    /// The most the venue counted above `own` this minute: other clients' spend.
+    others: u32,
+    /// `others` of the minute just over, expected again in this one.
+    others_expected: u32,
     paused_until: Option<Instant>,
     clock_offset_ms: i64,
     waiters: BTreeSet<(u8, u64)>,
@@ -71,6 +83,9 @@ struct State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub used: u32,
+    /// `used`, or more while other clients' spend of the last minute is
+    /// expected again (what callers outside the reserve are admitted against).
+    pub expected: u32,
     pub limit: u32,
     pub venue_used: u32,
     pub venue_limit: u32,
@@ -91,6 +106,9 @@ impl VenueWeight {
                 minute: 0,
                 used: 0,
                 venue_used: 0,
+                own: 0,
+                others: 0,
+                others_expected: 0,
                 paused_until: None,
                 clock_offset_ms: 0,
                 waiters: BTreeSet::new(),
@@ -143,6 +161,7 @@ impl VenueWeight {
         roll(&mut s, self.clock);
         Usage {
             used: s.used,
+            expected: s.used.max(s.own + s.others_expected),
             limit,
             venue_used: s.venue_used,
             venue_limit: s.venue_limit,
@@ -155,6 +174,16 @@ impl VenueWeight {
             limit
         } else {
             (limit as f64 * (1.0 - self.reserved_share)).floor() as u32
+        }
+    }
+
+    /// The minute's spend as `process` sees it: the reserve counts what is
+    /// known; others also count the other clients' expected spend.
+    fn spent_for(&self, process: &str, s: &State) -> u32 {
+        if self.reserved_for.contains(process) {
+            s.used
+        } else {
+            s.used.max(s.own + s.others_expected)
         }
     }
 
@@ -190,8 +219,9 @@ impl VenueWeight {
                     Some(until) => until,
                     None => {
                         let better_waiting = s.waiters.range(..(priority, 0)).next().is_some();
-                        if s.used + weight <= cap && !better_waiting {
+                        if self.spent_for(process, &s) + weight <= cap && !better_waiting {
                             s.used += weight;
+                            s.own += weight;
                             if let Some(place) = ticket.place.take() {
                                 s.waiters.remove(&place);
                             }
@@ -232,6 +262,7 @@ impl VenueWeight {
             return;
         }
         s.venue_used = venue_used;
+        s.others = s.others.max(venue_used.saturating_sub(s.own));
         if venue_used > s.used {
             s.used = venue_used;
         }
@@ -296,9 +327,13 @@ fn until_next_minute(clock: Clock, offset: i64) -> Duration {
 fn roll(s: &mut State, clock: Clock) {
     let minute = venue_now_ms(clock, s.clock_offset_ms).div_euclid(60_000);
     if minute != s.minute {
+        // Only the minute just over says what comes next.
+        s.others_expected = if minute == s.minute + 1 { s.others } else { 0 };
         s.minute = minute;
         s.used = 0;
         s.venue_used = 0;
+        s.own = 0;
+        s.others = 0;
     }
 }
 
@@ -366,7 +401,10 @@ mod tests {
         assert!(b.lock().waiters.is_empty(), "the dropped waiter left the line");
         // A lower priority is not held behind a caller that has gone.
         b.observe_used_weight(0, b.venue_minute());
-        b.lock().used = 0;
+        {
+            let mut s = b.lock();
+            (s.used, s.own) = (0, 0);
+        }
         let soon = Instant::now() + Duration::from_millis(50);
         b.acquire("later", 5, 1, soon).await.expect("priority 5 proceeds");
     }
@@ -409,6 +447,37 @@ mod tests {
         b.acquire("level_monitor", 1, 200, soon)
             .await
             .expect("the new minute has room for priority 1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_clients_spend_is_expected_again_at_the_next_minutes_turn() {
+        let minute_start = 29_000_000 * 60_000;
+        let b = VenueWeight::new(1000, 1.0, 0.2, ["level_monitor".to_string()]).anchored_at(minute_start + 30_000);
+        let soon = || Instant::now() + Duration::from_millis(10);
+        b.acquire("trade_sync", 1, 10, soon()).await.unwrap();
+        // The venue counts 710: another client spent 700 this minute.
+        b.observe_used_weight(710, b.venue_minute());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(b.usage().used, 0, "a new minute");
+        // Before any answer of the new minute, its 700 is expected again: 800 - 700 left.
+        b.acquire("trade_sync", 1, 100, soon()).await.unwrap();
+        assert!(
+            b.acquire("trade_sync", 1, 1, soon()).await.is_err(),
+            "the prediction holds the rest"
+        );
+        b.acquire("level_monitor", 1, 500, soon())
+            .await
+            .expect("the reserve is not held back by a prediction");
+        // This minute the venue counts only ours: the next minute expects nobody.
+        b.observe_used_weight(600, b.venue_minute());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        b.acquire("trade_sync", 1, 800, soon())
+            .await
+            .expect("nobody else expected");
+        // A minute without any answer (two minutes on) expects nobody either.
+        b.observe_used_weight(900, b.venue_minute());
+        tokio::time::advance(Duration::from_secs(120)).await;
+        b.acquire("trade_sync", 1, 800, soon()).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

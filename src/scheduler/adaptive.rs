@@ -1,5 +1,5 @@
-//! Intervals that adapt to the API budget: while the venue weight used this
-//! minute is above a share of our budget, or while the venue has us paused
+//! Intervals that adapt to the API budget: while the venue weight used (or
+//! expected, see `budget::weight`) this minute is above a share of our budget, or while the venue has us paused
 //! after a 429/418, processes of lower priority wait longer between ticks
 //! (up to a maximum factor), and return to their intervals as usage falls.
 //! Priority-1 processes and level_monitor never stretch: they are what the
@@ -45,7 +45,8 @@ impl Adaptive {
         if usage.limit == 0 {
             return 1.0;
         }
-        let share = usage.used as f64 / usage.limit as f64;
+        // Other clients' expected spend counts: it is what the budget admits against.
+        let share = usage.expected as f64 / usage.limit as f64;
         if share <= self.above_share {
             return 1.0;
         }
