@@ -11,7 +11,7 @@
 //! floor, the fewest calls that keep every data type as fresh as its interval
 //! requires when polling.
 //!
-//! Time is accelerated: every interval (and timeout and offset) is divided by
+//! Time is accelerated: every interval (and timeout, never below 1 s, and offset) is divided by
 //! SPEEDUP (default 10) and the simulator's meter is read over WINDOW_S
 //! seconds (default 30) of wall time, which stand for SPEEDUP × WINDOW_S
 //! seconds of platform time; calls per minute are reported in platform time.
@@ -122,6 +122,9 @@ async fn meter_totals(http: &reqwest::Client, base: &str) -> (f64, f64) {
         .sum();
     (calls, weight)
 }
+
+/// Timeouts are accelerated like intervals, but never below this (seconds).
+const MIN_TIMEOUT_S: f64 = 1.0;
 
 /// The streaming configuration runs this much faster again than the others.
 const STREAMING_SPEEDUP: f64 = 6.0;
@@ -280,7 +283,10 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         }
         let p = ProcessConfig {
             interval_seconds: interval / speedup,
-            timeout_seconds: interval / speedup,
+            // The simulator's answers take real milliseconds: a timeout of a
+            // few ms (backstop_sync's 1 s at 60 x) would cut placements short
+            // and count their retries, a cost the platform never sees.
+            timeout_seconds: (interval / speedup).max(MIN_TIMEOUT_S),
             start_offset_seconds: (i as f64 * 0.1) / speedup,
             max_api_calls_per_minute: 1_000_000,
             retry_count: 0,
@@ -315,6 +321,14 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
             let t = f["time"].as_i64().unwrap();
             if t >= t0 && t < t1 {
                 changed.insert((a.name.clone(), f["symbol"].as_str().unwrap().to_string(), t / bucket_ms));
+            }
+        }
+    }
+    if std::env::var_os("API_CALLS_BY_ENDPOINT").is_some() {
+        // What the backstops and levels did in the run, by outcome.
+        for line in metrics.encode_prometheus().lines() {
+            if (line.contains("backstop") || line.contains("level")) && !line.starts_with('#') && !line.ends_with(" 0") {
+                eprintln!("  {line}");
             }
         }
     }
