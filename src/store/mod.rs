@@ -237,11 +237,20 @@ impl Store {
         if self.dialect == Dialect::Sqlite {
             return self.migrate_on(&mut conn).await;
         }
-        sqlx::query("SELECT pg_advisory_lock($1)")
+        let free: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS free")
             .bind(SCHEMA_LOCK)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
-            .context("cannot take the migration lock")?;
+            .context("cannot take the migration lock")?
+            .try_get("free")?;
+        if !free {
+            tracing::info!("another replica is checking or migrating the store; waiting for it");
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *conn)
+                .await
+                .context("cannot take the migration lock")?;
+        }
         let result = self.migrate_on(&mut conn).await;
         let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(SCHEMA_LOCK)
