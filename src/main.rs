@@ -1,11 +1,12 @@
-//! The `script-manager` binary: runs the service, or checks a configuration.
+//! The `script-manager` binary: runs the service, checks a configuration,
+//! backs up a SQLite store, or runs the simulated exchange.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use script_manager::config::{Config, LoadOptions};
-use script_manager::{app, sim, telemetry};
+use script_manager::{app, sim, store, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +28,12 @@ enum Command {
     Run,
     /// Validate the configuration and print it, secrets redacted.
     CheckConfig,
+    /// Take an online backup of the SQLite store into a new file PATH (the
+    /// service may keep running). PostgreSQL: use pg_dump.
+    Backup {
+        /// Where to write the backup; must not exist.
+        path: PathBuf,
+    },
     /// Run the simulated exchange alone (Binance USDⓈ-M compatible).
     Sim {
         /// Address to listen on.
@@ -54,6 +61,7 @@ fn main() -> ExitCode {
             eprintln!("script-manager: configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Backup { path } => backup(&config, &path),
         Command::Run => serve(config, |config, stop| app::run(config, options, stop)),
         Command::Sim { listen } => {
             let mut config = config;
@@ -88,7 +96,37 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("script-manager: {e:#}");
-            ExitCode::FAILURE
+            // A store migrated by a newer version is a start-up refusal, like a bad configuration.
+            if e.chain().any(|c| c.is::<store::SchemaTooNew>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// `backup PATH`: exit 0 with the backup written, 2 when it cannot be taken
+/// as asked (PostgreSQL, PATH exists, no store), 1 when SQLite failed.
+fn backup(config: &Config, path: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("script-manager: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(store::backup_sqlite(&config.store.url, path)) {
+        Ok(()) => {
+            eprintln!("script-manager: backup written to {}", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("script-manager: {e}");
+            match e {
+                store::BackupError::Failed(_) => ExitCode::FAILURE,
+                _ => ExitCode::from(2),
+            }
         }
     }
 }

@@ -40,15 +40,15 @@ impl PgClusterBudget {
     }
 
     pub async fn new(pool: PgPool) -> anyhow::Result<Self> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS ha_budget (
+        super::create_tables(
+            &pool,
+            &["CREATE TABLE IF NOT EXISTS ha_budget (
                 scope TEXT NOT NULL,
                 minute BIGINT NOT NULL,
                 used BIGINT NOT NULL,
                 PRIMARY KEY (scope, minute)
-            )",
+            )"],
         )
-        .execute(&pool)
         .await?;
         Ok(PgClusterBudget {
             pool,

@@ -50,6 +50,18 @@ impl Coordinator {
         if beats.is_multiple_of(30) {
             self.measure_clock().await?;
         }
+        if beats % 60 == 1 {
+            let older_than = prune_after(window);
+            match self.leases.prune_replicas(older_than).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    pruned = n,
+                    older_than_s = older_than / 1000,
+                    "ha: heartbeat rows of long-gone replicas deleted"
+                ),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "ha: cannot prune old heartbeat rows"),
+            }
+        }
         self.store_reachable(true, None);
         self.metrics.ha.replicas(count);
         if let Some(budget) = self.budget.get() {
@@ -116,5 +128,24 @@ impl Coordinator {
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "ha: cannot release leases; they will expire"),
         }
         let _ = self.leases.leave(&self.replica).await;
+    }
+}
+
+/// How long a replica's heartbeat row is kept after its last beat, given the
+/// window within which a replica counts as alive: the larger of an hour and
+/// 100 windows. Nothing reads a row older than one window (the live replica
+/// list, fair shares and the cluster budget's count all use the window), so
+/// a pruned row was already invisible; the margin leaves a row long enough
+/// to be looked at by hand after a failover.
+pub(crate) fn prune_after(window_ms: i64) -> i64 {
+    (window_ms.saturating_mul(100)).max(3_600_000)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rows_are_kept_an_hour_or_a_hundred_windows() {
+        assert_eq!(super::prune_after(7_000), 3_600_000);
+        assert_eq!(super::prune_after(100_000), 10_000_000);
     }
 }

@@ -51,8 +51,10 @@ pub struct Leases {
 impl Leases {
     /// Creates the coordination tables if needed.
     pub async fn new(pool: PgPool) -> anyhow::Result<Self> {
-        for statement in [
-            "CREATE TABLE IF NOT EXISTS ha_leases (
+        super::create_tables(
+            &pool,
+            &[
+                "CREATE TABLE IF NOT EXISTS ha_leases (
                 process TEXT PRIMARY KEY,
                 holder TEXT NOT NULL,
                 token BIGINT NOT NULL,
@@ -61,15 +63,15 @@ impl Leases {
                 released BOOLEAN NOT NULL DEFAULT false,
                 taken_over BOOLEAN NOT NULL DEFAULT false
             )",
-            // The replica whose fair share a process is asks its holder for it (scale-out).
-            "ALTER TABLE ha_leases ADD COLUMN IF NOT EXISTS wanted_by TEXT",
-            "CREATE TABLE IF NOT EXISTS ha_replicas (
+                // The replica whose fair share a process is asks its holder for it (scale-out).
+                "ALTER TABLE ha_leases ADD COLUMN IF NOT EXISTS wanted_by TEXT",
+                "CREATE TABLE IF NOT EXISTS ha_replicas (
                 replica TEXT PRIMARY KEY,
                 last_seen TIMESTAMPTZ NOT NULL
             )",
-        ] {
-            sqlx::query(statement).execute(&pool).await?;
-        }
+            ],
+        )
+        .await?;
         Ok(Leases { pool })
     }
 
@@ -202,6 +204,19 @@ impl Leases {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok(r.try_get("replica")?)).collect()
+    }
+
+    /// Deletes the heartbeat rows of replicas not seen for `older_than_ms`
+    /// (replicas that died or were renamed: a `hostname-pid` id is new at
+    /// every restart). Returns how many went.
+    pub async fn prune_replicas(&self, older_than_ms: i64) -> anyhow::Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM ha_replicas WHERE last_seen < now() - make_interval(secs => $1::double precision / 1000)",
+        )
+        .bind(older_than_ms)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
     }
 
     /// Every lease, for the status document.

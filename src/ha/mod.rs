@@ -23,6 +23,29 @@ pub mod shares;
 
 pub use coordinator::Coordinator;
 
+/// The advisory lock the coordination tables are created under: the same key
+/// as the store's migrations (`store::SCHEMA_LOCK`, which `ha` may not
+/// import), so replicas starting together never run the same DDL at once
+/// (PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe against itself).
+pub const SCHEMA_LOCK: i64 = 0x736d_5f73_6368_656d;
+
+/// Runs `statements` in one transaction under [`SCHEMA_LOCK`].
+async fn create_tables(pool: &sqlx::PgPool, statements: &[&str]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    for statement in statements {
+        // Our own DDL, not user input.
+        sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 use crate::config::HaConfig;
 
 /// `ha.replica_id`, or hostname-pid.

@@ -64,6 +64,37 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0007_backstops", include_str!("../../migrations/0007_backstops.sql")),
 ];
 
+/// The PostgreSQL advisory lock (session level, one bigint key) held while
+/// a replica checks and applies migrations. Above 2^31, so it never meets the
+/// `hashtext` keys of `ha`'s per-group locks. `ha` creates its tables under
+/// the same key (`ha::SCHEMA_LOCK`).
+pub const SCHEMA_LOCK: i64 = 0x736d_5f73_6368_656d; // "sm_schem"
+
+/// The store has migrations this binary does not know: it was migrated by a
+/// newer version. The service refuses to start (exit code 2).
+#[derive(Debug)]
+pub struct SchemaTooNew {
+    /// The applied migrations this binary does not have, by name.
+    pub unknown: Vec<String>,
+}
+
+impl std::fmt::Display for SchemaTooNew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let known = MIGRATIONS.last().map(|(n, _)| *n).unwrap_or("none");
+        write!(
+            f,
+            "the store's schema is newer than this binary: it has migration(s) {} applied, \
+             and this binary knows migrations up to {known} only. A newer version of \
+             script-manager has migrated this store; run that version (or newer) instead. \
+             Downgrading is not supported: to go back, restore a backup taken before the upgrade \
+             (see docs/operations.md)",
+            self.unknown.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for SchemaTooNew {}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     Sqlite,
@@ -193,18 +224,69 @@ impl Store {
         self.levels_generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Applies the migrations not applied yet; returns how many.
+    /// Applies the migrations not applied yet; returns how many. Refuses a
+    /// store that has a migration this binary does not know (`SchemaTooNew`).
+    ///
+    /// On PostgreSQL the whole check-and-apply runs on one connection holding
+    /// the advisory lock [`SCHEMA_LOCK`], so replicas that start together
+    /// migrate one after the other: the first applies, the others find
+    /// everything applied. (A SQLite file belongs to one service; each
+    /// migration is one transaction there.)
     async fn migrate(&self) -> anyhow::Result<usize> {
+        let mut conn = self.pool.acquire().await?;
+        if self.dialect == Dialect::Sqlite {
+            return self.migrate_on(&mut conn).await;
+        }
+        let free: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS free")
+            .bind(SCHEMA_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .context("cannot take the migration lock")?
+            .try_get("free")?;
+        if !free {
+            tracing::info!("another replica is checking or migrating the store; waiting for it");
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *conn)
+                .await
+                .context("cannot take the migration lock")?;
+        }
+        let result = self.migrate_on(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Ending the session releases the lock too.
+            let _ = sqlx::Connection::close(conn.detach()).await;
+        }
+        result
+    }
+
+    async fn migrate_on(&self, conn: &mut sqlx::AnyConnection) -> anyhow::Result<usize> {
         let mut applied = 0;
         sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await?;
+        let names: Vec<String> = sqlx::query("SELECT name FROM schema_migrations ORDER BY name")
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<_, _>>()?;
+        let unknown: Vec<String> = names
+            .into_iter()
+            .filter(|n| !MIGRATIONS.iter().any(|(m, _)| m == n))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(SchemaTooNew { unknown }.into());
+        }
         let id = match self.dialect {
             Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
             Dialect::Postgres => "BIGSERIAL PRIMARY KEY",
         };
         for (name, sql) in MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let done: Option<AnyRow> = sqlx::query("SELECT name FROM schema_migrations WHERE name = $1")
                 .bind(*name)
                 .fetch_optional(&mut *tx)
@@ -231,6 +313,80 @@ impl Store {
         }
         Ok(applied)
     }
+}
+
+/// Why a backup was not taken: what the operator should do differs.
+#[derive(Debug)]
+pub enum BackupError {
+    /// The store is PostgreSQL: back it up with its own tools.
+    Postgres,
+    /// The destination exists; a backup never overwrites anything.
+    Exists(std::path::PathBuf),
+    /// The configured SQLite file does not exist.
+    NoStore(String),
+    /// SQLite refused or failed (disk full, permissions, ...).
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for BackupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackupError::Postgres => write!(
+                f,
+                "the store is PostgreSQL: back it up with pg_dump (e.g. `pg_dump -Fc -f store.dump DATABASE_URL`) \
+                 and restore with pg_restore; see docs/operations.md"
+            ),
+            BackupError::Exists(p) => write!(
+                f,
+                "{} already exists; a backup never overwrites a file: name a new path",
+                p.display()
+            ),
+            BackupError::NoStore(file) => write!(
+                f,
+                "no SQLite store at {file}: check store.url (the service creates the file on its first start)"
+            ),
+            BackupError::Failed(e) => write!(f, "backup failed: {e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for BackupError {}
+
+/// An online backup of the SQLite store at `url` into a new file `dest`
+/// (`VACUUM INTO`): one consistent snapshot, taken while the service keeps
+/// writing (WAL readers never block writers), compacted, and usable as a
+/// store as it is. Opens the store read-only and never migrates it.
+pub async fn backup_sqlite(url: &str, dest: &std::path::Path) -> Result<(), BackupError> {
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Err(if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            BackupError::Postgres
+        } else {
+            BackupError::Failed(anyhow::anyhow!("store.url must start with sqlite:// or postgres://"))
+        });
+    };
+    let file = path.split('?').next().unwrap_or(path);
+    if !std::path::Path::new(file).is_file() {
+        return Err(BackupError::NoStore(file.to_string()));
+    }
+    if dest.exists() || dest.is_symlink() {
+        return Err(BackupError::Exists(dest.to_path_buf()));
+    }
+    let dest_text = dest
+        .to_str()
+        .ok_or_else(|| BackupError::Failed(anyhow::anyhow!("{} is not valid UTF-8", dest.display())))?;
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&format!("sqlite://{file}?mode=ro"))
+        .await
+        .with_context(|| format!("cannot open {file}"))
+        .map_err(BackupError::Failed)?;
+    let result = sqlx::query("VACUUM INTO $1")
+        .bind(dest_text)
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("VACUUM INTO {}", dest.display()));
+    let _ = conn.close().await;
+    result.map(|_| ()).map_err(BackupError::Failed)
 }
 
 fn strip_comments(s: &str) -> String {
