@@ -169,7 +169,9 @@ pub async fn list(_: Admin, State(state): State<AppState>, q: Q) -> Result<Json<
         None => None,
         Some(v) => Some(
             v.parse::<i64>()
-                .map_err(|_| ApiError::bad_request("before must be an audit row's id"))?,
+                .ok()
+                .filter(|id| *id >= 1)
+                .ok_or_else(|| ApiError::bad_request("before must be an audit row's id (1 or more)"))?,
         ),
     };
     let Some(store) = &state.store else {

@@ -370,7 +370,7 @@ pub fn all() -> Routes {
                 "get",
                 op("The audit trail: every mutating call, newest first (who, what, target, outcome, change)", OPS, schema("AuditPage"))
                     .limit()
-                    .query("before", json!({"type": "integer"}), "only rows older than this id (the previous page's next_before)")
+                    .query("before", json!({"type": "integer", "format": "int64", "minimum": 1}), "only rows older than this id (the previous page's next_before)")
                     .admin()
                     .errors(&[(400, "bad or unknown query parameter")]),
             )],
