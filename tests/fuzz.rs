@@ -60,7 +60,9 @@ async fn schemathesis_finds_nothing_and_the_store_survives_it() {
         common::trading::FAST,
         common::TOKEN
     );
-    let svc = common::start(&config, &[]).await;
+    // The per-token mutation rate (429) is tested in tests/security.rs; here
+    // it would leave the logic behind the writes untested.
+    let svc = common::start(&config, &[("SCRIPT_MANAGER_HTTP__MUTATIONS_PER_MINUTE", "1000000")]).await;
     let (with_token, n1) = schemathesis(&svc, Some(common::TOKEN));
     let (without, n2) = schemathesis(&svc, None);
     assert!(

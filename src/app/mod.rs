@@ -337,8 +337,13 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     let state = AppState {
         scheduler: scheduler.clone(),
         metrics,
-        admin_token: config.http.admin_token.clone(),
-        read_token: config.http.read_token.clone(),
+        tokens: Arc::new(http::auth::Tokens::from_config(&config.http)),
+        limits: Arc::new(http::shed::Limits::new(
+            config.http.max_concurrent_requests,
+            Duration::from_secs_f64(config.http.request_timeout_seconds),
+            config.http.mutations_per_minute,
+        )),
+        max_body_bytes: config.http.max_body_bytes,
         webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),
         started: SystemTime::now(),
         ready: ready.clone(),
@@ -366,13 +371,10 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     );
 
     let server_stop = CancellationToken::new();
+    let max_connections = config.http.max_connections;
     let server = tokio::spawn({
         let stop = server_stop.clone();
-        async move {
-            axum::serve(listener, http::router(state).into_make_service())
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        }
+        async move { http::serve::serve(listener, http::router(state), max_connections, stop).await }
     });
 
     shutdown.cancelled().await;

@@ -81,6 +81,30 @@ fn read_secret(path: &Path) -> Result<String, String> {
     Ok(value.to_string())
 }
 
+/// Reads each named token's `token_file` (`[[http.tokens]]` is a list, so
+/// its files are read after extraction, not layered by key).
+pub fn token_files(tokens: &mut [super::TokenConfig], problems: &mut Vec<Problem>) {
+    for t in tokens {
+        let Some(path) = t.token_file.clone() else { continue };
+        let key = format!("http.tokens.{}.token_file", t.name);
+        let mut problem = |message: String| {
+            problems.push(Problem {
+                key: key.clone(),
+                message,
+                source: format!("file {path}"),
+            })
+        };
+        if t.token.is_some() {
+            problem("`token` is set too: give the value or a file, not both".into());
+            continue;
+        }
+        match read_secret(Path::new(&path)) {
+            Ok(value) => t.token = Some(super::Secret::new(value)),
+            Err(message) => problem(message),
+        }
+    }
+}
+
 /// The values read from files, each under its setting, reported as coming from its file.
 pub struct SecretFiles(Vec<FromFile>);
 

@@ -99,7 +99,17 @@ pub fn load(options: &LoadOptions, kinds: KindCheck) -> Result<Config, ConfigErr
     figment = fill_process_defaults(figment);
 
     let mut problems = file_problems;
-    let config = extract(&figment, kinds, &mut problems);
+    let mut config = extract(&figment, kinds, &mut problems);
+    if let Some(config) = &mut config {
+        files::token_files(&mut config.http.tokens, &mut problems);
+        validate::check_tokens(&config.http, &mut |key: &str, message: String| {
+            problems.push(Problem {
+                source: source_of(&figment, "http.tokens"),
+                key: key.to_string(),
+                message,
+            })
+        });
+    }
     match config {
         Some(config) if problems.is_empty() => Ok(config),
         _ => Err(ConfigError { problems }),

@@ -9,7 +9,7 @@
 //! Imports nothing of the service (ground floor): a process kind's own
 //! settings are checked by the kind, handed in as a [`KindCheck`].
 
-mod defaults;
+pub(crate) mod defaults;
 mod env;
 mod files;
 mod links;
@@ -28,7 +28,7 @@ pub use defaults::{SEED_PROCESSES, process_defaults};
 pub use links::link_groups;
 pub use load::{ConfigError, KindCheck, LoadOptions, Problem, load};
 pub use overrides::{Overrides, SetOverrides};
-pub use secret::{Secret, redact_url};
+pub use secret::{REDACTED, Secret, redact_url};
 pub use simulator::{Faults, SimulatorConfig, default_symbols};
 
 /// The whole configuration of one service instance.
@@ -78,6 +78,62 @@ pub struct HttpConfig {
     pub admin_token_file: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_token_file: Option<String>,
+    /// Named tokens with a scope (`[[http.tokens]]`): who did what is recorded by name.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// The status and runs documents need a token of any scope too.
+    #[serde(default)]
+    pub status_requires_token: bool,
+    /// `/metrics` needs a token of any scope: `Authorization: Bearer <token>`,
+    /// or basic auth with the token's name as user and the token as password.
+    #[serde(default)]
+    pub metrics_requires_token: bool,
+    /// A request that takes longer is answered 503.
+    pub request_timeout_seconds: f64,
+    /// Connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Requests handled at once; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+    /// The largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Mutating requests per minute per token (429 beyond).
+    pub mutations_per_minute: u32,
+}
+
+/// One named bearer token (`[[http.tokens]]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it: recorded in the audit trail and in `set_by`.
+    pub name: String,
+    pub scope: Scope,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<Secret>,
+    /// A file holding the token instead (Docker and Kubernetes secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+}
+
+/// What a token may do; each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The data API's reads (and the status documents when they need a token).
+    Read,
+    /// Read, and levels, alerts and an account's flatten.
+    Trade,
+    /// Everything: processes, reload, the kill switch for all accounts, the audit trail.
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Trade => "trade",
+            Scope::Admin => "admin",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

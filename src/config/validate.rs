@@ -26,6 +26,63 @@ pub fn check_http(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
     }
 }
 
+/// Named tokens: a unique name, a value, no value twice; the server's limits.
+pub fn check_tokens(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, t) in http.tokens.iter().enumerate() {
+        let valid = !t.name.is_empty()
+            && t.name.len() <= 64
+            && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !valid {
+            report(
+                &format!("http.tokens[{i}].name"),
+                format!("`{}` must be 1-64 letters, digits, - _ . @", t.name),
+            );
+        } else if !seen.insert(t.name.as_str()) {
+            report(
+                &format!("http.tokens.{}.name", t.name),
+                "another token has this name".into(),
+            );
+        }
+        match &t.token {
+            None => report(
+                &format!("http.tokens.{}.token", t.name),
+                "set `token` or `token_file`".into(),
+            ),
+            Some(v) if v.expose().len() < 16 => report(
+                &format!("http.tokens.{}.token", t.name),
+                "must be at least 16 characters".into(),
+            ),
+            Some(v) => {
+                let twice = http.tokens[..i]
+                    .iter()
+                    .any(|o| o.token.as_ref().is_some_and(|w| w.matches(v.expose())));
+                if twice {
+                    report(
+                        &format!("http.tokens.{}.token", t.name),
+                        "another token has the same value: each holder needs its own".into(),
+                    );
+                }
+            }
+        }
+    }
+    if !(http.request_timeout_seconds > 0.0 && http.request_timeout_seconds <= 3600.0) {
+        report("http.request_timeout_seconds", "must be between 0 and 3600".into());
+    }
+    if http.max_connections == 0 {
+        report("http.max_connections", "must be at least 1".into());
+    }
+    if http.max_concurrent_requests == 0 {
+        report("http.max_concurrent_requests", "must be at least 1".into());
+    }
+    if http.max_body_bytes < 1024 {
+        report("http.max_body_bytes", "must be at least 1024".into());
+    }
+    if http.mutations_per_minute == 0 {
+        report("http.mutations_per_minute", "must be at least 1".into());
+    }
+}
+
 pub fn check_telemetry(telemetry: &TelemetryConfig, report: &mut dyn FnMut(&str, String)) {
     if let Some(endpoint) = &telemetry.otlp_endpoint {
         let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))

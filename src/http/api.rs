@@ -6,19 +6,19 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::auth::Admin;
+use super::auth::{Admin, StatusReader};
 use super::error::{store_error, unknown_process as unknown};
 use super::query::{self, Q};
 use super::{ApiError, AppState};
 use crate::scheduler::TriggerError;
 use crate::status;
 
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
+pub async fn status(_: StatusReader, State(state): State<AppState>) -> Json<Value> {
     let weight = state.weight.as_ref().map(|w| w.usage());
     Json(status::document(&state.scheduler, state.started, weight))
 }
 
-pub async fn processes(State(state): State<AppState>) -> Json<Value> {
+pub async fn processes(_: StatusReader, State(state): State<AppState>) -> Json<Value> {
     let list: Vec<Value> = state
         .scheduler
         .processes()
@@ -28,13 +28,17 @@ pub async fn processes(State(state): State<AppState>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
-pub async fn process(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn process(
+    _: StatusReader,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let p = state.scheduler.process(&id).ok_or_else(|| unknown(&id))?;
     Ok(Json(status::process_document(&state.scheduler, &p)))
 }
 
 /// `GET /api/script-manager/runs?process=&limit=`: newest first.
-pub async fn runs(State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
+pub async fn runs(_: StatusReader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query::params(q, &["process", "limit"])?;
     let limit = query::limit(&q)?;
     if let Some(store) = &state.store {

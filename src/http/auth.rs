@@ -1,34 +1,201 @@
-//! Who may call what, as extractors. A handler that takes [`Admin`] runs only
-//! for a caller that presented the admin token (with none configured, writes
-//! answer 403). One that takes [`Reader`] (the data API's GETs: financial
-//! data) needs `http.read_token` or the admin token when a read token is set,
-//! and is open otherwise.
+//! Who may call what, as extractors. Every bearer token has a name and a
+//! scope (`[[http.tokens]]`; `http.admin_token` and `http.read_token` are the
+//! tokens `admin` and `read`). Scopes nest: `admin` ⊇ `trade` ⊇ `read`.
+//!
+//! - [`Admin`]: processes, reload, the kill switch for every account, the audit trail.
+//! - [`Trader`]: levels, alerts, one account's kill switch.
+//! - [`Reader`]: the data API's GETs (financial data). Open while no
+//!   `read`-scope token is configured, as before tokens had names.
+//! - [`StatusReader`]: the status and runs documents; open unless
+//!   `http.status_requires_token`.
+//!
+//! A token is compared with every configured one in constant time, so
+//! response timing reveals nothing of any token. A handler learns the
+//! caller's name from the extractor: that name is what `set_by` and the
+//! audit trail record.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine;
 
 use super::{ApiError, AppState};
-use crate::config::Secret;
+use crate::config::{HttpConfig, Scope, Secret};
 
-/// Proof that the request carried the admin token.
-pub struct Admin;
+/// The configured tokens.
+#[derive(Default)]
+pub struct Tokens {
+    entries: Vec<Entry>,
+    status_requires_token: bool,
+    metrics_requires_token: bool,
+}
 
-/// Proof that the caller may read the data API.
-pub struct Reader;
+struct Entry {
+    name: String,
+    scope: Scope,
+    secret: Secret,
+}
+
+/// Who called: a configured token's name and scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub scope: Scope,
+}
+
+impl Tokens {
+    pub fn from_config(http: &HttpConfig) -> Self {
+        let shorthand = |name: &str, scope, secret: &Option<Secret>| {
+            secret.as_ref().filter(|s| !s.is_empty()).map(|s| Entry {
+                name: name.into(),
+                scope,
+                secret: s.clone(),
+            })
+        };
+        let mut entries: Vec<Entry> = [
+            shorthand("admin", Scope::Admin, &http.admin_token),
+            shorthand("read", Scope::Read, &http.read_token),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        entries.extend(http.tokens.iter().filter_map(|t| shorthand(&t.name, t.scope, &t.token)));
+        Tokens {
+            entries,
+            status_requires_token: http.status_requires_token,
+            metrics_requires_token: http.metrics_requires_token,
+        }
+    }
+
+    /// The token `presented` is, compared with every entry (no early exit).
+    pub fn identify(&self, presented: &str) -> Option<Caller> {
+        let mut found = None;
+        for e in &self.entries {
+            if e.secret.matches(presented) && found.is_none() {
+                found = Some(Caller {
+                    name: e.name.clone(),
+                    scope: e.scope,
+                });
+            }
+        }
+        found
+    }
+
+    /// Whether any token grants `scope` (or more).
+    fn any_at_least(&self, scope: Scope) -> bool {
+        self.entries.iter().any(|e| e.scope >= scope)
+    }
+
+    /// Whether reads need a token: some token has exactly the `read` scope.
+    fn reads_need_token(&self) -> bool {
+        self.entries.iter().any(|e| e.scope == Scope::Read)
+    }
+
+    /// The caller a request's headers name, if its token is known.
+    pub fn caller_of(&self, headers: &HeaderMap) -> Option<Caller> {
+        match presented(headers)? {
+            Presented::Bearer(token) => self.identify(token),
+            Presented::Basic { user, password } => self.identify(&password).filter(|c| c.name == user),
+        }
+    }
+
+    /// `/metrics` when `http.metrics_requires_token`: any known token, as a
+    /// bearer token or as basic auth (user = the token's name).
+    pub fn metrics_allowed(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.metrics_requires_token {
+            return Ok(());
+        }
+        self.caller_of(headers).map(|_| ()).ok_or_else(|| {
+            unauthorized(
+                headers,
+                "a token of any scope (bearer, or basic auth as <name>:<token>)",
+            )
+        })
+    }
+
+    /// Requires a token of at least `scope`; `route_needs` names it in errors.
+    fn require(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+        if !self.any_at_least(scope) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                format!(
+                    "routes of scope `{}` are off: configure a token with that scope ([[http.tokens]] or http.admin_token)",
+                    scope.as_str()
+                ),
+            ));
+        }
+        let caller = self
+            .caller_of(headers)
+            .ok_or_else(|| unauthorized(headers, &format!("a token of scope `{}`", scope.as_str())))?;
+        if caller.scope < scope {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "token `{}` has scope `{}`; this route needs `{}`",
+                    caller.name,
+                    caller.scope.as_str(),
+                    scope.as_str()
+                ),
+            ));
+        }
+        Ok(caller)
+    }
+}
+
+fn unauthorized(headers: &HeaderMap, what: &str) -> ApiError {
+    let message = match presented(headers) {
+        Some(_) => "unknown token".to_string(),
+        None => format!("send Authorization: Bearer <{what}>"),
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+enum Presented<'a> {
+    Bearer(&'a str),
+    Basic { user: String, password: String },
+}
+
+fn presented(headers: &HeaderMap) -> Option<Presented<'_>> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        return Some(Presented::Bearer(token.trim()));
+    }
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let (user, password) = String::from_utf8(decoded)
+        .ok()?
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))?;
+    Some(Presented::Basic { user, password })
+}
+
+/// Proof that the request carried an `admin` token, and whose.
+pub struct Admin(pub Caller);
+
+/// Proof of a `trade` (or `admin`) token, and whose.
+pub struct Trader(pub Caller);
+
+/// The caller may read the data API (`None`: reads are open and no known token came).
+pub struct Reader(pub Option<Caller>);
+
+/// The caller may read the status documents.
+pub struct StatusReader;
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(token) = usable(&state.admin_token) else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "admin_disabled",
-                "write endpoints are off: set http.admin_token to enable them",
-            ));
-        };
-        check(parts, &[token], "http.admin_token").map(|()| Admin)
+        state.tokens.require(&parts.headers, Scope::Admin).map(Admin)
+    }
+}
+
+impl FromRequestParts<AppState> for Trader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        state.tokens.require(&parts.headers, Scope::Trade).map(Trader)
     }
 }
 
@@ -36,38 +203,74 @@ impl FromRequestParts<AppState> for Reader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(read) = usable(&state.read_token) else {
-            return Ok(Reader);
-        };
-        let accepted: Vec<&Secret> = [Some(read), usable(&state.admin_token)].into_iter().flatten().collect();
-        check(parts, &accepted, "http.read_token").map(|()| Reader)
+        if !state.tokens.reads_need_token() {
+            return Ok(Reader(state.tokens.caller_of(&parts.headers)));
+        }
+        state
+            .tokens
+            .require(&parts.headers, Scope::Read)
+            .map(|c| Reader(Some(c)))
     }
 }
 
-fn usable(token: &Option<Secret>) -> Option<&Secret> {
-    token.as_ref().filter(|t| !t.is_empty())
+impl FromRequestParts<AppState> for StatusReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !state.tokens.status_requires_token {
+            return Ok(StatusReader);
+        }
+        state.tokens.require(&parts.headers, Scope::Read).map(|_| StatusReader)
+    }
 }
 
-/// The request's bearer token must be one of `accepted`, compared in
-/// constant time so response timing reveals nothing of a token.
-fn check(parts: &Parts, accepted: &[&Secret], name: &str) -> Result<(), ApiError> {
-    let presented = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(candidate) if accepted.iter().any(|t| t.matches(candidate)) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "wrong bearer token",
-        )),
-        None => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            format!("send Authorization: Bearer <{name}>"),
-        )),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        let mut http = crate::config::defaults::config(false, false).http;
+        http.admin_token = Some(Secret::new("admin-token-0123456789"));
+        http.tokens.push(crate::config::TokenConfig {
+            name: "desk".into(),
+            scope: Scope::Trade,
+            token: Some(Secret::new("desk-token-0123456789")),
+            token_file: None,
+        });
+        Tokens::from_config(&http)
+    }
+
+    fn with(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn scopes_nest_and_names_are_reported() {
+        let t = tokens();
+        let desk = t.require(&with("Bearer desk-token-0123456789"), Scope::Trade).unwrap();
+        assert_eq!(desk.name, "desk");
+        let e = t
+            .require(&with("Bearer desk-token-0123456789"), Scope::Admin)
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(t.require(&with("Bearer admin-token-0123456789"), Scope::Read).is_ok());
+        let e = t.require(&with("Bearer nope"), Scope::Read).unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        assert!(!t.reads_need_token(), "no read-scope token: reads stay open");
+    }
+
+    #[test]
+    fn basic_auth_needs_the_tokens_own_name() {
+        let t = tokens();
+        let basic = |s: &str| {
+            with(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            ))
+        };
+        assert_eq!(t.caller_of(&basic("desk:desk-token-0123456789")).unwrap().name, "desk");
+        assert!(t.caller_of(&basic("admin:desk-token-0123456789")).is_none());
     }
 }

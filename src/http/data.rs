@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::auth::{Admin, Reader};
+use super::auth::{Reader, Trader};
 use super::error::{store_error, unprocessable};
 use super::query::{self, Q, limit};
 use super::{ApiError, AppState};
@@ -208,7 +208,7 @@ pub async fn level(_: Reader, State(state): State<AppState>, Path(id): Path<Stri
     }
 }
 
-pub async fn create_level(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_level(_: Trader, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let store = store(&state)?;
     let map = json_body(&body)?;
     refuse_unknown(&map, &["account", "symbol", "side", "take_profit", "stop_loss"])?;
@@ -300,7 +300,7 @@ async fn level_side(
 }
 
 pub async fn delete_level(
-    _: Admin,
+    _: Trader,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -325,7 +325,7 @@ pub async fn alerts(_: Reader, State(state): State<AppState>, q: Q) -> Result<Re
     Ok(page("/api/alerts", rows, |a| a.id, limit))
 }
 
-pub async fn create_alert(_: Admin, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_alert(_: Trader, State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let store = store(&state)?;
     let map = json_body(&body)?;
     refuse_unknown(&map, &["symbol", "condition", "price", "webhook_url"])?;
@@ -362,7 +362,7 @@ pub async fn create_alert(_: Admin, State(state): State<AppState>, body: Bytes) 
 }
 
 pub async fn delete_alert(
-    _: Admin,
+    _: Trader,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

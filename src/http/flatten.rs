@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use serde_json::Value;
 use std::time::Duration;
 
-use super::auth::Admin;
+use super::auth::{Admin, Trader};
 use super::{ApiError, AppState};
 
 /// Flattens one account (`Some`) or every account; `Err` says what could not be done.
@@ -35,7 +35,7 @@ pub async fn all(_: Admin, State(state): State<AppState>) -> Result<Response, Ap
 }
 
 pub async fn account(
-    _: Admin,
+    _: Trader,
     State(state): State<AppState>,
     Path(account): Path<String>,
 ) -> Result<Response, ApiError> {

@@ -7,8 +7,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use super::audit::Audit;
 use super::auth::Admin;
 use super::data::json_body;
 use super::error::{store_error, unknown_process as unknown, unprocessable};
@@ -16,26 +17,24 @@ use super::{ApiError, AppState};
 use crate::config::{Overrides, SetOverrides};
 use crate::status;
 
-/// Who changed a setting: only the admin token may, and it has no other name.
-const SET_BY: &str = "admin";
-
 /// `PATCH /api/script-manager/processes/{id}`: changes some of the process's settings.
 pub async fn patch_process(
-    _: Admin,
+    Admin(caller): Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(axum::Extension<Audit>, Json<Value>), ApiError> {
     let p = state.scheduler.process(&id).ok_or_else(|| unknown(&id))?;
     let fields = json_body(&body)?;
     let new = Overrides::parse(&Value::Object(fields)).map_err(|(field, message)| unprocessable(&field, message))?;
-    let values = p.overrides().map(|o| o.values).unwrap_or_default().and(&new);
+    let before = p.overrides().map(|o| o.values);
+    let values = before.clone().unwrap_or_default().and(&new);
     if let Some((field, message)) = values.check(&id, &p.file_config()).into_iter().next() {
         return Err(unprocessable(&field, message));
     }
     let set = SetOverrides {
         values,
-        set_by: SET_BY.into(),
+        set_by: caller.name.clone(),
         set_at_ms: crate::clock::now_ms(),
     };
     if let Some(store) = &state.store {
@@ -44,9 +43,13 @@ pub async fn patch_process(
             .await
             .map_err(store_error)?;
     }
+    let audit = Audit::change(json!(before), json!(set.values));
     state.scheduler.set_overrides(&id, Some(set));
-    tracing::info!(process = %id, by = SET_BY, "settings overridden");
-    Ok(Json(status::process_document(&state.scheduler, &p)))
+    tracing::info!(process = %id, by = %caller.name, "settings overridden");
+    Ok((
+        axum::Extension(audit),
+        Json(status::process_document(&state.scheduler, &p)),
+    ))
 }
 
 /// `DELETE /api/script-manager/processes/{id}/overrides`: back to the file's settings.
@@ -54,14 +57,18 @@ pub async fn delete_overrides(
     _: Admin,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(axum::Extension<Audit>, Json<Value>), ApiError> {
     let p = state.scheduler.process(&id).ok_or_else(|| unknown(&id))?;
+    let audit = Audit::change(json!(p.overrides().map(|o| o.values)), Value::Null);
     if let Some(store) = &state.store {
         store.save_process_overrides(&id, None).await.map_err(store_error)?;
     }
     state.scheduler.set_overrides(&id, None);
     tracing::info!(process = %id, "overrides removed; the file's settings are in force");
-    Ok(Json(status::process_document(&state.scheduler, &p)))
+    Ok((
+        axum::Extension(audit),
+        Json(status::process_document(&state.scheduler, &p)),
+    ))
 }
 
 /// `POST /-/reload`: reads the file and the environment again.

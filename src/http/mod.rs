@@ -7,7 +7,8 @@
 //! `telemetry`, `config` (tokens), `clock`; never the processes or `exchange`.
 
 mod api;
-mod auth;
+mod audit;
+pub mod auth;
 mod data;
 mod error;
 pub mod flatten;
@@ -15,6 +16,8 @@ mod live;
 mod openapi;
 mod query;
 mod routes;
+pub mod serve;
+pub mod shed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +32,6 @@ use serde_json::json;
 pub use error::ApiError;
 
 use crate::budget::VenueWeight;
-use crate::config::Secret;
 use crate::domain::Catalog;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -39,9 +41,12 @@ use crate::telemetry::Metrics;
 pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub metrics: Arc<Metrics>,
-    pub admin_token: Option<Secret>,
-    /// Required by the data API's GETs when set (`http.read_token`).
-    pub read_token: Option<Secret>,
+    /// The bearer tokens, by name and scope.
+    pub tokens: Arc<auth::Tokens>,
+    /// The concurrency cap, the deadline and the per-token mutation rate.
+    pub limits: Arc<shed::Limits>,
+    /// The largest request body accepted (`http.max_body_bytes`).
+    pub max_body_bytes: usize,
     /// Hosts an alert's webhook may name (`notifications.allowed_webhook_hosts`; empty: any).
     pub webhook_hosts: Vec<String>,
     pub started: SystemTime,
@@ -77,6 +82,10 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shed::rate_limit))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shed::bound))
         .with_state(state)
 }
 
@@ -114,6 +123,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text 0.0.4 by default; OpenMetrics (with exemplars) when asked for.
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = state.tokens.metrics_allowed(&headers) {
+        return refused.into_response();
+    }
     for p in state.scheduler.processes().iter() {
         let calls = state.scheduler.budget().calls_last_minute(&p.id);
         state.metrics.process.api_calls_last_minute(&p.id, calls);

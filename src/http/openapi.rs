@@ -180,19 +180,59 @@ impl Op {
         self
     }
 
-    /// Needs the admin token (401 without a valid one, 403 when none is configured).
-    pub fn admin(mut self) -> Self {
-        self.0["security"] = json!([{"admin": []}]);
+    /// Needs a token of scope `admin` (401 without a known one, 403 with a
+    /// lesser scope or when no admin token is configured).
+    pub fn admin(self) -> Self {
+        self.scoped("admin")
+    }
+
+    /// Needs a token of scope `trade` or `admin`.
+    pub fn trade(self) -> Self {
+        self.scoped("trade")
+    }
+
+    fn scoped(mut self, scope: &str) -> Self {
+        self.0["security"] = json!([{"token": [scope]}]);
+        self.0["x-scope"] = json!(scope);
         self.errors(&[
-            (401, "missing or wrong bearer token"),
-            (403, "no admin token is configured: writes are off"),
+            (401, "missing or unknown bearer token"),
+            (
+                403,
+                "the token's scope is not enough, or no token of this scope is configured",
+            ),
+            (
+                429,
+                "this token's mutating calls per minute are spent (Retry-After says when to come back)",
+            ),
         ])
     }
 
-    /// Needs the read token when one is configured (the admin token works too).
+    /// Needs a token of any scope while a `read`-scope token is configured; open otherwise.
     pub fn reader(mut self) -> Self {
-        self.0["security"] = json!([{}, {"read": []}, {"admin": []}]);
-        self.errors(&[(401, "http.read_token is set and the bearer token is missing or wrong")])
+        self.0["security"] = json!([{}, {"token": ["read"]}]);
+        self.0["x-scope"] = json!("read");
+        self.errors(&[(
+            401,
+            "a read-scope token is configured and the bearer token is missing or unknown",
+        )])
+    }
+
+    /// Open unless `http.metrics_requires_token` (then a token of any scope,
+    /// as a bearer token or basic auth with the token's name as user).
+    pub fn metrics_auth(mut self) -> Self {
+        self.0["security"] = json!([{}, {"token": ["read"]}]);
+        self.0["x-scope"] = json!("metrics");
+        self.errors(&[(401, "http.metrics_requires_token is set and no known token came")])
+    }
+
+    /// Open unless `http.status_requires_token` (then a token of any scope).
+    pub fn status_document(mut self) -> Self {
+        self.0["security"] = json!([{}, {"token": ["read"]}]);
+        self.0["x-scope"] = json!("status");
+        self.errors(&[(
+            401,
+            "http.status_requires_token is set and the bearer token is missing or unknown",
+        )])
     }
 }
 
@@ -220,8 +260,7 @@ fn document(paths: BTreeMap<String, Map<String, Value>>) -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {
-                "admin": {"type": "http", "scheme": "bearer", "description": "http.admin_token: operator actions and writes"},
-                "read": {"type": "http", "scheme": "bearer", "description": "http.read_token, when set: the data API's reads"},
+                "token": {"type": "http", "scheme": "bearer", "description": "a named token ([[http.tokens]], or http.admin_token / http.read_token) of scope read, trade or admin; scopes nest (admin includes trade includes read); the operation's x-scope says what it needs"},
             },
             "schemas": schemas(),
         },
@@ -255,6 +294,23 @@ fn object(required: &[&str], properties: Value) -> Value {
 }
 
 fn schemas() -> Value {
+    let mut all = data_schemas();
+    all["AuditPage"] = audit_page();
+    all
+}
+
+fn audit_page() -> Value {
+    object(
+        &["entries", "next_before"],
+        json!({
+
+        "entries": {"type": "array", "items": {"type": "object", "description": "id, at_ms, who (the token's name), method, route, target, status, outcome (ok, refused, error), detail (before/after, or the request with secrets redacted)"}},
+        "next_before": {"type": ["integer", "null"], "description": "pass as before= for the next page; null on the last"},
+            }),
+    )
+}
+
+fn data_schemas() -> Value {
     let id = json!({"type": "integer", "format": "int64"});
     let ms = json!({"type": "integer", "format": "int64", "description": "ms since the Unix epoch"});
     json!({

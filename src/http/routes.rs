@@ -5,7 +5,7 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::openapi::{Routes, list, op, schema};
-use super::{api, data, flatten, live};
+use super::{api, audit, data, flatten, live};
 
 const OPS: &str = "operations";
 const STATUS: &str = "status";
@@ -19,7 +19,8 @@ pub fn all() -> Routes {
             vec![(
                 "get",
                 op("Prometheus metrics", OPS, json!({}))
-                    .text("text/plain", "Prometheus text format 0.0.4; OpenMetrics (with exemplars) when the Accept header asks for application/openmetrics-text"),
+                    .text("text/plain", "Prometheus text format 0.0.4; OpenMetrics (with exemplars) when the Accept header asks for application/openmetrics-text")
+                    .metrics_auth(),
             )],
         )
         .route(
@@ -52,12 +53,12 @@ pub fn all() -> Routes {
         .route(
             "/api/script-manager/status",
             get(api::status),
-            vec![("get", op("Every process's state, schedule and statistics", STATUS, schema("Status")))],
+            vec![("get", op("Every process's state, schedule and statistics", STATUS, schema("Status")).status_document())],
         )
         .route(
             "/api/script-manager/processes",
             get(api::processes),
-            vec![("get", op("The processes", STATUS, list("Process")))],
+            vec![("get", op("The processes", STATUS, list("Process")).status_document())],
         )
         .route(
             "/api/script-manager/processes/{id}",
@@ -67,6 +68,7 @@ pub fn all() -> Routes {
                     "get",
                     op("One process", STATUS, schema("Process"))
                         .path("id", "process id, as in the configuration")
+                        .status_document()
                         .errors(&[(404, "no such process")]),
                 ),
                 (
@@ -161,6 +163,7 @@ pub fn all() -> Routes {
                 op("Finished runs, newest first", STATUS, list("Run"))
                     .query("process", json!({"type": "string"}), "only this process's runs")
                     .limit()
+                    .status_document()
                     .errors(&[(400, "bad or unknown query parameter"), (404, "no such process")]),
             )],
         )
@@ -225,7 +228,7 @@ pub fn all() -> Routes {
                         )
                         .answers(201, "armed", Some(schema("Level")))
                         .links(201, &[("GetLevel", "get_api_levels_id"), ("DeleteLevel", "delete_api_levels_id")])
-                        .admin()
+                        .trade()
                         .errors(&[
                             (400, "the body is not JSON"),
                             (422, "a field is missing or invalid (the message names it)"),
@@ -273,7 +276,7 @@ pub fn all() -> Routes {
                     "still working after 8 s: the closes it started go on (GET /api/levels shows them)",
                     json!({"type": "object", "properties": {"status": {"const": "in_progress"}, "message": {"type": "string"}}}),
                 )
-                .admin()
+                .trade()
                 .errors(&[
                     (404, "no such account"),
                     (429, "the exchange budget is spent for now; nothing more was sent (try again shortly)"),
@@ -298,7 +301,7 @@ pub fn all() -> Routes {
                     op("Disarm a level", DATA, json!({}))
                         .id("level id")
                         .answers(204, "deleted", None)
-                        .admin()
+                        .trade()
                         .errors(&[
                             (400, "not an id"),
                             (404, "no such level"),
@@ -328,7 +331,7 @@ pub fn all() -> Routes {
                         )
                         .answers(201, "created", Some(schema("Alert")))
                         .links(201, &[("DeleteAlert", "delete_api_alerts_id")])
-                        .admin()
+                        .trade()
                         .errors(&[
                             (400, "the body is not JSON"),
                             (422, "a field is missing or invalid (the message names it)"),
@@ -345,7 +348,7 @@ pub fn all() -> Routes {
                 op("Delete an alert", DATA, json!({}))
                     .id("alert id")
                     .answers(204, "deleted", None)
-                    .admin()
+                    .trade()
                     .errors(&[(400, "not an id"), (404, "no such alert")]),
             )],
         )
@@ -357,6 +360,18 @@ pub fn all() -> Routes {
                 op("The notification outbox, newest first", DATA, list("Notification"))
                     .limit()
                     .reader()
+                    .errors(&[(400, "bad or unknown query parameter")]),
+            )],
+        )
+        .route(
+            "/api/audit",
+            get(audit::list),
+            vec![(
+                "get",
+                op("The audit trail: every mutating call, newest first (who, what, target, outcome, change)", OPS, schema("AuditPage"))
+                    .limit()
+                    .query("before", json!({"type": "integer", "format": "int64", "minimum": 1}), "only rows older than this id (the previous page's next_before)")
+                    .admin()
                     .errors(&[(400, "bad or unknown query parameter")]),
             )],
         )

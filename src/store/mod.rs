@@ -9,6 +9,7 @@
 //! facts it keeps), `process` (a run's `Fence` and `RunRecord`), `config`
 //! (URL redaction) and `clock`; never the exchange, scheduler or status.
 
+mod audit;
 mod backstops;
 mod dashboard;
 mod fence;
@@ -29,6 +30,7 @@ use rust_decimal::Decimal;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use audit::AuditEntry;
 pub use backstops::{Backstop, BackstopState, BackstopUpdate, NewBackstop};
 pub use dashboard::Snapshot;
 pub use intents::{Claim, CloseOutcome, Ending, Intent};
@@ -62,6 +64,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0006_position_times.sql"),
     ),
     ("0007_backstops", include_str!("../../migrations/0007_backstops.sql")),
+    ("0008_audit", include_str!("../../migrations/0008_audit.sql")),
 ];
 
 /// The PostgreSQL advisory lock (session level, one bigint key) held while

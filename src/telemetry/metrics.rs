@@ -2,7 +2,9 @@
 //! per-process, exchange API, domain and HA metrics, encoded as Prometheus
 //! text 0.0.4 or OpenMetrics (with exemplars).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
@@ -13,6 +15,14 @@ use super::exposition::{Format, Writer};
 use super::ha::HaMetrics;
 use super::process::{ProcessInfo, ProcessMetrics, ProcessSeries};
 use super::stream::StreamMetrics;
+
+/// Why the HTTP server refused a request.
+pub const SHED_REASONS: [&str; 3] = ["concurrency", "timeout", "rate_limited"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -25,6 +35,7 @@ pub struct Metrics {
     run_records_dropped: Counter,
     reload_successful: Gauge,
     reload_success_time: Gauge<f64, std::sync::atomic::AtomicU64>,
+    http_shed: Family<ShedLabels, Counter>,
     /// The size of the last encoded body: the next one starts with that much
     /// room, instead of growing (and copying) itself some twenty times.
     last_body: std::sync::atomic::AtomicUsize,
@@ -46,6 +57,7 @@ impl Metrics {
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
             reload_success_time: Gauge::default(),
+            http_shed: Family::default(),
             last_body: std::sync::atomic::AtomicUsize::new(0),
         };
         let mut root = Registry::default();
@@ -53,7 +65,18 @@ impl Metrics {
         registry.register(
             "build",
             "Build information: version of the running binary",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("SCRIPT_MANAGER_REVISION")),
+            ]),
+        );
+        for reason in SHED_REASONS {
+            let _ = m.http_shed.get_or_create(&ShedLabels { reason });
+        }
+        registry.register(
+            "http_requests_shed",
+            "HTTP requests refused to protect the service, by reason (concurrency, timeout, rate_limited)",
+            m.http_shed.clone(),
         );
         registry.register(
             "scheduler_enabled",
@@ -103,6 +126,11 @@ impl Metrics {
         if ok {
             self.reload_success_time.set(crate::clock::unix_seconds());
         }
+    }
+
+    /// An HTTP request was refused by the server's limits (`reason` is one of [`SHED_REASONS`]).
+    pub fn http_shed(&self, reason: &'static str) {
+        self.http_shed.get_or_create(&ShedLabels { reason }).inc();
     }
 
     /// A finished run's record did not fit the store writer's queue.
