@@ -131,7 +131,7 @@ async fn two_replicas_started_at_once_on_a_fresh_database_migrate_it_once() {
     let (a, b) = tokio::join!(common::start(&config, &env_a), common::start(&config, &env_b));
     // Both are ready (common::start waited for /readyz), and every migration is recorded once.
     let shipped = shipped_migrations();
-    assert_eq!(shipped.len(), 7, "migrations/ has {shipped:?}");
+    assert!(shipped.len() >= 8, "migrations/ has {shipped:?}");
     assert_eq!(migrations(&store.url).await, shipped);
     // Each migration was applied by exactly one of them: the other found it done.
     let applied: usize = [&a, &b]
