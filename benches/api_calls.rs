@@ -241,6 +241,8 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
     })
     .unwrap();
     let catalog: Arc<script_manager::domain::Catalog> = Arc::default();
+    // The symbols' filters, as the service reads them at start (backstops need the ticks).
+    script_manager::app::exchange::bootstrap(&venue, &catalog).await;
     let stream_health: Arc<script_manager::processes::platform::StreamHealth> = Arc::default();
     let levels = script_manager::app::level_engine(&config, &store, &venue, &catalog, &metrics, &stream_health);
     let platform = Arc::new(Platform {

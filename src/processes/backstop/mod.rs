@@ -90,6 +90,13 @@ impl BackstopSync {
                 summary: Some("backstops are off (levels.backstop)".into()),
             });
         }
+        if levels.iter().any(|l| p.catalog.lists(&l.symbol).is_none()) {
+            // Without the symbols' ticks every trigger price would be refused
+            // (-4014), and without a plan nothing may be cancelled either.
+            return Ok(RunReport {
+                summary: Some("waiting for the venue's symbol filters (exchangeInfo) before placing backstops".into()),
+            });
+        }
         let closing: HashSet<i64> = p
             .store
             .levels(Some(LevelStatus::Triggered))
