@@ -1,6 +1,6 @@
-//! Scale-out: real replicas on PostgreSQL share the processes fairly, hand
-//! them over at tick boundaries when a replica joins, and spread a killed
-//! replica's share. The evidence is what the `command` processes write down
+//! Scale-out: real replicas on PostgreSQL share the processes evenly (each
+//! ⌊P/N⌋ or ⌈P/N⌉: 4/4/4 on three, 3/3/3/3 on four), hand them over at tick
+//! boundaries when a replica joins, and spread a killed replica's share. The evidence is what the `command` processes write down
 //! themselves: one line per run with the time it started.
 
 mod common;
@@ -13,16 +13,18 @@ use common::{Backend, Service, SimProcess, TestStore};
 use serde_json::Value;
 
 const PROCESSES: usize = 12;
+/// A count that 3 and 4 replicas do not divide: the shares must still be within one.
+const UNEVEN: usize = 10;
 /// A run's timeout (1 s) + the lease margin (1 s).
 const LEASE_S: f64 = 2.0;
 
-fn config(sim: &SimProcess, log: &Path) -> String {
+fn config(sim: &SimProcess, log: &Path, processes: usize) -> String {
     let mut c = format!(
         "builtin_processes = false\n[demo]\nenabled = false\n\
          [ha]\nenabled = true\nlease_margin_seconds = 1\nheartbeat_seconds = 0.25\n{}",
         sim.polling_exchange_toml()
     );
-    for i in 0..PROCESSES {
+    for i in 0..processes {
         c.push_str(&format!(
             "[processes.p{i:02}]\nkind = \"command\"\ncommand = \"sh\"\n\
              args = [\"-c\", \"echo p{i:02} $(date +%s.%N) >> {}\"]\n\
@@ -60,14 +62,25 @@ async fn shares(svc: &Service) -> BTreeMap<String, usize> {
         .collect()
 }
 
-/// Waits until `svc` sees exactly `names` sharing all processes, each within `range`.
+/// Waits until `svc` sees exactly `names` sharing all `PROCESSES`, each
+/// within `range` (30 s at most: a share that never reaches its quota fails).
 async fn settled(svc: &Service, names: &[&str], range: std::ops::RangeInclusive<usize>) -> BTreeMap<String, usize> {
+    settled_of(svc, PROCESSES, names, range).await
+}
+
+/// [`settled`] for `total` processes.
+async fn settled_of(
+    svc: &Service,
+    total: usize,
+    names: &[&str],
+    range: std::ops::RangeInclusive<usize>,
+) -> BTreeMap<String, usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let s = shares(svc).await;
         let live: BTreeSet<&str> = s.iter().filter(|(_, n)| **n > 0).map(|(r, _)| r.as_str()).collect();
         if live == names.iter().copied().collect()
-            && s.values().sum::<usize>() == PROCESSES
+            && s.values().sum::<usize>() == total
             && s.iter()
                 .filter(|(r, _)| names.contains(&r.as_str()))
                 .all(|(_, n)| range.contains(n))
@@ -108,14 +121,14 @@ async fn replicas_share_the_work_hand_it_over_without_losing_a_tick_and_spread_a
     let store = TestStore::new(Backend::Postgres);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("runs.log");
-    let config = config(&sim, &log);
+    let config = config(&sim, &log, PROCESSES);
     let r1 = replica(&config, &store, "r1").await;
     let _r2 = replica(&config, &store, "r2").await;
     let r3 = replica(&config, &store, "r3").await;
-    settled(&r1, &["r1", "r2", "r3"], 3..=5).await;
+    settled(&r1, &["r1", "r2", "r3"], 4..=4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let steady_from = now_s();
-    let three = settled(&r3, &["r1", "r2", "r3"], 3..=5).await;
+    let three = settled(&r3, &["r1", "r2", "r3"], 4..=4).await;
     let metrics = r3.metrics().await;
     let held = common::sample(&metrics, "script_manager_ha_leases_held").unwrap() as usize;
     assert_eq!(held, three["r3"], "the gauge says what the status says: {three:?}");
@@ -125,7 +138,7 @@ async fn replicas_share_the_work_hand_it_over_without_losing_a_tick_and_spread_a
     tokio::time::sleep(Duration::from_secs(2)).await;
     let joined_at = now_s();
     let r4 = replica(&config, &store, "r4").await;
-    let four = settled(&r4, &["r1", "r2", "r3", "r4"], 2..=4).await;
+    let four = settled(&r4, &["r1", "r2", "r3", "r4"], 3..=3).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before_kill = now_s();
     let rebalanced = common::sample(
@@ -169,7 +182,7 @@ async fn replicas_share_the_work_hand_it_over_without_losing_a_tick_and_spread_a
     assert!(!orphans.is_empty());
     let killed_at = now_s();
     r2.kill();
-    settled(&r1, &["r1", "r3", "r4"], 3..=5).await;
+    settled(&r1, &["r1", "r3", "r4"], 4..=4).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let all = slots(&log);
     let killed = killed_at.floor() as i64;
@@ -188,4 +201,37 @@ async fn replicas_share_the_work_hand_it_over_without_losing_a_tick_and_spread_a
     }
     let status: Value = r4.get_json("/api/script-manager/status").await;
     assert_eq!(status["ha"]["replicas"].as_array().unwrap().len(), 3, "{status:#}");
+}
+
+/// 10 processes: 3 or 4 on each of three replicas (not 2/4/4, which a cap of
+/// ⌈P/N⌉ alone allows), then 2 or 3 on each of four (not 3/3/3/1), with every
+/// slot run once across the join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uneven_count_is_shared_within_one_on_three_replicas_and_on_four() {
+    let sim = SimProcess::start("").await;
+    let store = TestStore::new(Backend::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let config = config(&sim, &log, UNEVEN);
+    let r1 = replica(&config, &store, "r1").await;
+    let _r2 = replica(&config, &store, "r2").await;
+    let _r3 = replica(&config, &store, "r3").await;
+    settled_of(&r1, UNEVEN, &["r1", "r2", "r3"], 3..=4).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let steady_from = now_s();
+    let r4 = replica(&config, &store, "r4").await;
+    settled_of(&r4, UNEVEN, &["r1", "r2", "r3", "r4"], 2..=3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let until = now_s().floor() as i64 - 1;
+    let from = steady_from.ceil() as i64;
+    let all = slots(&log);
+    assert_eq!(all.len(), UNEVEN, "every process ran: {:?}", all.keys());
+    for (id, seen) in all {
+        let window: Vec<i64> = seen.iter().copied().filter(|s| (from..=until).contains(s)).collect();
+        assert_eq!(
+            window,
+            (from..=until).collect::<Vec<_>>(),
+            "{id}: every slot once across the join"
+        );
+    }
 }
