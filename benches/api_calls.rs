@@ -258,7 +258,9 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         streaming: streams.then(|| stream_settings(addr, speedup)),
         stream_metrics: metrics.stream.clone(),
         stream_health,
-        http: http_client().unwrap(),
+        webhooks: Arc::new(
+            script_manager::processes::notification_check::webhook_client(&config.notifications).unwrap(),
+        ),
         webhook_url: None,
         webhook_hosts: Vec::new(),
         batching: knobs.batching,

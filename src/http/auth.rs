@@ -17,6 +17,19 @@ pub struct Admin;
 /// Proof that the caller may read the data API.
 pub struct Reader;
 
+/// Whether the request carried the admin token; never refuses. Decides what
+/// a caller sees of credentials in answers (webhook URLs).
+pub struct CallerIsAdmin(pub bool);
+
+impl FromRequestParts<AppState> for CallerIsAdmin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let admin = usable(&state.admin_token).is_some_and(|token| check(parts, &[token], "http.admin_token").is_ok());
+        Ok(CallerIsAdmin(admin))
+    }
+}
+
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 
