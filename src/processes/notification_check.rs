@@ -174,7 +174,7 @@ impl NotificationCheck {
         };
         if let Err(DeliveryError::Refused(reason)) = &result {
             // The path and query are the receiver's credential: scheme and host only.
-            tracing::warn!(notification = n.id, target = %origin(&parsed), reason, "webhook refused");
+            tracing::warn!(notification = n.id, receiver = %origin(&parsed), reason, "webhook refused");
         }
         result
     }
