@@ -451,3 +451,76 @@ impl Config {
         toml::to_string_pretty(&value).expect("TOML value prints")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn webhook_hosts_match_names_addresses_and_cidrs() {
+        let allowed = list(&["Hooks.Example.com", "127.0.0.1", "10.1.0.0/16", "::1"]);
+        for (url, want) in [
+            ("https://hooks.example.com/a/b", true),
+            ("https://HOOKS.example.com", true),
+            ("https://evil.hooks.example.com/", false),
+            ("http://127.0.0.1:8080/hook", true),
+            // The client reads these as 127.0.0.1; so does the check.
+            ("http://2130706433/hook", true),
+            ("http://0x7f.0.0.1/hook", true),
+            ("http://127.0.0.2/hook", false),
+            ("http://10.1.200.3/", true),
+            ("http://10.2.0.1/", false),
+            ("http://[::1]:9000/", true),
+            ("http://[::2]/", false),
+            ("http://localhost/", false),
+            ("ftp://hooks.example.com/", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(webhook_allowed(url, &allowed), want, "{url}");
+        }
+        assert!(webhook_allowed("http://10.0.0.1/", &[]), "an empty list names no host");
+        assert!(!webhook_allowed("file:///etc/passwd", &[]));
+    }
+
+    #[test]
+    fn listed_addresses_include_their_ipv4_mapped_forms_and_names_list_none() {
+        let allowed = list(&["127.0.0.1", "10.1.0.0/16", "localhost"]);
+        let listed = |ip: &str| webhook_address_listed(ip.parse().unwrap(), &allowed);
+        assert!(listed("127.0.0.1"));
+        assert!(listed("::ffff:127.0.0.1"));
+        assert!(listed("10.1.2.3"));
+        assert!(listed("::ffff:10.1.2.3"));
+        assert!(!listed("127.0.0.2"));
+        assert!(!listed("::1"), "the name localhost lists no address");
+        assert!(!listed("10.2.0.1"));
+    }
+
+    #[test]
+    fn entries_are_names_addresses_or_cidrs() {
+        for good in [
+            "hooks.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "10.0.0.0/8",
+            "fd00::/8",
+        ] {
+            assert!(webhook_host_entry(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "http://x",
+            "hooks.example.com/path",
+            "a b",
+            "host:80",
+            "10.0.0.0/33",
+            "a..b",
+        ] {
+            assert!(webhook_host_entry(bad).is_none(), "{bad}");
+        }
+    }
+}
