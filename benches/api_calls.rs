@@ -263,7 +263,9 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         streaming: streams.then(|| stream_settings(addr, speedup)),
         stream_metrics: metrics.stream.clone(),
         stream_health,
-        http: http_client().unwrap(),
+        webhooks: Arc::new(
+            script_manager::processes::notification_check::webhook_client(&config.notifications).unwrap(),
+        ),
         webhook_url: None,
         webhook_hosts: Vec::new(),
         batching: knobs.batching,
@@ -329,7 +331,8 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
     if std::env::var_os("API_CALLS_BY_ENDPOINT").is_some() {
         // What the backstops and levels did in the run, by outcome.
         for line in metrics.encode_prometheus().lines() {
-            if (line.contains("backstop") || line.contains("level")) && !line.starts_with('#') && !line.ends_with(" 0") {
+            if (line.contains("backstop") || line.contains("level")) && !line.starts_with('#') && !line.ends_with(" 0")
+            {
                 eprintln!("  {line}");
             }
         }

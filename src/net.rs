@@ -2,7 +2,10 @@
 //! the whole process, and the one factory of `reqwest` clients (exchange
 //! transport, webhooks, OTLP export all use it or its provider).
 //!
-//! Owns: TLS provider and client construction. Imports nothing of the service.
+//! Owns: TLS provider and client construction, and webhooks' address policy
+//! and signing (`webhook`). Imports nothing of the service.
+
+pub mod webhook;
 
 use std::sync::Once;
 use std::time::Duration;

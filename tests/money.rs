@@ -138,7 +138,13 @@ async fn rejected_for_good(backend: Backend) {
     let sim = SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.0").await;
     let store = TestStore::new(backend);
     let (url, seen) = receiver(0).await;
-    let svc = start(&sim, &store, &format!("[notifications]\nwebhook_url = \"{url}\""), &[]).await;
+    let svc = start(
+        &sim,
+        &store,
+        &format!("[notifications]\nwebhook_url = \"{url}\"\nallowed_webhook_hosts = [\"127.0.0.1\"]"),
+        &[],
+    )
+    .await;
     let (id, symbol, amount, sl) = create_level_near(&svc, &sim, "main").await;
     // -1121 (the symbol is no longer traded) is final in the refusal table: nothing a retry can change.
     sim.post("/sim/faults", &json!({"reject_orders": 1, "reject_code": -1121}))

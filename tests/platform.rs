@@ -196,7 +196,8 @@ async fn alert_delivered_once(backend: Backend, restart: bool) {
     let store = TestStore::new(backend);
     let (url, seen) = receiver(2).await;
     let config = format!(
-        "{FAST}\n{}\n[http]\nadmin_token = \"{}\"\n",
+        "{FAST}\n{}\n[http]\nadmin_token = \"{}\"\n\
+         [notifications]\nallowed_webhook_hosts = [\"127.0.0.1\"]\n",
         sim.exchange_toml(),
         common::TOKEN
     );

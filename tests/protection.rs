@@ -279,7 +279,12 @@ async fn a_temporary_refusal_is_retried_until_flat() {
     let sim = SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.0").await;
     let store = TestStore::new(Backend::Sqlite);
     let (url, seen) = receiver(0).await;
-    let svc = start(&sim, &store, &format!("[notifications]\nwebhook_url = \"{url}\"")).await;
+    let svc = start(
+        &sim,
+        &store,
+        &format!("[notifications]\nwebhook_url = \"{url}\"\nallowed_webhook_hosts = [\"127.0.0.1\"]"),
+    )
+    .await;
     let (id, symbol, amount, sl) = create_level_near(&svc, &sim, "main").await;
     sim.post("/sim/faults", &json!({"reject_orders": 2, "reject_code": -4131}))
         .await;

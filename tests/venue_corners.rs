@@ -37,7 +37,12 @@ async fn a_long_closed_and_reversed_on_the_venue_retires_its_level_without_an_or
     let sim = SimProcess::start(QUIET).await;
     let store = TestStore::new(Backend::Sqlite);
     let (url, seen) = receiver(0).await;
-    let svc = start(&sim, &store, &format!("[notifications]\nwebhook_url = \"{url}\"")).await;
+    let svc = start(
+        &sim,
+        &store,
+        &format!("[notifications]\nwebhook_url = \"{url}\"\nallowed_webhook_hosts = [\"127.0.0.1\"]"),
+    )
+    .await;
     trade(&sim, "main", "BTCUSDT", "BUY", "2").await;
     stored(&svc, "main", "BTCUSDT", Decimal::from(2)).await;
     let p = price(&sim, "BTCUSDT").await;

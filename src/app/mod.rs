@@ -227,7 +227,7 @@ pub fn level_engine(
         catalog: catalog.clone(),
         events: metrics.domain.clone(),
         stream_health: stream_health.clone(),
-        webhook_url: config.notifications.webhook_url.clone(),
+        webhook_url: webhook_url(config),
     };
     let closer = Closer::new(deps, settings, &crate::ha::replica_id(&config.ha));
     Arc::new(LevelEngine::new(
@@ -236,6 +236,25 @@ pub fn level_engine(
         closer,
         config.ha.enabled,
     ))
+}
+
+/// `notifications.webhook_url` itself, for the outbox (never for logs).
+fn webhook_url(config: &Config) -> Option<String> {
+    config
+        .notifications
+        .webhook_url
+        .as_ref()
+        .map(|u| u.expose().to_string())
+}
+
+/// Webhooks configured without a signing secret go out unsigned: said once at start.
+fn warn_unsigned_webhooks(config: &Config) {
+    let n = &config.notifications;
+    if n.signing_secret.is_none() && (n.webhook_url.is_some() || !n.allowed_webhook_hosts.is_empty()) {
+        tracing::warn!(
+            "webhook bodies are unsigned: set notifications.signing_secret (or signing_secret_file) so receivers can verify them"
+        );
+    }
 }
 
 /// Runs the service until `shutdown` fires.
@@ -274,7 +293,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     metrics
         .domain
         .init_accounts(&processes::ACCOUNT_PROCESSES, &processes::SYMBOL_PROCESSES, &accounts);
-    store.post_level_events_to(config.notifications.webhook_url.clone());
+    store.post_level_events_to(webhook_url(&config));
+    warn_unsigned_webhooks(&config);
     let stream_health = Arc::new(StreamHealth::default());
     let levels = level_engine(&config, &store, &exchange.venue, &catalog, &metrics, &stream_health);
     release_stale_claims(&config, &store).await;
@@ -292,8 +312,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr)),
         stream_metrics: metrics.stream.clone(),
         stream_health,
-        http: crate::net::http_client()?,
-        webhook_url: config.notifications.webhook_url.clone(),
+        webhooks: Arc::new(processes::notification_check::webhook_client(&config.notifications)?),
+        webhook_url: webhook_url(&config),
         webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),
         batching: config.upstream.batching,
         shared_store: config.ha.enabled,

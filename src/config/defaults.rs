@@ -187,7 +187,10 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         },
         notifications: NotificationsConfig {
             webhook_url: None,
+            webhook_url_file: None,
             allowed_webhook_hosts: Vec::new(),
+            signing_secret: None,
+            signing_secret_file: None,
         },
         demo: DemoConfig {
             enabled: true,

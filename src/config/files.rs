@@ -16,7 +16,13 @@ use figment::{Figment, Metadata, Profile, Provider};
 use super::load::Problem;
 
 /// The secret settings outside the accounts table.
-const SECRET_KEYS: [&str; 3] = ["http.admin_token", "http.read_token", "store.url"];
+const SECRET_KEYS: [&str; 5] = [
+    "http.admin_token",
+    "http.read_token",
+    "store.url",
+    "notifications.webhook_url",
+    "notifications.signing_secret",
+];
 /// Each account's secret settings.
 const ACCOUNT_KEYS: [&str; 2] = ["api_key", "api_secret"];
 

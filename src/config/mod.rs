@@ -28,7 +28,7 @@ pub use defaults::{SEED_PROCESSES, process_defaults};
 pub use links::link_groups;
 pub use load::{ConfigError, KindCheck, LoadOptions, Problem, load};
 pub use overrides::{Overrides, SetOverrides};
-pub use secret::{REDACTED, Secret, redact_url};
+pub use secret::{REDACTED, Secret, redact_url, redact_webhook_url};
 pub use simulator::{Faults, SimulatorConfig, default_symbols};
 
 /// The whole configuration of one service instance.
@@ -180,11 +180,25 @@ pub struct StoreConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotificationsConfig {
-    /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
-    pub webhook_url: Option<String>,
-    /// Hosts webhooks may be sent to; empty allows any. Alerts naming another
-    /// host are refused (422), and nothing is ever posted to one.
+    /// Receiver of position events (TP/SL executed or failed) and of alerts
+    /// without their own. A credential (Slack and Discord put the key in the
+    /// path): never printed, and shown whole only to admin callers.
+    pub webhook_url: Option<Secret>,
+    /// A file holding the URL instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_file: Option<String>,
+    /// Host names, IP addresses and CIDRs webhooks may be sent to; empty
+    /// allows any host. Alerts naming another host are refused (422), and
+    /// nothing is ever posted to one. Whatever the host, a delivery connects
+    /// only to public addresses, or to special ones (loopback, private,
+    /// link-local, metadata, …) listed here as an address or CIDR.
     pub allowed_webhook_hosts: Vec<String>,
+    /// Key of the HMAC-SHA256 signature every webhook body carries
+    /// (`X-Script-Manager-Signature`); bodies are unsigned without one.
+    pub signing_secret: Option<Secret>,
+    /// A file holding the signing secret instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_file: Option<String>,
 }
 
 impl NotificationsConfig {
@@ -194,14 +208,70 @@ impl NotificationsConfig {
     }
 }
 
-/// Whether `url` is an http(s) URL whose host is in `allowed` (any host when `allowed` is empty).
+/// Whether `url` is an http(s) URL whose host is in `allowed` (any host when
+/// `allowed` is empty): a name listed as it is (any case), a literal address
+/// listed or inside a listed CIDR. The URL is read as the HTTP client reads
+/// it (`http://2130706433/` is 127.0.0.1).
 pub fn webhook_allowed(url: &str, allowed: &[String]) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
+    let Ok(url) = reqwest::Url::parse(url) else {
         return false;
     };
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    let host = uri.host().unwrap_or("");
-    scheme_ok && !host.is_empty() && (allowed.is_empty() || allowed.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return false;
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return false;
+    }
+    if allowed.is_empty() {
+        return true;
+    }
+    match literal_address(host) {
+        Some(ip) => webhook_address_listed(ip, allowed),
+        None => allowed.iter().any(|h| h.eq_ignore_ascii_case(host)),
+    }
+}
+
+/// Whether `ip` is one of the addresses or inside one of the CIDRs in
+/// `allowed` (names there list no address). IPv4-mapped IPv6 counts as its IPv4.
+pub fn webhook_address_listed(ip: std::net::IpAddr, allowed: &[String]) -> bool {
+    let ip = ip.to_canonical();
+    allowed.iter().any(|entry| match webhook_host_entry(entry) {
+        Some(HostEntry::Address(a)) => a.to_canonical() == ip,
+        Some(HostEntry::Network(n)) => n.contains(&ip),
+        _ => false,
+    })
+}
+
+/// A URL's host as an address, when it is one (`[::1]` included).
+fn literal_address(host: &str) -> Option<std::net::IpAddr> {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .parse()
+        .ok()
+}
+
+/// One entry of `notifications.allowed_webhook_hosts`.
+enum HostEntry {
+    Name,
+    Address(std::net::IpAddr),
+    Network(ipnet::IpNet),
+}
+
+/// What an entry is, or `None` when it is none of a host name, an address, a CIDR.
+fn webhook_host_entry(entry: &str) -> Option<HostEntry> {
+    if let Ok(ip) = entry.parse() {
+        return Some(HostEntry::Address(ip));
+    }
+    if let Ok(net) = entry.parse::<ipnet::IpNet>() {
+        return Some(HostEntry::Network(net.trunc()));
+    }
+    let name_like = !entry.is_empty()
+        && entry.len() <= 253
+        && entry
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    name_like.then_some(HostEntry::Name)
 }
 
 /// Several replicas on one PostgreSQL (issue 7): each tick runs on the
@@ -435,5 +505,78 @@ impl Config {
         let mut value = toml::Value::try_from(&shown).expect("config serializes to TOML");
         secret::redact_by_key(&mut value);
         toml::to_string_pretty(&value).expect("TOML value prints")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str]) -> Vec<String> {
+        entries.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn webhook_hosts_match_names_addresses_and_cidrs() {
+        let allowed = list(&["Hooks.Example.com", "127.0.0.1", "10.1.0.0/16", "::1"]);
+        for (url, want) in [
+            ("https://hooks.example.com/a/b", true),
+            ("https://HOOKS.example.com", true),
+            ("https://evil.hooks.example.com/", false),
+            ("http://127.0.0.1:8080/hook", true),
+            // The client reads these as 127.0.0.1; so does the check.
+            ("http://2130706433/hook", true),
+            ("http://0x7f.0.0.1/hook", true),
+            ("http://127.0.0.2/hook", false),
+            ("http://10.1.200.3/", true),
+            ("http://10.2.0.1/", false),
+            ("http://[::1]:9000/", true),
+            ("http://[::2]/", false),
+            ("http://localhost/", false),
+            ("ftp://hooks.example.com/", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(webhook_allowed(url, &allowed), want, "{url}");
+        }
+        assert!(webhook_allowed("http://10.0.0.1/", &[]), "an empty list names no host");
+        assert!(!webhook_allowed("file:///etc/passwd", &[]));
+    }
+
+    #[test]
+    fn listed_addresses_include_their_ipv4_mapped_forms_and_names_list_none() {
+        let allowed = list(&["127.0.0.1", "10.1.0.0/16", "localhost"]);
+        let listed = |ip: &str| webhook_address_listed(ip.parse().unwrap(), &allowed);
+        assert!(listed("127.0.0.1"));
+        assert!(listed("::ffff:127.0.0.1"));
+        assert!(listed("10.1.2.3"));
+        assert!(listed("::ffff:10.1.2.3"));
+        assert!(!listed("127.0.0.2"));
+        assert!(!listed("::1"), "the name localhost lists no address");
+        assert!(!listed("10.2.0.1"));
+    }
+
+    #[test]
+    fn entries_are_names_addresses_or_cidrs() {
+        for good in [
+            "hooks.example.com",
+            "localhost",
+            "127.0.0.1",
+            "::1",
+            "10.0.0.0/8",
+            "fd00::/8",
+        ] {
+            assert!(webhook_host_entry(good).is_some(), "{good}");
+        }
+        for bad in [
+            "",
+            "http://x",
+            "hooks.example.com/path",
+            "a b",
+            "host:80",
+            "10.0.0.0/33",
+            "a..b",
+        ] {
+            assert!(webhook_host_entry(bad).is_none(), "{bad}");
+        }
     }
 }

@@ -108,6 +108,25 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A webhook URL as a caller without the admin token may see it: scheme and
+/// host (and port), then `/…` (the path and query are the receiver's
+/// credential). `full` returns it whole. Not a URL: `[redacted]`.
+pub fn redact_webhook_url(url: &str, full: bool) -> String {
+    if full {
+        return url.to_string();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return REDACTED.into();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // No user or password either.
+    let host = authority.rsplit('@').next().unwrap_or("");
+    match host.is_empty() {
+        true => REDACTED.into(),
+        false => format!("{scheme}://{host}/…"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +159,17 @@ mod tests {
             "postgres://[redacted]@h:5432/db"
         );
         assert_eq!(super::redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn webhook_urls_keep_scheme_and_host_unless_full() {
+        let slack = "https://hooks.slack.com/services/T000/B000/XXXXsecret";
+        assert_eq!(redact_webhook_url(slack, false), "https://hooks.slack.com/…");
+        assert_eq!(redact_webhook_url(slack, true), slack);
+        assert_eq!(
+            redact_webhook_url("http://user:pw@127.0.0.1:8080?token=x", false),
+            "http://127.0.0.1:8080/…"
+        );
+        assert_eq!(redact_webhook_url("not a url/secret", false), REDACTED);
     }
 }

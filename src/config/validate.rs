@@ -408,22 +408,33 @@ pub fn check_notifications(n: &super::NotificationsConfig, report: &mut dyn FnMu
     if let Some(host) = n
         .allowed_webhook_hosts
         .iter()
-        .find(|h| h.is_empty() || h.contains(['/', ':', ' ']))
+        .find(|h| super::webhook_host_entry(h).is_none())
     {
         report(
             "notifications.allowed_webhook_hosts",
-            format!("`{host}` is not a host name like hooks.example.com"),
+            format!(
+                "`{host}` is not a host name (hooks.example.com), an IP address (127.0.0.1) or a CIDR (10.1.0.0/16)"
+            ),
         );
     }
+    // The URL is a credential: the message names what is wrong, never the value.
     if let Some(url) = &n.webhook_url
-        && !n.webhook_allowed(url)
+        && !n.webhook_allowed(url.expose())
     {
         report(
             "notifications.webhook_url",
             match n.allowed_webhook_hosts.is_empty() {
-                true => format!("`{url}` is not an http(s) URL"),
-                false => format!("`{url}` is not an http(s) URL to one of notifications.allowed_webhook_hosts"),
+                true => "is not an http(s) URL".into(),
+                false => "is not an http(s) URL to one of notifications.allowed_webhook_hosts".into(),
             },
+        );
+    }
+    if let Some(secret) = &n.signing_secret
+        && secret.expose().len() < 16
+    {
+        report(
+            "notifications.signing_secret",
+            "must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
         );
     }
 }

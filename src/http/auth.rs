@@ -183,6 +183,22 @@ pub struct Reader(pub Option<Caller>);
 /// The caller may read the status documents.
 pub struct StatusReader;
 
+/// Whether the request carried an `admin`-scope token; never refuses.
+/// Decides what a caller sees of credentials in answers (webhook URLs).
+pub struct CallerIsAdmin(pub bool);
+
+impl FromRequestParts<AppState> for CallerIsAdmin {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let admin = state
+            .tokens
+            .caller_of(&parts.headers)
+            .is_some_and(|c| c.scope == Scope::Admin);
+        Ok(CallerIsAdmin(admin))
+    }
+}
+
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
 

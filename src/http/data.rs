@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::auth::{Reader, Trader};
+use super::auth::{CallerIsAdmin, Reader, Trader};
 use super::error::{store_error, unprocessable};
 use super::query::{self, Q, limit};
 use super::{ApiError, AppState};
-use crate::config::webhook_allowed;
+use crate::config::{redact_webhook_url, webhook_allowed};
 use crate::domain::PositionSide;
 use crate::store::{Level, NewAlert, NewLevel, Store};
 
@@ -315,13 +315,22 @@ pub async fn delete_level(
     }
 }
 
-pub async fn alerts(_: Reader, State(state): State<AppState>, q: Q) -> Result<Response, ApiError> {
+pub async fn alerts(
+    _: Reader,
+    CallerIsAdmin(full): CallerIsAdmin,
+    State(state): State<AppState>,
+    q: Q,
+) -> Result<Response, ApiError> {
     let q = query::params(q, &["limit", "after"])?;
     let limit = limit(&q)?;
-    let rows = store(&state)?
+    let mut rows = store(&state)?
         .alerts_page(after(&q)?, limit)
         .await
         .map_err(store_error)?;
+    // A webhook URL is a credential: whole for the admin, scheme and host for other readers.
+    for a in &mut rows {
+        a.webhook_url = a.webhook_url.as_deref().map(|u| redact_webhook_url(u, full));
+    }
     Ok(page("/api/alerts", rows, |a| a.id, limit))
 }
 

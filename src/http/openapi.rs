@@ -436,7 +436,12 @@ fn data_schemas() -> Value {
         },
         "Alert": object(&["id", "symbol", "condition", "price", "status", "created_at"], json!({
             "id": id, "symbol": {"type": "string"}, "condition": {"enum": ["above", "below"]},
-            "price": decimal(), "webhook_url": nullable("string"),
+            "price": decimal(),
+            "webhook_url": {
+                "type": ["string", "null"],
+                "description": "a credential: whole only for a caller that presented the admin token; \
+                                others see scheme and host then `/…` (`https://hooks.slack.com/…`)",
+            },
             "status": {"enum": ["active", "triggered"]}, "created_at": ms, "triggered_at": nullable("integer"),
         })),
         "NewAlert": {

@@ -35,7 +35,8 @@ pub struct Platform {
     /// Which accounts' user streams are up and reconciled right now.
     pub stream_health: Arc<StreamHealth>,
     pub stream_metrics: Arc<StreamMetrics>,
-    pub http: reqwest::Client,
+    /// Posts webhooks: checked addresses, no redirects, signed bodies.
+    pub webhooks: Arc<crate::net::webhook::WebhookClient>,
     /// Receiver of position events (TP/SL executed or failed) and of alerts without their own.
     pub webhook_url: Option<String>,
     /// Hosts webhooks may be posted to (`notifications.allowed_webhook_hosts`; empty: any).

@@ -28,6 +28,12 @@ struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    /// One of `net::webhook::REFUSAL_REASONS`.
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     /// `delivered`, `retried`, `failed` or `skipped` (no receiver configured).
     outcome: &'static str,
@@ -70,6 +76,7 @@ pub struct DomainEvents {
     symbols_skipped: Family<SkipLabels, Counter>,
     account_errors: Family<AccountLabels, Counter>,
     notifications: Family<OutcomeLabels, Counter>,
+    webhook_refused: Family<ReasonLabels, Counter>,
     outbox_pending: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
     /// Oldest observation time (ms) among the prices in use; 0 = none yet.
@@ -94,6 +101,7 @@ impl DomainEvents {
             symbols_skipped: Family::default(),
             account_errors: Family::default(),
             notifications: Family::default(),
+            webhook_refused: Family::default(),
             outbox_pending: Gauge::default(),
             snapshot_age: Gauge::default(),
             oldest_price_ms: Arc::default(),
@@ -105,6 +113,9 @@ impl DomainEvents {
             for outcome in TRIGGER_OUTCOMES {
                 let _ = m.level_triggers.get_or_create(&TriggerLabels { kind, outcome });
             }
+        }
+        for reason in crate::net::webhook::REFUSAL_REASONS {
+            let _ = m.webhook_refused.get_or_create(&ReasonLabels { reason });
         }
         for outcome in DELIVERY_OUTCOMES {
             let _ = m.notifications.get_or_create(&OutcomeLabels { outcome });
@@ -171,6 +182,11 @@ impl DomainEvents {
             "notifications",
             "Webhook delivery attempts by outcome",
             self.notifications.clone(),
+        );
+        r.register(
+            "webhook_refused",
+            "Webhook deliveries refused by policy, by reason (host not allowed, a special address, a redirect)",
+            self.webhook_refused.clone(),
         );
         r.register(
             "notification_outbox_pending",
@@ -256,6 +272,11 @@ impl DomainEvents {
     /// A webhook delivery attempt ended `outcome` (one of [`DELIVERY_OUTCOMES`]).
     pub fn notification(&self, outcome: &'static str) {
         self.notifications.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A delivery was refused by policy (`reason`: one of `net::webhook::REFUSAL_REASONS`).
+    pub fn webhook_refused(&self, reason: &'static str) {
+        self.webhook_refused.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     pub fn outbox_pending(&self, count: i64) {
