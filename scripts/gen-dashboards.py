@@ -166,6 +166,11 @@ overview = dashboard(
               "shutdown, pause, removed (from the configuration), expired (taken over after a crash or freeze).", "short",
               [("sum by (reason) (increase(script_manager_ha_handovers_total[$__rate_interval]))", "{{reason}}")],
               0, 90, 12, 8),
+        panel("HTTP requests shed", "Requests the HTTP server turned away to protect itself, by reason: concurrency "
+              "(http.max_concurrent_requests), timeout (a read over http.request_timeout_seconds), rate_limited "
+              "(a token over http.mutations_per_minute). See docs/security.md.", "short",
+              [("sum by (reason) (increase(script_manager_http_requests_shed_total[$__rate_interval]))", "{{reason}}")],
+              12, 94, 12, 8),
     ],
 )
 

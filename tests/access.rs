@@ -78,7 +78,7 @@ async fn financial_data_needs_the_read_token_and_probes_stay_open() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a known token of too small a scope");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -221,7 +221,10 @@ fn a_short_or_repeated_token_is_a_configuration_error_that_never_prints_it() {
     std::fs::write(
         &path,
         format!(
-            "[[http.tokens]]\nname = \"a\"\nscope = \"admin\"\ntoken = \"{OPS}\"\n\
+            "[http]\nread_token = \"{DESK}\"\n\
+             [[http.tokens]]\nname = \"a\"\nscope = \"admin\"\ntoken = \"{OPS}\"\n\
+             [[http.tokens]]\nname = \"d\"\nscope = \"admin\"\ntoken = \"{DESK}\"\n\
+             [[http.tokens]]\nname = \"read\"\nscope = \"read\"\ntoken = \"{VIEWER}\"\n\
              [[http.tokens]]\nname = \"b\"\nscope = \"read\"\ntoken = \"{OPS}\"\n\
              [[http.tokens]]\nname = \"c\"\nscope = \"read\"\ntoken = \"short-one\"\n"
         ),
@@ -240,7 +243,18 @@ fn a_short_or_repeated_token_is_a_configuration_error_that_never_prints_it() {
         "{err}"
     );
     assert!(err.contains("http.tokens.c.token"), "{err}");
-    assert!(!err.contains(OPS) && !err.contains("short-one"), "{err}");
+    assert!(
+        err.contains("http.tokens.d.token") && err.contains("http.read_token"),
+        "a named token may not share the shorthand's value: {err}"
+    );
+    assert!(
+        err.contains("http.tokens.read.name"),
+        "`read` is taken by the shorthand: {err}"
+    );
+    assert!(
+        !err.contains(OPS) && !err.contains(DESK) && !err.contains("short-one"),
+        "{err}"
+    );
 }
 
 /// Resident memory of `pid`, in KiB.
@@ -282,7 +296,7 @@ async fn slow_client(addr: String, stop: tokio_util::sync::CancellationToken) ->
 async fn slow_and_many_clients_are_shed_while_the_scheduler_keeps_its_ticks() {
     let config = format!(
         "{}[processes.beat]\nkind = \"command\"\ncommand = \"true\"\ninterval_seconds = 0.5\n",
-        tokens_toml_with("request_timeout_seconds = 2\nmax_concurrent_requests = 32\nmutations_per_minute = 30\n")
+        tokens_toml_with("request_timeout_seconds = 2\nmax_concurrent_requests = 16\nmutations_per_minute = 30\n")
     );
     let svc = common::start(&config, &[]).await;
     let http = reqwest::Client::new();
@@ -330,7 +344,7 @@ async fn slow_and_many_clients_are_shed_while_the_scheduler_keeps_its_ticks() {
     }
     assert!(
         answers.get(&503).copied().unwrap_or(0) >= 400,
-        "the slow clients were shed (over the cap at once, the rest at the deadline): {answers:?}"
+        "the slow clients were shed (over the cap, at once): {answers:?}"
     );
     assert!(
         rss_during < rss_before + 64 * 1024,
@@ -352,7 +366,24 @@ async fn slow_and_many_clients_are_shed_while_the_scheduler_keeps_its_ticks() {
         )
         .unwrap_or(0.0)
     };
-    assert!(shed("concurrency") > 0.0 && shed("timeout") > 0.0, "{answers:?}");
+    assert!(shed("concurrency") >= 400.0, "{answers:?}");
+    // The slow clients that got in held their places until they went away:
+    // the service answers again at once.
+    let mut status = 0;
+    for _ in 0..50 {
+        let r = http
+            .get(svc.url("/api/positions"))
+            .bearer_auth(VIEWER)
+            .send()
+            .await
+            .unwrap();
+        status = r.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the places are given back");
 
     // One token's quick mutations: beyond its rate, 429 with Retry-After.
     let mut limited = None;

@@ -28,8 +28,30 @@ pub fn check_http(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
 
 /// Named tokens: a unique name, a value, no value twice; the server's limits.
 pub fn check_tokens(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
-    let mut seen = std::collections::BTreeSet::new();
+    // The shorthands are the tokens `admin` and `read`: their names are taken,
+    // and no named token may share their value.
+    let shorthands: Vec<(&str, &super::Secret)> = [("admin", &http.admin_token), ("read", &http.read_token)]
+        .into_iter()
+        .filter_map(|(name, t)| t.as_ref().filter(|t| !t.is_empty()).map(|t| (name, t)))
+        .collect();
+    if let [(_, a), (_, r)] = shorthands.as_slice()
+        && a.matches(r.expose())
+    {
+        report(
+            "http.read_token",
+            "has the admin token's value: each needs its own".into(),
+        );
+    }
+    let mut seen: std::collections::BTreeSet<&str> = shorthands.iter().map(|(n, _)| *n).collect();
     for (i, t) in http.tokens.iter().enumerate() {
+        if let Some(v) = &t.token
+            && let Some((name, _)) = shorthands.iter().find(|(_, s)| s.matches(v.expose()))
+        {
+            report(
+                &format!("http.tokens.{}.token", t.name),
+                format!("has the value of http.{name}_token: each holder needs its own"),
+            );
+        }
         let valid = !t.name.is_empty()
             && t.name.len() <= 64
             && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));

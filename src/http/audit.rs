@@ -57,12 +57,18 @@ pub async fn record(State(state): State<AppState>, request: Request, next: Next)
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            let refused = ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body is over {} bytes (http.max_body_bytes)", state.max_body_bytes),
-            )
+        Err(e) => {
+            // Over the limit (http-body-util's "length limit exceeded"), or the
+            // client stopped sending: the second is not the body's size.
+            let refused = if e.to_string().contains("length limit") {
+                ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body is over {} bytes (http.max_body_bytes)", state.max_body_bytes),
+                )
+            } else {
+                ApiError::bad_request("the request's body could not be read in full")
+            }
             .into_response();
             write(&state, entry(who, method, route, target, &refused, None)).await;
             return refused;

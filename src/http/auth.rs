@@ -91,8 +91,16 @@ impl Tokens {
         self.entries.iter().any(|e| e.scope == Scope::Read)
     }
 
-    /// The caller a request's headers name, if its token is known.
+    /// The caller a request's bearer token names, if it is known.
     pub fn caller_of(&self, headers: &HeaderMap) -> Option<Caller> {
+        match presented(headers)? {
+            Presented::Bearer(token) => self.identify(token),
+            Presented::Basic { .. } => None,
+        }
+    }
+
+    /// As [`Self::caller_of`], and basic auth too (user = the token's name): `/metrics` only.
+    fn scraper_of(&self, headers: &HeaderMap) -> Option<Caller> {
         match presented(headers)? {
             Presented::Bearer(token) => self.identify(token),
             Presented::Basic { user, password } => self.identify(&password).filter(|c| c.name == user),
@@ -105,7 +113,7 @@ impl Tokens {
         if !self.metrics_requires_token {
             return Ok(());
         }
-        self.caller_of(headers).map(|_| ()).ok_or_else(|| {
+        self.scraper_of(headers).map(|_| ()).ok_or_else(|| {
             unauthorized(
                 headers,
                 "a token of any scope (bearer, or basic auth as <name>:<token>)",
@@ -286,7 +294,11 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(s)
             ))
         };
-        assert_eq!(t.caller_of(&basic("desk:desk-token-0123456789")).unwrap().name, "desk");
-        assert!(t.caller_of(&basic("admin:desk-token-0123456789")).is_none());
+        assert_eq!(t.scraper_of(&basic("desk:desk-token-0123456789")).unwrap().name, "desk");
+        assert!(t.scraper_of(&basic("admin:desk-token-0123456789")).is_none());
+        assert!(
+            t.caller_of(&basic("desk:desk-token-0123456789")).is_none(),
+            "basic auth is for /metrics only"
+        );
     }
 }

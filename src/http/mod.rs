@@ -82,8 +82,11 @@ pub fn router(state: AppState) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), shed::rate_limit))
+        // Innermost first: the audit sees what the rate let through (so no
+        // caller can write rows faster than its rate), the rate what the
+        // body limit and the concurrency cap let through.
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit::record))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), shed::rate_limit))
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), shed::bound))
         .with_state(state)

@@ -2,8 +2,10 @@
 //! can hold is bounded before a request reaches the router. At most
 //! `http.max_connections` connections are open (the rest wait in the
 //! kernel's backlog), a client must send its request's headers within
-//! `HEADER_READ_TIMEOUT` (a slow client cannot hold a connection by
-//! trickling bytes), and a shutdown lets requests in flight finish.
+//! `HEADER_READ_TIMEOUT` from the moment it connects (a silent or trickling
+//! client cannot hold a connection forever), and a shutdown lets requests in
+//! flight finish. HTTP/1.1 only: with HTTP/2 the first bytes are read to tell
+//! the protocols apart before any timer runs, and nothing here needs HTTP/2.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,16 +14,20 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-/// How long a client may take to send a request's headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers. hyper counts an
+/// idle keep-alive connection's wait for its next request in this too, so it
+/// is longer than the 90 s clients keep idle connections (Go's `net/http`,
+/// which Prometheus uses, and reqwest): the client closes first, and the
+/// server never closes a connection just as a request is sent on it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long a shutdown waits for connections to finish their requests.
 const DRAIN: Duration = Duration::from_secs(4);
@@ -30,9 +36,8 @@ const DRAIN: Duration = Duration::from_secs(4);
 pub async fn serve(listener: TcpListener, router: Router, max_connections: usize, stop: CancellationToken) {
     let open = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
@@ -58,7 +63,7 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
             let mut router = router.clone();
             async move { Ok::<_, Infallible>(router.call(request.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
         });
-        let connection = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
+        let connection = builder.serve_connection(TokioIo::new(tcp), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
@@ -69,7 +74,7 @@ pub async fn serve(listener: TcpListener, router: Router, max_connections: usize
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             after_s = DRAIN.as_secs(),
-            "connections still open at shutdown; closing them"
+            "connections still open at shutdown; they end with the process"
         );
     }
 }

@@ -1,9 +1,12 @@
 //! Load shedding: a server that answers "not now" instead of queueing
 //! without bound. Requests handled at once are capped (`http.max_concurrent_requests`;
-//! beyond it 503 at once), each has a deadline (`http.request_timeout_seconds`;
+//! beyond it 503 at once), reads have a deadline (`http.request_timeout_seconds`;
 //! 503 when it passes), and each token's mutating calls are rate limited
 //! (`http.mutations_per_minute`; 429). Every refusal says when to come back
-//! (`Retry-After`) and is counted by reason.
+//! (`Retry-After`) and is counted by reason. Mutations are never cut off by
+//! the deadline: a change half made and answered 503 would be made twice by
+//! a client that retries, and would miss its audit row; each mutating
+//! handler bounds its own work (store writes, the kill switch's 8 s).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -62,6 +65,13 @@ impl Limits {
     }
 }
 
+fn is_mutation(method: &axum::http::Method) -> bool {
+    !matches!(
+        *method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    )
+}
+
 fn refusal(status: StatusCode, code: &'static str, message: String, retry_after: Duration) -> Response {
     let mut r = ApiError::new(status, code, message).into_response();
     let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -85,6 +95,11 @@ pub async fn bound(State(state): State<AppState>, request: Request, next: Next) 
             Duration::from_secs(1),
         );
     }
+    if is_mutation(request.method()) {
+        let response = next.run(request).await;
+        drop(permit);
+        return response;
+    }
     match tokio::time::timeout(limits.timeout, next.run(request)).await {
         Ok(response) => {
             drop(permit);
@@ -107,10 +122,7 @@ pub async fn bound(State(state): State<AppState>, request: Request, next: Next) 
 
 /// Middleware: each token's mutating calls per minute (unknown callers share one bucket).
 pub async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if matches!(
-        *request.method(),
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    ) {
+    if !is_mutation(request.method()) {
         return next.run(request).await;
     }
     let who = state
