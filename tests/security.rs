@@ -301,22 +301,14 @@ async fn slow_and_many_clients_are_shed_while_the_scheduler_keeps_its_ticks() {
     let svc = common::start(&config, &[]).await;
     let http = reqwest::Client::new();
     // Read from /metrics: the probes and the scrape stay answerable under load.
-    let runs = || async {
-        let text = http
-            .get(svc.url("/metrics"))
-            .bearer_auth(VIEWER)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        common::sample(
-            &text,
-            r#"script_manager_process_runs_total{process="beat",outcome="success"}"#,
-        )
-        .unwrap_or(0.0)
+    let series = |name: String| {
+        let request = http.get(svc.url("/metrics")).bearer_auth(VIEWER);
+        async move {
+            let text = request.send().await.unwrap().text().await.unwrap();
+            common::sample(&text, &name).unwrap_or(0.0)
+        }
     };
+    let runs = || series(r#"script_manager_process_runs_total{process="beat",outcome="success"}"#.to_string());
     let rss_before = rss_kib(svc.pid());
     let addr = svc.base.trim_start_matches("http://").to_string();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -350,23 +342,8 @@ async fn slow_and_many_clients_are_shed_while_the_scheduler_keeps_its_ticks() {
         rss_during < rss_before + 64 * 1024,
         "bounded memory: {rss_before} KiB before, {rss_during} KiB under 500 slow clients"
     );
-    let metrics = http
-        .get(svc.url("/metrics"))
-        .bearer_auth(VIEWER)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let shed = |reason: &str| {
-        common::sample(
-            &metrics,
-            &format!("script_manager_http_requests_shed_total{{reason=\"{reason}\"}}"),
-        )
-        .unwrap_or(0.0)
-    };
-    assert!(shed("concurrency") >= 400.0, "{answers:?}");
+    let shed = series(r#"script_manager_http_requests_shed_total{reason="concurrency"}"#.to_string()).await;
+    assert!(shed >= 400.0, "{answers:?}");
     // The slow clients that got in held their places until they went away:
     // the service answers again at once.
     let mut status = 0;

@@ -86,7 +86,7 @@ pub struct Retention {
 
 /// Writes finished runs to the store; every ten minutes prunes the run
 /// history and finished levels, intents, alerts and notifications past retention,
-/// and flat positions past `store::FLAT_KEPT_MS`.
+/// flat positions past `store::FLAT_KEPT_MS` and audit rows past `store::AUDIT_KEPT_MS`.
 pub fn spawn_run_writer(store: Arc<Store>, retention: Retention) -> mpsc::Sender<RunRecord> {
     let (tx, mut rx) = mpsc::channel::<RunRecord>(RUN_RECORD_QUEUE);
     tokio::spawn(async move {
@@ -120,6 +120,11 @@ async fn prune(store: &Store, retention: Retention) {
         Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned finished levels, intents, alerts and notifications"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune finished rows"),
+    }
+    match store.prune_audit(now - crate::store::AUDIT_KEPT_MS).await {
+        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned audit rows"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot prune audit rows"),
     }
     match store.prune_flat_positions(now).await {
         Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned flat positions"),

@@ -79,6 +79,14 @@ struct State {
     next_ticket: u64,
 }
 
+impl State {
+    /// What we know was spent, or more while other clients' spend of the
+    /// last minute is expected again.
+    fn expected(&self) -> u32 {
+        self.used.max(self.own + self.others_expected)
+    }
+}
+
 /// A read-only view for metrics and the status API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -161,7 +169,7 @@ impl VenueWeight {
         roll(&mut s, self.clock);
         Usage {
             used: s.used,
-            expected: s.used.max(s.own + s.others_expected),
+            expected: s.expected(),
             limit,
             venue_used: s.venue_used,
             venue_limit: s.venue_limit,
@@ -183,7 +191,7 @@ impl VenueWeight {
         if self.reserved_for.contains(process) {
             s.used
         } else {
-            s.used.max(s.own + s.others_expected)
+            s.expected()
         }
     }
 

@@ -100,6 +100,21 @@ pub struct HttpConfig {
     pub mutations_per_minute: u32,
 }
 
+impl HttpConfig {
+    /// The shorthands as the tokens they stand for: `admin_token` is the
+    /// token `admin` (scope admin), `read_token` the token `read` (scope
+    /// read); unset or empty ones are left out.
+    pub fn shorthand_tokens(&self) -> Vec<(&'static str, Scope, &Secret)> {
+        [
+            ("admin", Scope::Admin, &self.admin_token),
+            ("read", Scope::Read, &self.read_token),
+        ]
+        .into_iter()
+        .filter_map(|(name, scope, t)| t.as_ref().filter(|t| !t.is_empty()).map(|t| (name, scope, t)))
+        .collect()
+    }
+}
+
 /// One named bearer token (`[[http.tokens]]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -30,9 +30,10 @@ pub fn check_http(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
 pub fn check_tokens(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
     // The shorthands are the tokens `admin` and `read`: their names are taken,
     // and no named token may share their value.
-    let shorthands: Vec<(&str, &super::Secret)> = [("admin", &http.admin_token), ("read", &http.read_token)]
+    let shorthands: Vec<(&str, &super::Secret)> = http
+        .shorthand_tokens()
         .into_iter()
-        .filter_map(|(name, t)| t.as_ref().filter(|t| !t.is_empty()).map(|t| (name, t)))
+        .map(|(name, _, t)| (name, t))
         .collect();
     if let [(_, a), (_, r)] = shorthands.as_slice()
         && a.matches(r.expose())

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -18,7 +17,7 @@ use serde_json::{Value, json};
 use super::auth::Admin;
 use super::error::store_error;
 use super::query::{Q, limit, params};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, is_mutation};
 use crate::config::REDACTED;
 use crate::store::AuditEntry;
 
@@ -35,19 +34,12 @@ impl Audit {
 /// Request bodies larger than this are recorded as their size only.
 const DETAIL_MAX_BYTES: usize = 4096;
 
-fn is_mutating(method: &Method) -> bool {
-    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
-}
-
 /// Middleware: records every mutating call once its answer is known.
 pub async fn record(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if !is_mutating(request.method()) {
+    if !is_mutation(request.method()) {
         return next.run(request).await;
     }
-    let who = state
-        .tokens
-        .caller_of(request.headers())
-        .map_or_else(|| "anonymous".to_string(), |c| c.name);
+    let who = state.tokens.name_of(request.headers());
     let method = request.method().to_string();
     let target = request.uri().path().to_string();
     let route = request

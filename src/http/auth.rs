@@ -45,21 +45,22 @@ pub struct Caller {
 
 impl Tokens {
     pub fn from_config(http: &HttpConfig) -> Self {
-        let shorthand = |name: &str, scope, secret: &Option<Secret>| {
-            secret.as_ref().filter(|s| !s.is_empty()).map(|s| Entry {
-                name: name.into(),
-                scope,
-                secret: s.clone(),
-            })
+        let entry = |name: &str, scope, secret: &Secret| Entry {
+            name: name.into(),
+            scope,
+            secret: secret.clone(),
         };
-        let mut entries: Vec<Entry> = [
-            shorthand("admin", Scope::Admin, &http.admin_token),
-            shorthand("read", Scope::Read, &http.read_token),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        entries.extend(http.tokens.iter().filter_map(|t| shorthand(&t.name, t.scope, &t.token)));
+        let mut entries: Vec<Entry> = http
+            .shorthand_tokens()
+            .into_iter()
+            .map(|(name, scope, secret)| entry(name, scope, secret))
+            .collect();
+        entries.extend(http.tokens.iter().filter_map(|t| {
+            t.token
+                .as_ref()
+                .filter(|s| !s.is_empty())
+                .map(|s| entry(&t.name, t.scope, s))
+        }));
         Tokens {
             entries,
             status_requires_token: http.status_requires_token,
@@ -97,6 +98,13 @@ impl Tokens {
             Presented::Bearer(token) => self.identify(token),
             Presented::Basic { .. } => None,
         }
+    }
+
+    /// Who a request's bearer token names, `anonymous` when it names no one:
+    /// the name the audit trail and the per-token rate go by.
+    pub fn name_of(&self, headers: &HeaderMap) -> String {
+        self.caller_of(headers)
+            .map_or_else(|| "anonymous".to_string(), |c| c.name)
     }
 
     /// As [`Self::caller_of`], and basic auth too (user = the token's name): `/metrics` only.

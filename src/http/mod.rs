@@ -92,6 +92,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A call that changes something: audited, rate limited per token, and
+/// never cut off by the read deadline.
+fn is_mutation(method: &axum::http::Method) -> bool {
+    use axum::http::Method;
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+}
+
 /// The OpenAPI document of [`router`]'s routes (the same for every router built).
 static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
 

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, is_mutation};
 
 /// The server's limits, shared by every route.
 pub struct Limits {
@@ -65,13 +65,6 @@ impl Limits {
     }
 }
 
-fn is_mutation(method: &axum::http::Method) -> bool {
-    !matches!(
-        *method,
-        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    )
-}
-
 fn refusal(status: StatusCode, code: &'static str, message: String, retry_after: Duration) -> Response {
     let mut r = ApiError::new(status, code, message).into_response();
     let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -85,26 +78,25 @@ pub async fn bound(State(state): State<AppState>, request: Request, next: Next) 
     // Probes and the scrape stay answerable under load: they are cheap, and
     // an overloaded service must not look dead to its orchestrator.
     let exempt = ["/healthz", "/readyz", "/metrics"].contains(&request.uri().path());
-    let permit = limits.in_flight.clone().try_acquire_owned();
-    if permit.is_err() && !exempt {
-        state.metrics.http_shed("concurrency");
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "too many requests in flight (http.max_concurrent_requests); retry shortly".into(),
-            Duration::from_secs(1),
-        );
-    }
+    // Held until this function returns, the answer included.
+    let _permit = match limits.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) if exempt => None,
+        Err(_) => {
+            state.metrics.http_shed("concurrency");
+            return refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many requests in flight (http.max_concurrent_requests); retry shortly".into(),
+                Duration::from_secs(1),
+            );
+        }
+    };
     if is_mutation(request.method()) {
-        let response = next.run(request).await;
-        drop(permit);
-        return response;
+        return next.run(request).await;
     }
     match tokio::time::timeout(limits.timeout, next.run(request)).await {
-        Ok(response) => {
-            drop(permit);
-            response
-        }
+        Ok(response) => response,
         Err(_) => {
             state.metrics.http_shed("timeout");
             refusal(
@@ -125,10 +117,7 @@ pub async fn rate_limit(State(state): State<AppState>, request: Request, next: N
     if !is_mutation(request.method()) {
         return next.run(request).await;
     }
-    let who = state
-        .tokens
-        .caller_of(request.headers())
-        .map_or_else(|| "anonymous".to_string(), |c| c.name);
+    let who = state.tokens.name_of(request.headers());
     match state.limits.take_mutation(&who) {
         Ok(()) => next.run(request).await,
         Err(wait) => {

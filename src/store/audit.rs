@@ -1,5 +1,6 @@
 //! The audit trail: one row per mutating HTTP call. Rows are only added;
-//! old ones are pruned after `AUDIT_KEPT_MS` so the table stays bounded.
+//! old ones are pruned after `AUDIT_KEPT_MS` (with the other retention
+//! pruning, every ten minutes) so the table stays bounded.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -43,11 +44,16 @@ impl Store {
         .bind(e.detail.as_ref().map(|d| d.to_string()))
         .execute(self.pool())
         .await?;
-        sqlx::query("DELETE FROM audit WHERE at < $1")
-            .bind(e.at_ms - AUDIT_KEPT_MS)
+        Ok(())
+    }
+
+    /// Removes rows older than `before_ms`; returns how many.
+    pub async fn prune_audit(&self, before_ms: i64) -> anyhow::Result<u64> {
+        let done = sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(before_ms)
             .execute(self.pool())
             .await?;
-        Ok(())
+        Ok(done.rows_affected())
     }
 
     /// The newest `limit` rows, older than row `before` when given.

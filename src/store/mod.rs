@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-pub use audit::AuditEntry;
+pub use audit::{AUDIT_KEPT_MS, AuditEntry};
 pub use backstops::{Backstop, BackstopState, BackstopUpdate, NewBackstop};
 pub use dashboard::Snapshot;
 pub use intents::{Claim, CloseOutcome, Ending, Intent};
