@@ -189,7 +189,16 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         timeout: Duration::from_secs(10),
     };
     let admission = Admission::new(process_budget.clone(), budget);
-    let venue = Arc::new(Binance::new(options, knobs, admission, metrics.clone(), accounts.clone()).unwrap());
+    let venue = Arc::new(
+        Binance::new(
+            options,
+            knobs,
+            admission,
+            metrics.clone(),
+            script_manager::accounts::Accounts::new(accounts.clone(), script_manager::accounts::Source::File),
+        )
+        .unwrap(),
+    );
     let caller = Caller::new("service", 1, Instant::now() + Duration::from_secs(30));
     venue.sync_time(&caller).await.unwrap();
 
@@ -248,7 +257,7 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
     let platform = Arc::new(Platform {
         store: store.clone(),
         venue: venue.clone(),
-        accounts: venue.account_names(),
+        accounts: venue.accounts().clone(),
         symbols: Vec::new(),
         events: metrics.domain.clone(),
         catalog,
@@ -351,7 +360,7 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         }
     }
     let mut pairs = 0;
-    for a in venue.account_names() {
+    for a in venue.accounts().names() {
         let mut symbols = store.account_symbols(&a).await.unwrap();
         symbols.extend(store.traded_symbols(&a, 0).await.unwrap());
         symbols.sort();

@@ -5,6 +5,7 @@
 //! See ARCHITECTURE.md at the repository root for the map of the code and
 //! the layer order its modules keep (checked by `tests/layers.rs`).
 
+pub mod accounts;
 pub mod app;
 pub mod backoff;
 pub mod budget;

@@ -255,7 +255,14 @@ async fn orphans_of_ours_are_cancelled_and_other_clients_orders_left_alone() {
         cache: false,
     };
     let metrics = Arc::new(script_manager::telemetry::Metrics::new());
-    let venue = Binance::new(options, knobs, admission, metrics, demo_accounts()).unwrap();
+    let venue = Binance::new(
+        options,
+        knobs,
+        admission,
+        metrics,
+        script_manager::accounts::Accounts::new(demo_accounts(), script_manager::accounts::Source::File),
+    )
+    .unwrap();
     let caller = Caller::new("test", 1, tokio::time::Instant::now() + Duration::from_secs(10));
     let p = price(&sim, "BTCUSDT").await;
     for client in [format!("sm-{installation}-999-s1"), "their-stop-1".to_string()] {

@@ -104,7 +104,14 @@ async fn rig(o: RigOptions) -> Rig {
         timeout: o.timeout,
     };
     let admission = Admission::new(Arc::new(ProcessCalls::new(limits)), budget);
-    let venue = Binance::new(options, o.knobs, admission, metrics.clone(), o.accounts).unwrap();
+    let venue = Binance::new(
+        options,
+        o.knobs,
+        admission,
+        metrics.clone(),
+        script_manager::accounts::Accounts::new(o.accounts, script_manager::accounts::Source::File),
+    )
+    .unwrap();
     Rig {
         addr,
         venue,

@@ -58,7 +58,16 @@ async fn rig() -> Rig {
         dedupe: true,
         cache: true,
     };
-    let venue = Arc::new(Binance::new(options, knobs, admission, metrics.clone(), demo_accounts()).unwrap());
+    let venue = Arc::new(
+        Binance::new(
+            options,
+            knobs,
+            admission,
+            metrics.clone(),
+            script_manager::accounts::Accounts::new(demo_accounts(), script_manager::accounts::Source::File),
+        )
+        .unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Store::open(&format!("sqlite://{}/store.db", dir.path().display()))

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::accounts::{Accounts, Source};
 use crate::budget::{Admission, Caller, ProcessCalls, SERVICE_CALLER, VenueWeight};
 use crate::config::{Config, ExchangeKind, Secret};
 use crate::domain::{AccountModes, Catalog};
@@ -107,6 +108,7 @@ pub async fn start(
         recv_window_ms: x.recv_window_ms,
         timeout: Duration::from_secs_f64(x.request_timeout_seconds),
     };
+    let accounts = Accounts::new(accounts, Source::File);
     let venue = Arc::new(Binance::new(options, knobs(config), admission, metrics, accounts)?);
     Ok(Exchange { venue, simulator })
 }
@@ -129,7 +131,7 @@ pub async fn bootstrap(venue: &Binance, catalog: &Catalog) {
 /// supports one-way mode only: a hedge-mode account is named in an error and
 /// levels on it are refused (422) until it is switched and the service restarted.
 pub async fn read_position_modes(venue: &Binance, modes: &AccountModes) {
-    for account in venue.account_names() {
+    for account in venue.accounts().names() {
         let caller = Caller::new(SERVICE_CALLER, 5, Instant::now() + Duration::from_secs(120));
         match venue.hedge_mode(&caller, &account).await {
             Ok(hedge) => {

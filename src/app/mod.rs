@@ -294,10 +294,12 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
             exchange::read_position_modes(&venue, &modes).await;
         });
     }
-    let accounts = exchange.venue.account_names();
-    metrics
-        .domain
-        .init_accounts(&processes::ACCOUNT_PROCESSES, &processes::SYMBOL_PROCESSES, &accounts);
+    let accounts = exchange.venue.accounts().clone();
+    metrics.domain.init_accounts(
+        &processes::ACCOUNT_PROCESSES,
+        &processes::SYMBOL_PROCESSES,
+        &accounts.names(),
+    );
     store.post_level_events_to(webhook_url(&config));
     warn_unsigned_webhooks(&config);
     let stream_health = Arc::new(StreamHealth::default());

@@ -1,14 +1,6 @@
 //! What only the exchange speaks: account credentials and the venue's limits and symbols.
 
-use crate::config::Secret;
-
-/// Credentials of one exchange account.
-#[derive(Debug, Clone)]
-pub struct Account {
-    pub name: String,
-    pub api_key: Secret,
-    pub api_secret: Secret,
-}
+pub use crate::accounts::Account;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeInfo {

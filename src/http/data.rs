@@ -216,7 +216,7 @@ pub async fn create_level(_: Trader, State(state): State<AppState>, body: Bytes)
     if !state.accounts.contains(&account) {
         return Err(unprocessable(
             "account",
-            format!("unknown account; known: {}", state.accounts.join(", ")),
+            format!("unknown account; known: {}", state.accounts.names().join(", ")),
         ));
     }
     if state.modes.is_hedge(&account) {

@@ -56,7 +56,7 @@ pub struct AppState {
     /// The store behind the data API and the run history.
     pub store: Option<Arc<Store>>,
     /// Account names the data API knows.
-    pub accounts: Vec<String>,
+    pub accounts: std::sync::Arc<crate::accounts::Accounts>,
     /// The venue's listed symbols: levels and alerts on others are refused.
     pub catalog: Option<Arc<Catalog>>,
     /// Accounts in hedge mode: levels on them are refused.

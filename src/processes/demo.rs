@@ -23,7 +23,7 @@ pub async fn seed(platform: &Platform, config: &Config) -> anyhow::Result<()> {
     let distance = Decimal::from_f64(config.demo.distance).unwrap_or(Decimal::new(5, 3));
     let (up, down) = (Decimal::ONE + distance, Decimal::ONE - distance);
     let mut levels = 0;
-    for account in &platform.accounts {
+    for account in &platform.accounts.names() {
         for p in platform.venue.positions(&caller, account).await?.into_iter().take(2) {
             let Some(side) = crate::domain::PositionSide::of(p.amount) else {
                 continue;

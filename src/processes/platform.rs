@@ -15,8 +15,8 @@ use crate::telemetry::stream::StreamMetrics;
 pub struct Platform {
     pub store: Arc<Store>,
     pub venue: Arc<dyn Venue>,
-    /// Account names with credentials.
-    pub accounts: Vec<String>,
+    /// The live registry of accounts (file and API); read per use, never cached.
+    pub accounts: Arc<crate::accounts::Accounts>,
     /// Symbols trade sync always covers (`exchange.symbols`).
     pub symbols: Vec<String>,
     pub events: DomainEvents,

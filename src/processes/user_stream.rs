@@ -53,12 +53,13 @@ impl UserStream {
                 "exchange.streams is off: user_stream has nothing to do",
             ));
         };
-        for account in &p.accounts {
+        let names = p.accounts.names();
+        for account in &names {
             p.stream_metrics.init("user", account);
         }
-        let accounts = p.accounts.iter().map(|account| self.account(&ctx, &settings, account));
+        let accounts = names.iter().map(|account| self.account(&ctx, &settings, account));
         let results = futures::future::join_all(accounts).await;
-        for account in &p.accounts {
+        for account in &names {
             p.stream_health.set(account, false);
         }
         match results.into_iter().find_map(Result::err) {

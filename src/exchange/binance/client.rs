@@ -5,7 +5,6 @@
 
 mod algo;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -20,6 +19,7 @@ use super::weights::{
     USER_TRADES,
 };
 use super::wire::{RawFill, RawInfo, RawOrder, RawPosition, RawPrice, decode};
+use crate::accounts::Accounts;
 use crate::budget::{Admission, Caller};
 use crate::clock::now_ms;
 use crate::domain::{AlgoOrder, AlgoOrderRequest, Fill, OrderAck, OrderSide, Position, Price};
@@ -30,7 +30,7 @@ use crate::upstream::{Call, Knobs, Upstream};
 pub struct Binance {
     upstream: Arc<Upstream<VenueError>>,
     transport: Arc<Transport>,
-    accounts: HashMap<String, Account>,
+    accounts: Arc<Accounts>,
     metrics: Arc<Metrics>,
 }
 
@@ -40,22 +40,21 @@ impl Binance {
         knobs: Knobs,
         admission: Arc<Admission>,
         metrics: Arc<Metrics>,
-        accounts: impl IntoIterator<Item = Account>,
+        accounts: Arc<Accounts>,
     ) -> anyhow::Result<Self> {
         let errors: Vec<&'static str> = VenueErrorKind::ALL.iter().map(|k| k.as_str()).collect();
         metrics.api.init(ENDPOINTS, &errors);
         Ok(Binance {
             transport: Arc::new(Transport::new(options, admission.clone(), metrics.clone())?),
             upstream: Upstream::new(knobs, admission, metrics.clone()),
-            accounts: accounts.into_iter().map(|a| (a.name.clone(), a)).collect(),
+            accounts,
             metrics,
         })
     }
 
-    pub fn account_names(&self) -> Vec<String> {
-        let mut names: Vec<_> = self.accounts.keys().cloned().collect();
-        names.sort();
-        names
+    /// The live registry of accounts this client signs for.
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.accounts
     }
 
     pub fn admission(&self) -> &Arc<Admission> {
@@ -80,7 +79,7 @@ impl Binance {
         result
     }
 
-    fn account(&self, name: &str) -> Result<&Account, VenueError> {
+    fn account(&self, name: &str) -> Result<Arc<Account>, VenueError> {
         self.accounts
             .get(name)
             .ok_or_else(|| VenueError::Auth(format!("no credentials for account `{name}`")))
@@ -133,7 +132,7 @@ impl Binance {
         caller: &Caller,
         endpoint: &'static str,
         params: Vec<(String, String)>,
-        account: Option<&Account>,
+        account: Option<Arc<Account>>,
     ) -> Result<T, VenueError> {
         let with_symbol = params.iter().any(|(k, _)| k == "symbol");
         let weight = weights::weight(&Method::GET, endpoint, with_symbol).unwrap_or(1);
@@ -141,7 +140,7 @@ impl Binance {
             method: Method::GET,
             endpoint,
             params,
-            account: account.cloned(),
+            account,
             key_only: false,
             weight,
         };

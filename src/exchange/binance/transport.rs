@@ -43,7 +43,7 @@ pub struct Request {
     pub endpoint: &'static str,
     pub params: Vec<(String, String)>,
     /// Signs the request with this account's keys (or, with `key_only`, sends its API key alone).
-    pub account: Option<Account>,
+    pub account: Option<std::sync::Arc<Account>>,
     pub key_only: bool,
     pub weight: u32,
 }

@@ -76,7 +76,7 @@ pub struct Unable {
 pub async fn flatten(p: &Platform, account: Option<&str>) -> Result<FlattenReport, Unable> {
     let accounts: Vec<String> = match account {
         Some(a) => vec![a.to_string()],
-        None => p.accounts.clone(),
+        None => p.accounts.names(),
     };
     let caller = Caller::new(CLOSE_CALLER, 1, Instant::now() + ANSWER_WITHIN);
     let mut report = FlattenReport::default();

@@ -195,15 +195,15 @@ impl BackstopSync {
         let asked = std::mem::take(&mut *p.backstops.resync.lock().unwrap_or_else(|e| e.into_inner()));
         let reconciled = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
         p.accounts
-            .iter()
+            .names()
+            .into_iter()
             .filter(|account| {
                 let every = match (&p.streaming, p.stream_health.healthy(account)) {
                     (Some(s), true) => p.backstops.reconcile.max(s.reconcile),
                     _ => p.backstops.reconcile,
                 };
-                asked.contains(*account) || reconciled.get(*account).is_none_or(|at| at.elapsed() >= every)
+                asked.contains(account) || reconciled.get(account).is_none_or(|at| at.elapsed() >= every)
             })
-            .cloned()
             .collect()
     }
 
