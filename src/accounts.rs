@@ -44,11 +44,21 @@ pub struct Entry {
     pub source: Source,
 }
 
+/// Which accounts this replica works for: every replica computes the same
+/// assignment (HA), so each account has one owner. Alone, a replica owns all.
+pub type Owner = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The registry. Cheap to read (a read lock and a clone of an `Arc`).
-#[derive(Debug)]
 pub struct Accounts {
     entries: RwLock<BTreeMap<String, Entry>>,
     changed: tokio::sync::watch::Sender<u64>,
+    owner: RwLock<Option<Owner>>,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts").field("names", &self.names()).finish()
+    }
 }
 
 impl Accounts {
@@ -67,6 +77,7 @@ impl Accounts {
         Arc::new(Accounts {
             entries: RwLock::new(entries),
             changed: tokio::sync::watch::Sender::new(0),
+            owner: RwLock::new(None),
         })
     }
 
@@ -81,6 +92,28 @@ impl Accounts {
     /// Every account's name, sorted.
     pub fn names(&self) -> Vec<String> {
         self.read().keys().cloned().collect()
+    }
+
+    /// The accounts this replica works for (all of them unless an assignment is set), sorted.
+    pub fn mine(&self) -> Vec<String> {
+        let owner = self.owner.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let names = self.names();
+        match owner {
+            Some(owns) => names.into_iter().filter(|n| owns(n)).collect(),
+            None => names,
+        }
+    }
+
+    /// Whether this replica works for `name` (true for every account unless an assignment is set).
+    pub fn is_mine(&self, name: &str) -> bool {
+        let owner = self.owner.read().unwrap_or_else(|e| e.into_inner()).clone();
+        owner.is_none_or(|owns| owns(name))
+    }
+
+    /// Sets which accounts this replica owns (HA); watchers are told, since the share moved.
+    pub fn assign(&self, owner: Owner) {
+        *self.owner.write().unwrap_or_else(|e| e.into_inner()) = Some(owner);
+        self.changed.send_modify(|g| *g += 1);
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -162,5 +195,10 @@ mod tests {
         assert!(!accounts.remove("a"));
         assert!(changes.has_changed().unwrap());
         assert_eq!(accounts.names(), ["b", "c"]);
+        changes.mark_unchanged();
+        accounts.assign(Arc::new(|name: &str| name == "c"));
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(accounts.mine(), ["c"]);
+        assert!(!accounts.is_mine("b"));
     }
 }

@@ -64,7 +64,7 @@ impl DashboardSync {
         let now = now_ms();
         let mut accounts = PerAccount::new(p, "dashboard_sync");
         let mut done = 0;
-        for account in &p.accounts.names() {
+        for account in &p.accounts.mine() {
             done += accounts
                 .record(account, self.compute(&ctx, account, now).await)?
                 .is_some() as usize;

@@ -29,7 +29,7 @@ impl PositionSync {
         let p = &self.platform;
         let mut open = 0;
         let mut accounts = PerAccount::new(p, "position_sync");
-        for account in &p.accounts.names() {
+        for account in &p.accounts.mine() {
             if !self.polled.due(p, account) {
                 continue; // its user stream keeps its positions current
             }

@@ -61,7 +61,7 @@ impl TradeSync {
         let full_sweep = !self.batching || seen.runs.is_multiple_of(FULL_SWEEP_EVERY);
         let (mut new, mut polled) = (0, 0);
         let mut accounts = PerAccount::new(p, "trade_sync");
-        for account in &p.accounts.names() {
+        for account in &p.accounts.mine() {
             if !self.polled.due(p, account) {
                 continue; // its user stream stores fills as they happen
             }

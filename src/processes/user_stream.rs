@@ -53,7 +53,7 @@ impl UserStream {
                 "exchange.streams is off: user_stream has nothing to do",
             ));
         };
-        let names = p.accounts.names();
+        let names = p.accounts.mine();
         for account in &names {
             p.stream_metrics.init("user", account);
         }
