@@ -69,13 +69,20 @@ pub struct BackstopSync {
     platform: Arc<Platform>,
     /// When each account's open conditional orders were last read.
     reconciled: std::sync::Mutex<HashMap<String, Instant>>,
+    /// When the start's sweep last read an account without rows of ours.
+    swept: std::sync::Mutex<Option<Instant>>,
 }
+
+/// The start's sweep of accounts without rows reads one account this often
+/// (40 weight each: a quarter of a 2 400 budget at most).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(4);
 
 impl BackstopSync {
     pub fn new(platform: Arc<Platform>) -> Self {
         BackstopSync {
             platform,
             reconciled: std::sync::Mutex::default(),
+            swept: std::sync::Mutex::default(),
         }
     }
 
@@ -158,7 +165,17 @@ impl BackstopSync {
         failures: &mut Failures,
     ) -> Result<usize, ProcessError> {
         let p = &self.platform;
-        let due = self.reconcile_due();
+        let ours: HashSet<&str> = wants
+            .iter()
+            .map(|w| w.account.as_str())
+            .chain(
+                latest
+                    .iter()
+                    .filter(|b| !matches!(b.state, BackstopState::Cancelled | BackstopState::Recorded))
+                    .map(|b| b.account.as_str()),
+            )
+            .collect();
+        let due = self.reconcile_due(&ours);
         if due.is_empty() {
             return Ok(0);
         }
@@ -185,26 +202,45 @@ impl BackstopSync {
         Ok(orphans)
     }
 
-    /// The accounts whose open conditional orders are read this pass: all at
-    /// start and after a user-stream reconnect; otherwise each every
+    /// The accounts whose open conditional orders are read this pass: of
+    /// those with a backstop wanted or a row of ours (`ours`), all at start
+    /// and after a user-stream reconnect; otherwise each every
     /// `backstop_reconcile_seconds`, stretched to the streams' reconcile
     /// interval while its user stream is healthy (its `ALGO_UPDATE`s keep
     /// the rows current; the read is the safety net, as for fills).
-    fn reconcile_due(&self) -> Vec<String> {
+    ///
+    /// An account with neither is read once after start, one every
+    /// `SWEEP_EVERY` (orders of ours whose rows were lost, e.g. a store
+    /// restored from an older backup), then no more: a row is written
+    /// before every placement, so the venue holds no conditional order of
+    /// ours without one. Reading every account each pass would cost 40
+    /// weight each, which a platform of a thousand accounts cannot pay.
+    fn reconcile_due(&self, ours: &HashSet<&str>) -> Vec<String> {
         let p = &self.platform;
         let asked = std::mem::take(&mut *p.backstops.resync.lock().unwrap_or_else(|e| e.into_inner()));
         let reconciled = self.reconciled.lock().unwrap_or_else(|e| e.into_inner());
-        p.accounts
-            .names()
-            .into_iter()
-            .filter(|account| {
-                let every = match (&p.streaming, p.stream_health.healthy(account)) {
+        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sweep_slot = swept.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        let mut due = Vec::new();
+        for account in p.accounts.names() {
+            let wanted = if ours.contains(account.as_str()) {
+                let every = match (&p.streaming, p.stream_health.healthy(&account)) {
                     (Some(s), true) => p.backstops.reconcile.max(s.reconcile),
                     _ => p.backstops.reconcile,
                 };
-                asked.contains(account) || reconciled.get(account).is_none_or(|at| at.elapsed() >= every)
-            })
-            .collect()
+                asked.contains(&account) || reconciled.get(&account).is_none_or(|at| at.elapsed() >= every)
+            } else if sweep_slot && !reconciled.contains_key(&account) {
+                sweep_slot = false;
+                *swept = Some(Instant::now());
+                true
+            } else {
+                false
+            };
+            if wanted {
+                due.push(account);
+            }
+        }
+        due
     }
 
     /// The venue refused a backstop as already through (-2021): the price
