@@ -126,25 +126,74 @@ pub async fn bootstrap(venue: &Binance, catalog: &Catalog) {
     read_exchange_info(venue, catalog).await;
 }
 
+/// Position-mode reads made at once after start; the rest are paced.
+const MODE_READS_AT_ONCE: usize = 8;
+/// One paced position-mode read this often (30 weight: 360 a minute, 15 % of 2 400).
+const MODE_READ_EVERY: Duration = Duration::from_secs(5);
+
 /// Asks the venue which accounts are in hedge mode (`GET
-/// /fapi/v1/positionSide/dual`, weight 30 each, once at start). The service
-/// supports one-way mode only: a hedge-mode account is named in an error and
-/// levels on it are refused (422) until it is switched and the service restarted.
-pub async fn read_position_modes(venue: &Binance, modes: &AccountModes) {
-    for account in venue.accounts().names() {
-        let caller = Caller::new(SERVICE_CALLER, 5, Instant::now() + Duration::from_secs(120));
-        match venue.hedge_mode(&caller, &account).await {
-            Ok(hedge) => {
-                modes.set_hedge(&account, hedge);
-                if hedge {
-                    tracing::error!(
-                        account,
-                        "account is in hedge mode (dualSidePosition): script-manager closes positions in one-way mode \
-                         only; levels on it are refused. Switch it to one-way mode on the venue and restart"
-                    );
+/// /fapi/v1/positionSide/dual`, weight 30 each), once per account: at start
+/// and for each account added later. The first few at once, then one every
+/// [`MODE_READ_EVERY`], so a thousand accounts never spend the budget the
+/// syncs need. The service supports one-way mode only: a hedge-mode account
+/// is named in an error and levels on it are refused (422) until it is
+/// switched and the service restarted. Until its read, an account is taken
+/// for one-way (a close the venue then refuses is classified as final).
+pub async fn follow_position_modes(venue: Arc<Binance>, modes: Arc<AccountModes>, stop: CancellationToken) {
+    let mut changes = venue.accounts().changes();
+    let mut read = std::collections::HashSet::new();
+    let mut reads = 0usize;
+    loop {
+        changes.mark_unchanged();
+        let unread: Vec<String> = venue
+            .accounts()
+            .names()
+            .into_iter()
+            .filter(|a| !read.contains(a))
+            .collect();
+        for account in unread {
+            if reads >= MODE_READS_AT_ONCE {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(MODE_READ_EVERY) => {}
                 }
             }
-            Err(e) => tracing::warn!(account, error = %e, "cannot read the account's position mode; assuming one-way"),
+            if !venue.accounts().contains(&account) {
+                continue; // removed meanwhile
+            }
+            reads += 1;
+            if read_position_mode(&venue, &modes, &account).await {
+                read.insert(account);
+            }
+        }
+        read.retain(|a| venue.accounts().contains(a));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changes.changed() => {}
+            // Reads that failed are tried again.
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}
+
+/// Reads one account's position mode; false if the venue could not say.
+async fn read_position_mode(venue: &Binance, modes: &AccountModes, account: &str) -> bool {
+    let caller = Caller::new(SERVICE_CALLER, 5, Instant::now() + Duration::from_secs(120));
+    match venue.hedge_mode(&caller, account).await {
+        Ok(hedge) => {
+            modes.set_hedge(account, hedge);
+            if hedge {
+                tracing::error!(
+                    account,
+                    "account is in hedge mode (dualSidePosition): script-manager closes positions in one-way mode \
+                     only; levels on it are refused. Switch it to one-way mode on the venue and restart"
+                );
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(account, error = %e, "cannot read the account's position mode; assuming one-way");
+            false
         }
     }
 }

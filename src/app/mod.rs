@@ -288,10 +288,10 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     {
         // In the background, after the first answers told the budget what the venue has counted
         // (each read weighs 30): a start never bursts past another client's share.
-        let (venue, modes) = (exchange.venue.clone(), modes.clone());
+        let (venue, modes, stop) = (exchange.venue.clone(), modes.clone(), exchange_stop.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            exchange::read_position_modes(&venue, &modes).await;
+            exchange::follow_position_modes(venue, modes, stop).await;
         });
     }
     let accounts = exchange.venue.accounts().clone();
