@@ -11,6 +11,9 @@ use crate::budget::{Caller, SERVICE_CALLER};
 use crate::config::{Config, ExchangeKind};
 use crate::store::{NewAlert, NewLevel};
 
+/// Accounts that get demo levels.
+const DEMO_ACCOUNTS: usize = 3;
+
 pub async fn seed(platform: &Platform, config: &Config) -> anyhow::Result<()> {
     if !config.demo.enabled || config.exchange.kind != ExchangeKind::Simulated {
         return Ok(());
@@ -23,7 +26,8 @@ pub async fn seed(platform: &Platform, config: &Config) -> anyhow::Result<()> {
     let distance = Decimal::from_f64(config.demo.distance).unwrap_or(Decimal::new(5, 3));
     let (up, down) = (Decimal::ONE + distance, Decimal::ONE - distance);
     let mut levels = 0;
-    for account in &platform.accounts.names() {
+    // A few accounts are enough to show it; a thousand would spend the start's budget.
+    for account in platform.accounts.names().iter().take(DEMO_ACCOUNTS) {
         for p in platform.venue.positions(&caller, account).await?.into_iter().take(2) {
             let Some(side) = crate::domain::PositionSide::of(p.amount) else {
                 continue;
