@@ -440,9 +440,11 @@ impl Coordinator {
 
 impl Coordinator {
     /// The account processes among `groups` that every replica runs for its
-    /// own accounts: those linked to nothing. One chained or exclusive with
-    /// another process stays on one replica for every account (its group must
-    /// be held by one replica), and is said so.
+    /// own accounts: those whose whole group is account processes (alone, or
+    /// linked only to each other, as dashboard_sync runs after trade_sync: a
+    /// replica runs the chain for its own accounts, its links kept locally).
+    /// One linked to any other process stays on one replica for every account
+    /// (its group must be held by one replica), and is said so.
     fn sharded_among(
         &self,
         groups: &BTreeMap<String, String>,
@@ -456,12 +458,13 @@ impl Coordinator {
             if !(sharing.is_account_process)(process) {
                 continue;
             }
-            if members[group.as_str()].len() == 1 {
+            if members[group.as_str()].iter().all(|p| (sharing.is_account_process)(p)) {
                 sharded.insert(process.clone());
             } else {
                 tracing::warn!(
                     process = %process,
-                    "ha: an account process linked to others (after, exclusive_with) runs on one replica for every account"
+                    "ha: an account process linked (after, exclusive_with) to a process that is not one runs on one \
+                     replica for every account"
                 );
             }
         }
