@@ -35,11 +35,13 @@ fn accounts_toml() -> String {
 }
 
 /// The service's configuration: polling (streams off), only the account
-/// processes and what they need, fast ticks, a venue with room for them.
-fn config(sim: &SimProcess) -> String {
+/// processes and what they need, fast ticks, a venue with room for them;
+/// `egress` is `exchange.egress`.
+fn config(sim: &SimProcess, egress: &str) -> String {
     format!(
         "{HA}[demo]\nenabled = false\n\
          [exchange]\nkind = \"binance-usdm\"\nbase_url = \"{}\"\nstreams = false\nsymbols = [\"BTCUSDT\"]\n\
+         egress = \"{egress}\"\n\
          {}\
          [processes.trade_sync]\ninterval_seconds = {TRADE_SYNC_INTERVAL_S}\ntimeout_seconds = 5\nmax_api_calls_per_minute = 5000\n\
          [processes.position_sync]\ninterval_seconds = 2\ntimeout_seconds = 5\nmax_api_calls_per_minute = 5000\n\
@@ -155,6 +157,21 @@ async fn all_stored_once(sim: &SimProcess, db: &PgPool, what: &str) -> Instant {
     at
 }
 
+/// Rows of the cluster's weight budget in PostgreSQL (0 when its table was never created).
+async fn cluster_budget_rows(db: &PgPool) -> i64 {
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('ha_budget')::text")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    match exists {
+        Some(_) => sqlx::query_scalar("SELECT count(*) FROM ha_budget")
+            .fetch_one(db)
+            .await
+            .unwrap(),
+        None => 0,
+    }
+}
+
 /// Replicas whose scheduled trade_sync runs the store recorded since `since_ms`.
 async fn trade_sync_runners(db: &PgPool, since_ms: i64) -> BTreeSet<String> {
     sqlx::query("SELECT DISTINCT replica FROM runs WHERE process = 'trade_sync' AND started_at > $1")
@@ -180,7 +197,7 @@ async fn two_replicas_share_the_accounts_and_a_killed_ones_move_without_a_fill_l
     ))
     .await;
     let store = TestStore::new(Backend::Postgres);
-    let config = config(&sim);
+    let config = config(&sim, "shared");
     let r1 = replica(&config, &store, "r1").await;
     let mut r2 = replica(&config, &store, "r2").await;
     let db = PgPoolOptions::new()
@@ -244,12 +261,17 @@ async fn two_replicas_share_the_accounts_and_a_killed_ones_move_without_a_fill_l
     // Fills on every account: each stored once, by whichever replica owns it.
     trade_everywhere(&sim, "BUY").await;
     all_stored_once(&sim, &db, "both alive").await;
+    assert!(
+        cluster_budget_rows(&db).await > 0,
+        "egress shared: the weight is counted for the cluster"
+    );
 
     // SIGKILL r2, then more fills at once: the survivor takes r2's accounts
     // over from their stored cursors.
     let killed = Instant::now();
     r2.kill();
     trade_everywhere(&sim, "BUY").await;
+    let traded = killed.elapsed().as_secs_f64();
     let took_over = eventually(Duration::from_secs(30), async || match owned(&r1).await {
         ACCOUNTS => Ok(Instant::now()),
         n => Err(format!("r1 owns {n} accounts after the kill")),
@@ -257,8 +279,9 @@ async fn two_replicas_share_the_accounts_and_a_killed_ones_move_without_a_fill_l
     .await;
     let stored_at = all_stored_once(&sim, &db, "after the kill").await;
     eprintln!(
-        "r1 owned r2's {n2} accounts {:.2} s after the kill, and had stored every fill made after it {:.2} s after \
-         (trade_sync interval {TRADE_SYNC_INTERVAL_S} s + alive window {ALIVE_WINDOW_S} s = {:.2} s)",
+        "r1 owned r2's {n2} accounts {:.2} s after the kill, and had stored every fill made after it (the last \
+         made {traded:.2} s after the kill) {:.2} s after (trade_sync interval {TRADE_SYNC_INTERVAL_S} s + alive \
+         window {ALIVE_WINDOW_S} s = {:.2} s)",
         (took_over - killed).as_secs_f64(),
         (stored_at - killed).as_secs_f64(),
         TRADE_SYNC_INTERVAL_S + ALIVE_WINDOW_S
@@ -291,4 +314,44 @@ async fn two_replicas_share_the_accounts_and_a_killed_ones_move_without_a_fill_l
             "per-replica leases are never contended"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_address_per_replica_each_replica_keeps_its_own_weight_budget() {
+    let sim = SimProcess::start(&format!(
+        "weight_limit = 60000\nfills_per_minute = 0.0\nvolatility = 0.0\n{}",
+        accounts_toml()
+    ))
+    .await;
+    let store = TestStore::new(Backend::Postgres);
+    let config = config(&sim, "per_replica");
+    let r1 = replica(&config, &store, "r1").await;
+    let r2 = replica(&config, &store, "r2").await;
+    let db = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&store.url)
+        .await
+        .unwrap();
+    let shares = expected(&["r1", "r2"]);
+    eventually(Duration::from_secs(20), async || {
+        let (o1, o2) = (owned(&r1).await, owned(&r2).await);
+        match (o1, o2) == (shares["r1"].len(), shares["r2"].len()) {
+            true => Ok(()),
+            false => Err(format!("owned r1 {o1}, r2 {o2}; expected {shares:?}")),
+        }
+    })
+    .await;
+    trade_everywhere(&sim, "BUY").await;
+    all_stored_once(&sim, &db, "per replica").await;
+    // Both spent weight on the venue, each against its own budget: nothing in PostgreSQL.
+    for svc in [&r1, &r2] {
+        let used = common::sample(&svc.metrics().await, "script_manager_api_weight_used").unwrap_or(0.0);
+        assert!(used > 0.0, "each replica counts its own weight");
+    }
+    assert_eq!(
+        cluster_budget_rows(&db).await,
+        0,
+        "no cluster budget with per_replica egress"
+    );
+    assert!(r1.log().contains("exchange.egress = \"per_replica\""), "{}", r1.log());
 }
