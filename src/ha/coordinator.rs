@@ -527,11 +527,16 @@ impl scheduler::Coordinator for Coordinator {
             .filter(|(p, _)| !sharded.contains(*p))
             .map(|(p, g)| (p.clone(), g.clone()))
             .collect();
-        *self.sharded.write().unwrap_or_else(|e| e.into_inner()) = sharded;
         {
             let mut s = self.lock();
+            // A reload that moved a process between the two kinds of lease:
+            // the old one is no longer renewed and lapses.
+            s.held
+                .retain(|key, _| sharded.contains(process_of(key)) == (process_of(key) != &**key));
             s.owners = super::shares::assign(&shared, &s.replicas);
         }
+        *self.sharded.write().unwrap_or_else(|e| e.into_inner()) = sharded;
+        self.count_held();
         *self.groups.write().unwrap_or_else(|e| e.into_inner()) = shared;
         let links = groups
             .iter()
@@ -564,5 +569,20 @@ impl scheduler::Coordinator for Coordinator {
             store_up: s.store_up,
             holdings,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_replica_lease_names_its_process_whatever_the_replica_is_called() {
+        for replica in ["r1", "host-a-1234", "odd@name", ""] {
+            let key = lease_key("trade_sync", replica);
+            assert_eq!(process_of(&key), "trade_sync", "{key}");
+            assert_ne!(key, "trade_sync");
+        }
+        assert_eq!(process_of("level_monitor"), "level_monitor");
     }
 }
