@@ -63,7 +63,7 @@ pub struct Coordinator {
     /// Accounts spread over the replicas (`ha.share_accounts`), if on.
     pub(super) sharing: std::sync::OnceLock<Sharing>,
     /// The processes claimed under this replica's own lease (account
-    /// processes, when sharing is on and they are linked to nothing).
+    /// processes, when sharing is on and their group is account processes only).
     sharded: std::sync::RwLock<HashSet<String>>,
 }
 
