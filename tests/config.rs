@@ -459,3 +459,24 @@ fn a_venue_other_than_production_must_say_where_its_streams_are() {
         "the simulator serves its own streams"
     );
 }
+
+#[test]
+fn egress_and_account_sharing_are_checked_and_named() {
+    let c = ok(None, &[]);
+    assert_eq!(c.exchange.egress, script_manager::config::Egress::Shared);
+    assert!(c.ha.share_accounts, "on by default");
+    let found = problems(
+        Some("[exchange]\negress = \"both\"\n[ha]\nshare_accounts = \"yes\"\n"),
+        &[],
+    )
+    .join("\n");
+    for needle in ["exchange.egress", "per_replica", "ha.share_accounts"] {
+        assert!(found.contains(needle), "missing `{needle}` in:\n{found}");
+    }
+    let per_replica = ok(
+        Some("[exchange]\negress = \"per_replica\"\n"),
+        &[("SCRIPT_MANAGER_HA__SHARE_ACCOUNTS", "false")],
+    );
+    assert_eq!(per_replica.exchange.egress, script_manager::config::Egress::PerReplica);
+    assert!(!per_replica.ha.share_accounts);
+}

@@ -305,8 +305,10 @@ fn kill(svc: &Service, signal: i32) {
 async fn a_frozen_holder_is_fenced_off_and_the_data_stays_right() {
     let sim = SimProcess::start("fills_per_minute = 120.0\nvolatility = 0.0").await;
     let store = TestStore::new(Backend::Postgres);
+    // trade_sync held by one replica for every account (the lease this test
+    // freezes); accounts shared over replicas are tests/accounts_ha.rs.
     let config = format!(
-        "{HA}{}\n\
+        "{HA}share_accounts = false\n{}\n\
          [http]\nadmin_token = \"{}\"\n\
          [processes.trade_sync]\ninterval_seconds = 1\ntimeout_seconds = 6\nmax_api_calls_per_minute = 2000\n\
          [processes.position_sync]\ninterval_seconds = 1\ntimeout_seconds = 6\nmax_api_calls_per_minute = 1000\n\

@@ -554,8 +554,11 @@ impl script_manager::scheduler::Coordinator for HeldElsewhereUntil {
     ) -> BoxFuture<'a, Option<script_manager::scheduler::Granted>> {
         Box::pin(async move {
             self.claims.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.holds("")
-                .then_some(script_manager::scheduler::Granted { token: 1, slot: None })
+            self.holds("").then_some(script_manager::scheduler::Granted {
+                token: 1,
+                slot: None,
+                key: None,
+            })
         })
     }
     fn release<'a>(&'a self, _process: &'a str, _reason: &'static str) -> BoxFuture<'a, ()> {

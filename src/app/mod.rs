@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{ProcessCalls, SERVICE_CALLER, SERVICE_CALLS_PER_MINUTE};
-use crate::config::{Config, ConfigError, LoadOptions};
+use crate::config::{Config, ConfigError, Egress, LoadOptions};
 use crate::domain::Catalog;
 use crate::ha::Coordinator;
 use crate::ha::budget::PgClusterBudget;
@@ -144,17 +144,24 @@ fn schedulable(scheduler: &Scheduler) -> Vec<String> {
 }
 
 /// Makes the scheduler claim each tick, starts the heartbeat and the pruning
-/// of old cluster-budget minutes (both stop with `stop`).
+/// of old cluster-budget minutes (both stop with `stop`). `cluster`: the
+/// budget shared through PostgreSQL (`exchange.egress = "shared"`).
 fn join_cluster(
     scheduler: &Arc<Scheduler>,
     ha: &Arc<Coordinator>,
-    cluster: Arc<PgClusterBudget>,
+    cluster: Option<Arc<PgClusterBudget>>,
     stop: CancellationToken,
 ) {
     scheduler.coordinate_with(ha.clone() as Arc<dyn crate::scheduler::Coordinator>);
-    ha.report_replicas_to(cluster.clone());
     ha.spawn_heartbeat(stop.clone());
     tracing::info!(replica = %ha.replica, "ha: coordinating with the other replicas through PostgreSQL");
+    let Some(cluster) = cluster else {
+        tracing::info!(
+            "ha: exchange.egress = \"per_replica\": this replica's venue weight budget is its own address's"
+        );
+        return;
+    };
+    ha.report_replicas_to(cluster.clone());
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -165,6 +172,45 @@ fn join_cluster(
             if let Err(e) = cluster.prune(minute - 10).await {
                 tracing::debug!(error = %format!("{e:#}"), "cannot prune the cluster budget");
             }
+        }
+    });
+}
+
+/// Spreads the accounts over the live replicas (`ha.share_accounts`): the
+/// account kinds (`processes::ACCOUNT_SHARDED`) run on every replica for its
+/// own accounts. Which processes those are is read from the scheduler's
+/// table when the coordinator asks (a reload may add or replace some).
+async fn share_accounts(
+    ha: &Arc<Coordinator>,
+    scheduler: &Arc<Scheduler>,
+    accounts: &Arc<crate::accounts::Accounts>,
+) -> anyhow::Result<()> {
+    let table = Arc::downgrade(scheduler);
+    let is_account_process = move |id: &str| {
+        table
+            .upgrade()
+            .and_then(|s| s.process(id))
+            .is_some_and(|p| processes::ACCOUNT_SHARDED.contains(&p.config().kind.as_str()))
+    };
+    ha.share_accounts(accounts.clone(), is_account_process)
+        .await
+        .context("ha: cannot read the live replicas to share the accounts")
+}
+
+/// Keeps `ha_accounts_owned` at the number of accounts this replica works
+/// for: the registry's watch wakes on an account added or removed and on a
+/// new assignment.
+fn count_owned_accounts(accounts: &Arc<crate::accounts::Accounts>, metrics: &Arc<Metrics>, stop: CancellationToken) {
+    let (accounts, metrics) = (accounts.clone(), metrics.clone());
+    let mut changes = accounts.changes();
+    metrics.ha.accounts_owned(accounts.mine().len());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            metrics.ha.accounts_owned(accounts.mine().len());
         }
     });
 }
@@ -273,12 +319,16 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     let ha = match config.ha.enabled {
         true => Some((
             Coordinator::connect(&config.store.url, &config.ha, metrics.clone()).await?,
-            Arc::new(PgClusterBudget::connect(&config.store.url).await?),
+            match config.exchange.egress {
+                Egress::Shared => Some(Arc::new(PgClusterBudget::connect(&config.store.url).await?)),
+                // Each replica's own address: the venue counts each apart.
+                Egress::PerReplica => None,
+            },
         )),
         false => None,
     };
     let exchange = exchange::start(&config, metrics.clone(), budget.clone(), exchange_stop.clone()).await?;
-    if let Some((_, cluster)) = &ha {
+    if let Some((_, Some(cluster))) = &ha {
         exchange.venue.admission().share_with(cluster.clone());
     }
     let catalog = Arc::new(Catalog::default());
@@ -346,8 +396,12 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     scheduler.record_runs_to(spawn_run_writer(store.clone(), retention));
     metrics.ha.init(&schedulable(&scheduler), ha.is_some());
     if let Some((coordinator, cluster)) = &ha {
+        if config.ha.share_accounts {
+            share_accounts(coordinator, &scheduler, &accounts).await?;
+        }
         join_cluster(&scheduler, coordinator, cluster.clone(), ha_stop.clone());
     }
+    count_owned_accounts(&accounts, &metrics, ha_stop.clone());
     if ha.is_some() {
         let every = Duration::from_secs_f64(config.ha.heartbeat_seconds * 2.0);
         live::follow_stored_overrides(store.clone(), scheduler.clone(), every, ha_stop.clone());

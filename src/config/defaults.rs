@@ -163,6 +163,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             reserved_for: vec!["level_monitor".into(), "market_stream".into()],
             recv_window_ms: 5000,
             request_timeout_seconds: 10.0,
+            egress: super::Egress::Shared,
             symbols: Vec::new(),
             accounts: BTreeMap::new(),
             streams: with_streams,
@@ -210,6 +211,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             replica_id: None,
             lease_margin_seconds: 5.0,
             heartbeat_seconds: 1.0,
+            share_accounts: true,
         },
         processes: if with_builtin_processes {
             builtin_processes(with_streams)

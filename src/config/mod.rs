@@ -302,6 +302,11 @@ pub struct HaConfig {
     pub lease_margin_seconds: f64,
     /// How often a replica renews its leases and reports itself alive.
     pub heartbeat_seconds: f64,
+    /// Spread the exchange accounts over the live replicas: each replica runs
+    /// the account processes (trade, position and dashboard sync, the user
+    /// stream) for its own accounts. False: one replica at a time runs each
+    /// of them for every account (the behaviour before accounts were shared).
+    pub share_accounts: bool,
 }
 
 /// How crossed levels are closed (`[levels]`).
@@ -377,6 +382,10 @@ pub struct ExchangeConfig {
     pub reserved_for: Vec<String>,
     pub recv_window_ms: u64,
     pub request_timeout_seconds: f64,
+    /// Whether the replicas reach the venue from one address (`shared`: one
+    /// weight budget for the cluster, kept in PostgreSQL) or each from its
+    /// own (`per_replica`: each replica's budget is its own address's).
+    pub egress: Egress,
     /// Symbols trade sync always covers.
     pub symbols: Vec<String>,
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -418,6 +427,17 @@ impl ExchangeConfig {
             None => None,
         }
     }
+}
+
+/// `exchange.egress`: how the replicas' requests reach the venue, which
+/// counts its weight limit per client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Egress {
+    /// One outbound address for every replica: one budget for the cluster.
+    Shared,
+    /// Each replica has its own outbound address: each its own budget.
+    PerReplica,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,8 +2,13 @@
 //! releasing, and the scheduler's view of all that. State lives here (held
 //! leases, the last view of every lease, whether PostgreSQL answers, how many
 //! replicas are alive); the gauges only mirror it.
+//!
+//! Account processes (`ha.share_accounts`) are claimed under a lease of this
+//! replica's own, `<process>@<replica>` ([`lease_key`]): every replica runs
+//! them for its own accounts, nobody contends for them, they are left out of
+//! the fair shares, and their runs' writes are fenced on that key.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +19,7 @@ use tokio::time::Instant;
 
 use super::lease::{Claim, LeaseView, Leases};
 use super::replica_id;
+use crate::accounts::Accounts;
 use crate::config::{HaConfig, redact_url};
 use crate::scheduler::{self, ClusterView, Granted, Holder};
 use crate::telemetry::Metrics;
@@ -54,6 +60,29 @@ pub struct Coordinator {
     groups: std::sync::RwLock<std::collections::BTreeMap<String, String>>,
     /// Told how many replicas the heartbeat sees (its local share while PostgreSQL is away).
     pub(super) budget: std::sync::OnceLock<Arc<super::budget::PgClusterBudget>>,
+    /// Accounts spread over the replicas (`ha.share_accounts`), if on.
+    pub(super) sharing: std::sync::OnceLock<Sharing>,
+    /// The processes claimed under this replica's own lease (account
+    /// processes, when sharing is on and their group is account processes only).
+    sharded: std::sync::RwLock<HashSet<String>>,
+}
+
+/// What sharing the accounts needs: the registry to tell which accounts are
+/// this replica's, and which processes (by id) work per account.
+pub(super) struct Sharing {
+    pub accounts: Arc<Accounts>,
+    is_account_process: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
+
+/// The lease `process` is claimed under on `replica` when every replica runs
+/// it for its own accounts. Process ids are `[a-z0-9_]`, so `@` is unambiguous.
+pub fn lease_key(process: &str, replica: &str) -> String {
+    format!("{process}@{replica}")
+}
+
+/// The process a lease key belongs to (itself for a process's own lease).
+pub(super) fn process_of(key: &str) -> &str {
+    key.split_once('@').map_or(key, |(process, _)| process)
 }
 
 impl Coordinator {
@@ -86,9 +115,71 @@ impl Coordinator {
             links: Default::default(),
             groups: Default::default(),
             budget: Default::default(),
+            sharing: Default::default(),
+            sharded: Default::default(),
         });
         me.measure_clock().await?;
         Ok(me)
+    }
+
+    /// Spreads `accounts` over the live replicas: every replica runs the
+    /// processes `is_account_process` names for its own accounts. Reads the
+    /// live replica list once and assigns this replica's share at once (the
+    /// heartbeat does again whenever the list changes). Call before the
+    /// scheduler is coordinated with this replica.
+    pub async fn share_accounts(
+        &self,
+        accounts: Arc<Accounts>,
+        is_account_process: impl Fn(&str) -> bool + Send + Sync + 'static,
+    ) -> anyhow::Result<()> {
+        let window = (self.heartbeat * 3 + Duration::from_secs(1)).as_millis() as i64;
+        let alive = self.leases.heartbeat(&self.replica, window).await?;
+        accounts.assign(super::accounts::owned_by(&self.replica, &alive));
+        tracing::info!(
+            replicas = alive.len(),
+            accounts = accounts.mine().len(),
+            of = accounts.len(),
+            "ha: accounts shared over the live replicas"
+        );
+        {
+            let mut s = self.lock();
+            s.replicas_alive = alive.len() as i64;
+            s.replicas = alive;
+        }
+        let _ = self.sharing.set(Sharing {
+            accounts,
+            is_account_process: Box::new(is_account_process),
+        });
+        Ok(())
+    }
+
+    /// The live replica list changed: this replica's accounts are recomputed.
+    pub(super) fn reassign_accounts(&self, alive: &[String]) {
+        if let Some(sharing) = self.sharing.get() {
+            let before = sharing.accounts.mine().len();
+            sharing.accounts.assign(super::accounts::owned_by(&self.replica, alive));
+            tracing::info!(
+                replicas = alive.len(),
+                before,
+                now = sharing.accounts.mine().len(),
+                "ha: the live replicas changed; this replica's accounts recomputed"
+            );
+        }
+    }
+
+    /// The lease this replica claims `process` under when it runs it for its
+    /// own accounts; `None` for a process held by one replica at a time.
+    fn own_lease(&self, process: &str) -> Option<Arc<str>> {
+        self.sharded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(process)
+            .then(|| Arc::from(lease_key(process, &self.replica)))
+    }
+
+    /// The lease row `process` is held under by this replica.
+    fn key_of(&self, process: &str) -> Arc<str> {
+        self.own_lease(process).unwrap_or_else(|| Arc::from(process))
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -208,7 +299,8 @@ impl Coordinator {
         grid: (Duration, Duration),
         manual: bool,
     ) -> Option<Granted> {
-        if self.owner_elsewhere(process).is_some() && !self.holds_group(process) {
+        let own = self.own_lease(process);
+        if own.is_none() && self.owner_elsewhere(process).is_some() && !self.holds_group(process) {
             // Another replica's share: it claims first. A periodic tick is
             // still claimed here a moment later, so that a tick is never lost
             // while the replicas' views of each other differ.
@@ -220,23 +312,21 @@ impl Coordinator {
         let lease = self.lease_for(timeout);
         let started = Instant::now();
         let grid_ms = (grid.0.as_millis() as i64, grid.1.as_millis() as i64);
-        let linked = self.linked(process);
+        let linked = if own.is_some() {
+            Vec::new()
+        } else {
+            self.linked(process)
+        };
+        let key = own.clone().unwrap_or_else(|| process.clone());
         let claim = self
             .leases
-            .claim(
-                process,
-                &self.replica,
-                lease.as_millis() as i64,
-                grid_ms,
-                manual,
-                &linked,
-            )
+            .claim(&key, &self.replica, lease.as_millis() as i64, grid_ms, manual, &linked)
             .await;
         match claim {
             Ok(Claim::Won { token, slot, took_over }) => {
                 self.store_reachable(true, None);
                 self.lock().held.insert(
-                    process.clone(),
+                    key,
                     Held {
                         token,
                         valid_until: started + lease,
@@ -255,11 +345,12 @@ impl Coordinator {
                 Some(Granted {
                     token,
                     slot: (!manual).then_some(slot),
+                    key: own,
                 })
             }
             Ok(Claim::Lost) => {
                 self.store_reachable(true, None);
-                if self.is_owner(process) {
+                if own.is_none() && self.is_owner(process) {
                     // Our share, held elsewhere (it or its group): ask for it
                     // at that replica's next tick boundary.
                     for p in self.group_of(process).iter().filter(|p| self.held_elsewhere(p)) {
@@ -281,8 +372,10 @@ impl Coordinator {
     }
 
     /// Who holds `process`, as of the last heartbeat.
+    /// For a process every replica runs for its own accounts: this replica's lease.
     pub fn holder(&self, process: &str) -> Option<Holder> {
-        self.lock().view.iter().find(|v| v.process == process).map(|v| Holder {
+        let key = self.key_of(process);
+        self.lock().view.iter().find(|v| *v.process == *key).map(|v| Holder {
             replica: v.holder.clone(),
             lease_expires_at: crate::clock::from_ms(v.expires_at_ms),
             expired: v.expired,
@@ -309,21 +402,23 @@ impl Coordinator {
 
     /// Whether this replica can prove it holds `process` right now.
     pub fn holds(&self, process: &str) -> bool {
+        let key = self.key_of(process);
         self.lock()
             .held
-            .get(process)
+            .get(&key)
             .is_some_and(|h| h.valid_until > Instant::now())
     }
 
     /// Stops holding `process` here; `reason` is counted (`rebalance`,
     /// `shutdown`, `pause`, `removed`).
     pub async fn release(&self, process: &str, reason: &'static str) {
-        if self.lock().held.remove(process).is_some() {
+        let key = self.key_of(process);
+        if self.lock().held.remove(&key).is_some() {
             self.metrics.ha.held(process, false);
             self.metrics.ha.handover(reason);
             self.count_held();
         }
-        if let Err(e) = self.leases.release(process, &self.replica).await {
+        if let Err(e) = self.leases.release(&key, &self.replica).await {
             tracing::warn!(process, error = %format!("{e:#}"), "cannot release the lease; it will expire");
         }
     }
@@ -340,6 +435,40 @@ impl Coordinator {
             (false, true) => tracing::info!("ha: PostgreSQL answers again; claiming ticks as usual"),
             _ => {}
         }
+    }
+}
+
+impl Coordinator {
+    /// The account processes among `groups` that every replica runs for its
+    /// own accounts: those whose whole group is account processes (alone, or
+    /// linked only to each other, as dashboard_sync runs after trade_sync: a
+    /// replica runs the chain for its own accounts, its links kept locally).
+    /// One linked to any other process stays on one replica for every account
+    /// (its group must be held by one replica), and is said so.
+    fn sharded_among(
+        &self,
+        groups: &BTreeMap<String, String>,
+        members: &HashMap<&str, Vec<String>>,
+    ) -> HashSet<String> {
+        let Some(sharing) = self.sharing.get() else {
+            return HashSet::new();
+        };
+        let mut sharded = HashSet::new();
+        for (process, group) in groups {
+            if !(sharing.is_account_process)(process) {
+                continue;
+            }
+            if members[group.as_str()].iter().all(|p| (sharing.is_account_process)(p)) {
+                sharded.insert(process.clone());
+            } else {
+                tracing::warn!(
+                    process = %process,
+                    "ha: an account process linked (after, exclusive_with) to a process that is not one runs on one \
+                     replica for every account"
+                );
+            }
+        }
+        sharded
     }
 }
 
@@ -387,15 +516,28 @@ impl scheduler::Coordinator for Coordinator {
     }
 
     fn link(&self, groups: &std::collections::BTreeMap<String, String>) {
-        *self.groups.write().unwrap_or_else(|e| e.into_inner()) = groups.clone();
-        {
-            let mut s = self.lock();
-            s.owners = super::shares::assign(groups, &s.replicas);
-        }
         let mut members: HashMap<&str, Vec<String>> = HashMap::new();
         for (process, group) in groups {
             members.entry(group).or_default().push(process.clone());
         }
+        let sharded = self.sharded_among(groups, &members);
+        // Account processes run everywhere: the fair shares are of the others.
+        let shared: BTreeMap<String, String> = groups
+            .iter()
+            .filter(|(p, _)| !sharded.contains(*p))
+            .map(|(p, g)| (p.clone(), g.clone()))
+            .collect();
+        {
+            let mut s = self.lock();
+            // A reload that moved a process between the two kinds of lease:
+            // the old one is no longer renewed and lapses.
+            s.held
+                .retain(|key, _| sharded.contains(process_of(key)) == (process_of(key) != &**key));
+            s.owners = super::shares::assign(&shared, &s.replicas);
+        }
+        *self.sharded.write().unwrap_or_else(|e| e.into_inner()) = sharded;
+        self.count_held();
+        *self.groups.write().unwrap_or_else(|e| e.into_inner()) = shared;
         let links = groups
             .iter()
             .map(|(process, group)| {
@@ -416,7 +558,10 @@ impl scheduler::Coordinator for Coordinator {
         let mut holdings: std::collections::BTreeMap<String, Vec<String>> =
             s.replicas.iter().map(|r| (r.clone(), Vec::new())).collect();
         for v in s.view.iter().filter(|v| !v.expired) {
-            holdings.entry(v.holder.clone()).or_default().push(v.process.clone());
+            holdings
+                .entry(v.holder.clone())
+                .or_default()
+                .push(process_of(&v.process).to_string());
         }
         ClusterView {
             replica: self.replica.clone(),
@@ -424,5 +569,20 @@ impl scheduler::Coordinator for Coordinator {
             store_up: s.store_up,
             holdings,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_replica_lease_names_its_process_whatever_the_replica_is_called() {
+        for replica in ["r1", "host-a-1234", "odd@name", ""] {
+            let key = lease_key("trade_sync", replica);
+            assert_eq!(process_of(&key), "trade_sync", "{key}");
+            assert_ne!(key, "trade_sync");
+        }
+        assert_eq!(process_of("level_monitor"), "level_monitor");
     }
 }

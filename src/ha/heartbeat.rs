@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::coordinator::Coordinator;
+use super::coordinator::{Coordinator, process_of};
 
 impl Coordinator {
     /// Renews, reports and reads every `ha.heartbeat_seconds` until `stop`.
@@ -61,6 +61,9 @@ impl Coordinator {
                 ),
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "ha: cannot prune old heartbeat rows"),
             }
+            if let Err(e) = self.leases.prune_own_leases().await {
+                tracing::warn!(error = %format!("{e:#}"), "ha: cannot prune the per-replica leases of gone replicas");
+            }
         }
         self.store_reachable(true, None);
         self.metrics.ha.replicas(count);
@@ -68,6 +71,7 @@ impl Coordinator {
             budget.saw_replicas(count);
         }
         let mut lost = Vec::new();
+        let mut changed = None;
         {
             let mut s = self.lock();
             s.view = view;
@@ -75,6 +79,7 @@ impl Coordinator {
             if s.replicas != alive {
                 s.replicas = alive;
                 s.owners = super::shares::assign(&self.groups(), &s.replicas);
+                changed = Some(s.replicas.clone());
             }
             for (process, token, lease) in snapshot {
                 // A claim made meanwhile (a newer token) has set its own validity.
@@ -89,9 +94,12 @@ impl Coordinator {
                 }
             }
         }
-        for process in lost {
-            self.metrics.ha.held(&process, false);
-            tracing::warn!(process = %process, "lease lost: another replica holds it now");
+        if let Some(alive) = changed {
+            self.reassign_accounts(&alive);
+        }
+        for key in lost {
+            self.metrics.ha.held(process_of(&key), false);
+            tracing::warn!(process = %key, "lease lost: another replica holds it now");
         }
         self.count_held();
         Ok(())
@@ -109,7 +117,7 @@ impl Coordinator {
             valid
         });
         for process in gone {
-            self.metrics.ha.held(&process, false);
+            self.metrics.ha.held(process_of(&process), false);
             tracing::warn!(process = %process, "lease can no longer be proven (PostgreSQL unreachable); not running it");
         }
         self.count_held();
@@ -119,7 +127,7 @@ impl Coordinator {
     pub async fn leave(&self) {
         let held: Vec<Arc<str>> = self.lock().held.drain().map(|(p, _)| p).collect();
         for p in &held {
-            self.metrics.ha.held(p, false);
+            self.metrics.ha.held(process_of(p), false);
             self.metrics.ha.handover("shutdown");
         }
         self.count_held();

@@ -219,6 +219,21 @@ impl Leases {
         .rows_affected())
     }
 
+    /// Deletes the per-replica leases (`<process>@<replica>`, see
+    /// `coordinator::lease_key`) that lapsed and whose replica's heartbeat
+    /// row is gone (pruned: not seen for an hour or more), so a `hostname-pid`
+    /// replica id, new at every start, leaves no rows behind. Returns how many.
+    pub async fn prune_own_leases(&self) -> anyhow::Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM ha_leases l
+              WHERE position('@' in l.process) > 0 AND (l.released OR l.expires_at < now())
+                AND NOT EXISTS (SELECT 1 FROM ha_replicas r WHERE r.replica = l.holder)",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Every lease, for the status document.
     pub async fn view(&self) -> anyhow::Result<Vec<LeaseView>> {
         let rows = sqlx::query(

@@ -10,10 +10,17 @@
 //! layer's `ClusterBudget` trait on PostgreSQL). Timing that must agree
 //! across replicas (lease expiry, slot numbers) is the database's clock.
 //!
-//! Owns: leases, fencing tokens, the replica list, the cluster budget rows.
-//! Imports `scheduler` and `budget` (the traits it implements), `config`,
+//! With `ha.share_accounts`, the exchange accounts are spread over the live
+//! replicas too ([`accounts`]): the account processes run on every replica,
+//! each under a lease of its own (`<process>@<replica>`), for the accounts the
+//! registry says are this replica's.
+//!
+//! Owns: leases, fencing tokens, the replica list, the cluster budget rows,
+//! which accounts are this replica's. Imports `scheduler` and `budget` (the
+//! traits it implements), `accounts` (the registry it assigns), `config`,
 //! `telemetry`, `clock`; never `status`, `store` or the processes.
 
+pub mod accounts;
 pub mod budget;
 mod coordinator;
 mod grid;

@@ -94,7 +94,7 @@ impl Quota {
 
 /// A stable 64-bit score of (group, replica): FNV-1a, then a finalizer for
 /// avalanche. Stable across builds and versions, unlike std's hasher.
-fn score(group: &str, replica: &str) -> u64 {
+pub(super) fn score(group: &str, replica: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in group.bytes().chain([0xff]).chain(replica.bytes()) {
         h ^= b as u64;

@@ -46,6 +46,10 @@ pub const PROTECTION_KINDS: [&str; 1] = ["backstop_sync"];
 
 /// The processes that serve every account, counted per account when one fails.
 pub const ACCOUNT_PROCESSES: [&str; 3] = ["trade_sync", "position_sync", "dashboard_sync"];
+/// The kinds that work account by account over `Accounts::mine()`: under HA
+/// with `ha.share_accounts`, every replica runs them for its own accounts
+/// (a lease per replica, never contended), instead of one replica for all.
+pub const ACCOUNT_SHARDED: [&str; 4] = ["trade_sync", "position_sync", "dashboard_sync", "user_stream"];
 /// The processes that leave out symbols the venue does not list, and count them.
 pub const SYMBOL_PROCESSES: [&str; 4] = ["trade_sync", "level_monitor", "price_update", "notification_check"];
 

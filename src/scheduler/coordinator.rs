@@ -9,11 +9,15 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 
 /// A lease this replica won for one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {
     pub token: i64,
     /// The grid slot; `None` for a manual run.
     pub slot: Option<i64>,
+    /// The lease the claim was made under, when it is not the process's own
+    /// id (a process every replica runs for its own accounts holds a lease
+    /// per replica): the run's writes are fenced on it.
+    pub key: Option<Arc<str>>,
 }
 
 /// Who holds a process's lease, as the status document shows it.

@@ -142,7 +142,8 @@ impl Scheduler {
             slot: granted.slot,
             token: granted.token,
         };
-        Some((Some(lease), Fence::lease(p.id.clone(), granted.token)))
+        let key = granted.key.unwrap_or_else(|| p.id.clone());
+        Some((Some(lease), Fence::lease(key, granted.token)))
     }
 
     /// Runs attempts until one succeeds, a failure is final, or a retry could not finish before `next_tick`.

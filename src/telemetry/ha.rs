@@ -42,6 +42,7 @@ pub struct HaMetrics {
     store_up: Gauge,
     cluster_budget_waits: Counter,
     cluster_budget_local_calls: Counter,
+    accounts_owned: Gauge,
 }
 
 impl HaMetrics {
@@ -92,6 +93,11 @@ impl HaMetrics {
             "Calls admitted on this replica's local share of the venue's budget because the cluster's budget \
              (PostgreSQL) could not be reached",
             self.cluster_budget_local_calls.clone(),
+        );
+        r.register(
+            "accounts_owned",
+            "Exchange accounts this replica works for: its share under HA with ha.share_accounts, every account otherwise",
+            self.accounts_owned.clone(),
         );
     }
 
@@ -145,6 +151,11 @@ impl HaMetrics {
 
     pub fn store_up(&self, up: bool) {
         self.store_up.set(up as i64);
+    }
+
+    /// How many accounts this replica works for now.
+    pub fn accounts_owned(&self, count: usize) {
+        self.accounts_owned.set(count as i64);
     }
 
     pub fn cluster_budget_waits(&self, count: u32) {
