@@ -152,21 +152,22 @@ impl Metrics {
     /// Prometheus text 0.0.4 (what most scrapers ask for by default).
     pub fn encode_prometheus(&self) -> String {
         let mut out = self.body_buffer();
+        // First: the aggregates in the registry are set by the choice of accounts shown.
+        let now = crate::clock::now_ms();
+        let shown = self.accounts.select(now);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         self.process.encode(&mut Writer::new(&mut out, Format::Prometheus));
-        self.encode_accounts(&mut Writer::new(&mut out, Format::Prometheus));
+        self.encode_accounts(&mut Writer::new(&mut out, Format::Prometheus), &shown, now);
         self.note_body(&out);
         out
     }
 
     /// The per-account families (and the streams', which carry accounts):
     /// every account up to the limit, above it those with a problem.
-    fn encode_accounts(&self, w: &mut Writer<'_>) {
-        let now = crate::clock::now_ms();
-        let shown = self.accounts.select(now);
-        self.accounts.encode(w, &shown);
-        self.stream.encode(w, &shown, now);
+    fn encode_accounts(&self, w: &mut Writer<'_>, shown: &super::accounts::Shown, now: i64) {
+        self.accounts.encode(w, shown);
+        self.stream.encode(w, shown, now);
     }
 
     fn body_buffer(&self) -> String {
@@ -181,10 +182,12 @@ impl Metrics {
     /// OpenMetrics 1.0 text, with exemplars.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = self.body_buffer();
+        let now = crate::clock::now_ms();
+        let shown = self.accounts.select(now);
         let text = |out: &mut String| -> std::fmt::Result {
             prometheus_client::encoding::text::encode_registry(out, &self.registry)?;
             self.process.encode(&mut Writer::new(out, Format::OpenMetrics));
-            self.encode_accounts(&mut Writer::new(out, Format::OpenMetrics));
+            self.encode_accounts(&mut Writer::new(out, Format::OpenMetrics), &shown, now);
             prometheus_client::encoding::text::encode_eof(out)
         };
         text(&mut out).expect("writing to a String cannot fail");
