@@ -52,9 +52,7 @@ pub fn stale_bounds(config: &Config, metrics: &Metrics) {
         if config.exchange.streams && *kind != "dashboard_sync" {
             bound = bound.max(2.0 * config.exchange.stream_reconcile_seconds + p.interval_seconds);
         }
-        metrics
-            .accounts
-            .stale_after(kind, Duration::from_secs_f64(bound));
+        metrics.accounts.stale_after(kind, Duration::from_secs_f64(bound));
     }
 }
 

@@ -236,7 +236,10 @@ impl AccountsQueue {
     }
 
     fn backoff(&self) -> Backoff {
-        Backoff::new(self.interval.max(Duration::from_secs(1)), MAX_BACKOFF.max(self.interval))
+        Backoff::new(
+            self.interval.max(Duration::from_secs(1)),
+            MAX_BACKOFF.max(self.interval),
+        )
     }
 
     /// One account's deadline in a run ending at `deadline`: the setting, or
@@ -375,7 +378,10 @@ impl AccountsQueue {
             let result = result.unwrap_or_else(|_| {
                 Err(ProcessError::retriable(
                     ErrorKind::Timeout,
-                    format!("timed out after {:.1}s (the account's deadline)", per_account.as_secs_f64()),
+                    format!(
+                        "timed out after {:.1}s (the account's deadline)",
+                        per_account.as_secs_f64()
+                    ),
                 ))
             });
             match result {
@@ -448,12 +454,25 @@ mod tests {
                 .collect(),
         };
         let e = worked.finish("x".into()).unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Upstream, "an account's deadline is not the run's timeout");
+        assert_eq!(
+            e.kind,
+            ErrorKind::Upstream,
+            "an account's deadline is not the run's timeout"
+        );
         assert!(!e.retriable);
-        assert!(e.message.starts_with("7 of 9 accounts failing (account `a0`"), "{}", e.message);
-        assert!(e.message.contains("account `a4`") && !e.message.contains("a5"), "{}", e.message);
         assert!(
-            e.message.contains("and 2 more); synced 0 of 9 accounts, 2 still due; x"),
+            e.message.starts_with("7 of 9 accounts failing (account `a0`"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("account `a4`") && !e.message.contains("a5"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message
+                .contains("and 2 more); synced 0 of 9 accounts, 2 still due; x"),
             "{}",
             e.message
         );

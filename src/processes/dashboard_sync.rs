@@ -57,7 +57,12 @@ pub fn analytics(trades: &[StoredTrade], positions: &[StoredPosition], now: i64)
 }
 
 impl DashboardSync {
-    pub fn new(id: &str, platform: Arc<Platform>, interval: std::time::Duration, settings: AccountWorkSettings) -> Self {
+    pub fn new(
+        id: &str,
+        platform: Arc<Platform>,
+        interval: std::time::Duration,
+        settings: AccountWorkSettings,
+    ) -> Self {
         let queue = Arc::new(AccountsQueue::new("dashboard_sync", interval, settings));
         platform.account_queues.register(id, &queue);
         DashboardSync { platform, queue }
@@ -68,9 +73,12 @@ impl DashboardSync {
         let now = now_ms();
         let worked = self
             .queue
-            .run(p, &ctx, |_| true, |ctx, account| async move {
-                self.compute(&ctx, &account, now).await
-            })
+            .run(
+                p,
+                &ctx,
+                |_| true,
+                |ctx, account| async move { self.compute(&ctx, &account, now).await },
+            )
             .await?;
         if let Some(oldest) = p.store.oldest_snapshot_ms().await.map_err(|e| p.store_error(e))? {
             p.events.oldest_snapshot_ms(oldest);

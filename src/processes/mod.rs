@@ -92,7 +92,13 @@ pub fn build(id: &str, config: &ProcessConfig, platform: Option<&Arc<Platform>>)
         "trade_sync" => {
             let platform = p()?;
             let batching = platform.batching;
-            Arc::new(trade_sync::TradeSync::new(id, platform, interval, batching, account_work()?))
+            Arc::new(trade_sync::TradeSync::new(
+                id,
+                platform,
+                interval,
+                batching,
+                account_work()?,
+            ))
         }
         "level_monitor" => Arc::new(level_monitor::LevelMonitor::new(
             p()?,

@@ -75,10 +75,7 @@ impl AccountQueues {
                 .filter_map(|(id, q)| Some((id.clone(), q.upgrade()?)))
                 .collect()
         };
-        queues
-            .iter()
-            .filter_map(|(id, q)| q.snapshot(id, account))
-            .collect()
+        queues.iter().filter_map(|(id, q)| q.snapshot(id, account)).collect()
     }
 }
 

@@ -46,7 +46,8 @@ impl PositionSync {
             .await?;
         let open: usize = worked.results.iter().map(|(_, n)| n).sum();
         // The accounts synced in this run: with many accounts a run covers a share of them.
-        p.events.positions_open(p.store.open_positions_count().await.unwrap_or(open));
+        p.events
+            .positions_open(p.store.open_positions_count().await.unwrap_or(open));
         worked.finish(format!("{open} open positions in the accounts synced"))
     }
 }

@@ -74,7 +74,11 @@ impl TradeSync {
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
-        let full_sweep = !self.batching || self.runs.fetch_add(1, Ordering::Relaxed).is_multiple_of(FULL_SWEEP_EVERY);
+        let full_sweep = !self.batching
+            || self
+                .runs
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(FULL_SWEEP_EVERY);
         // A healthy user stream stores fills as they happen: the account is polled only every reconcile interval.
         let eligible = |account: &str| self.polled.due(p, account);
         let worked = self

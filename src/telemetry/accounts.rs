@@ -471,7 +471,11 @@ mod tests {
         m.user_init("b");
         let shown = m.select(now + STREAM_GRACE.as_millis() as i64 + 1);
         assert!(shown.limited);
-        assert_eq!(shown.names, ["b", "c"], "the failing one and the one whose stream is down");
+        assert_eq!(
+            shown.names,
+            ["b", "c"],
+            "the failing one and the one whose stream is down"
+        );
         m.synced("trade_sync", "c");
         m.user_up("b", true);
         // A success after the failure: still failing for RECENT, then ok.
@@ -479,9 +483,17 @@ mod tests {
         assert_eq!(m.select(now + 1).names, ["c"]);
         assert!(m.select(later).names.is_empty());
         m.stale_after("trade_sync", Duration::from_secs(60));
-        assert_eq!(m.select(now + 1).names, ["c"], "nobody is stale within 60 s of appearing");
+        assert_eq!(
+            m.select(now + 1).names,
+            ["c"],
+            "nobody is stale within 60 s of appearing"
+        );
         let stale = m.select(later);
-        assert_eq!(stale.names, ["a", "b", "c"], "all four stale: the limit (3) of them shown");
+        assert_eq!(
+            stale.names,
+            ["a", "b", "c"],
+            "all four stale: the limit (3) of them shown"
+        );
         assert_eq!(m.failures_by_process()["trade_sync"], 1);
     }
 

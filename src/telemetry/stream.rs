@@ -199,13 +199,23 @@ impl StreamMetrics {
         let market: Vec<(String, MarketRow)> = self
             .market()
             .iter()
-            .map(|(stream, row)| (format!("{},{}", label("stream", stream), label("account", "")), row.clone()))
+            .map(|(stream, row)| {
+                (
+                    format!("{},{}", label("stream", stream), label("account", "")),
+                    row.clone(),
+                )
+            })
             .collect();
         let users: Vec<(String, UserRow)> = self
             .accounts
             .user_rows(shown)
             .into_iter()
-            .map(|(account, row)| (format!("{},{}", label("stream", "user"), label("account", &account)), row))
+            .map(|(account, row)| {
+                (
+                    format!("{},{}", label("stream", "user"), label("account", &account)),
+                    row,
+                )
+            })
             .collect();
         let age = |last: i64| match last {
             0 => 0.0,
