@@ -123,7 +123,11 @@ fn usage(pid: u32) -> (u64, f64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .collect();
     let ticks: f64 = [11, 12]
         .iter()
         .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
@@ -182,7 +186,10 @@ async fn start(a: &Args) -> anyhow::Result<Setup> {
     cmd.args(["sim", "--listen", &format!("127.0.0.1:{sim_port}"), "--config"])
         .arg(dir.path().join("sim.toml"))
         .env_clear()
-        .env("SCRIPT_MANAGER_STORE__URL", format!("sqlite://{}/unused.db", dir.path().display()));
+        .env(
+            "SCRIPT_MANAGER_STORE__URL",
+            format!("sqlite://{}/unused.db", dir.path().display()),
+        );
     let sim = Proc::spawn(cmd, "sim");
     let sim_base = format!("http://127.0.0.1:{sim_port}");
     let http = reqwest::Client::new();
@@ -193,7 +200,10 @@ async fn start(a: &Args) -> anyhow::Result<Setup> {
     let store_url = match &a.postgres {
         Some(admin) => {
             let db = format!("sm_bench_accounts_{}", std::process::id());
-            let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(admin).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(admin)
+                .await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
                 .execute(&pool)
                 .await?;
@@ -302,7 +312,11 @@ async fn main() -> anyhow::Result<()> {
     let ready = wait_until(Duration::from_secs(120), || async {
         let mut all = true;
         for (_, base) in &setup.replicas {
-            all &= http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success());
+            all &= http
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
         }
         all
     })
@@ -344,7 +358,12 @@ async fn main() -> anyhow::Result<()> {
         seen.streams = up;
         if up >= n && seen.streams_all.is_none() {
             seen.streams_all = Some(now);
-            let meter: Value = http.get(format!("{}/sim/meter", setup.sim_base)).send().await?.json().await?;
+            let meter: Value = http
+                .get(format!("{}/sim/meter", setup.sim_base))
+                .send()
+                .await?
+                .json()
+                .await?;
             seen.private_connections = meter["ws_connections"]["private"].as_u64().unwrap_or(0);
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
@@ -363,7 +382,11 @@ async fn main() -> anyhow::Result<()> {
             let before = fills_of(&pool, &account).await;
             let body = serde_json::json!({"account": account, "symbol": "BTCUSDT", "side": "BUY", "qty": "0.001"});
             let made = Instant::now();
-            let r = http.post(format!("{}/sim/trade", setup.sim_base)).json(&body).send().await?;
+            let r = http
+                .post(format!("{}/sim/trade", setup.sim_base))
+                .json(&body)
+                .send()
+                .await?;
             anyhow::ensure!(r.status().is_success(), "/sim/trade: {}", r.status());
             let deadline = made + Duration::from_secs(30);
             while fills_of(&pool, &account).await <= before && Instant::now() < deadline {
@@ -376,7 +399,12 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let watched = watch_start.elapsed().as_secs_f64();
-    let meter: Value = http.get(format!("{}/sim/meter", setup.sim_base)).send().await?.json().await?;
+    let meter: Value = http
+        .get(format!("{}/sim/meter", setup.sim_base))
+        .send()
+        .await?
+        .json()
+        .await?;
     let answers = |code: &str| meter["answers"][code].as_u64().unwrap_or(0);
     let by_minute: Vec<u64> = meter["weight_by_minute"]
         .as_object()
@@ -408,7 +436,11 @@ async fn main() -> anyhow::Result<()> {
         by_minute,
         by_minute.iter().max().unwrap_or(&0)
     );
-    println!("  429 / 418 answers                    {} / {}", answers("429"), answers("418"));
+    println!(
+        "  429 / 418 answers                    {} / {}",
+        answers("429"),
+        answers("418")
+    );
     for (i, r) in rss.iter().enumerate() {
         println!(
             "  replica {i}: RSS {:.1} MB ({:.1} KB per account of the platform)",
@@ -429,7 +461,10 @@ async fn main() -> anyhow::Result<()> {
     drop(setup);
     if let Some(admin) = &a.postgres {
         let db = store_url.rsplit('/').next().unwrap_or_default().to_string();
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(admin).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(admin)
+            .await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
             .execute(&pool)
             .await?;

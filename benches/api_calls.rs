@@ -279,6 +279,7 @@ async fn run(plan: &Plan, knobs: Knobs, streams: bool, speedup: f64, window: f64
         webhook_hosts: Vec::new(),
         batching: knobs.batching,
         shared_store: false,
+        account_queues: Default::default(),
     });
     for (i, &(id, kind, interval)) in plan.iter().enumerate() {
         let defaults = process_defaults(kind);

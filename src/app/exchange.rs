@@ -102,7 +102,10 @@ pub async fn start(
         // Binance's documented default until exchangeInfo answers.
         ExchangeKind::BinanceUsdm => (x.base_url.clone(), None, 2400),
     };
-    let admission = Admission::new(calls, venue_weight(config, venue_limit));
+    let weight = venue_weight(config, venue_limit);
+    // Per-account caps scale with the accounts, never past what the venue lets us send.
+    calls.set_ceiling(weight.limit());
+    let admission = Admission::new(calls, weight);
     let options = TransportOptions {
         base_url,
         recv_window_ms: x.recv_window_ms,
@@ -205,6 +208,7 @@ async fn read_exchange_info(venue: &Binance, catalog: &Catalog) {
         Ok(info) => {
             let weight = &venue.admission().weight;
             weight.set_venue_limit(info.weight_limit_per_minute);
+            venue.admission().calls.set_ceiling(weight.limit());
             tracing::info!(
                 weight_limit = info.weight_limit_per_minute,
                 our_limit = weight.limit(),

@@ -40,6 +40,10 @@ pub fn reloader(
         let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
         let build = |id: &str, p: &crate::config::ProcessConfig| processes::build(id, p, Some(&platform));
         let report = scheduler.reload(&config.processes, &build);
+        scheduler
+            .budget()
+            .set_per_account(super::accounts::per_account_caps(&config));
+        super::accounts::stale_bounds(&config, &metrics);
         metrics.config_loaded(true);
         let restart_needed = sections_needing_restart(&running, &config);
         if !restart_needed.is_empty() {

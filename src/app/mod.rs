@@ -5,6 +5,7 @@
 //! Owns: the order things start and stop in. The top floor: it may import
 //! every module, and nothing imports it.
 
+mod accounts;
 pub mod exchange;
 mod live;
 
@@ -49,13 +50,15 @@ pub fn tracing_settings(config: &Config) -> TracingSettings {
 
 /// The per-process call limits: every process's, and the service's own.
 pub fn process_budget(config: &Config) -> Arc<ProcessCalls> {
-    Arc::new(ProcessCalls::new(
+    let budget = Arc::new(ProcessCalls::new(
         config
             .processes
             .iter()
             .map(|(id, p)| (id.clone(), p.max_api_calls_per_minute))
             .chain([(SERVICE_CALLER.to_string(), SERVICE_CALLS_PER_MINUTE)]),
-    ))
+    ));
+    budget.set_per_account(accounts::per_account_caps(config));
+    budget
 }
 
 /// Builds the scheduler for a validated configuration.
@@ -312,6 +315,7 @@ fn warn_unsigned_webhooks(config: &Config) {
 pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.config_loaded(true);
+    metrics.accounts.set_limit(config.telemetry.per_account_series_limit);
     let budget = process_budget(&config);
     let store = Arc::new(Store::open(&config.store.url).await?);
     let exchange_stop = CancellationToken::new();
@@ -350,6 +354,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         &processes::SYMBOL_PROCESSES,
         &accounts.names(),
     );
+    accounts::stale_bounds(&config, &metrics);
     store.post_level_events_to(webhook_url(&config));
     warn_unsigned_webhooks(&config);
     let stream_health = Arc::new(StreamHealth::default());
@@ -374,11 +379,19 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         webhook_hosts: config.notifications.allowed_webhook_hosts.clone(),
         batching: config.upstream.batching,
         shared_store: config.ha.enabled,
+        account_queues: Default::default(),
     });
     if let Err(e) = processes::demo::seed(&platform, &config).await {
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
     }
-    let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
+    let scheduler = build_scheduler(&config, metrics.clone(), budget.clone(), Some(&platform));
+    accounts::follow(
+        accounts.clone(),
+        scheduler.clone(),
+        metrics.clone(),
+        budget,
+        exchange_stop.clone(),
+    );
     live::apply_stored_overrides(&store, &scheduler).await;
     let s = &config.scheduler;
     if s.adaptive_intervals {

@@ -1,19 +1,46 @@
 //! Each process's calls per sliding minute: the seed's `track_api_call` /
 //! `can_make_api_calls`, and the first step of admission (`try_take`).
+//!
+//! Caps that scale: for the processes that work per account (trade_sync,
+//! position_sync, user_stream) the configured `max_api_calls_per_minute` is
+//! per account, and the cap in force is that times this replica's accounts,
+//! at most the venue weight budget per minute (every call weighs at least
+//! 1, so more could never be sent). A fixed cap either starved those
+//! processes at a thousand accounts (60 calls/min for 1 000 accounts) or,
+//! set for the largest case, meant nothing at two.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessCalls {
     /// Changed by live overrides and reloads.
     limits: std::sync::RwLock<HashMap<String, u32>>,
+    /// Processes whose limit is per account.
+    per_account: std::sync::RwLock<std::collections::HashSet<String>>,
+    /// The accounts this replica works for (at least 1 counts).
+    accounts: AtomicU32,
+    /// No scaled cap goes above this (the venue weight budget per minute).
+    ceiling: AtomicU32,
     calls: Mutex<HashMap<String, VecDeque<(Instant, u32)>>>,
+}
+
+impl Default for ProcessCalls {
+    fn default() -> Self {
+        ProcessCalls {
+            limits: Default::default(),
+            per_account: Default::default(),
+            accounts: AtomicU32::new(1),
+            ceiling: AtomicU32::new(u32::MAX),
+            calls: Mutex::default(),
+        }
+    }
 }
 
 impl ProcessCalls {
@@ -21,7 +48,7 @@ impl ProcessCalls {
     pub fn new(limits: impl IntoIterator<Item = (String, u32)>) -> Self {
         ProcessCalls {
             limits: std::sync::RwLock::new(limits.into_iter().collect()),
-            calls: Mutex::default(),
+            ..Self::default()
         }
     }
 
@@ -88,10 +115,45 @@ impl ProcessCalls {
         }
     }
 
-    /// The configured limit; 0 for an unknown process.
+    /// The limit in force: the configured one, or for a per-account process
+    /// the configured one × accounts, at most the ceiling; 0 for an unknown process.
     pub fn limit(&self, process: &str) -> u32 {
+        let configured = self.configured(process);
+        let scaled = self
+            .per_account
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(process);
+        match scaled {
+            false => configured,
+            true => {
+                let accounts = self.accounts.load(Ordering::Relaxed).max(1);
+                let ceiling = self.ceiling.load(Ordering::Relaxed);
+                configured.saturating_mul(accounts).min(ceiling.max(configured))
+            }
+        }
+    }
+
+    /// The configured limit (`max_api_calls_per_minute`); 0 for an unknown process.
+    pub fn configured(&self, process: &str) -> u32 {
         let limits = self.limits.read().unwrap_or_else(|e| e.into_inner());
         limits.get(process).copied().unwrap_or(0)
+    }
+
+    /// Which processes' limits are per account (replaces the previous set).
+    pub fn set_per_account(&self, processes: impl IntoIterator<Item = String>) {
+        *self.per_account.write().unwrap_or_else(|e| e.into_inner()) = processes.into_iter().collect();
+    }
+
+    /// How many accounts this replica works for now.
+    pub fn set_accounts(&self, accounts: usize) {
+        self.accounts
+            .store(u32::try_from(accounts).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+
+    /// The most a scaled cap may reach: the venue weight budget per minute.
+    pub fn set_ceiling(&self, ceiling: u32) {
+        self.ceiling.store(ceiling, Ordering::Relaxed);
     }
 
     /// Sets `process`'s limit (`None`: the process is gone, and so is its budget).
@@ -113,6 +175,22 @@ fn prune(window: &mut VecDeque<(Instant, u32)>, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_account_caps_scale_with_accounts_up_to_the_ceiling() {
+        let budget = ProcessCalls::new([("trade_sync".to_string(), 30), ("price_update".to_string(), 30)]);
+        budget.set_per_account(["trade_sync".to_string()]);
+        assert_eq!(budget.limit("trade_sync"), 30, "one account (or none) counts as one");
+        budget.set_accounts(1000);
+        budget.set_ceiling(1920);
+        assert_eq!(budget.limit("trade_sync"), 1920, "30 × 1000, at most the venue budget");
+        assert_eq!(budget.limit("price_update"), 30, "not per account");
+        budget.set_accounts(10);
+        assert_eq!(budget.limit("trade_sync"), 300);
+        assert_eq!(budget.configured("trade_sync"), 30);
+        budget.set_ceiling(10);
+        assert_eq!(budget.limit("trade_sync"), 30, "never below the configured cap");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn sliding_minute_forgets_old_calls() {

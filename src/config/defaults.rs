@@ -146,6 +146,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         telemetry: TelemetryConfig {
             otlp_endpoint: None,
             service_name: "script-manager".into(),
+            per_account_series_limit: 100,
         },
         scheduler: SchedulerConfig {
             shutdown_grace_seconds: 10.0,

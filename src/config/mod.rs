@@ -157,6 +157,10 @@ pub struct TelemetryConfig {
     /// OTLP/HTTP base URL (`http://collector:4318`); spans go to `/v1/traces`.
     pub otlp_endpoint: Option<String>,
     pub service_name: String,
+    /// Up to this many accounts every account has its own series; above it
+    /// only accounts with a problem (at most this many) do, and aggregates
+    /// carry the rest (docs/accounts.md, "Accounts at scale").
+    pub per_account_series_limit: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

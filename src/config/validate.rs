@@ -107,6 +107,15 @@ pub fn check_tokens(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
 }
 
 pub fn check_telemetry(telemetry: &TelemetryConfig, report: &mut dyn FnMut(&str, String)) {
+    if telemetry.per_account_series_limit > 100_000 {
+        report(
+            "telemetry.per_account_series_limit",
+            format!(
+                "must be at most 100000 (got {}): per-account series are what it bounds",
+                telemetry.per_account_series_limit
+            ),
+        );
+    }
     if let Some(endpoint) = &telemetry.otlp_endpoint {
         let ok = (endpoint.starts_with("http://") || endpoint.starts_with("https://"))
             && endpoint.parse::<http::Uri>().is_ok();

@@ -216,7 +216,10 @@ pub async fn create_level(_: Trader, State(state): State<AppState>, body: Bytes)
     if !state.accounts.contains(&account) {
         return Err(unprocessable(
             "account",
-            format!("unknown account; known: {}", state.accounts.names().join(", ")),
+            format!(
+                "unknown account `{account}`; GET /api/accounts lists the {} known",
+                state.accounts.len()
+            ),
         ));
     }
     if state.modes.is_hedge(&account) {

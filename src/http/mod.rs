@@ -139,6 +139,8 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     for p in state.scheduler.processes().iter() {
         let calls = state.scheduler.budget().calls_last_minute(&p.id);
         state.metrics.process.api_calls_last_minute(&p.id, calls);
+        let limit = state.scheduler.budget().limit(&p.id);
+        state.metrics.process.api_limit(&p.id, limit);
     }
     if let Some(weight) = &state.weight {
         let u = weight.usage();

@@ -7,7 +7,8 @@ use futures::future::BoxFuture;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::platform::{PerAccount, Platform};
+use super::accounts_queue::{AccountWorkSettings, AccountsQueue};
+use super::platform::Platform;
 use crate::clock::now_ms;
 use crate::process::{Process, ProcessError, RunContext, RunReport};
 use crate::store::{StoredPosition, StoredTrade};
@@ -16,6 +17,7 @@ const DAY_MS: i64 = 24 * 3600 * 1000;
 
 pub struct DashboardSync {
     platform: Arc<Platform>,
+    queue: Arc<AccountsQueue>,
 }
 
 /// The analytics of one account at `now`: realized PnL over 24 h / 7 d / 30 d,
@@ -55,24 +57,34 @@ pub fn analytics(trades: &[StoredTrade], positions: &[StoredPosition], now: i64)
 }
 
 impl DashboardSync {
-    pub fn new(platform: Arc<Platform>) -> Self {
-        DashboardSync { platform }
+    pub fn new(
+        id: &str,
+        platform: Arc<Platform>,
+        interval: std::time::Duration,
+        settings: AccountWorkSettings,
+    ) -> Self {
+        let queue = Arc::new(AccountsQueue::new("dashboard_sync", interval, settings));
+        platform.account_queues.register(id, &queue);
+        DashboardSync { platform, queue }
     }
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
         let now = now_ms();
-        let mut accounts = PerAccount::new(p, "dashboard_sync");
-        let mut done = 0;
-        for account in &p.accounts.mine() {
-            done += accounts
-                .record(account, self.compute(&ctx, account, now).await)?
-                .is_some() as usize;
-        }
+        let worked = self
+            .queue
+            .run(
+                p,
+                &ctx,
+                |_| true,
+                |ctx, account| async move { self.compute(&ctx, &account, now).await },
+            )
+            .await?;
         if let Some(oldest) = p.store.oldest_snapshot_ms().await.map_err(|e| p.store_error(e))? {
             p.events.oldest_snapshot_ms(oldest);
         }
-        accounts.finish(format!("{done} dashboards"))
+        let done = worked.results.len();
+        worked.finish(format!("{done} dashboards"))
     }
 
     /// Computes and stores one account's analytics.

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use super::accounts_queue::{AccountSync, AccountsQueue};
 use super::levels::LevelEngine;
 use crate::domain::{Catalog, LivePrices};
 use crate::exchange::{Venue, VenueError, VenueErrorKind};
-use crate::process::{ErrorKind, Fenced, ProcessError, RunReport};
+use crate::process::{ErrorKind, Fenced, ProcessError};
 use crate::store::Store;
 use crate::telemetry::domain::DomainEvents;
 use crate::telemetry::stream::StreamMetrics;
@@ -45,6 +46,37 @@ pub struct Platform {
     pub batching: bool,
     /// Other replicas write to the same store (HA): what is cached from it must be re-checked there.
     pub shared_store: bool,
+    /// The per-account state of the account processes, by process id.
+    pub account_queues: AccountQueues,
+}
+
+/// The account processes' queues by process id, for the HTTP layer's view
+/// of one account. Held weakly: a process replaced or removed by a reload
+/// takes its queue with it.
+#[derive(Default)]
+pub struct AccountQueues {
+    queues: std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Weak<AccountsQueue>>>,
+}
+
+impl AccountQueues {
+    /// `id`'s queue (a newer instance of the process replaces the older one).
+    pub fn register(&self, id: &str, queue: &Arc<AccountsQueue>) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.retain(|_, q| q.strong_count() > 0);
+        queues.insert(id.to_string(), Arc::downgrade(queue));
+    }
+
+    /// What every account process knows of `account`, by process id.
+    pub fn account(&self, account: &str) -> Vec<AccountSync> {
+        let queues: Vec<(String, Arc<AccountsQueue>)> = {
+            let queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            queues
+                .iter()
+                .filter_map(|(id, q)| Some((id.clone(), q.upgrade()?)))
+                .collect()
+        };
+        queues.iter().filter_map(|(id, q)| q.snapshot(id, account)).collect()
+    }
 }
 
 /// How the streams connect and when they give up on a connection.
@@ -115,6 +147,12 @@ impl StreamSettings {
 }
 
 impl Platform {
+    /// Each account process's state of `account` (last success, last error,
+    /// next due, consecutive failures); empty for an account no process has seen yet.
+    pub fn account_sync(&self, account: &str) -> Vec<AccountSync> {
+        self.account_queues.account(account)
+    }
+
     /// Counts the levels that position writes retired (their position went flat or the other way).
     pub fn count_retired(&self, changes: &[crate::store::PositionChange]) {
         for change in changes.iter().filter(|c| !c.retired.is_empty()) {
@@ -204,63 +242,6 @@ impl Platform {
                 usable
             })
             .collect()
-    }
-}
-
-/// A run over every account: one account's failure is recorded (log and
-/// `script_manager_account_errors_total`) and the others are still served;
-/// the run then reports the failure, naming the accounts. A fenced write
-/// ends the run at once (the lease is gone for every account), and so does
-/// a spent budget (the other accounts would find it spent too).
-pub struct PerAccount<'a> {
-    platform: &'a Platform,
-    process: &'static str,
-    failed: Vec<(String, ProcessError)>,
-}
-
-impl<'a> PerAccount<'a> {
-    pub fn new(platform: &'a Platform, process: &'static str) -> Self {
-        PerAccount {
-            platform,
-            process,
-            failed: Vec::new(),
-        }
-    }
-
-    /// The account's result: its value, or `None` after recording its failure.
-    pub fn record<T>(&mut self, account: &str, result: Result<T, ProcessError>) -> Result<Option<T>, ProcessError> {
-        match result {
-            Ok(value) => Ok(Some(value)),
-            Err(e) if matches!(e.kind, ErrorKind::Fenced | ErrorKind::BudgetExhausted) => Err(e),
-            Err(e) => {
-                self.platform.events.account_failed(self.process, account);
-                tracing::warn!(process = self.process, account, kind = e.kind.as_str(), error = %e.message, "account failed; the others are still served");
-                self.failed.push((account.to_string(), e));
-                Ok(None)
-            }
-        }
-    }
-
-    /// The run's report: `summary`, or an error naming every failed account.
-    pub fn finish(self, summary: String) -> Result<RunReport, ProcessError> {
-        let Some((_, first)) = self.failed.first() else {
-            return Ok(RunReport { summary: Some(summary) });
-        };
-        let accounts: Vec<String> = self
-            .failed
-            .iter()
-            .map(|(account, e)| format!("account `{account}`: {}", e.message))
-            .collect();
-        Err(ProcessError::new(
-            first.kind,
-            format!(
-                "{} of {} accounts failed ({}); {summary}",
-                self.failed.len(),
-                self.platform.accounts.len(),
-                accounts.join("; ")
-            ),
-            self.failed.iter().all(|(_, e)| e.retriable),
-        ))
     }
 }
 

@@ -12,68 +12,95 @@
 //! symbol still runs on the first run and every `FULL_SWEEP_EVERY` runs.
 //! With streams on, an account whose user stream is healthy is only
 //! reconciled every `exchange.stream_reconcile_seconds`.
+//!
+//! Each account is a unit of work of its own ([`AccountsQueue`]): its own
+//! due time, backoff and deadline, a few accounts at a time.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::Mutex;
 
-use super::platform::{PerAccount, Platform, Polled, venue_error};
+use super::accounts_queue::{AccountWorkSettings, AccountsQueue};
+use super::platform::{Platform, Polled, venue_error};
 use super::reconcile;
 use crate::process::{ErrorKind, Process, ProcessError, RunContext, RunReport};
 
 /// Runs between full sweeps of every covered symbol (a safety net; 1 h at the default interval).
 const FULL_SWEEP_EVERY: u64 = 120;
 
-#[derive(Default)]
-struct Seen {
-    runs: u64,
-    /// (account, symbol) → the position update time its fills were synced up to.
-    synced_update: HashMap<(String, String), i64>,
-}
+/// (account, symbol) → the position update time its fills were synced up to.
+type Seen = HashMap<(String, String), i64>;
 
 pub struct TradeSync {
     platform: Arc<Platform>,
     /// Use the positions call to skip symbols without new fills.
     batching: bool,
     interval: Duration,
+    runs: AtomicU64,
+    /// Taken briefly (no I/O under it): accounts are worked concurrently.
     seen: Mutex<Seen>,
     /// While an account's user stream is healthy, its REST poll stretches.
     polled: Polled,
+    queue: Arc<AccountsQueue>,
 }
 
 impl TradeSync {
-    pub fn new(platform: Arc<Platform>, interval: Duration, batching: bool) -> Self {
+    pub fn new(
+        id: &str,
+        platform: Arc<Platform>,
+        interval: Duration,
+        batching: bool,
+        settings: AccountWorkSettings,
+    ) -> Self {
+        let queue = Arc::new(AccountsQueue::new("trade_sync", interval, settings));
+        platform.account_queues.register(id, &queue);
         TradeSync {
             platform,
             batching,
             interval,
-            seen: Mutex::new(Seen::default()),
+            runs: AtomicU64::new(0),
+            seen: Mutex::default(),
             polled: Polled::default(),
+            queue,
         }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn run_once(&self, ctx: RunContext) -> Result<RunReport, ProcessError> {
         let p = &self.platform;
-        let mut seen = self.seen.lock().await;
-        let full_sweep = !self.batching || seen.runs.is_multiple_of(FULL_SWEEP_EVERY);
-        let (mut new, mut polled) = (0, 0);
-        let mut accounts = PerAccount::new(p, "trade_sync");
-        for account in &p.accounts.mine() {
-            if !self.polled.due(p, account) {
-                continue; // its user stream stores fills as they happen
-            }
-            let synced = self.sync_account(&ctx, account, full_sweep, &mut seen).await;
-            if let Some((n, k)) = accounts.record(account, synced)? {
-                new += n;
-                polled += k;
-                self.polled.done(account);
-            }
+        let full_sweep = !self.batching
+            || self
+                .runs
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(FULL_SWEEP_EVERY);
+        // A healthy user stream stores fills as they happen: the account is polled only every reconcile interval.
+        let eligible = |account: &str| self.polled.due(p, account);
+        let worked = self
+            .queue
+            .run(p, &ctx, eligible, |ctx, account| async move {
+                let synced = self.sync_account(&ctx, &account, full_sweep).await;
+                if synced.is_ok() {
+                    self.polled.done(&account);
+                }
+                synced
+            })
+            .await?;
+        {
+            // Accounts gone from the registry leave nothing behind.
+            let mine: std::collections::HashSet<String> = p.accounts.mine().into_iter().collect();
+            self.seen().retain(|(account, _), _| mine.contains(account));
         }
-        seen.runs += 1;
-        accounts.finish(format!("{new} new trades from {polled} symbols polled"))
+        let (new, polled) = worked
+            .results
+            .iter()
+            .fold((0, 0), |(n, k), (_, (new, polled))| (n + new, k + polled));
+        worked.finish(format!("{new} new trades from {polled} symbols polled"))
     }
 
     /// One account: every covered symbol whose position moved (or all, on a
@@ -84,7 +111,6 @@ impl TradeSync {
         ctx: &RunContext,
         account: &str,
         full_sweep: bool,
-        seen: &mut Seen,
     ) -> Result<(u64, usize), ProcessError> {
         let p = &self.platform;
         let covered = reconcile::covered_symbols(p, account)
@@ -107,8 +133,9 @@ impl TradeSync {
         for symbol in covered {
             let key = (account.to_string(), symbol.clone());
             let update = updates.get(&symbol).copied();
+            let synced = self.seen().get(&key).copied();
             if !full_sweep
-                && let (Some(update), Some(&synced)) = (update, seen.synced_update.get(&key))
+                && let (Some(update), Some(synced)) = (update, synced)
                 && update <= synced
             {
                 continue;
@@ -133,8 +160,8 @@ impl TradeSync {
                     continue;
                 }
             }
-            let mark = update.unwrap_or_else(|| seen.synced_update.get(&key).copied().unwrap_or(0));
-            seen.synced_update.insert(key, mark);
+            let mark = update.unwrap_or_else(|| synced.unwrap_or(0));
+            self.seen().insert(key, mark);
         }
         match failed {
             Some(e) => Err(e),

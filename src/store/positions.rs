@@ -353,6 +353,14 @@ impl Store {
         rows.iter().map(position).collect()
     }
 
+    /// How many positions are open across every account (position_sync's gauge).
+    pub async fn open_positions_count(&self) -> anyhow::Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM positions WHERE amount <> '0'")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n.max(0) as usize)
+    }
+
     /// Forgets flat positions whose venue time is [`FLAT_KEPT_MS`] before `now`.
     pub async fn prune_flat_positions(&self, now: i64) -> anyhow::Result<u64> {
         let gone = sqlx::query("DELETE FROM positions WHERE amount = '0' AND venue_time < $1")

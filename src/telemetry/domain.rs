@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::accounts::AccountMetrics;
 use super::process::TraceLabels;
 use super::protection::ProtectionEvents;
 
@@ -44,13 +45,6 @@ struct SkipLabels {
     process: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct AccountLabels {
-    process: &'static str,
-    /// An account name from configuration (bounded).
-    account: String,
-}
-
 /// Level kinds, the `kind` label of level metrics.
 pub const LEVEL_KINDS: [&str; 3] = ["take_profit", "stop_loss", "flatten"];
 /// Outcomes of a crossed level.
@@ -74,7 +68,8 @@ pub struct DomainEvents {
     trigger_latency: HistogramWithExemplars<TraceLabels>,
     trigger_venue_latency: Histogram,
     symbols_skipped: Family<SkipLabels, Counter>,
-    account_errors: Family<AccountLabels, Counter>,
+    /// Per-account series, bounded above `telemetry.per_account_series_limit`.
+    accounts: Arc<AccountMetrics>,
     notifications: Family<OutcomeLabels, Counter>,
     webhook_refused: Family<ReasonLabels, Counter>,
     outbox_pending: Gauge,
@@ -99,7 +94,7 @@ impl DomainEvents {
             trigger_latency: HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter()),
             trigger_venue_latency: Histogram::new(LATENCY_BUCKETS),
             symbols_skipped: Family::default(),
-            account_errors: Family::default(),
+            accounts: Arc::default(),
             notifications: Family::default(),
             webhook_refused: Family::default(),
             outbox_pending: Gauge::default(),
@@ -121,6 +116,11 @@ impl DomainEvents {
             let _ = m.notifications.get_or_create(&OutcomeLabels { outcome });
         }
         m
+    }
+
+    /// Reports per-account failures and syncs to `accounts` (shared with the stream metrics).
+    pub(super) fn count_accounts_in(&mut self, accounts: Arc<AccountMetrics>) {
+        self.accounts = accounts;
     }
 
     /// Counts refused (fenced) writes in the HA family.
@@ -172,11 +172,6 @@ impl DomainEvents {
             "symbols_skipped",
             "Symbols left out of a run because the venue does not list them (any more)",
             self.symbols_skipped.clone(),
-        );
-        r.register(
-            "account_errors",
-            "Failures of one account within a run (the other accounts are still served)",
-            self.account_errors.clone(),
         );
         r.register(
             "notifications",
@@ -245,12 +240,12 @@ impl DomainEvents {
 
     /// `process` could not serve `account` in a run.
     pub fn account_failed(&self, process: &'static str, account: &str) {
-        self.account_errors
-            .get_or_create(&AccountLabels {
-                process,
-                account: account.to_string(),
-            })
-            .inc();
+        self.accounts.failed(process, account);
+    }
+
+    /// `process` synced `account` (it is not stale for that process).
+    pub fn account_synced(&self, process: &'static str, account: &str) {
+        self.accounts.synced(process, account);
     }
 
     /// Creates the per-account series of the processes that serve accounts,
@@ -259,14 +254,7 @@ impl DomainEvents {
         for &process in by_symbol {
             let _ = self.symbols_skipped.get_or_create(&SkipLabels { process });
         }
-        for &process in by_account {
-            for account in accounts {
-                let _ = self.account_errors.get_or_create(&AccountLabels {
-                    process,
-                    account: account.clone(),
-                });
-            }
-        }
+        self.accounts.init(by_account, accounts);
     }
 
     /// A webhook delivery attempt ended `outcome` (one of [`DELIVERY_OUTCOMES`]).

@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use super::accounts::AccountMetrics;
 use super::api::ApiMetrics;
 use super::domain::DomainEvents;
 use super::exposition::{Format, Writer};
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub domain: DomainEvents,
     pub ha: HaMetrics,
     pub stream: std::sync::Arc<StreamMetrics>,
+    /// Per-account series and their aggregates (`telemetry.per_account_series_limit`).
+    pub accounts: std::sync::Arc<AccountMetrics>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
     reload_successful: Gauge,
@@ -46,13 +49,16 @@ impl Metrics {
         let ha = HaMetrics::default();
         let mut domain = DomainEvents::new();
         domain.count_fenced_in(ha.fencing_counter());
+        let accounts = std::sync::Arc::new(AccountMetrics::new());
+        domain.count_accounts_in(accounts.clone());
         let m = Metrics {
             registry: Registry::default(),
             process: ProcessMetrics::new(),
             api: ApiMetrics::new(),
             domain,
             ha,
-            stream: std::sync::Arc::new(StreamMetrics::new()),
+            stream: std::sync::Arc::new(StreamMetrics::with_accounts(accounts.clone())),
+            accounts,
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
@@ -103,6 +109,7 @@ impl Metrics {
         m.domain.register(registry);
         m.ha.register(registry);
         m.stream.register(registry);
+        m.accounts.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }
@@ -145,11 +152,22 @@ impl Metrics {
     /// Prometheus text 0.0.4 (what most scrapers ask for by default).
     pub fn encode_prometheus(&self) -> String {
         let mut out = self.body_buffer();
+        // First: the aggregates in the registry are set by the choice of accounts shown.
+        let now = crate::clock::now_ms();
+        let shown = self.accounts.select(now);
         prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         self.process.encode(&mut Writer::new(&mut out, Format::Prometheus));
+        self.encode_accounts(&mut Writer::new(&mut out, Format::Prometheus), &shown, now);
         self.note_body(&out);
         out
+    }
+
+    /// The per-account families (and the streams', which carry accounts):
+    /// every account up to the limit, above it those with a problem.
+    fn encode_accounts(&self, w: &mut Writer<'_>, shown: &super::accounts::Shown, now: i64) {
+        self.accounts.encode(w, shown);
+        self.stream.encode(w, shown, now);
     }
 
     fn body_buffer(&self) -> String {
@@ -164,9 +182,12 @@ impl Metrics {
     /// OpenMetrics 1.0 text, with exemplars.
     pub fn encode_openmetrics(&self) -> String {
         let mut out = self.body_buffer();
+        let now = crate::clock::now_ms();
+        let shown = self.accounts.select(now);
         let text = |out: &mut String| -> std::fmt::Result {
             prometheus_client::encoding::text::encode_registry(out, &self.registry)?;
             self.process.encode(&mut Writer::new(out, Format::OpenMetrics));
+            self.encode_accounts(&mut Writer::new(out, Format::OpenMetrics), &shown, now);
             prometheus_client::encoding::text::encode_eof(out)
         };
         text(&mut out).expect("writing to a String cannot fail");

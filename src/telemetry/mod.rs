@@ -7,6 +7,7 @@
 //! Must not import business types: no `config`, `process`, `exchange`,
 //! `scheduler` or `store`. It receives label values and small info structs.
 
+pub mod accounts;
 pub mod api;
 pub mod domain;
 pub mod exposition;

@@ -115,6 +115,13 @@ impl ProcessMetrics {
         }
     }
 
+    /// The calls-per-minute limit in force (for per-account processes it scales with the accounts).
+    pub fn api_limit(&self, id: &str, limit: u32) {
+        if let Some(row) = self.read().get(id) {
+            row.api_limit.store(limit as i64, Ordering::Relaxed);
+        }
+    }
+
     /// Records a finished run in every series it touches.
     pub fn finished(&self, series: &ProcessSeries, run: FinishedRun<'_>) {
         let r = &series.0;
