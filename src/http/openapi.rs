@@ -387,7 +387,7 @@ fn data_schemas() -> Value {
                 "anyOf": [{"enum": ["long", "short"]}, {"type": "null"}]},
             "take_profit": nullable("string"), "stop_loss": nullable("string"),
             "status": {"enum": ["armed", "triggered", "executed", "failed", "cancelled"]},
-            "reason": {"description": "why a cancelled level was retired: position_closed or position_flipped",
+            "reason": {"description": "why a cancelled level was retired: position_closed, position_flipped, flattened or account_removed",
                 "anyOf": [{"type": "string"}, {"type": "null"}]},
             "version": {"type": "integer"},
             "client_order_id": nullable("string"), "order_id": nullable("integer"),
