@@ -5,6 +5,7 @@
 //! Owns: the order things start and stop in. The top floor: it may import
 //! every module, and nothing imports it.
 
+mod accounts;
 pub mod exchange;
 mod live;
 
@@ -268,6 +269,9 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     metrics.config_loaded(true);
     let budget = process_budget(&config);
     let store = Arc::new(Store::open(&config.store.url).await?);
+    // Accounts added through the API, decrypted now: a key that cannot open them stops the start (exit 2).
+    let vault = accounts::vault(&config)?;
+    let stored_accounts = accounts::load(&store, vault.as_deref()).await?;
     let exchange_stop = CancellationToken::new();
     let ha_stop = CancellationToken::new();
     let ha = match config.ha.enabled {
@@ -281,6 +285,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     if let Some((_, cluster)) = &ha {
         exchange.venue.admission().share_with(cluster.clone());
     }
+    let account_revisions = accounts::register(exchange.venue.accounts(), stored_accounts);
     let catalog = Arc::new(Catalog::default());
     exchange::bootstrap(&exchange.venue, &catalog).await;
     exchange::spawn_exchange_info_refresh(exchange.venue.clone(), catalog.clone(), exchange_stop.clone());
@@ -351,7 +356,16 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     if ha.is_some() {
         let every = Duration::from_secs_f64(config.ha.heartbeat_seconds * 2.0);
         live::follow_stored_overrides(store.clone(), scheduler.clone(), every, ha_stop.clone());
+        accounts::follow(
+            store.clone(),
+            vault.clone(),
+            accounts.clone(),
+            account_revisions,
+            every,
+            ha_stop.clone(),
+        );
     }
+    accounts::restart_streams_on_change(&accounts, scheduler.clone(), ha_stop.clone());
     let reload = live::reloader(
         options,
         config.clone(),
@@ -381,6 +395,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         modes,
         flatten: Some(flatten_with(platform.clone())),
         reload: Some(reload),
+        vault,
+        account_hooks: Some(accounts::hooks(platform.clone())),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)
