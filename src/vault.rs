@@ -151,10 +151,16 @@ mod tests {
         let vault = Vault::new([7; 32]);
         let sealed = vault.seal("desk-1", "api_secret", "s3cr3t-value");
         assert!(!sealed.ciphertext.contains("s3cr3t"));
-        assert_eq!(vault.open("desk-1", "api_secret", &sealed).unwrap().expose(), "s3cr3t-value");
+        assert_eq!(
+            vault.open("desk-1", "api_secret", &sealed).unwrap().expose(),
+            "s3cr3t-value"
+        );
         assert_eq!(vault.open("desk-2", "api_secret", &sealed), Err(OpenFailed));
         assert_eq!(vault.open("desk-1", "api_key", &sealed), Err(OpenFailed));
-        assert_eq!(Vault::new([8; 32]).open("desk-1", "api_secret", &sealed), Err(OpenFailed));
+        assert_eq!(
+            Vault::new([8; 32]).open("desk-1", "api_secret", &sealed),
+            Err(OpenFailed)
+        );
         let again = vault.seal("desk-1", "api_secret", "s3cr3t-value");
         assert_ne!(again.nonce, sealed.nonce, "a fresh nonce every time");
         let mut tampered = sealed.clone();
@@ -172,6 +178,9 @@ mod tests {
         assert_eq!(a.key_id(), Vault::new([1; 32]).key_id());
         assert!(format!("{a:?}").contains(a.key_id()));
         let refused = Vault::from_secret(&Secret::new("short")).unwrap_err();
-        assert!(refused.to_string().starts_with("store.encryption_key_file: "), "{refused}");
+        assert!(
+            refused.to_string().starts_with("store.encryption_key_file: "),
+            "{refused}"
+        );
     }
 }

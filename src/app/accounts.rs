@@ -20,7 +20,7 @@ use crate::config::{Config, ENCRYPTION_KEY_SETTING};
 use crate::http::accounts::Hooks;
 use crate::http::flatten::Refused;
 use crate::processes::Platform;
-use crate::store::{StoredAccount, Store};
+use crate::store::{Store, StoredAccount};
 use crate::vault::{KeyRefused, Vault};
 
 /// The configured key (validated with the configuration), if any.
@@ -185,7 +185,9 @@ pub fn restart_streams_on_change(
                 if p.config().kind == "user_stream" && p.continuous() {
                     match scheduler.trigger(&p.id) {
                         Ok(()) => tracing::info!(process = %p.id, "accounts changed: the user streams reconnect"),
-                        Err(e) => tracing::debug!(process = %p.id, error = ?e, "accounts changed: user streams not restarted here"),
+                        Err(e) => {
+                            tracing::debug!(process = %p.id, error = ?e, "accounts changed: user streams not restarted here")
+                        }
                     }
                 }
             }

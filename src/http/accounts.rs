@@ -134,7 +134,10 @@ fn credential(body: &serde_json::Map<String, Value>, field: &str) -> Result<Secr
 
 fn only(body: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
     match body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(unprocessable(k, format!("unknown field; allowed: {}", allowed.join(", ")))),
+        Some(k) => Err(unprocessable(
+            k,
+            format!("unknown field; allowed: {}", allowed.join(", ")),
+        )),
         None => Ok(()),
     }
 }
@@ -180,7 +183,11 @@ pub async fn list(_: Admin, State(state): State<AppState>, q: Q) -> Result<Respo
     let mut response = Json(json!(views)).into_response();
     if entries.len() == limit
         && let Some(last) = entries.last()
-        && let Ok(link) = format!("</api/accounts?limit={limit}&after={}>; rel=\"next\"", last.account.name).parse()
+        && let Ok(link) = format!(
+            "</api/accounts?limit={limit}&after={}>; rel=\"next\"",
+            last.account.name
+        )
+        .parse()
     {
         response.headers_mut().insert(axum::http::header::LINK, link);
     }
@@ -214,10 +221,7 @@ pub async fn create(
     let name = match body.get("name") {
         Some(Value::String(n)) if valid_name(n) => n.clone(),
         Some(_) => {
-            return Err(unprocessable(
-                "name",
-                "must be 1 to 64 letters, digits, `_` or `-`",
-            ));
+            return Err(unprocessable("name", "must be 1 to 64 letters, digits, `_` or `-`"));
         }
         None => return Err(unprocessable("name", "is required")),
     };
@@ -228,7 +232,9 @@ pub async fn create(
             "account_exists",
             match existing.source {
                 Source::File => format!("account `{name}` exists: it is defined in the configuration file"),
-                Source::Api => format!("account `{name}` exists; PUT /api/accounts/{name}/credentials rotates its credentials"),
+                Source::Api => {
+                    format!("account `{name}` exists; PUT /api/accounts/{name}/credentials rotates its credentials")
+                }
             },
         ));
     }

@@ -308,40 +308,58 @@ fn account_schemas() -> [(&'static str, Value); 4] {
         "description": "as the venue issued it (printable ASCII, no spaces); never shown again"});
     let ms = json!({"type": ["integer", "null"], "format": "int64", "description": "ms since the Unix epoch; null for file accounts"});
     [
-        ("Account", object(&["name", "source", "read_only", "api_key_last4", "state"], json!({
-            "name": {"type": "string"},
-            "source": {"enum": ["file", "api"], "description": "file accounts are read-only through the API"},
-            "read_only": {"type": "boolean"},
-            "api_key_last4": {"type": "string", "maxLength": 4, "description": "at most the API key's last four characters"},
-            "created_at": ms, "updated_at": ms,
-            "created_by": nullable("string"), "updated_by": nullable("string"),
-            "state": {"type": ["object", "null"], "description": "stream: off, up or down (the account's user stream); \
-                sync: per-process last sync (null until per-account sync state is recorded)",
-                "properties": {"stream": {"enum": ["off", "up", "down"]}, "sync": {}}},
-        }))),
-        ("NewAccount", json!({
-            "type": "object",
-            "required": ["name", "api_key", "api_secret"],
-            "additionalProperties": false,
-            "properties": {
-                "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
-                "api_key": credential.clone(),
-                "api_secret": credential.clone(),
-            },
-        })),
-        ("Credentials", json!({
-            "type": "object",
-            "required": ["api_key", "api_secret"],
-            "additionalProperties": false,
-            "properties": {"api_key": credential.clone(), "api_secret": credential},
-        })),
-        ("RemovedAccount", object(&["name", "removed", "positions"], json!({
-            "name": {"type": "string"},
-            "removed": {"const": true},
-            "levels_retired": {"type": "integer", "description": "armed levels retired with reason account_removed"},
-            "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
-            "positions": {"type": "string", "description": "what became of its positions: left open"},
-        }))),
+        (
+            "Account",
+            object(
+                &["name", "source", "read_only", "api_key_last4", "state"],
+                json!({
+                    "name": {"type": "string"},
+                    "source": {"enum": ["file", "api"], "description": "file accounts are read-only through the API"},
+                    "read_only": {"type": "boolean"},
+                    "api_key_last4": {"type": "string", "maxLength": 4, "description": "at most the API key's last four characters"},
+                    "created_at": ms, "updated_at": ms,
+                    "created_by": nullable("string"), "updated_by": nullable("string"),
+                    "state": {"type": ["object", "null"], "description": "stream: off, up or down (the account's user stream); \
+                        sync: per-process last sync (null until per-account sync state is recorded)",
+                        "properties": {"stream": {"enum": ["off", "up", "down"]}, "sync": {}}},
+                }),
+            ),
+        ),
+        (
+            "NewAccount",
+            json!({
+                "type": "object",
+                "required": ["name", "api_key", "api_secret"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    "api_key": credential.clone(),
+                    "api_secret": credential.clone(),
+                },
+            }),
+        ),
+        (
+            "Credentials",
+            json!({
+                "type": "object",
+                "required": ["api_key", "api_secret"],
+                "additionalProperties": false,
+                "properties": {"api_key": credential.clone(), "api_secret": credential},
+            }),
+        ),
+        (
+            "RemovedAccount",
+            object(
+                &["name", "removed", "positions"],
+                json!({
+                    "name": {"type": "string"},
+                    "removed": {"const": true},
+                    "levels_retired": {"type": "integer", "description": "armed levels retired with reason account_removed"},
+                    "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
+                    "positions": {"type": "string", "description": "what became of its positions: left open"},
+                }),
+            ),
+        ),
     ]
 }
 
