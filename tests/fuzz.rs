@@ -55,9 +55,14 @@ fn schemathesis(svc: &common::Service, token: Option<&str>) -> (String, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing_and_the_store_survives_it() {
+    // An encryption key, so accounts can be added, rotated and removed too.
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("accounts.key");
+    std::fs::write(&key, "9f".repeat(32)).unwrap();
     let config = format!(
-        "{}\n[http]\nadmin_token = \"{}\"\n",
+        "{}\n[store]\nencryption_key_file = \"{}\"\n[http]\nadmin_token = \"{}\"\n",
         common::trading::FAST,
+        key.display(),
         common::TOKEN
     );
     // The per-token mutation rate (429) is tested in tests/security.rs; here
@@ -101,5 +106,13 @@ async fn schemathesis_finds_nothing_and_the_store_survives_it() {
         assert_eq!(r.status(), 200, "{path} after fuzzing:\n{}", svc.log());
         let _: serde_json::Value = r.json().await.unwrap();
     }
+    let r = svc
+        .http
+        .get(svc.url("/api/accounts"))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "/api/accounts after fuzzing:\n{}", svc.log());
     assert!(!svc.log().contains("panicked"), "{}", svc.log());
 }

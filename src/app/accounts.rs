@@ -234,8 +234,14 @@ async fn wind_down(p: &Platform, account: &str) -> Result<Value, Refused> {
     tracing::warn!(
         account,
         levels_retired = retired.len(),
-        backstops_cancelled = cancelled,
+        backstops_cancelled = cancelled.unwrap_or(0),
         "account wound down before removal; its positions stay open"
     );
-    Ok(json!({"levels_retired": retired.len(), "backstops_cancelled": cancelled}))
+    let mut done = json!({"levels_retired": retired.len(), "backstops_cancelled": cancelled.unwrap_or(0)});
+    if cancelled.is_none() {
+        done["backstops"] = json!(
+            "the venue refused the account's credentials: conditional orders of ours may remain there; cancel them on the venue"
+        );
+    }
+    Ok(done)
 }

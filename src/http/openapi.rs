@@ -352,12 +352,13 @@ fn account_schemas() -> [(&'static str, Value); 4] {
             object(
                 &["name", "removed", "positions"],
                 json!({
-                    "name": {"type": "string"},
-                    "removed": {"const": true},
-                    "levels_retired": {"type": "integer", "description": "armed levels retired with reason account_removed"},
-                    "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
-                    "positions": {"type": "string", "description": "what became of its positions: left open"},
-                }),
+                        "name": {"type": "string"},
+                        "removed": {"const": true},
+                        "levels_retired": {"type": "integer", "description": "armed levels retired with reason account_removed"},
+                        "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
+                        "positions": {"type": "string", "description": "what became of its positions: left open"},
+                "backstops": {"type": "string", "description": "present when the venue refused the account's credentials, so our conditional orders could not be cancelled"},
+                    }),
             ),
         ),
     ]

@@ -181,14 +181,23 @@ async fn flatten_account(
 
 /// An account is being removed (`DELETE /api/accounts/{name}`), its armed
 /// levels already retired: every conditional order of ours on it is
-/// cancelled while its credentials still work. Returns how many; `Err` when
-/// the venue could not be asked what is open (then nothing should be removed).
-pub async fn cancel_backstops(p: &Platform, account: &str) -> Result<usize, Unable> {
+/// cancelled while its credentials still work. Returns how many, or `None`
+/// when the venue refuses the credentials themselves (revoked: nothing can
+/// be cancelled with them, and removal must still be possible). `Err` when
+/// the venue could not be asked for now (then nothing should be removed).
+pub async fn cancel_backstops(p: &Platform, account: &str) -> Result<Option<usize>, Unable> {
     let caller = Caller::new(CLOSE_CALLER, 1, Instant::now() + ANSWER_WITHIN);
-    cancel_ours(p, &caller, account, false).await.map_err(|e| Unable {
-        budget_spent: e.kind() == VenueErrorKind::BudgetExhausted,
-        message: format!("cannot read the conditional orders: {e}"),
-    })
+    match cancel_ours(p, &caller, account, false).await {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == VenueErrorKind::Auth => {
+            tracing::warn!(account, error = %e, "the venue refuses the account's credentials: its conditional orders cannot be cancelled by us");
+            Ok(None)
+        }
+        Err(e) => Err(Unable {
+            budget_spent: e.kind() == VenueErrorKind::BudgetExhausted,
+            message: format!("cannot read the conditional orders: {e}"),
+        }),
+    }
 }
 
 /// Cancels our open conditional orders on `account`, but (`keep_armed`)
