@@ -245,3 +245,70 @@ async fn wind_down(p: &Platform, account: &str) -> Result<Value, Refused> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn row(vault: &Vault, name: &str, secret: &str, revision: i64) -> StoredAccount {
+        StoredAccount {
+            name: name.into(),
+            api_key: vault.seal(name, "api_key", &format!("key-{name}")),
+            api_secret: vault.seal(name, "api_secret", secret),
+            key_id: vault.key_id().into(),
+            revision,
+            created_at: 1,
+            created_by: "admin".into(),
+            updated_at: 1,
+            updated_by: "admin".into(),
+        }
+    }
+
+    #[test]
+    fn another_replicas_changes_are_followed_and_the_file_wins() {
+        let vault = Vault::new([3; 32]);
+        let file = Account {
+            name: "main".into(),
+            api_key: Secret::new("file-key"),
+            api_secret: Secret::new("file-secret"),
+        };
+        let registry = Accounts::new([file], Source::File);
+        let mut revisions = HashMap::new();
+        let rows = vec![row(&vault, "desk", "s1", 1), row(&vault, "main", "s-api", 1)];
+        sync_once(&rows, Some(&vault), &registry, &mut revisions);
+        assert_eq!(registry.get("desk").unwrap().api_secret.expose(), "s1");
+        assert_eq!(registry.entry("main").unwrap().source, Source::File);
+        assert_eq!(registry.get("main").unwrap().api_secret.expose(), "file-secret");
+
+        // Rotated elsewhere: the new revision is read.
+        let rows = vec![row(&vault, "desk", "s2", 2)];
+        sync_once(&rows, Some(&vault), &registry, &mut revisions);
+        assert_eq!(registry.get("desk").unwrap().api_secret.expose(), "s2");
+
+        // A row this replica cannot open keeps what it had.
+        let other = Vault::new([4; 32]);
+        sync_once(&[row(&other, "desk", "s3", 3)], Some(&vault), &registry, &mut revisions);
+        assert_eq!(registry.get("desk").unwrap().api_secret.expose(), "s2");
+
+        // Removed elsewhere: gone here; the file's account stays.
+        sync_once(&[], Some(&vault), &registry, &mut revisions);
+        assert!(!registry.contains("desk"));
+        assert!(registry.contains("main"));
+    }
+
+    #[test]
+    fn a_row_under_another_key_names_the_setting_and_both_key_ids() {
+        let stored_with = Vault::new([5; 32]);
+        let configured = Vault::new([6; 32]);
+        let e = open(&configured, &row(&stored_with, "desk", "s", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.encryption_key_file: "), "{e}");
+        assert!(
+            e.contains(stored_with.key_id()) && e.contains(configured.key_id()),
+            "{e}"
+        );
+        assert!(!e.contains("key-desk"), "{e}");
+    }
+}

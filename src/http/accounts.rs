@@ -215,7 +215,6 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, axum::Extension<Audit>, Json<Value>), ApiError> {
     let store = store(&state)?;
-    vault(&state)?;
     let body = json_body(&body)?;
     only(&body, &["name", "api_key", "api_secret"])?;
     let name = match body.get("name") {
@@ -227,6 +226,7 @@ pub async fn create(
     };
     let key = credential(&body, "api_key")?;
     let secret = credential(&body, "api_secret")?;
+    vault(&state)?;
     if let Some(existing) = state.accounts.entry(&name) {
         return Err(ApiError::conflict(
             "account_exists",
@@ -275,11 +275,11 @@ pub async fn rotate(
     if entry.source == Source::File {
         return Err(read_only(&name));
     }
-    vault(&state)?;
     let body = json_body(&body)?;
     only(&body, &["api_key", "api_secret"])?;
     let key = credential(&body, "api_key")?;
     let secret = credential(&body, "api_secret")?;
+    vault(&state)?;
     let before = view(&state, &entry, row_of(&state, &entry).await?.as_ref());
     let new = sealed(&state, &name, &key, &secret, &caller.name)?;
     let Some(row) = store.update_account_credentials(&new).await.map_err(store_error)? else {
