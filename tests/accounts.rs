@@ -199,9 +199,15 @@ async fn an_account_added_rotated_and_removed_while_running_leaves_no_secret_beh
     let path = format!("/api/positions?account={NAME}");
     rig.wait("the added account's positions", &path, |p| positions_of(p) > 0)
         .await;
-    let one = rig.get(&format!("/api/accounts/{NAME}")).await;
+    // The user streams reconnect with it: its own stream comes up.
+    let one = rig
+        .wait(
+            "the added account's user stream",
+            &format!("/api/accounts/{NAME}"),
+            |a| a["state"]["stream"] == "up",
+        )
+        .await;
     assert_eq!(one["name"], NAME, "{one}");
-    assert!(one["state"]["stream"].is_string(), "{one}");
 
     // Refusals, each naming what is wrong.
     let (status, e) = rig.call(reqwest::Method::POST, "/api/accounts", Some(&body)).await;

@@ -163,16 +163,29 @@ fn sync_once(rows: &[StoredAccount], vault: Option<&Vault>, registry: &Accounts,
     }
 }
 
-/// Restarts the user streams when the set of accounts changes, so an added
-/// account gets its stream and a removed one loses it (a trigger restarts a
-/// continuous process). Changes within a second are taken together.
+/// Restarts the user streams when the accounts this replica works for, or
+/// their credentials, change: an added account gets its stream, a rotated
+/// one reconnects with its new key, a removed one loses it (a trigger
+/// restarts a continuous process). Changes within a second are taken
+/// together; a wake-up that changed neither (the same share) restarts nothing.
 pub fn restart_streams_on_change(
-    registry: &Accounts,
+    registry: Arc<Accounts>,
     scheduler: Arc<crate::scheduler::Scheduler>,
     stop: CancellationToken,
 ) {
+    // Which accounts, and which credentials (a rotation makes a new `Arc`).
+    let seen = |r: &Accounts| -> Vec<(String, usize)> {
+        r.mine()
+            .into_iter()
+            .map(|n| {
+                let at = r.get(&n).map_or(0, |a| Arc::as_ptr(&a) as usize);
+                (n, at)
+            })
+            .collect()
+    };
     let mut changes = registry.changes();
     changes.mark_unchanged();
+    let mut last = seen(&registry);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -181,6 +194,11 @@ pub fn restart_streams_on_change(
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
             changes.mark_unchanged();
+            let now = seen(&registry);
+            if now == last {
+                continue;
+            }
+            last = now;
             for p in scheduler.processes().iter() {
                 if p.config().kind == "user_stream" && p.continuous() {
                     match scheduler.trigger(&p.id) {

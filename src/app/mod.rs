@@ -365,7 +365,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
             ha_stop.clone(),
         );
     }
-    accounts::restart_streams_on_change(&accounts, scheduler.clone(), ha_stop.clone());
+    accounts::restart_streams_on_change(accounts.clone(), scheduler.clone(), ha_stop.clone());
     let reload = live::reloader(
         options,
         config.clone(),
