@@ -24,3 +24,4 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;
+pub mod vault;

@@ -1,12 +1,13 @@
 //! The `script-manager` binary: runs the service, checks a configuration,
-//! backs up a SQLite store, or runs the simulated exchange.
+//! backs up a SQLite store, re-encrypts stored accounts under a new key, or
+//! runs the simulated exchange.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use script_manager::config::{Config, LoadOptions};
-use script_manager::{app, sim, store, telemetry};
+use script_manager::{app, sim, store, telemetry, vault};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,14 @@ enum Command {
     Backup {
         /// Where to write the backup; must not exist.
         path: PathBuf,
+    },
+    /// Re-encrypt every account added through the API under a new key, in one
+    /// transaction, reading them with the key of store.encryption_key_file.
+    /// Then point store.encryption_key_file at the new key and restart.
+    RotateEncryptionKey {
+        /// A file holding the new key: 32 bytes as 64 hex characters or base64.
+        #[arg(long)]
+        new_key_file: PathBuf,
     },
     /// Run the simulated exchange alone (Binance USDⓈ-M compatible).
     Sim {
@@ -62,6 +71,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Backup { path } => backup(&config, &path),
+        Command::RotateEncryptionKey { new_key_file } => rotate_key(&config, &new_key_file),
         Command::Run => serve(config, |config, stop| app::run(config, options, stop)),
         Command::Sim { listen } => {
             let mut config = config;
@@ -96,8 +106,11 @@ where
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("script-manager: {e:#}");
-            // A store migrated by a newer version is a start-up refusal, like a bad configuration.
-            if e.chain().any(|c| c.is::<store::SchemaTooNew>()) {
+            // A store migrated by a newer version, or stored accounts the configured
+            // key cannot open, are start-up refusals, like a bad configuration.
+            if e.chain()
+                .any(|c| c.is::<store::SchemaTooNew>() || c.is::<vault::KeyRefused>())
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -126,6 +139,88 @@ fn backup(config: &Config, path: &std::path::Path) -> ExitCode {
             match e {
                 store::BackupError::Failed(_) => ExitCode::FAILURE,
                 _ => ExitCode::from(2),
+            }
+        }
+    }
+}
+
+/// `rotate-encryption-key --new-key-file PATH`: exit 0 with every stored
+/// account re-encrypted, 2 when it cannot be done as asked (no current key,
+/// an unreadable or malformed new key, a row the current key cannot open:
+/// then nothing changed), 1 when the store failed.
+fn rotate_key(config: &Config, new_key_file: &std::path::Path) -> ExitCode {
+    let refuse = |message: String| {
+        eprintln!("script-manager: {message}");
+        ExitCode::from(2)
+    };
+    let Some(current) = &config.store.encryption_key else {
+        return refuse(format!(
+            "{}: not set; the current key is needed to read the stored accounts",
+            script_manager::config::ENCRYPTION_KEY_SETTING
+        ));
+    };
+    let current = match vault::Vault::from_secret(current) {
+        Ok(v) => v,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let text = match std::fs::read_to_string(new_key_file) {
+        Ok(text) => text,
+        Err(e) => return refuse(format!("--new-key-file: cannot read {}: {e}", new_key_file.display())),
+    };
+    let new = match script_manager::config::decode_key32(&text) {
+        Ok(key) => vault::Vault::new(key),
+        Err(e) => return refuse(format!("--new-key-file {}: {e}", new_key_file.display())),
+    };
+    if new.key_id() == current.key_id() {
+        return refuse("--new-key-file holds the key already configured: nothing to rotate".into());
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("script-manager: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let store = store::Store::open(&config.store.url).await?;
+        store
+            .reseal_accounts(new.key_id(), |row| {
+                // Rows already under the new key (a rotation run twice) are re-sealed as they are.
+                let from = if row.key_id == new.key_id() { &new } else { &current };
+                let open = |field: &str, sealed| {
+                    from.open(&row.name, field, sealed).map_err(|e| {
+                        anyhow::Error::new(vault::KeyRefused(format!(
+                            "account `{}` ({field}, key id {}): {e}; nothing was changed",
+                            row.name, row.key_id
+                        )))
+                    })
+                };
+                let key = open("api_key", &row.api_key)?;
+                let secret = open("api_secret", &row.api_secret)?;
+                Ok((
+                    new.seal(&row.name, "api_key", key.expose()),
+                    new.seal(&row.name, "api_secret", secret.expose()),
+                ))
+            })
+            .await
+    });
+    match result {
+        Ok(n) => {
+            eprintln!(
+                "script-manager: {n} stored account(s) re-encrypted under key id {}; now set {} to {} \
+                 and restart (every replica)",
+                new.key_id(),
+                script_manager::config::ENCRYPTION_KEY_SETTING,
+                new_key_file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("script-manager: {e:#}");
+            if e.chain().any(|c| c.is::<vault::KeyRefused>()) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
             }
         }
     }

@@ -1,116 +1,333 @@
-//! Following the account registry while running: what must change when an
-//! account is added, removed or moved to another replica.
+//! Accounts added through the API, brought to life: read and decrypted at
+//! start (a key that cannot open them is a refusal to start, exit 2), put in
+//! the registry beside the file's, followed under HA (another replica may
+//! add, rotate or remove one), and the hooks the HTTP layer calls: an
+//! account's live state, and its wind-down on the venue before removal.
 //!
-//! - An added account is synced within seconds, not at the next tick: the
-//!   account processes (trade_sync, position_sync; dashboard_sync follows
-//!   trade_sync) are triggered through the scheduler, and their queues take
-//!   a new account as due at once. A trigger refused because a run is in
-//!   flight (that run read the accounts before the change) is tried again
-//!   each second until one is accepted. Chosen over a short tick per process
-//!   because the scheduler, its history and its metrics stay the one place a
-//!   run starts from.
-//! - The per-account call caps follow this replica's number of accounts.
-//! - Removed accounts' series leave `/metrics`; new ones start at zero.
+//! A name both in the file and in the store: the file wins, with a warning
+//! (the stored row stays, unused, until removed from the file and restarted
+//! or deleted through the API is refused as read-only: see docs/accounts.md).
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::accounts::Accounts;
-use crate::budget::ProcessCalls;
-use crate::config::Config;
-use crate::processes;
-use crate::scheduler::{Scheduler, TriggerError};
-use crate::telemetry::Metrics;
+use crate::accounts::{Account, Accounts, Source};
+use crate::config::{Config, ENCRYPTION_KEY_SETTING};
+use crate::http::accounts::Hooks;
+use crate::http::flatten::Refused;
+use crate::processes::Platform;
+use crate::store::{Store, StoredAccount};
+use crate::vault::{KeyRefused, Vault};
 
-/// Kinds triggered when an account appears (dashboard_sync is chained after trade_sync).
-const TRIGGERED_KINDS: [&str; 2] = ["trade_sync", "position_sync"];
-/// How long a refused trigger is tried again (a run in flight ends within its timeout).
-const TRIGGER_FOR: Duration = Duration::from_secs(120);
-
-/// The ids of the processes whose call cap is per account.
-pub fn per_account_caps(config: &Config) -> Vec<String> {
+/// The configured key (validated with the configuration), if any.
+pub fn vault(config: &Config) -> Result<Option<Arc<Vault>>, KeyRefused> {
     config
-        .processes
-        .iter()
-        .filter(|(_, p)| processes::PER_ACCOUNT_CAPS.contains(&p.kind.as_str()))
-        .map(|(id, _)| id.clone())
-        .collect()
+        .store
+        .encryption_key
+        .as_ref()
+        .map(|k| Vault::from_secret(k).map(Arc::new))
+        .transpose()
 }
 
-/// When an account counts as stale for each account process: not synced for
-/// three intervals plus a timeout, or (streams on, trade and position sync)
-/// twice the reconcile interval while its user stream is healthy.
-pub fn stale_bounds(config: &Config, metrics: &Metrics) {
-    for p in config.processes.values().filter(|p| p.enabled) {
-        let Some(kind) = processes::ACCOUNT_PROCESSES.iter().find(|k| **k == p.kind) else {
+/// Opens one stored row with `vault`.
+fn open(vault: &Vault, row: &StoredAccount) -> Result<Account, KeyRefused> {
+    if row.key_id != vault.key_id() {
+        return Err(KeyRefused(format!(
+            "account `{}` was encrypted with key id {}, and the configured key's id is {}: \
+             configure the key it was stored with (after a rotation, the new one)",
+            row.name,
+            row.key_id,
+            vault.key_id()
+        )));
+    }
+    let opened = |field: &str, sealed| {
+        vault.open(&row.name, field, sealed).map_err(|e| {
+            KeyRefused(format!(
+                "account `{}`'s {field}: {e}; restore the row from a backup or delete it and add the account again",
+                row.name
+            ))
+        })
+    };
+    Ok(Account {
+        name: row.name.clone(),
+        api_key: opened("api_key", &row.api_key)?,
+        api_secret: opened("api_secret", &row.api_secret)?,
+    })
+}
+
+/// Every stored account, decrypted, with its revision. Stored accounts
+/// without a key, or that the key cannot open: [`KeyRefused`].
+pub async fn load(store: &Store, vault: Option<&Vault>) -> anyhow::Result<Vec<(Account, i64)>> {
+    let rows = store.stored_accounts().await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(vault) = vault else {
+        return Err(KeyRefused(format!(
+            "the store holds {} account(s) added through the API, encrypted, and no key is configured: \
+             set {ENCRYPTION_KEY_SETTING} to the file holding the key they were stored with",
+            rows.len()
+        ))
+        .into());
+    };
+    let mut accounts = Vec::with_capacity(rows.len());
+    for row in &rows {
+        accounts.push((open(vault, row)?, row.revision));
+    }
+    Ok(accounts)
+}
+
+/// Puts stored accounts in the registry; a name the file defines stays the file's.
+pub fn register(registry: &Accounts, stored: Vec<(Account, i64)>) -> HashMap<String, i64> {
+    let mut revisions = HashMap::new();
+    for (account, revision) in stored {
+        if registry.entry(&account.name).is_some_and(|e| e.source == Source::File) {
+            tracing::warn!(
+                account = %account.name,
+                "an account of this name is in the configuration file and in the store (added through the API): \
+                 the file's credentials are used"
+            );
+            continue;
+        }
+        tracing::info!(account = %account.name, "account added through the API loaded from the store");
+        revisions.insert(account.name.clone(), revision);
+        registry.upsert(account, Source::Api);
+    }
+    revisions
+}
+
+/// Under HA: every `every`, the stored accounts other replicas added,
+/// rotated or removed are put in (or taken out of) this replica's registry.
+/// A row this replica cannot open is logged and left as it was here.
+pub fn follow(
+    store: Arc<Store>,
+    vault: Option<Arc<Vault>>,
+    registry: Arc<Accounts>,
+    mut revisions: HashMap<String, i64>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let rows = match store.stored_accounts().await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::debug!(error = %format!("{e:#}"), "cannot read the stored accounts");
+                    continue;
+                }
+            };
+            sync_once(&rows, vault.as_deref(), &registry, &mut revisions);
+        }
+    });
+}
+
+/// One pass of [`follow`]: the registry's API accounts made to match `rows`.
+fn sync_once(rows: &[StoredAccount], vault: Option<&Vault>, registry: &Accounts, revisions: &mut HashMap<String, i64>) {
+    for row in rows {
+        let entry = registry.entry(&row.name);
+        if entry.as_ref().is_some_and(|e| e.source == Source::File) {
+            continue;
+        }
+        if entry.is_some() && revisions.get(&row.name) == Some(&row.revision) {
+            continue;
+        }
+        let Some(vault) = vault else {
+            tracing::warn!(account = %row.name, "another replica stored an account, and no {ENCRYPTION_KEY_SETTING} is configured here");
+            revisions.insert(row.name.clone(), row.revision);
             continue;
         };
-        let mut bound = 3.0 * p.interval_seconds + p.timeout_seconds;
-        if config.exchange.streams && *kind != "dashboard_sync" {
-            bound = bound.max(2.0 * config.exchange.stream_reconcile_seconds + p.interval_seconds);
+        match open(vault, row) {
+            Ok(account) => {
+                tracing::info!(account = %row.name, "account added or rotated through another replica");
+                registry.upsert(account, Source::Api);
+            }
+            Err(e) => tracing::error!(account = %row.name, error = %e, "cannot open an account another replica stored"),
         }
-        metrics.accounts.stale_after(kind, Duration::from_secs_f64(bound));
+        revisions.insert(row.name.clone(), row.revision);
+    }
+    for entry in registry.entries() {
+        let name = &entry.account.name;
+        if entry.source == Source::Api && !rows.iter().any(|r| &r.name == name) {
+            tracing::info!(account = %name, "account removed through another replica");
+            registry.remove(name);
+            revisions.remove(name);
+        }
     }
 }
 
-/// Follows `accounts` until `stop` (see the module's documentation).
-pub fn follow(
-    accounts: Arc<Accounts>,
-    scheduler: Arc<Scheduler>,
-    metrics: Arc<Metrics>,
-    budget: Arc<ProcessCalls>,
+/// Restarts the user streams when the accounts this replica works for, or
+/// their credentials, change: an added account gets its stream, a rotated
+/// one reconnects with its new key, a removed one loses it (a trigger
+/// restarts a continuous process). Changes within a second are taken
+/// together; a wake-up that changed neither (the same share) restarts nothing.
+pub fn restart_streams_on_change(
+    registry: Arc<Accounts>,
+    scheduler: Arc<crate::scheduler::Scheduler>,
     stop: CancellationToken,
 ) {
-    budget.set_accounts(accounts.mine().len());
+    // Which accounts, and which credentials (a rotation makes a new `Arc`).
+    let seen = |r: &Accounts| -> Vec<(String, usize)> {
+        r.mine()
+            .into_iter()
+            .map(|n| {
+                let at = r.get(&n).map_or(0, |a| Arc::as_ptr(&a) as usize);
+                (n, at)
+            })
+            .collect()
+    };
+    let mut changes = registry.changes();
+    changes.mark_unchanged();
+    let mut last = seen(&registry);
     tokio::spawn(async move {
-        let mut changes = accounts.changes();
-        let mut known: BTreeSet<String> = accounts.mine().into_iter().collect();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = changes.changed() => if changed.is_err() { return },
             }
-            let names = accounts.names();
-            let mine: BTreeSet<String> = accounts.mine().into_iter().collect();
-            budget.set_accounts(mine.len());
-            metrics.accounts.retain(&names);
-            let added: Vec<&String> = mine.difference(&known).collect();
-            if !added.is_empty() {
-                tracing::info!(accounts = added.len(), "accounts added: syncing them now");
-                trigger_account_processes(scheduler.clone(), stop.clone());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            changes.mark_unchanged();
+            let now = seen(&registry);
+            if now == last {
+                continue;
             }
-            known = mine;
+            last = now;
+            for p in scheduler.processes().iter() {
+                if p.config().kind == "user_stream" && p.continuous() {
+                    match scheduler.trigger(&p.id) {
+                        Ok(()) => tracing::info!(process = %p.id, "accounts changed: the user streams reconnect"),
+                        Err(e) => {
+                            tracing::debug!(process = %p.id, error = ?e, "accounts changed: user streams not restarted here")
+                        }
+                    }
+                }
+            }
         }
     });
 }
 
-/// Triggers every enabled trade_sync and position_sync process, again each
-/// second while a run of it is in flight (or a peer it excludes is).
-fn trigger_account_processes(scheduler: Arc<Scheduler>, stop: CancellationToken) {
-    let mut pending: Vec<String> = scheduler
-        .processes()
-        .iter()
-        .filter(|p| TRIGGERED_KINDS.contains(&p.config().kind.as_str()))
-        .map(|p| p.id.to_string())
-        .collect();
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + TRIGGER_FOR;
-        while !pending.is_empty() && tokio::time::Instant::now() < until {
-            pending.retain(|id| match scheduler.trigger(id) {
-                Err(TriggerError::AlreadyRunning | TriggerError::PeerRunning(_)) => true,
-                Ok(()) => false,
-                Err(e) => {
-                    tracing::debug!(process = %id, error = ?e, "not triggered for the new accounts; its next tick takes them");
-                    false
-                }
-            });
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
+/// The HTTP layer's hooks on `platform`.
+pub fn hooks(platform: Arc<Platform>) -> Hooks {
+    let state_of = platform.clone();
+    Hooks {
+        state: Arc::new(move |account: &str| {
+            let stream = match &state_of.streaming {
+                None => "off",
+                Some(_) if state_of.stream_health.healthy(account) => "up",
+                Some(_) => "down",
+            };
+            // Per process (trade_sync, position_sync, dashboard_sync): last
+            // success, last error, next due, consecutive failures. Empty on
+            // a replica that does not work for the account (HA).
+            json!({"stream": stream, "sync": state_of.account_sync(account)})
+        }),
+        remove: Arc::new(move |account: String| {
+            let p = platform.clone();
+            Box::pin(async move { wind_down(&p, &account).await })
+        }),
+    }
+}
+
+/// Before an account is removed: its armed levels retired (`account_removed`),
+/// then every conditional order of ours on it cancelled while its
+/// credentials still work. Positions are left open.
+async fn wind_down(p: &Platform, account: &str) -> Result<Value, Refused> {
+    let retired = p.store.retire_account_levels(account).await.map_err(|e| Refused {
+        budget_spent: false,
+        message: format!("store: {e:#}"),
+    })?;
+    p.events.protection().levels_retired("account_removed", retired.len());
+    let cancelled = crate::processes::backstop::flatten::cancel_backstops(p, account)
+        .await
+        .map_err(|e| Refused {
+            budget_spent: e.budget_spent,
+            message: e.message,
+        })?;
+    tracing::warn!(
+        account,
+        levels_retired = retired.len(),
+        backstops_cancelled = cancelled.unwrap_or(0),
+        "account wound down before removal; its positions stay open"
+    );
+    let mut done = json!({"levels_retired": retired.len(), "backstops_cancelled": cancelled.unwrap_or(0)});
+    if cancelled.is_none() {
+        done["backstops"] = json!(
+            "the venue refused the account's credentials: conditional orders of ours may remain there; cancel them on the venue"
+        );
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn row(vault: &Vault, name: &str, secret: &str, revision: i64) -> StoredAccount {
+        StoredAccount {
+            name: name.into(),
+            api_key: vault.seal(name, "api_key", &format!("key-{name}")),
+            api_secret: vault.seal(name, "api_secret", secret),
+            key_id: vault.key_id().into(),
+            revision,
+            created_at: 1,
+            created_by: "admin".into(),
+            updated_at: 1,
+            updated_by: "admin".into(),
         }
-    });
+    }
+
+    #[test]
+    fn another_replicas_changes_are_followed_and_the_file_wins() {
+        let vault = Vault::new([3; 32]);
+        let file = Account {
+            name: "main".into(),
+            api_key: Secret::new("file-key"),
+            api_secret: Secret::new("file-secret"),
+        };
+        let registry = Accounts::new([file], Source::File);
+        let mut revisions = HashMap::new();
+        let rows = vec![row(&vault, "desk", "s1", 1), row(&vault, "main", "s-api", 1)];
+        sync_once(&rows, Some(&vault), &registry, &mut revisions);
+        assert_eq!(registry.get("desk").unwrap().api_secret.expose(), "s1");
+        assert_eq!(registry.entry("main").unwrap().source, Source::File);
+        assert_eq!(registry.get("main").unwrap().api_secret.expose(), "file-secret");
+
+        // Rotated elsewhere: the new revision is read.
+        let rows = vec![row(&vault, "desk", "s2", 2)];
+        sync_once(&rows, Some(&vault), &registry, &mut revisions);
+        assert_eq!(registry.get("desk").unwrap().api_secret.expose(), "s2");
+
+        // A row this replica cannot open keeps what it had.
+        let other = Vault::new([4; 32]);
+        sync_once(&[row(&other, "desk", "s3", 3)], Some(&vault), &registry, &mut revisions);
+        assert_eq!(registry.get("desk").unwrap().api_secret.expose(), "s2");
+
+        // Removed elsewhere: gone here; the file's account stays.
+        sync_once(&[], Some(&vault), &registry, &mut revisions);
+        assert!(!registry.contains("desk"));
+        assert!(registry.contains("main"));
+    }
+
+    #[test]
+    fn a_row_under_another_key_names_the_setting_and_both_key_ids() {
+        let stored_with = Vault::new([5; 32]);
+        let configured = Vault::new([6; 32]);
+        let e = open(&configured, &row(&stored_with, "desk", "s", 1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("store.encryption_key_file: "), "{e}");
+        assert!(
+            e.contains(stored_with.key_id()) && e.contains(configured.key_id()),
+            "{e}"
+        );
+        assert!(!e.contains("key-desk"), "{e}");
+    }
 }

@@ -42,8 +42,8 @@ pub fn reloader(
         let report = scheduler.reload(&config.processes, &build);
         scheduler
             .budget()
-            .set_per_account(super::accounts::per_account_caps(&config));
-        super::accounts::stale_bounds(&config, &metrics);
+            .set_per_account(super::account_work::per_account_caps(&config));
+        super::account_work::stale_bounds(&config, &metrics);
         metrics.config_loaded(true);
         let restart_needed = sections_needing_restart(&running, &config);
         if !restart_needed.is_empty() {

@@ -5,6 +5,7 @@
 //! Owns: the order things start and stop in. The top floor: it may import
 //! every module, and nothing imports it.
 
+mod account_work;
 mod accounts;
 pub mod exchange;
 mod live;
@@ -57,7 +58,7 @@ pub fn process_budget(config: &Config) -> Arc<ProcessCalls> {
             .map(|(id, p)| (id.clone(), p.max_api_calls_per_minute))
             .chain([(SERVICE_CALLER.to_string(), SERVICE_CALLS_PER_MINUTE)]),
     ));
-    budget.set_per_account(accounts::per_account_caps(config));
+    budget.set_per_account(account_work::per_account_caps(config));
     budget
 }
 
@@ -318,6 +319,9 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     metrics.accounts.set_limit(config.telemetry.per_account_series_limit);
     let budget = process_budget(&config);
     let store = Arc::new(Store::open(&config.store.url).await?);
+    // Accounts added through the API, decrypted now: a key that cannot open them stops the start (exit 2).
+    let vault = accounts::vault(&config)?;
+    let stored_accounts = accounts::load(&store, vault.as_deref()).await?;
     let exchange_stop = CancellationToken::new();
     let ha_stop = CancellationToken::new();
     let ha = match config.ha.enabled {
@@ -335,6 +339,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     if let Some((_, Some(cluster))) = &ha {
         exchange.venue.admission().share_with(cluster.clone());
     }
+    let account_revisions = accounts::register(exchange.venue.accounts(), stored_accounts);
     let catalog = Arc::new(Catalog::default());
     exchange::bootstrap(&exchange.venue, &catalog).await;
     exchange::spawn_exchange_info_refresh(exchange.venue.clone(), catalog.clone(), exchange_stop.clone());
@@ -354,7 +359,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         &processes::SYMBOL_PROCESSES,
         &accounts.names(),
     );
-    accounts::stale_bounds(&config, &metrics);
+    account_work::stale_bounds(&config, &metrics);
     store.post_level_events_to(webhook_url(&config));
     warn_unsigned_webhooks(&config);
     let stream_health = Arc::new(StreamHealth::default());
@@ -385,7 +390,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
     }
     let scheduler = build_scheduler(&config, metrics.clone(), budget.clone(), Some(&platform));
-    accounts::follow(
+    account_work::follow(
         accounts.clone(),
         scheduler.clone(),
         metrics.clone(),
@@ -418,7 +423,16 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     if ha.is_some() {
         let every = Duration::from_secs_f64(config.ha.heartbeat_seconds * 2.0);
         live::follow_stored_overrides(store.clone(), scheduler.clone(), every, ha_stop.clone());
+        accounts::follow(
+            store.clone(),
+            vault.clone(),
+            accounts.clone(),
+            account_revisions,
+            every,
+            ha_stop.clone(),
+        );
     }
+    accounts::restart_streams_on_change(accounts.clone(), scheduler.clone(), ha_stop.clone());
     let reload = live::reloader(
         options,
         config.clone(),
@@ -448,6 +462,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         modes,
         flatten: Some(flatten_with(platform.clone())),
         reload: Some(reload),
+        vault,
+        account_hooks: Some(accounts::hooks(platform.clone())),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)

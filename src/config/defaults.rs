@@ -184,6 +184,8 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
         store: StoreConfig {
             url: "sqlite://data/script-manager.db".into(),
             url_file: None,
+            encryption_key: None,
+            encryption_key_file: None,
             run_retention_days: 7.0,
             data_retention_days: 30.0,
         },

@@ -16,10 +16,11 @@ use figment::{Figment, Metadata, Profile, Provider};
 use super::load::Problem;
 
 /// The secret settings outside the accounts table.
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 6] = [
     "http.admin_token",
     "http.read_token",
     "store.url",
+    "store.encryption_key",
     "notifications.webhook_url",
     "notifications.signing_secret",
 ];

@@ -28,7 +28,7 @@ pub use defaults::{SEED_PROCESSES, process_defaults};
 pub use links::link_groups;
 pub use load::{ConfigError, KindCheck, LoadOptions, Problem, load};
 pub use overrides::{Overrides, SetOverrides};
-pub use secret::{REDACTED, Secret, redact_url, redact_webhook_url};
+pub use secret::{ENCRYPTION_KEY_SETTING, REDACTED, Secret, decode_key32, redact_url, redact_webhook_url};
 pub use simulator::{Faults, SimulatorConfig, default_symbols};
 
 /// The whole configuration of one service instance.
@@ -189,6 +189,14 @@ pub struct StoreConfig {
     /// A file holding the URL instead (it may carry a password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<String>,
+    /// The key accounts added through the API are encrypted with at rest
+    /// (32 bytes: 64 hex characters or base64). Normally given as
+    /// `encryption_key_file`; without one, `POST /api/accounts` is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key: Option<Secret>,
+    /// A file holding the key (`SCRIPT_MANAGER_STORE__ENCRYPTION_KEY_FILE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_file: Option<String>,
     /// Days of run history kept.
     pub run_retention_days: f64,
     /// Days finished levels and intents, triggered alerts and notifications

@@ -66,6 +66,34 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// The setting that names the key encrypting stored accounts; every
+/// message about that key names it.
+pub const ENCRYPTION_KEY_SETTING: &str = "store.encryption_key_file";
+
+/// A 32-byte key written as 64 hex characters or as base64 (standard
+/// alphabet, padded or not). Surrounding whitespace is ignored. The error
+/// says what was wrong, never the value.
+pub fn decode_key32(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(text).map_err(|_| "not valid hex".to_string())?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .map_err(|_| {
+                "must be 32 bytes written as 64 hex characters or as base64 (e.g. `openssl rand -hex 32`)".to_string()
+            })?
+    };
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        format!(
+            "must be 32 bytes (64 hex characters or 44 base64 characters); this one is {} bytes",
+            bytes.len()
+        )
+    })
+}
+
 /// Whether a setting's name suggests a credential.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
@@ -130,6 +158,19 @@ pub fn redact_webhook_url(url: &str, full: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_hex_or_base64_of_32_bytes() {
+        let hex_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let bytes = decode_key32(&format!("{hex_key}\n")).unwrap();
+        assert_eq!(bytes[1], 0x11);
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        assert_eq!(decode_key32(&b64).unwrap(), bytes);
+        assert!(decode_key32("abcd").unwrap_err().contains("32 bytes"));
+        assert!(decode_key32("not a key at all!").unwrap_err().contains("64 hex"));
+        assert!(!decode_key32(&hex_key[..62]).unwrap_err().contains(&hex_key[..10]));
+    }
 
     #[test]
     fn secret_never_prints() {

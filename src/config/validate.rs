@@ -344,6 +344,11 @@ pub fn check_store(store: &super::StoreConfig, report: &mut dyn FnMut(&str, Stri
     if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         report("store.url", "must start with sqlite:// or postgres://".into());
     }
+    if let Some(key) = &store.encryption_key
+        && let Err(e) = super::decode_key32(key.expose())
+    {
+        report(super::ENCRYPTION_KEY_SETTING, e);
+    }
     if !(store.data_retention_days > 0.0 && store.data_retention_days <= 3650.0) {
         report(
             "store.data_retention_days",

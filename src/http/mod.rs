@@ -6,6 +6,7 @@
 //! Imports `scheduler`, `status`, `store`, `budget` (usage gauges),
 //! `telemetry`, `config` (tokens), `clock`; never the processes or `exchange`.
 
+pub mod accounts;
 mod api;
 mod audit;
 pub mod auth;
@@ -65,6 +66,10 @@ pub struct AppState {
     pub flatten: Option<flatten::Flatten>,
     /// Re-reads the configuration (`POST /-/reload`); `Err` names the problems, and nothing changed.
     pub reload: Option<Reload>,
+    /// The key accounts added through the API are sealed with (`store.encryption_key_file`).
+    pub vault: Option<Arc<crate::vault::Vault>>,
+    /// An account's live state, and its wind-down on the venue before removal.
+    pub account_hooks: Option<accounts::Hooks>,
 }
 
 /// Reloads the configuration and says what changed in the process table.

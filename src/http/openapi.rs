@@ -296,7 +296,80 @@ fn object(required: &[&str], properties: Value) -> Value {
 fn schemas() -> Value {
     let mut all = data_schemas();
     all["AuditPage"] = audit_page();
+    for (name, schema) in account_schemas() {
+        all[name] = schema;
+    }
     all
+}
+
+/// The accounts API's shapes: credentials go in, never out.
+fn account_schemas() -> [(&'static str, Value); 4] {
+    let credential = json!({"type": "string", "minLength": 1, "maxLength": 512, "pattern": "^[!-~]+$",
+        "description": "as the venue issued it (printable ASCII, no spaces); never shown again"});
+    let ms = json!({"type": ["integer", "null"], "format": "int64", "description": "ms since the Unix epoch; null for file accounts"});
+    [
+        (
+            "Account",
+            object(
+                &["name", "source", "read_only", "api_key_last4", "state"],
+                json!({
+                    "name": {"type": "string"},
+                    "source": {"enum": ["file", "api"], "description": "file accounts are read-only through the API"},
+                    "read_only": {"type": "boolean"},
+                    "api_key_last4": {"type": "string", "maxLength": 4, "description": "at most the API key's last four characters"},
+                    "created_at": ms, "updated_at": ms,
+                    "created_by": nullable("string"), "updated_by": nullable("string"),
+                    "state": {"type": ["object", "null"], "description": "stream: off, up or down (the account's user stream); \
+                        sync: one entry per account process working for it on this replica (empty on a replica that does not own it)",
+                        "properties": {"stream": {"enum": ["off", "up", "down"]}, "sync": {"type": "array", "items": {
+                            "type": "object",
+                            "properties": {
+                                "process": {"type": "string"},
+                                "last_success": nullable("string"),
+                                "last_error": {"type": ["object", "null"]},
+                                "next_due": {"type": "string"},
+                                "consecutive_failures": {"type": "integer", "minimum": 0},
+                            }}}}},
+                }),
+            ),
+        ),
+        (
+            "NewAccount",
+            json!({
+                "type": "object",
+                "required": ["name", "api_key", "api_secret"],
+                "additionalProperties": false,
+                "properties": {
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                    "api_key": credential.clone(),
+                    "api_secret": credential.clone(),
+                },
+            }),
+        ),
+        (
+            "Credentials",
+            json!({
+                "type": "object",
+                "required": ["api_key", "api_secret"],
+                "additionalProperties": false,
+                "properties": {"api_key": credential.clone(), "api_secret": credential},
+            }),
+        ),
+        (
+            "RemovedAccount",
+            object(
+                &["name", "removed", "positions"],
+                json!({
+                        "name": {"type": "string"},
+                        "removed": {"const": true},
+                        "levels_retired": {"type": "integer", "description": "armed levels retired with reason account_removed"},
+                        "backstops_cancelled": {"type": "integer", "description": "our conditional orders cancelled on the venue"},
+                        "positions": {"type": "string", "description": "what became of its positions: left open"},
+                "backstops": {"type": "string", "description": "present when the venue refused the account's credentials, so our conditional orders could not be cancelled"},
+                    }),
+            ),
+        ),
+    ]
 }
 
 fn audit_page() -> Value {
@@ -387,7 +460,7 @@ fn data_schemas() -> Value {
                 "anyOf": [{"enum": ["long", "short"]}, {"type": "null"}]},
             "take_profit": nullable("string"), "stop_loss": nullable("string"),
             "status": {"enum": ["armed", "triggered", "executed", "failed", "cancelled"]},
-            "reason": {"description": "why a cancelled level was retired: position_closed or position_flipped",
+            "reason": {"description": "why a cancelled level was retired: position_closed, position_flipped, flattened or account_removed",
                 "anyOf": [{"type": "string"}, {"type": "null"}]},
             "version": {"type": "integer"},
             "client_order_id": nullable("string"), "order_id": nullable("integer"),

@@ -1,15 +1,16 @@
 //! Every route, registered in one place with its OpenAPI description (see
 //! [`openapi`](super::openapi)): adding a route means describing it here.
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use serde_json::json;
 
 use super::openapi::{Routes, list, op, schema};
-use super::{api, audit, data, flatten, live};
+use super::{accounts, api, audit, data, flatten, live};
 
 const OPS: &str = "operations";
 const STATUS: &str = "status";
 const DATA: &str = "data";
+const ACCOUNTS: &str = "accounts";
 
 pub fn all() -> Routes {
     Routes::new()
@@ -258,6 +259,84 @@ pub fn all() -> Routes {
                     (502, "the venue could not be asked what is open (nothing was sent for that account)"),
                     (503, "this instance has no exchange"),
                 ]),
+            )],
+        )
+        .route(
+            "/api/accounts",
+            get(accounts::list).post(accounts::create),
+            vec![
+                (
+                    "get",
+                    op("Exchange accounts, file and API, by name (a Link header points to the next page)", ACCOUNTS, list("Account"))
+                        .limit()
+                        .query("after", json!({"type": "string"}), "names after this one (the previous page's last)")
+                        .admin()
+                        .errors(&[(400, "bad or unknown query parameter")]),
+                ),
+                (
+                    "post",
+                    op("Add an exchange account while running: stored encrypted, used from the next run", ACCOUNTS, json!({}))
+                        .body(
+                            schema("NewAccount"),
+                            json!({"name": "desk-2", "api_key": "<the venue's API key>", "api_secret": "<its secret>"}),
+                        )
+                        .answers(201, "added", Some(schema("Account")))
+                        .admin()
+                        .errors(&[
+                            (400, "the body is not JSON"),
+                            (409, "the name exists (file or API), or no store.encryption_key_file is configured"),
+                            (422, "a field is missing or invalid (the message names it)"),
+                            (503, "the store did not answer"),
+                        ]),
+                ),
+            ],
+        )
+        .route(
+            "/api/accounts/{account}",
+            get(accounts::get).delete(accounts::remove),
+            vec![
+                (
+                    "get",
+                    op("One exchange account: source, key's last four characters, stream and sync state", ACCOUNTS, schema("Account"))
+                        .path("account", "account name")
+                        .admin()
+                        .errors(&[(404, "no such account")]),
+                ),
+                (
+                    "delete",
+                    op(
+                        "Remove an account added through the API: its armed levels are retired (account_removed) and our conditional orders on it cancelled first; its positions stay open",
+                        ACCOUNTS,
+                        schema("RemovedAccount"),
+                    )
+                    .path("account", "account name")
+                    .admin()
+                    .errors(&[
+                        (404, "no such account"),
+                        (409, "the account is defined in the configuration file"),
+                        (429, "the exchange budget is spent for now; nothing was removed (try again shortly)"),
+                        (502, "the venue could not be asked to cancel our conditional orders; nothing was removed"),
+                        (503, "the store did not answer"),
+                    ]),
+                ),
+            ],
+        )
+        .route(
+            "/api/accounts/{account}/credentials",
+            put(accounts::rotate),
+            vec![(
+                "put",
+                op("Rotate an API account's key and secret: the next signed request uses them", ACCOUNTS, schema("Account"))
+                    .path("account", "account name")
+                    .body(schema("Credentials"), json!({"api_key": "<the new key>", "api_secret": "<its secret>"}))
+                    .admin()
+                    .errors(&[
+                        (400, "the body is not JSON"),
+                        (404, "no such account"),
+                        (409, "the account is defined in the configuration file, or no store.encryption_key_file is configured"),
+                        (422, "a field is missing or invalid (the message names it)"),
+                        (503, "the store did not answer"),
+                    ]),
             )],
         )
         .route(

@@ -139,6 +139,24 @@ pub async fn trade(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Resp
     }
 }
 
+/// `{"name", "api_key", "api_secret", "opening_positions"?}`: an account
+/// created at the venue (as an operator would before adding it to the
+/// service), with a few opening positions (2 unless said). 201; 409 when the
+/// key or the name is taken; 422 when a field is missing.
+pub async fn add_account(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let field = |k: &str| body[k].as_str().filter(|v| !v.is_empty()).map(str::to_string);
+    let (Some(name), Some(key), Some(secret)) = (field("name"), field("api_key"), field("api_secret")) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "need name, api_key and api_secret").into_response();
+    };
+    let opening = body["opening_positions"].as_u64().unwrap_or(2).min(20) as usize;
+    let mut book = sim.book();
+    if book.accounts.contains_key(&key) || book.accounts.values().any(|a| a.name == name) {
+        return (StatusCode::CONFLICT, "an account with this key or name exists").into_response();
+    }
+    book.add_account(&key, &name, &secret, wall_ms(), opening);
+    (StatusCode::CREATED, Json(json!({"name": name}))).into_response()
+}
+
 /// `{"account", "enabled"}`: the account's hedge mode (`dualSidePosition`).
 pub async fn hedge(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
     let Some(key) = body["account"].as_str().and_then(|a| account_key(&sim, a)) else {

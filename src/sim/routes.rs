@@ -23,6 +23,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/algo_orders", get(control::algo_orders))
         .route("/sim/trade", post(control::trade))
         .route("/sim/hedge", post(control::hedge))
+        .route("/sim/accounts", post(control::add_account))
         .route("/sim/stream/drop", post(control::drop_streams))
         .route("/sim/stream/expire_keys", post(control::expire_listen_keys))
         .route("/sim/stream/book_ticker", post(control::book_ticker))

@@ -340,6 +340,26 @@ impl Store {
         Ok(retired)
     }
 
+    /// The account is being removed (`DELETE /api/accounts/{name}`): every
+    /// armed level of it is retired (`account_removed`), with an outbox event
+    /// each. Levels whose close is under way are left to finish or fail.
+    pub async fn retire_account_levels(&self, account: &str) -> anyhow::Result<Vec<Level>> {
+        let now = now_ms();
+        let mut tx = self.begin_fenced(&Fence::none()).await?;
+        let rows = sqlx::query(
+            "UPDATE levels SET status = 'cancelled', reason = 'account_removed', version = version + 1, \
+             updated_at = $1 WHERE account = $2 AND status = 'armed' RETURNING *",
+        )
+        .bind(now)
+        .bind(account.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+        let retired: Vec<Level> = rows.iter().map(level).collect::<anyhow::Result<_>>()?;
+        self.announce_retired(&mut tx, &retired, "account_removed", now).await?;
+        tx.commit().await?;
+        Ok(retired)
+    }
+
     /// An outbox event and a log line per retired level.
     async fn announce_retired(
         &self,

@@ -9,6 +9,7 @@
 //! facts it keeps), `process` (a run's `Fence` and `RunRecord`), `config`
 //! (URL redaction) and `clock`; never the exchange, scheduler or status.
 
+mod accounts;
 mod audit;
 mod backstops;
 mod dashboard;
@@ -30,6 +31,7 @@ use rust_decimal::Decimal;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use accounts::{NewStoredAccount, StoredAccount};
 pub use audit::{AUDIT_KEPT_MS, AuditEntry};
 pub use backstops::{Backstop, BackstopState, BackstopUpdate, NewBackstop};
 pub use dashboard::Snapshot;
@@ -65,6 +67,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
     ("0007_backstops", include_str!("../../migrations/0007_backstops.sql")),
     ("0008_audit", include_str!("../../migrations/0008_audit.sql")),
+    ("0009_accounts", include_str!("../../migrations/0009_accounts.sql")),
 ];
 
 /// The PostgreSQL advisory lock (session level, one bigint key) held while

@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 /// The refusal table's steps (`exchange::refusals::CloseStep::as_str`).
 pub const CLOSE_STEPS: [&str; 5] = ["retry_later", "look_up", "split", "reread", "final"];
 /// Why a level was retired without a close.
-pub const RETIRE_REASONS: [&str; 3] = ["position_closed", "position_flipped", "flattened"];
+pub const RETIRE_REASONS: [&str; 4] = ["position_closed", "position_flipped", "flattened", "account_removed"];
 /// How the backstops armed levels want stand.
 pub const BACKSTOP_STATES: [&str; 4] = ["live", "placing", "missing", "failed"];
 /// What was done to backstops on the venue, and how it went.

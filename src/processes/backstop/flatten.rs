@@ -173,15 +173,36 @@ async fn flatten_account(
         }
         report.positions.push(done);
     }
-    report.backstops_cancelled += cancel_ours(p, caller, account)
+    report.backstops_cancelled += cancel_ours(p, caller, account, true)
         .await
         .map_err(|e| unable("cannot read the conditional orders", e))?;
     Ok(())
 }
 
-/// Cancels our open conditional orders on `account` but those of levels
-/// still armed (on symbols with nothing open); returns how many.
-async fn cancel_ours(p: &Platform, caller: &Caller, account: &str) -> Result<usize, VenueError> {
+/// An account is being removed (`DELETE /api/accounts/{name}`), its armed
+/// levels already retired: every conditional order of ours on it is
+/// cancelled while its credentials still work. Returns how many, or `None`
+/// when the venue refuses the credentials themselves (revoked: nothing can
+/// be cancelled with them, and removal must still be possible). `Err` when
+/// the venue could not be asked for now (then nothing should be removed).
+pub async fn cancel_backstops(p: &Platform, account: &str) -> Result<Option<usize>, Unable> {
+    let caller = Caller::new(CLOSE_CALLER, 1, Instant::now() + ANSWER_WITHIN);
+    match cancel_ours(p, &caller, account, false).await {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == VenueErrorKind::Auth => {
+            tracing::warn!(account, error = %e, "the venue refuses the account's credentials: its conditional orders cannot be cancelled by us");
+            Ok(None)
+        }
+        Err(e) => Err(Unable {
+            budget_spent: e.kind() == VenueErrorKind::BudgetExhausted,
+            message: format!("cannot read the conditional orders: {e}"),
+        }),
+    }
+}
+
+/// Cancels our open conditional orders on `account`, but (`keep_armed`)
+/// those of levels still armed (on symbols with nothing open); returns how many.
+async fn cancel_ours(p: &Platform, caller: &Caller, account: &str, keep_armed: bool) -> Result<usize, VenueError> {
     let prefix = ours(p);
     let open = p.venue.open_algo_orders(caller, account, None).await?;
     let armed: HashSet<i64> = p
@@ -193,7 +214,7 @@ async fn cancel_ours(p: &Platform, caller: &Caller, account: &str) -> Result<usi
     let mut cancelled = 0;
     for order in open.iter().filter(|o| o.client_algo_id.starts_with(&prefix)) {
         let row = p.store.backstop(&order.client_algo_id).await.ok().flatten();
-        if row.is_some_and(|b| armed.contains(&b.level_id)) {
+        if keep_armed && row.is_some_and(|b| armed.contains(&b.level_id)) {
             continue;
         }
         match p
