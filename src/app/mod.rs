@@ -316,7 +316,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         backstops: backstop_settings(&config),
         live: Arc::default(),
         stream_stale_after: Duration::from_secs_f64(config.exchange.stream_stale_seconds),
-        streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr)),
+        streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr), &metrics),
         stream_metrics: metrics.stream.clone(),
         stream_health,
         webhooks: Arc::new(processes::notification_check::webhook_client(&config.notifications)?),

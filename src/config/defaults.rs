@@ -172,6 +172,9 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             stream_max_lifetime_seconds: 86_400.0,
             listen_key_renew_seconds: 1_800.0,
             stream_reconcile_seconds: 300.0,
+            stream_connects_per_second: 1.0,
+            stream_connect_burst: 5,
+            user_streams_per_connection: 50,
             simulator: super::SimulatorConfig::default(),
         },
         upstream: UpstreamConfig {

@@ -14,7 +14,7 @@ use super::domain::DomainEvents;
 use super::exposition::{Format, Writer};
 use super::ha::HaMetrics;
 use super::process::{ProcessInfo, ProcessMetrics, ProcessSeries};
-use super::stream::StreamMetrics;
+use super::stream::{StreamConnections, StreamMetrics};
 
 /// Why the HTTP server refused a request.
 pub const SHED_REASONS: [&str; 3] = ["concurrency", "timeout", "rate_limited"];
@@ -31,6 +31,8 @@ pub struct Metrics {
     pub domain: DomainEvents,
     pub ha: HaMetrics,
     pub stream: std::sync::Arc<StreamMetrics>,
+    /// Aggregate connection series of the streams (no account label).
+    pub stream_connections: std::sync::Arc<StreamConnections>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
     reload_successful: Gauge,
@@ -53,6 +55,7 @@ impl Metrics {
             domain,
             ha,
             stream: std::sync::Arc::new(StreamMetrics::new()),
+            stream_connections: std::sync::Arc::default(),
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
@@ -103,6 +106,7 @@ impl Metrics {
         m.domain.register(registry);
         m.ha.register(registry);
         m.stream.register(registry);
+        m.stream_connections.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }
