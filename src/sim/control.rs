@@ -36,6 +36,8 @@ pub async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "answers": meter.answers,
         "fills_kept": fills_kept,
         "ws_connections": {"public": conns.0, "market": conns.1, "private": conns.2},
+        "ws_connections_open": sim.streams.open_now(),
+        "ws_connections_refused": sim.streams.refused(),
         "ws_subscribes": sim.streams.subscribes(),
         "orders_kept": orders_kept,
         "weight_by_minute": weight,
@@ -194,4 +196,21 @@ pub async fn book_ticker(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -
         }
         _ => (StatusCode::UNPROCESSABLE_ENTITY, "need a listed symbol, bid and ask").into_response(),
     }
+}
+
+/// `{"name", "api_key", "api_secret", "opening_positions"?}`: an account the
+/// venue knows from now on (none opened by default: it costs a few hundred
+/// bytes until it trades). 409 when the API key is taken.
+pub async fn create_account(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let field = |k: &str| body[k].as_str().filter(|v| !v.is_empty());
+    let (Some(name), Some(api_key), Some(secret)) = (field("name"), field("api_key"), field("api_secret")) else {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "need name, api_key and api_secret").into_response();
+    };
+    let opening = body["opening_positions"].as_u64().unwrap_or(0) as usize;
+    let mut book = sim.book();
+    if book.accounts.contains_key(api_key) || book.accounts.values().any(|a| a.name == name) {
+        return (StatusCode::CONFLICT, "an account with that name or API key exists").into_response();
+    }
+    book.add_account(api_key, name, secret, wall_ms(), opening);
+    StatusCode::CREATED.into_response()
 }

@@ -1,6 +1,6 @@
 //! The simulator's HTTP surface: Binance's routes under `/fapi` (through
 //! [`gate`](super::gate)), its WebSockets under `/public`, `/market` and
-//! `/private` ([`ws`](super::ws)), and `/sim/*` for tests ([`control`](super::control)).
+//! `/private` (`/private/stream` is the combined route's, [`ws`](super::ws)), and `/sim/*` for tests ([`control`](super::control)).
 
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/sim/stream/drop", post(control::drop_streams))
         .route("/sim/stream/expire_keys", post(control::expire_listen_keys))
         .route("/sim/stream/book_ticker", post(control::book_ticker))
+        .route("/sim/accounts", post(control::create_account))
         .route("/{route}/ws/{stream}", get(ws::single))
         .route("/{route}/stream", get(ws::combined))
         .route("/private/ws", get(ws::private))
