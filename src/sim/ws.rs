@@ -53,7 +53,7 @@ pub async fn single(
         return (StatusCode::NOT_FOUND, "unknown route").into_response();
     };
     if let Err(refused) = admit(&sim, client) {
-        return refused;
+        return *refused;
     }
     let streams: BTreeSet<String> = [stream].into();
     upgrade(ws, sim, public, streams, false)
@@ -75,7 +75,7 @@ pub async fn combined(
         return (StatusCode::NOT_FOUND, "unknown route").into_response();
     };
     if let Err(refused) = admit(&sim, client) {
-        return refused;
+        return *refused;
     }
     upgrade(ws, sim, public, streams.unwrap_or_default(), true)
 }
@@ -87,7 +87,7 @@ fn names(q: &HashMap<String, String>, name: &str) -> Option<BTreeSet<String>> {
 }
 
 /// Counts a new connection from `client` against the venue's limit; past it, a 429.
-fn admit(sim: &Sim, client: SocketAddr) -> Result<(), Response> {
+fn admit(sim: &Sim, client: SocketAddr) -> Result<(), Box<Response>> {
     sim.streams.admit(client.ip()).map_err(|wait| {
         let body = json!({"code": -1003, "msg": "Too many new connections; try again later."});
         let retry = wait.as_secs().max(1).to_string();
@@ -97,6 +97,7 @@ fn admit(sim: &Sim, client: SocketAddr) -> Result<(), Response> {
             axum::Json(body),
         )
             .into_response()
+            .into()
     })
 }
 
@@ -280,7 +281,7 @@ pub async fn private(
         return (StatusCode::BAD_REQUEST, "invalid listen key").into_response();
     };
     if let Err(refused) = admit(&sim, client) {
-        return refused;
+        return *refused;
     }
     // `events=A/B`: only those event types are sent (all when not given).
     let wanted: Option<BTreeSet<String>> = q
@@ -364,7 +365,7 @@ fn private_combined(
         return (StatusCode::BAD_REQUEST, "too many streams").into_response();
     }
     if let Err(refused) = admit(&sim, client) {
-        return refused;
+        return *refused;
     }
     sim.streams.connected_private();
     // Subscribed before the handshake completes: nothing the client causes once connected is missed.

@@ -144,8 +144,7 @@ impl Drop for Counted {
 
 /// Opens a connection to `target` once the pacer gives its turn (every new
 /// connection of the service takes one), counting the outcome under
-/// `stream`: opened, refused (the venue's 429: too many new connections),
-/// or failed. The socket is counted as open until it is dropped or closed.
+/// `stream` (see [`open_counted`]).
 pub async fn open_paced(
     base: &str,
     target: Target<'_>,
@@ -153,9 +152,26 @@ pub async fn open_paced(
     metrics: &Arc<StreamConnections>,
     stream: &'static str,
 ) -> Result<Socket, VenueError> {
+    pace(pacer, metrics).await;
+    open_counted(base, target, metrics, stream).await
+}
+
+/// Waits for the pacer's turn, counting a wait.
+pub async fn pace(pacer: &ConnectPacer, metrics: &StreamConnections) {
     if !pacer.acquire().await.is_zero() {
         metrics.paced();
     }
+}
+
+/// Opens a connection (its turn taken already: [`pace`]) counting the
+/// outcome under `stream`: opened, refused (the venue's 429: too many new
+/// connections) or failed. The socket counts as open until dropped or closed.
+pub async fn open_counted(
+    base: &str,
+    target: Target<'_>,
+    metrics: &Arc<StreamConnections>,
+    stream: &'static str,
+) -> Result<Socket, VenueError> {
     match Socket::open(&target.url(base)).await {
         Ok(mut socket) => {
             metrics.connect(stream, "opened");
