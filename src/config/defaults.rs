@@ -60,7 +60,10 @@ pub const STREAMS_BY_DEFAULT: bool = true;
 /// calls/min, lease s). Continuous; their timeout is the lease they renew.
 const STREAM_PROCESSES: [(&str, &str, u32, f64); 2] = [
     ("market_stream", "Market Stream", 100, 10.0),
-    ("user_stream", "User Stream", 60, 10.0),
+    // Per account: a listen key, then a reconciliation (positions, fills of its
+    // symbols) after each connect, and an extension every 30 min; many accounts
+    // need many calls, and the venue's weight budget is what bounds them.
+    ("user_stream", "User Stream", 600, 10.0),
 ];
 
 /// The venue-side backstops' reconciler: every second, priority 1 (it is

@@ -154,6 +154,14 @@ impl Streams {
         }
     }
 
+    /// Expires the keys of one account (by API key) now.
+    pub fn expire_of(&self, api_key: &str) {
+        let now = Instant::now();
+        for (_, until) in self.keys().values_mut().filter(|(owner, _)| owner == api_key) {
+            *until = now;
+        }
+    }
+
     /// Drops every open connection now (tests: `POST /sim/stream/drop`).
     pub fn drop_all(&self) {
         let _ = self.drops.send(());

@@ -285,6 +285,8 @@ impl Socket {
 
     /// A ping of our own: the venue's pong is the sign of life of a quiet stream.
     pub async fn ping(&mut self) -> Result<(), VenueError> {
+        // The venue counts every message it receives against the per-second limit.
+        self.pace().await;
         self.inner
             .send(Message::Ping(Default::default()))
             .await

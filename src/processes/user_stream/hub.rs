@@ -28,6 +28,8 @@ use crate::processes::platform::StreamSettings;
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A `SUBSCRIBE` of listen keys not answered this long is given up on (its accounts try again).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection gathers keys to subscribe in one message.
+const SUBSCRIBE_BATCH: Duration = Duration::from_millis(200);
 /// Events waiting for one account; beyond it the account lets go and reconciles.
 pub const EVENTS_WAITING: usize = 1024;
 
@@ -348,7 +350,9 @@ async fn carry(
                     }
                 }
                 Some(Order::Add { key, inbox }) => {
-                    // Every key waiting now goes in one SUBSCRIBE.
+                    // Keys arriving together (many accounts setting up) go in one SUBSCRIBE:
+                    // the venue closes a connection sent more than 10 messages a second.
+                    tokio::time::sleep(SUBSCRIBE_BATCH).await;
                     let mut add = vec![(key, inbox)];
                     while let Ok(order) = orders.try_recv() {
                         match order {
