@@ -264,9 +264,9 @@ async fn serve(
     };
     let ended = run(&settings, per_connection, &mut orders, &mut routes).await;
     let (reason, why) = ended.unwrap_or(("closed", "closed".into()));
-    routes.lose_all(reason, &why);
-    // Keys sent to it meanwhile are told too; later sends fail and the hub places them elsewhere.
+    // From now on the hub's sends fail and it places keys elsewhere; those sent meanwhile are told.
     orders.close();
+    routes.lose_all(reason, &why);
     while let Ok(order) = orders.try_recv() {
         if let Order::Add { inbox, .. } = order {
             inbox.lose(reason, why.clone());
