@@ -148,6 +148,9 @@ fn stream_settings(addr: std::net::SocketAddr, speedup: f64) -> StreamSettings {
         max_lifetime: Duration::from_secs(86_400),
         listen_key_renew: Duration::from_secs_f64(1800.0 / speedup),
         reconcile: Duration::from_secs_f64(300.0 / speedup),
+        pacer: std::sync::Arc::new(script_manager::exchange::binance::pacer::ConnectPacer::new(1.0, 5)),
+        user_streams_per_connection: 50,
+        connections: std::sync::Arc::default(),
     }
 }
 

@@ -163,56 +163,6 @@ fn sync_once(rows: &[StoredAccount], vault: Option<&Vault>, registry: &Accounts,
     }
 }
 
-/// Restarts the user streams when the accounts this replica works for, or
-/// their credentials, change: an added account gets its stream, a rotated
-/// one reconnects with its new key, a removed one loses it (a trigger
-/// restarts a continuous process). Changes within a second are taken
-/// together; a wake-up that changed neither (the same share) restarts nothing.
-pub fn restart_streams_on_change(
-    registry: Arc<Accounts>,
-    scheduler: Arc<crate::scheduler::Scheduler>,
-    stop: CancellationToken,
-) {
-    // Which accounts, and which credentials (a rotation makes a new `Arc`).
-    let seen = |r: &Accounts| -> Vec<(String, usize)> {
-        r.mine()
-            .into_iter()
-            .map(|n| {
-                let at = r.get(&n).map_or(0, |a| Arc::as_ptr(&a) as usize);
-                (n, at)
-            })
-            .collect()
-    };
-    let mut changes = registry.changes();
-    changes.mark_unchanged();
-    let mut last = seen(&registry);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                changed = changes.changed() => if changed.is_err() { return },
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            changes.mark_unchanged();
-            let now = seen(&registry);
-            if now == last {
-                continue;
-            }
-            last = now;
-            for p in scheduler.processes().iter() {
-                if p.config().kind == "user_stream" && p.continuous() {
-                    match scheduler.trigger(&p.id) {
-                        Ok(()) => tracing::info!(process = %p.id, "accounts changed: the user streams reconnect"),
-                        Err(e) => {
-                            tracing::debug!(process = %p.id, error = ?e, "accounts changed: user streams not restarted here")
-                        }
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// The HTTP layer's hooks on `platform`.
 pub fn hooks(platform: Arc<Platform>) -> Hooks {
     let state_of = platform.clone();

@@ -240,6 +240,7 @@ pub fn spawn_exchange_info_refresh(venue: Arc<Binance>, catalog: Arc<Catalog>, s
 pub fn stream_settings(
     config: &Config,
     simulator: Option<SocketAddr>,
+    metrics: &Metrics,
 ) -> Option<crate::processes::platform::StreamSettings> {
     let x = &config.exchange;
     x.streams.then(|| crate::processes::platform::StreamSettings {
@@ -255,5 +256,11 @@ pub fn stream_settings(
         max_lifetime: Duration::from_secs_f64(x.stream_max_lifetime_seconds),
         listen_key_renew: Duration::from_secs_f64(x.listen_key_renew_seconds),
         reconcile: Duration::from_secs_f64(x.stream_reconcile_seconds),
+        pacer: Arc::new(crate::exchange::binance::pacer::ConnectPacer::new(
+            x.stream_connects_per_second,
+            x.stream_connect_burst,
+        )),
+        user_streams_per_connection: x.user_streams_per_connection,
+        connections: metrics.stream_connections.clone(),
     })
 }

@@ -376,7 +376,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         backstops: backstop_settings(&config),
         live: Arc::default(),
         stream_stale_after: Duration::from_secs_f64(config.exchange.stream_stale_seconds),
-        streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr)),
+        streaming: exchange::stream_settings(&config, exchange.simulator.as_ref().map(|(addr, _)| *addr), &metrics),
         stream_metrics: metrics.stream.clone(),
         stream_health,
         webhooks: Arc::new(processes::notification_check::webhook_client(&config.notifications)?),
@@ -432,7 +432,6 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
             ha_stop.clone(),
         );
     }
-    accounts::restart_streams_on_change(accounts.clone(), scheduler.clone(), ha_stop.clone());
     let reload = live::reloader(
         options,
         config.clone(),

@@ -60,6 +60,9 @@ pub const STREAMS_BY_DEFAULT: bool = true;
 /// calls/min, lease s). Continuous; their timeout is the lease they renew.
 const STREAM_PROCESSES: [(&str, &str, u32, f64); 2] = [
     ("market_stream", "Market Stream", 100, 10.0),
+    // Per account (the cap in force is this × the replica's accounts, at most the
+    // venue budget): a listen key, then a reconciliation (positions, fills of its
+    // symbols) after each connect, and an extension every 30 min.
     ("user_stream", "User Stream", 60, 10.0),
 ];
 
@@ -174,6 +177,9 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             stream_max_lifetime_seconds: 86_400.0,
             listen_key_renew_seconds: 1_800.0,
             stream_reconcile_seconds: 300.0,
+            stream_connects_per_second: 1.0,
+            stream_connect_burst: 5,
+            user_streams_per_connection: 50,
             simulator: super::SimulatorConfig::default(),
         },
         upstream: UpstreamConfig {

@@ -421,6 +421,14 @@ pub struct ExchangeConfig {
     /// While an account's user stream is healthy, trade and position sync
     /// reconcile it over REST only this often.
     pub stream_reconcile_seconds: f64,
+    /// New WebSocket connections per second, for every stream together (the
+    /// venue limits new connections per IP: 300 per 5 minutes).
+    pub stream_connects_per_second: f64,
+    /// New connections that may go at once before the pace applies.
+    pub stream_connect_burst: u32,
+    /// Accounts' listen keys carried by one user-stream connection (a
+    /// combined stream, at most 200); 1 keeps one connection per account.
+    pub user_streams_per_connection: usize,
     pub simulator: SimulatorConfig,
 }
 

@@ -91,6 +91,10 @@ pub struct SimulatorConfig {
     pub ws_ping_seconds: f64,
     /// A listen key not extended for this long expires (Binance: 60 min).
     pub listen_key_ttl_seconds: f64,
+    /// New WebSocket connections one client address may open per window
+    /// (Binance: 300 per 5 minutes); beyond it the upgrade is answered 429.
+    pub ws_connections_limit: u32,
+    pub ws_connections_window_seconds: f64,
     /// Per symbol: `MARKET_LOT_SIZE.maxQty`, the largest MARKET order. Unset:
     /// what 1 000 000 USDT buys at the opening price (Binance's is far below
     /// `LOT_SIZE.maxQty`: BTCUSDT 120 against 1000).
@@ -138,6 +142,8 @@ impl Default for SimulatorConfig {
             ws_max_lifetime_seconds: 86_400.0,
             ws_ping_seconds: 180.0,
             listen_key_ttl_seconds: 3_600.0,
+            ws_connections_limit: 300,
+            ws_connections_window_seconds: 300.0,
             market_max_qty: BTreeMap::new(),
             max_qty: BTreeMap::new(),
             min_qty: BTreeMap::new(),

@@ -300,7 +300,31 @@ pub fn check_exchange(x: &ExchangeConfig, report: &mut dyn FnMut(&str, String)) 
             report(key, format!("must be between 0.1 and {max}"));
         }
     }
+    if !(x.stream_connects_per_second > 0.0 && x.stream_connects_per_second <= 100.0) {
+        report(
+            "exchange.stream_connects_per_second",
+            "must be above 0 and at most 100".into(),
+        );
+    }
+    if !(1..=300).contains(&x.stream_connect_burst) {
+        report("exchange.stream_connect_burst", "must be between 1 and 300".into());
+    }
+    if !(1..=200).contains(&x.user_streams_per_connection) {
+        report(
+            "exchange.user_streams_per_connection",
+            "must be between 1 and 200 (the venue's streams per connection)".into(),
+        );
+    }
     let sim = &x.simulator;
+    if sim.ws_connections_limit == 0 {
+        report("exchange.simulator.ws_connections_limit", "must be above 0".into());
+    }
+    if !(1.0..=86_400.0).contains(&sim.ws_connections_window_seconds) {
+        report(
+            "exchange.simulator.ws_connections_window_seconds",
+            "must be between 1 and 86400".into(),
+        );
+    }
     if sim.symbols.values().any(|&p| p.is_nan() || p <= 0.0) {
         report(
             "exchange.simulator.symbols",

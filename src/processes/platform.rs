@@ -92,6 +92,12 @@ pub struct StreamSettings {
     pub listen_key_renew: std::time::Duration,
     /// How often a healthy user stream's account is reconciled over REST.
     pub reconcile: std::time::Duration,
+    /// The one pace of new connections, shared by every stream (`exchange.stream_connects_per_second`).
+    pub pacer: Arc<crate::exchange::binance::pacer::ConnectPacer>,
+    /// Listen keys one user-stream connection carries (`exchange.user_streams_per_connection`).
+    pub user_streams_per_connection: usize,
+    /// Aggregate connection series (open, listen keys, connects by result, paced).
+    pub connections: Arc<crate::telemetry::stream::StreamConnections>,
 }
 
 /// Accounts whose user stream is connected and reconciled: their events

@@ -40,6 +40,9 @@ pub struct SimPosition {
     pub update_time: i64,
 }
 
+/// One account. Everything it keeps is bounded: fills (`keep_fills`),
+/// orders and finished algo orders (`keep_orders`), a position row per
+/// symbol; an account that never traded holds empty collections only.
 #[derive(Debug, Default)]
 pub struct SimAccount {
     pub name: String,
@@ -68,6 +71,9 @@ pub struct Book {
     pub day: BTreeMap<String, DayStats>,
     /// By API key.
     pub accounts: HashMap<String, SimAccount>,
+    /// The API keys, sorted: random trading picks from them by the seeded
+    /// generator without sorting every account on every pick.
+    keys: Vec<String>,
     next_trade_id: u64,
     next_order_id: u64,
     pub(super) next_algo_id: u64,
@@ -132,6 +138,7 @@ impl Book {
             lots: super::lots::defaults(&prices),
             prices,
             accounts: HashMap::new(),
+            keys: Vec::new(),
             pending: Vec::new(),
             feed: Feed::default(),
             update_id: 0,
@@ -145,6 +152,9 @@ impl Book {
 
     /// Adds an account with a few opening positions.
     pub fn add_account(&mut self, api_key: &str, name: &str, secret: &str, now_ms: i64, opening_positions: usize) {
+        if let Err(at) = self.keys.binary_search_by(|k| k.as_str().cmp(api_key)) {
+            self.keys.insert(at, api_key.to_string());
+        }
         self.accounts.insert(
             api_key.to_string(),
             SimAccount {
@@ -338,9 +348,7 @@ impl Book {
     }
 
     pub fn random_account_key(&mut self) -> Option<String> {
-        let mut keys: Vec<&String> = self.accounts.keys().collect();
-        keys.sort();
-        (!keys.is_empty()).then(|| keys[self.rng.random_range(0..keys.len())].clone())
+        (!self.keys.is_empty()).then(|| self.keys[self.rng.random_range(0..self.keys.len())].clone())
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
@@ -384,6 +392,27 @@ mod tests {
         second.add_account("k", "main", "s", 0, 3);
         let first_new = second.accounts["k"].fills.iter().map(|f| f.id).min().unwrap();
         assert!(first_new > last, "{first_new} after {last}");
+    }
+
+    #[test]
+    fn ten_thousand_idle_accounts_hold_nothing_and_fills_stay_bounded() {
+        let mut b = book();
+        b.keep_fills = 100;
+        for i in 0..10_000 {
+            b.add_account(&format!("k{i:05}"), &format!("a{i:05}"), "s", 0, 0);
+        }
+        assert_eq!(b.accounts.len(), 10_000);
+        assert!(
+            b.accounts
+                .values()
+                .all(|a| a.fills.capacity() == 0 && a.positions.is_empty())
+        );
+        for _ in 0..1_000 {
+            b.random_fill("k00042", None, 0);
+        }
+        assert_eq!(b.accounts["k00042"].fills.len(), 100, "at most keep_fills kept");
+        let picked = b.random_account_key().unwrap();
+        assert!(b.accounts.contains_key(&picked));
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub async fn meter(State(sim): State<Arc<Sim>>) -> Json<Value> {
         "answers": meter.answers,
         "fills_kept": fills_kept,
         "ws_connections": {"public": conns.0, "market": conns.1, "private": conns.2},
+        "ws_connections_open": sim.streams.open_now(),
+        "ws_connections_refused": sim.streams.refused(),
         "ws_subscribes": sim.streams.subscribes(),
         "orders_kept": orders_kept,
         "weight_by_minute": weight,
@@ -197,10 +199,17 @@ pub async fn drop_streams(State(sim): State<Arc<Sim>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// Expires every listen key now: their sockets get `listenKeyExpired`, then nothing.
-pub async fn expire_listen_keys(State(sim): State<Arc<Sim>>) -> StatusCode {
-    sim.streams.expire_all();
-    StatusCode::NO_CONTENT
+/// Expires every listen key now, or only `{"account": name}`'s: their
+/// streams get `listenKeyExpired`, then nothing.
+pub async fn expire_listen_keys(State(sim): State<Arc<Sim>>, body: Option<Json<Value>>) -> Response {
+    match body.as_ref().and_then(|b| b["account"].as_str()) {
+        None => sim.streams.expire_all(),
+        Some(name) => match account_key(&sim, name) {
+            Some(key) => sim.streams.expire_of(&key),
+            None => return (StatusCode::NOT_FOUND, "unknown account").into_response(),
+        },
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// `{"symbol", "bid", "ask"}`: a `bookTicker` event only; REST prices stay as they are.

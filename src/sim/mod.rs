@@ -77,7 +77,7 @@ pub struct Sim {
     arrivals: tokio::sync::broadcast::Sender<OrderArrival>,
     /// Trading done elsewhere (random fills) stops while set (`POST /sim/trading`).
     trading_paused: std::sync::atomic::AtomicBool,
-    streams: streams::Streams,
+    streams: Arc<streams::Streams>,
     limiter: Mutex<Limiter>,
     faults: RwLock<Faults>,
     meter: Mutex<Meter>,
@@ -107,7 +107,7 @@ impl Sim {
         }
         Arc::new(Sim {
             book: Mutex::new(book),
-            streams: streams::Streams::new(config),
+            streams: Arc::new(streams::Streams::new(config)),
             limiter: Mutex::new(Limiter::new(config.weight_limit, config.ban_after_violations)),
             faults: RwLock::new(config.faults.clone()),
             meter: Mutex::new(Meter::default()),

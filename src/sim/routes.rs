@@ -1,6 +1,6 @@
 //! The simulator's HTTP surface: Binance's routes under `/fapi` (through
 //! [`gate`](super::gate)), its WebSockets under `/public`, `/market` and
-//! `/private` ([`ws`](super::ws)), and `/sim/*` for tests ([`control`](super::control)).
+//! `/private` (`/private/stream` is the combined route's, [`ws`](super::ws)), and `/sim/*` for tests ([`control`](super::control)).
 
 use std::sync::Arc;
 

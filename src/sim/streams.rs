@@ -1,8 +1,12 @@
 //! The simulator's stream state: listen keys (by key: the account and when
 //! it expires), connection counts, `SUBSCRIBE`s by how they were answered,
-//! and the signal that drops every connection at once.
+//! the signal that drops every connection at once, and the venue's limit on
+//! new connections per client address (`ws_connections_limit` per
+//! `ws_connections_window_seconds`, a sliding window: Binance documents 300
+//! per 5 minutes per IP); beyond it an upgrade is refused and counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -24,6 +28,14 @@ pub struct Streams {
     private: AtomicU64,
     /// `SUBSCRIBE`s by answer: `answered`, `late`, `unanswered`, `refused`.
     subscribes: Mutex<BTreeMap<&'static str, u64>>,
+    /// New connections per client address within the window (at most `connect_limit` each).
+    connects: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    connect_limit: usize,
+    connect_window: Duration,
+    /// Upgrades refused for going past the limit.
+    refused: AtomicU64,
+    /// Connections open now.
+    open: AtomicU64,
 }
 
 impl Streams {
@@ -38,7 +50,50 @@ impl Streams {
             market: AtomicU64::new(0),
             private: AtomicU64::new(0),
             subscribes: Mutex::default(),
+            connects: Mutex::default(),
+            connect_limit: config.ws_connections_limit.max(1) as usize,
+            connect_window: Duration::from_secs_f64(config.ws_connections_window_seconds.max(1.0)),
+            refused: AtomicU64::new(0),
+            open: AtomicU64::new(0),
         }
+    }
+
+    /// Whether `client` may open one more connection now (and counts it); a
+    /// refusal is counted and says when the oldest counted connection leaves the window.
+    pub fn admit(&self, client: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut connects = self.connects.lock().unwrap_or_else(|e| e.into_inner());
+        let window = self.connect_window;
+        connects.retain(|_, times| {
+            while times.front().is_some_and(|t| now.duration_since(*t) >= window) {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+        let times = connects.entry(client).or_default();
+        if times.len() >= self.connect_limit {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            let oldest = times.front().copied().unwrap_or(now);
+            return Err(window.saturating_sub(now.duration_since(oldest)));
+        }
+        times.push_back(now);
+        Ok(())
+    }
+
+    /// Upgrades refused so far for going past the connection limit.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    /// A connection's life: counted open until the guard drops.
+    pub fn opened(self: &std::sync::Arc<Self>) -> OpenConnection {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone())
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
@@ -99,6 +154,14 @@ impl Streams {
         }
     }
 
+    /// Expires the keys of one account (by API key) now.
+    pub fn expire_of(&self, api_key: &str) {
+        let now = Instant::now();
+        for (_, until) in self.keys().values_mut().filter(|(owner, _)| owner == api_key) {
+            *until = now;
+        }
+    }
+
     /// Drops every open connection now (tests: `POST /sim/stream/drop`).
     pub fn drop_all(&self) {
         let _ = self.drops.send(());
@@ -135,5 +198,43 @@ impl Streams {
             self.market.load(Ordering::Relaxed),
             self.private.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Counts a connection as open until dropped.
+pub struct OpenConnection(std::sync::Arc<Streams>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn new_connections_per_address_are_limited_in_a_sliding_window() {
+        let config = SimulatorConfig {
+            ws_connections_limit: 3,
+            ws_connections_window_seconds: 60.0,
+            ..SimulatorConfig::default()
+        };
+        let streams = Streams::new(&config);
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap());
+        for _ in 0..3 {
+            assert!(streams.admit(a).is_ok());
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        assert_eq!(
+            streams.admit(a),
+            Err(Duration::from_secs(30)),
+            "the 4th within the window"
+        );
+        assert!(streams.admit(b).is_ok(), "another address has its own count");
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(streams.admit(a).is_ok(), "the first left the window");
+        assert_eq!(streams.refused(), 1);
     }
 }

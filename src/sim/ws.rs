@@ -4,7 +4,14 @@
 //! `SUBSCRIBE` / `UNSUBSCRIBE` / `LIST_SUBSCRIPTIONS` at run time (answered
 //! `{"result": .., "id"}`, refused `{"code", "msg", "id"}`); and
 //! `/private/ws?listenKey=&events=A/B` for one account's user data (only the
-//! event types named in `events`, when given). As inconvenient as
+//! event types named in `events`, when given), and `/private/stream?streams=k1/k2`
+//! for several accounts' on one connection: listen keys are its streams
+//! (`SUBSCRIBE`/`UNSUBSCRIBE` them at run time), each event wrapped
+//! `{"stream": <listenKey>, "data": ..}`, and a key that expires (or was
+//! never valid) gets its own `listenKeyExpired` while the others go on.
+//! New connections per client address are limited (`ws_connections_limit`
+//! per `ws_connections_window_seconds`): beyond it the upgrade is answered
+//! 429 with `Retry-After`, counted in the meter. As inconvenient as
 //! the venue: a stream on the wrong route is accepted and silent; more than
 //! 200 streams or 10 incoming messages a second close the connection; the
 //! server closes every connection after `ws_max_lifetime_seconds` and pings
@@ -15,11 +22,12 @@
 //! expired listen key gets `listenKeyExpired` and then nothing.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
@@ -38,11 +46,15 @@ pub const MAX_INCOMING_PER_SECOND: u32 = 10;
 pub async fn single(
     ws: WebSocketUpgrade,
     State(sim): State<Arc<Sim>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path((route, stream)): Path<(String, String)>,
 ) -> Response {
     let Some(public) = route_is_public(&route) else {
         return (StatusCode::NOT_FOUND, "unknown route").into_response();
     };
+    if let Err(refused) = admit(&sim, client) {
+        return *refused;
+    }
     let streams: BTreeSet<String> = [stream].into();
     upgrade(ws, sim, public, streams, false)
 }
@@ -51,17 +63,42 @@ pub async fn single(
 pub async fn combined(
     ws: WebSocketUpgrade,
     State(sim): State<Arc<Sim>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path(route): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
+    let streams = names(&q, "streams");
+    if route == "private" {
+        return private_combined(ws, sim, client, streams, names(&q, "events"));
+    }
     let Some(public) = route_is_public(&route) else {
         return (StatusCode::NOT_FOUND, "unknown route").into_response();
     };
-    let streams: BTreeSet<String> = q
-        .get("streams")
+    if let Err(refused) = admit(&sim, client) {
+        return *refused;
+    }
+    upgrade(ws, sim, public, streams.unwrap_or_default(), true)
+}
+
+/// `a/b/c` of query parameter `name` (`None` when absent).
+fn names(q: &HashMap<String, String>, name: &str) -> Option<BTreeSet<String>> {
+    q.get(name)
         .map(|s| s.split('/').filter(|s| !s.is_empty()).map(String::from).collect())
-        .unwrap_or_default();
-    upgrade(ws, sim, public, streams, true)
+}
+
+/// Counts a new connection from `client` against the venue's limit; past it, a 429.
+fn admit(sim: &Sim, client: SocketAddr) -> Result<(), Box<Response>> {
+    sim.streams.admit(client.ip()).map_err(|wait| {
+        let body = json!({"code": -1003, "msg": "Too many new connections; try again later."});
+        let retry = wait.as_secs().max(1).to_string();
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, retry)],
+            axum::Json(body),
+        )
+            .into_response()
+            .into()
+    })
 }
 
 fn route_is_public(route: &str) -> Option<bool> {
@@ -82,6 +119,7 @@ fn upgrade(ws: WebSocketUpgrade, sim: Arc<Sim>, public: bool, streams: BTreeSet<
 
 /// One market connection: events of its streams out, subscription changes in.
 async fn market(socket: WebSocket, sim: Arc<Sim>, public: bool, mut streams: BTreeSet<String>, combined: bool) {
+    let _open = sim.streams.opened();
     let mut events = sim.book().feed.market.subscribe();
     let mut drops = sim.streams.drops.subscribe();
     let (mut out, mut incoming) = socket.split();
@@ -235,12 +273,16 @@ impl Rate {
 pub async fn private(
     ws: WebSocketUpgrade,
     State(sim): State<Arc<Sim>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let key = q.get("listenKey").cloned().unwrap_or_default();
     let Some(api_key) = sim.streams.listen_key_owner(&key) else {
         return (StatusCode::BAD_REQUEST, "invalid listen key").into_response();
     };
+    if let Err(refused) = admit(&sim, client) {
+        return *refused;
+    }
     // `events=A/B`: only those event types are sent (all when not given).
     let wanted: Option<BTreeSet<String>> = q
         .get("events")
@@ -259,6 +301,7 @@ async fn user(
     wanted: Option<BTreeSet<String>>,
     mut events: tokio::sync::broadcast::Receiver<super::feed::UserEvent>,
 ) {
+    let _open = sim.streams.opened();
     let mut drops = sim.streams.drops.subscribe();
     let (mut out, mut incoming) = socket.split();
     let closes_at = Instant::now() + sim.streams.lifetime;
@@ -304,6 +347,167 @@ async fn user(
                     sleep(Duration::from_millis(faults.ws_delay_ms)).await;
                 }
                 if out.send(Message::Text(Utf8Bytes::from(event.payload.to_string()))).await.is_err() { return; }
+            }
+        }
+    }
+}
+
+/// `/private/stream?streams=k1/k2&events=A/B`: several accounts' user data on one connection.
+fn private_combined(
+    ws: WebSocketUpgrade,
+    sim: Arc<Sim>,
+    client: SocketAddr,
+    keys: Option<BTreeSet<String>>,
+    wanted: Option<BTreeSet<String>>,
+) -> Response {
+    let keys = keys.unwrap_or_default();
+    if keys.len() > MAX_STREAMS {
+        return (StatusCode::BAD_REQUEST, "too many streams").into_response();
+    }
+    if let Err(refused) = admit(&sim, client) {
+        return *refused;
+    }
+    sim.streams.connected_private();
+    // Subscribed before the handshake completes: nothing the client causes once connected is missed.
+    let events = sim.book().feed.user.subscribe();
+    ws.on_upgrade(move |socket| users(socket, sim, keys, wanted, events))
+}
+
+/// The listen keys one combined private connection carries: each key's
+/// owner (looked up when subscribed), and those already told they expired.
+#[derive(Default)]
+struct Keys {
+    subscribed: BTreeSet<String>,
+    /// API key → its listen key on this connection.
+    by_owner: HashMap<String, String>,
+    expired: BTreeSet<String>,
+}
+
+impl Keys {
+    /// Brings the owners in line with `subscribed` after a (un)subscription.
+    fn sync(&mut self, sim: &Sim) {
+        self.by_owner.retain(|_, key| self.subscribed.contains(key));
+        self.expired.retain(|key| self.subscribed.contains(key));
+        let known: BTreeSet<&String> = self.by_owner.values().collect();
+        let new: Vec<String> = self
+            .subscribed
+            .iter()
+            .filter(|k| !known.contains(k) && !self.expired.contains(*k))
+            .cloned()
+            .collect();
+        for key in new {
+            if let Some(owner) = sim.streams.listen_key_owner(&key) {
+                self.by_owner.insert(owner, key);
+            }
+            // An unknown key is told it expired at the next check.
+        }
+    }
+
+    /// Keys no longer valid that were not told yet: marked told.
+    fn newly_expired(&mut self, sim: &Sim) -> Vec<String> {
+        let gone: Vec<String> = self
+            .subscribed
+            .iter()
+            .filter(|k| !self.expired.contains(*k) && sim.streams.listen_key_owner(k).is_none())
+            .cloned()
+            .collect();
+        for key in &gone {
+            self.expired.insert(key.clone());
+            self.by_owner.retain(|_, k| k != key);
+        }
+        gone
+    }
+}
+
+async fn users(
+    socket: WebSocket,
+    sim: Arc<Sim>,
+    subscribed: BTreeSet<String>,
+    wanted: Option<BTreeSet<String>>,
+    mut events: tokio::sync::broadcast::Receiver<super::feed::UserEvent>,
+) {
+    let _open = sim.streams.opened();
+    let mut keys = Keys {
+        subscribed,
+        ..Keys::default()
+    };
+    keys.sync(&sim);
+    let mut drops = sim.streams.drops.subscribe();
+    let (mut out, mut incoming) = socket.split();
+    let closes_at = Instant::now() + sim.streams.lifetime;
+    let mut ping = tokio::time::interval(sim.streams.ping);
+    ping.tick().await;
+    let mut expiry_check = tokio::time::interval(Duration::from_millis(100));
+    let mut rate = Rate::default();
+    let mut late: VecDeque<(Instant, Value)> = VecDeque::new();
+    loop {
+        let late_due = late.front().map(|(due, _)| *due);
+        tokio::select! {
+            _ = sleep_until(closes_at) => {
+                let _ = out.send(Message::Close(None)).await;
+                return;
+            }
+            _ = drops.recv() => return,
+            _ = ping.tick() => {
+                if out.send(Message::Ping(Default::default())).await.is_err() { return; }
+            }
+            _ = sleep_until(late_due.unwrap_or(closes_at)), if late_due.is_some() => {
+                let Some((_, answer)) = late.pop_front() else { continue };
+                if out.send(Message::Text(Utf8Bytes::from(answer.to_string()))).await.is_err() { return; }
+            }
+            _ = expiry_check.tick() => {
+                for key in keys.newly_expired(&sim) {
+                    // That key's stream says nothing more; the connection and its other keys go on.
+                    let data = json!({"e": "listenKeyExpired", "E": crate::clock::now_ms().to_string(), "listenKey": key});
+                    let event = json!({"stream": key, "data": data});
+                    if out.send(Message::Text(Utf8Bytes::from(event.to_string()))).await.is_err() { return; }
+                }
+            }
+            message = incoming.next() => {
+                let Some(Ok(message)) = message else { return };
+                if !rate.allow() {
+                    return;
+                }
+                let Message::Text(text) = message else { continue };
+                let Some((answer, how)) = control(&text, &mut keys.subscribed, &sim.faults()) else { continue };
+                keys.sync(&sim);
+                if let Some(how) = how {
+                    sim.streams.subscribe(how);
+                }
+                match answer {
+                    Reply::Now(answer) => {
+                        if out.send(Message::Text(Utf8Bytes::from(answer.to_string()))).await.is_err() { return; }
+                    }
+                    Reply::After(delay, answer) => {
+                        let due = Instant::now() + delay;
+                        let at = late.partition_point(|(d, _)| *d <= due);
+                        late.insert(at, (due, answer));
+                    }
+                    Reply::Never => {}
+                }
+                if keys.subscribed.len() > MAX_STREAMS {
+                    return;
+                }
+            }
+            event = events.recv() => {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                };
+                let Some(key) = keys.by_owner.get(&event.api_key) else { continue };
+                let faults = sim.faults();
+                let unwanted = wanted
+                    .as_ref()
+                    .is_some_and(|w| !event.payload["e"].as_str().is_some_and(|e| w.contains(e)));
+                if faults.ws_silent || unwanted {
+                    continue;
+                }
+                if faults.ws_delay_ms > 0 {
+                    sleep(Duration::from_millis(faults.ws_delay_ms)).await;
+                }
+                let body = json!({"stream": key, "data": event.payload});
+                if out.send(Message::Text(Utf8Bytes::from(body.to_string()))).await.is_err() { return; }
             }
         }
     }

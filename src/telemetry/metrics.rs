@@ -15,7 +15,7 @@ use super::domain::DomainEvents;
 use super::exposition::{Format, Writer};
 use super::ha::HaMetrics;
 use super::process::{ProcessInfo, ProcessMetrics, ProcessSeries};
-use super::stream::StreamMetrics;
+use super::stream::{StreamConnections, StreamMetrics};
 
 /// Why the HTTP server refused a request.
 pub const SHED_REASONS: [&str; 3] = ["concurrency", "timeout", "rate_limited"];
@@ -34,6 +34,8 @@ pub struct Metrics {
     pub stream: std::sync::Arc<StreamMetrics>,
     /// Per-account series and their aggregates (`telemetry.per_account_series_limit`).
     pub accounts: std::sync::Arc<AccountMetrics>,
+    /// Aggregate connection series of the streams (no account label).
+    pub stream_connections: std::sync::Arc<StreamConnections>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
     reload_successful: Gauge,
@@ -59,6 +61,7 @@ impl Metrics {
             ha,
             stream: std::sync::Arc::new(StreamMetrics::with_accounts(accounts.clone())),
             accounts,
+            stream_connections: std::sync::Arc::default(),
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
@@ -110,6 +113,7 @@ impl Metrics {
         m.ha.register(registry);
         m.stream.register(registry);
         m.accounts.register(registry);
+        m.stream_connections.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -266,5 +267,84 @@ impl StreamMetrics {
 impl Default for StreamMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// How a new stream connection went: opened, refused by the venue (429:
+/// too many new connections), or failed otherwise.
+pub const CONNECT_RESULTS: [&str; 3] = ["opened", "refused", "failed"];
+/// Which connections: market (`book`, `mark`) and user streams.
+const CONNECTION_STREAMS: [&str; 3] = ["book", "mark", "user"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectLabels {
+    stream: &'static str,
+    result: &'static str,
+}
+
+/// Aggregate series of the stream connections, with no account label, so
+/// they stay few however many accounts stream: open connections, listen
+/// keys carried, new connections by result, and those the pacer held back.
+#[derive(Debug, Default)]
+pub struct StreamConnections {
+    open: Family<ConnectionLabels, Gauge>,
+    listen_keys: Gauge,
+    connects: Family<ConnectLabels, Counter>,
+    paced: Counter,
+}
+
+impl StreamConnections {
+    /// Registers under `script_manager_stream_`, every series from start-up.
+    pub fn register(&self, r: &mut Registry) {
+        for stream in CONNECTION_STREAMS {
+            let _ = self.open.get_or_create(&ConnectionLabels { stream });
+            for result in CONNECT_RESULTS {
+                let _ = self.connects.get_or_create(&ConnectLabels { stream, result });
+            }
+        }
+        let r = r.sub_registry_with_prefix("stream");
+        r.register(
+            "connections",
+            "WebSocket connections open to the venue, by stream",
+            self.open.clone(),
+        );
+        r.register(
+            "listen_keys",
+            "Accounts' listen keys subscribed on user-stream connections",
+            self.listen_keys.clone(),
+        );
+        r.register(
+            "connects",
+            "New WebSocket connections, by stream and result (opened, refused by the venue, failed)",
+            self.connects.clone(),
+        );
+        r.register(
+            "connects_paced",
+            "New connections that waited for the connection pace (exchange.stream_connects_per_second)",
+            self.paced.clone(),
+        );
+    }
+
+    /// A connection of `stream` opened (`+1`) or closed (`-1`).
+    pub fn open(&self, stream: &'static str, change: i64) {
+        self.open.get_or_create(&ConnectionLabels { stream }).inc_by(change);
+    }
+
+    pub fn connect(&self, stream: &'static str, result: &'static str) {
+        self.connects.get_or_create(&ConnectLabels { stream, result }).inc();
+    }
+
+    pub fn paced(&self) {
+        self.paced.inc();
+    }
+
+    /// A listen key subscribed (`+1`) or let go (`-1`).
+    pub fn listen_keys(&self, change: i64) {
+        self.listen_keys.inc_by(change);
     }
 }

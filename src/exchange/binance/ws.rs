@@ -4,7 +4,12 @@
 //! time (one message per change, paced to ≤ 10 a second, each with an id the
 //! venue's answer names), and the payloads decoded into quotes, account
 //! events and those answers. Pings are answered by the socket
-//! as it reads; silence is for the caller to time.
+//! as it reads; silence is for the caller to time. User data comes one
+//! account per connection (`/private/ws?listenKey=`) or several accounts'
+//! listen keys on one combined connection (`/private/stream?streams=k1/k2`,
+//! more by `SUBSCRIBE`), each event naming its listen key in `stream`.
+//! [`open_paced`] opens any of them at the venue's connection pace and
+//! keeps it counted while it lives.
 
 use std::collections::VecDeque;
 use std::str::FromStr;
@@ -18,8 +23,15 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use std::sync::Arc;
+
+use super::pacer::ConnectPacer;
 use crate::domain::{AlgoKind, AlgoOrder, AlgoStatus, Fill, OrderSide, Position, Quote, WorkingType};
 use crate::exchange::VenueError;
+use crate::telemetry::stream::StreamConnections;
+
+/// The user-data events we ask for.
+const USER_EVENTS: &str = "ORDER_TRADE_UPDATE/ACCOUNT_UPDATE/ALGO_UPDATE";
 
 /// At most this many streams ride one connection.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 200;
@@ -92,27 +104,105 @@ pub struct Socket {
     /// When the last message (of any kind) arrived.
     pub last_message: Instant,
     pub opened: Instant,
+    /// Keeps the connection counted as open while it lives (see [`open_paced`]).
+    counted: Option<Counted>,
+}
+
+/// Where a new connection goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A combined market connection on a route, with its first streams.
+    Market(Route, &'a [String]),
+    /// One account's user data, by its listen key.
+    User(&'a str),
+    /// Several accounts' user data on one combined connection, by listen key.
+    Users(&'a [String]),
+}
+
+impl Target<'_> {
+    fn url(&self, base: &str) -> String {
+        let base = base.trim_end_matches('/');
+        match self {
+            Target::Market(route, streams) => format!("{base}/{}/stream?streams={}", route.path(), streams.join("/")),
+            Target::User(key) => format!("{base}/private/ws?listenKey={key}&events={USER_EVENTS}"),
+            Target::Users(keys) => format!("{base}/private/stream?streams={}&events={USER_EVENTS}", keys.join("/")),
+        }
+    }
+}
+
+/// An open connection counted in `script_manager_stream_connections` until dropped.
+struct Counted {
+    metrics: Arc<StreamConnections>,
+    stream: &'static str,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.metrics.open(self.stream, -1);
+    }
+}
+
+/// Opens a connection to `target` once the pacer gives its turn (every new
+/// connection of the service takes one), counting the outcome under
+/// `stream` (see [`open_counted`]).
+pub async fn open_paced(
+    base: &str,
+    target: Target<'_>,
+    pacer: &ConnectPacer,
+    metrics: &Arc<StreamConnections>,
+    stream: &'static str,
+) -> Result<Socket, VenueError> {
+    pace(pacer, metrics).await;
+    open_counted(base, target, metrics, stream).await
+}
+
+/// Waits for the pacer's turn, counting a wait.
+pub async fn pace(pacer: &ConnectPacer, metrics: &StreamConnections) {
+    if !pacer.acquire().await.is_zero() {
+        metrics.paced();
+    }
+}
+
+/// Opens a connection (its turn taken already: [`pace`]) counting the
+/// outcome under `stream`: opened, refused (the venue's 429: too many new
+/// connections) or failed. The socket counts as open until dropped or closed.
+pub async fn open_counted(
+    base: &str,
+    target: Target<'_>,
+    metrics: &Arc<StreamConnections>,
+    stream: &'static str,
+) -> Result<Socket, VenueError> {
+    match Socket::open(&target.url(base)).await {
+        Ok(mut socket) => {
+            metrics.connect(stream, "opened");
+            metrics.open(stream, 1);
+            socket.counted = Some(Counted {
+                metrics: metrics.clone(),
+                stream,
+            });
+            Ok(socket)
+        }
+        Err(e) => {
+            let result = match e {
+                VenueError::RateLimited { .. } => "refused",
+                _ => "failed",
+            };
+            metrics.connect(stream, result);
+            Err(e)
+        }
+    }
 }
 
 impl Socket {
     /// A combined market connection on `route` carrying `streams` from the start.
+    /// (Unpaced: the service opens connections with [`open_paced`].)
     pub async fn market(base: &str, route: Route, streams: &[String]) -> Result<Socket, VenueError> {
-        let url = format!(
-            "{}/{}/stream?streams={}",
-            base.trim_end_matches('/'),
-            route.path(),
-            streams.join("/")
-        );
-        Self::open(&url).await
+        Self::open(&Target::Market(route, streams).url(base)).await
     }
 
-    /// One account's user-data connection.
+    /// One account's user-data connection (unpaced: see [`open_paced`]).
     pub async fn user(base: &str, listen_key: &str) -> Result<Socket, VenueError> {
-        let url = format!(
-            "{}/private/ws?listenKey={listen_key}&events=ORDER_TRADE_UPDATE/ACCOUNT_UPDATE/ALGO_UPDATE",
-            base.trim_end_matches('/')
-        );
-        Self::open(&url).await
+        Self::open(&Target::User(listen_key).url(base)).await
     }
 
     async fn open(url: &str) -> Result<Socket, VenueError> {
@@ -120,7 +210,9 @@ impl Socket {
         // Never log the URL: a user stream's carries its listen key.
         let (inner, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
-            .map_err(|e| VenueError::Transient(format!("websocket connect: {}", describe(&e))))?;
+            .map_err(|e| {
+                refused(&e).unwrap_or_else(|| VenueError::Transient(format!("websocket connect: {}", describe(&e))))
+            })?;
         let now = Instant::now();
         Ok(Socket {
             inner,
@@ -128,6 +220,7 @@ impl Socket {
             next_id: 1,
             last_message: now,
             opened: now,
+            counted: None,
         })
     }
 
@@ -171,6 +264,12 @@ impl Socket {
     /// The next message, decoded. `Ok(None)`: nothing for us (a ping, what
     /// does not parse); `Err`: the connection is gone.
     pub async fn next(&mut self) -> Result<Option<StreamEvent>, VenueError> {
+        Ok(self.next_routed().await?.map(|(_, event)| event))
+    }
+
+    /// As [`next`](Self::next), with the stream the event came on (a
+    /// combined connection's `stream`: a user stream's is its listen key).
+    pub async fn next_routed(&mut self) -> Result<Option<(Option<String>, StreamEvent)>, VenueError> {
         let message = match self.inner.next().await {
             Some(Ok(m)) => m,
             Some(Err(e)) => return Err(VenueError::Transient(format!("websocket read: {}", describe(&e)))),
@@ -178,7 +277,7 @@ impl Socket {
         };
         self.last_message = Instant::now();
         match message {
-            Message::Text(text) => Ok(decode(text.as_str(), self.last_message)),
+            Message::Text(text) => Ok(decode_routed(text.as_str(), self.last_message)),
             Message::Close(_) => Err(VenueError::Transient("websocket closed by the venue".into())),
             _ => Ok(None),
         }
@@ -186,6 +285,8 @@ impl Socket {
 
     /// A ping of our own: the venue's pong is the sign of life of a quiet stream.
     pub async fn ping(&mut self) -> Result<(), VenueError> {
+        // The venue counts every message it receives against the per-second limit.
+        self.pace().await;
         self.inner
             .send(Message::Ping(Default::default()))
             .await
@@ -196,6 +297,23 @@ impl Socket {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.close(None)).await;
     }
+}
+
+/// The venue's refusal of a new connection (429: too many new connections from this address).
+fn refused(e: &tokio_tungstenite::tungstenite::Error) -> Option<VenueError> {
+    let tokio_tungstenite::tungstenite::Error::Http(response) = e else {
+        return None;
+    };
+    (response.status().as_u16() == 429).then(|| {
+        let seconds = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .unwrap_or(1);
+        VenueError::RateLimited {
+            retry_after: Duration::from_secs(seconds),
+        }
+    })
 }
 
 /// An error without the URL (a user stream's carries its listen key).
@@ -214,14 +332,25 @@ fn dec(v: &Value) -> Option<Decimal> {
 
 /// One message's payload as an event (a combined stream's is under `data`).
 pub fn decode(text: &str, received: Instant) -> Option<StreamEvent> {
+    decode_routed(text, received).map(|(_, event)| event)
+}
+
+/// One message as an event and the stream it came on (`stream` of a combined
+/// connection's `{"stream", "data"}`; `None` on a single-stream connection).
+pub fn decode_routed(text: &str, received: Instant) -> Option<(Option<String>, StreamEvent)> {
     let value: Value = serde_json::from_str(text).ok()?;
     if let Some(reply) = reply(&value) {
-        return Some(reply);
+        return Some((None, reply));
     }
+    let stream = value["stream"].as_str().map(String::from);
+    event(&value, received).map(|event| (stream, event))
+}
+
+fn event(value: &Value, received: Instant) -> Option<StreamEvent> {
     let data = if value.get("data").is_some() {
         &value["data"]
     } else {
-        &value
+        value
     };
     let time = data["E"]
         .as_i64()
@@ -384,6 +513,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(decode("not json", now), None);
+        let routed = r#"{"stream":"key-b","data":{"e":"listenKeyExpired","E":1,"listenKey":"key-b"}}"#;
+        assert_eq!(
+            decode_routed(routed, now),
+            Some((Some("key-b".to_string()), StreamEvent::ListenKeyExpired)),
+            "a combined user stream's event names its listen key"
+        );
+        assert_eq!(decode_routed(expired, now), Some((None, StreamEvent::ListenKeyExpired)));
         assert_eq!(
             decode(r#"{"result":null,"id":1}"#, now),
             Some(StreamEvent::Reply { id: 1, error: None })

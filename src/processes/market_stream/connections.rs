@@ -1,7 +1,7 @@
 //! The market stream's connections: which streams ride which connection
 //! (≤ 200 each), subscribing and unsubscribing as the wanted set changes,
 //! opening connections for streams nothing carries (paced per route, backing
-//! off while they fail), replacing a connection ahead of the venue's close,
+//! off while they fail, and each through the service's one connection pacer), replacing a connection ahead of the venue's close,
 //! and the task that serves one connection (silence watchdog included; a
 //! subscription not confirmed in time, or refused, replaces the connection).
 //! A connection vouches for a stream's quotes only from the moment that
@@ -17,7 +17,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::backoff::Backoff;
 use crate::domain::{LivePrices, PriceSource, Quote};
-use crate::exchange::binance::ws::{MAX_STREAMS_PER_CONNECTION, Route, Socket, StreamEvent};
+use crate::exchange::binance::ws::{MAX_STREAMS_PER_CONNECTION, Route, StreamEvent, Target, open_paced};
 use crate::processes::platform::StreamSettings;
 use crate::telemetry::stream::StreamMetrics;
 
@@ -307,7 +307,9 @@ async fn serve(
     notes: mpsc::Sender<Note>,
 ) {
     let list: Vec<String> = streams.into_iter().collect();
-    let mut socket = match Socket::market(&settings.base_url, route, &list).await {
+    let target = Target::Market(route, &list);
+    let (pacer, counted) = (&settings.pacer, &settings.connections);
+    let mut socket = match open_paced(&settings.base_url, target, pacer, counted, stream_name(route)).await {
         Ok(socket) => socket,
         Err(e) => {
             tracing::warn!(error = %e, route = ?route, "cannot open a market stream connection");
@@ -392,6 +394,9 @@ mod tests {
             max_lifetime: Duration::from_secs(86_400),
             listen_key_renew: Duration::from_secs(1800),
             reconcile: Duration::from_secs(60),
+            pacer: Arc::new(crate::exchange::binance::pacer::ConnectPacer::new(1.0, 5)),
+            user_streams_per_connection: 50,
+            connections: Arc::default(),
         };
         let (notes, _) = mpsc::channel(8);
         Connections::new(settings, Arc::new(StreamMetrics::new()), notes)
