@@ -119,7 +119,10 @@ async fn many_accounts_stream_on_few_paced_connections_and_recover_alone_or_all_
         common::TOKEN
     );
     // trade_sync and position_sync far away: what is stored comes by stream (or its reconciliation).
+    // Per-account series for all 120 (above the default limit of 100 only
+    // accounts with a problem keep theirs): the test reads each account's.
     let env = [
+        ("SCRIPT_MANAGER_TELEMETRY__PER_ACCOUNT_SERIES_LIMIT", "1000"),
         ("SCRIPT_MANAGER_STORE__URL", store.url.as_str()),
         ("SCRIPT_MANAGER_PROCESSES__TRADE_SYNC__INTERVAL_SECONDS", "600"),
         ("SCRIPT_MANAGER_PROCESSES__TRADE_SYNC__START_OFFSET_SECONDS", "600"),
