@@ -247,7 +247,7 @@ trading = dashboard(
         panel("Accounts by state and failures", "Accounts by their worst state (ok, failing, stream_down, stale), failures summed over every account per process (both hold in both modes), and per account the failures of those that have series of their own (all of them up to telemetry.per_account_series_limit, above it those with a problem).", "short",
               [("sum by (state) (script_manager_accounts)", "{{state}}"),
                (f"sum by (process) (increase(script_manager_account_failures_total[{RI}]))", "{{process}} failures (all accounts)"),
-               (f"topk(10, sum by (process, account) (increase(script_manager_account_errors_total[{RI}])) > 0)", "{{process}} {{account}}")], 8, 22, 8, 6),
+               (f"topk(10, sum by (process, account) (increase(script_manager_account_errors_total[{RI}])))", "{{process}} {{account}}")], 8, 22, 8, 6),
         panel("Skipped symbols and dropped run records", "Symbols left out because the venue no longer lists them, and run records the store's queue could not take.", "short",
               [(f"sum by (process) (increase(script_manager_symbols_skipped_total[{RI}]))", "{{process}} skipped"),
                (f"increase(script_manager_run_records_dropped_total[{RI}])", "run records dropped")], 16, 22, 8, 6),

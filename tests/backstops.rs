@@ -110,8 +110,16 @@ async fn a_backstop_follows_its_level_onto_the_venue_and_away() {
         client.starts_with("sm-") && client.contains(&format!("-{id}-s")),
         "{client}"
     );
-    let doc = svc.get_json(&format!("/api/levels/{id}")).await;
-    assert_eq!(doc["backstops"][0]["state"], "live", "{doc}");
+    // The row turns live when the venue's answer is read, a moment after the
+    // order rests there (on a loaded machine, more than a moment).
+    let doc = svc
+        .wait_get(
+            "the backstop recorded live",
+            &format!("/api/levels/{id}"),
+            Duration::from_secs(10),
+            |doc| doc["backstops"][0]["state"] == "live",
+        )
+        .await;
     assert_eq!(doc["backstops"][0]["client_algo_id"], client);
 
     let (status, _) = svc.delete(&format!("/api/levels/{id}")).await;
