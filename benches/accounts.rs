@@ -298,6 +298,7 @@ struct Seen {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     sqlx::any::install_default_drivers();
+    script_manager::net::install_crypto();
     let a = args();
     println!(
         "accounts bench: {} accounts, {} replica(s), {} store, {:.1} min window",
