@@ -301,6 +301,17 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         &accounts.names(),
     );
     store.post_level_events_to(webhook_url(&config));
+    let events = crate::events::Hub::new(
+        crate::events::Settings::from_config(&config.events),
+        metrics.events.clone(),
+    );
+    store.publish_events_to(events.clone());
+    events.spawn_conflation(ha_stop.clone());
+    if config.ha.enabled {
+        crate::events::relay::start(events.clone(), &config.store.url, ha_stop.clone())
+            .await
+            .context("the event relay (LISTEN/NOTIFY) cannot reach PostgreSQL")?;
+    }
     warn_unsigned_webhooks(&config);
     let stream_health = Arc::new(StreamHealth::default());
     let levels = level_engine(&config, &store, &exchange.venue, &catalog, &metrics, &stream_health);
@@ -329,6 +340,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         tracing::warn!(error = %format!("{e:#}"), "cannot create the demo levels and alerts");
     }
     let scheduler = build_scheduler(&config, metrics.clone(), budget, Some(&platform));
+    scheduler.publish_events_to(events.clone());
     live::apply_stored_overrides(&store, &scheduler).await;
     let s = &config.scheduler;
     if s.adaptive_intervals {
@@ -381,6 +393,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         modes,
         flatten: Some(flatten_with(platform.clone())),
         reload: Some(reload),
+        events: Some(events),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)

@@ -11,6 +11,7 @@ mod audit;
 pub mod auth;
 mod data;
 mod error;
+mod events;
 pub mod flatten;
 mod live;
 mod openapi;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub flatten: Option<flatten::Flatten>,
     /// Re-reads the configuration (`POST /-/reload`); `Err` names the problems, and nothing changed.
     pub reload: Option<Reload>,
+    /// The live event stream (`GET /api/events`).
+    pub events: Option<Arc<crate::events::Hub>>,
 }
 
 /// Reloads the configuration and says what changed in the process table.

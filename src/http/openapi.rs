@@ -123,6 +123,11 @@ impl Op {
         self.parameter(name, "query", schema, description)
     }
 
+    /// An optional request header.
+    pub fn header_param(self, name: &str, description: &str) -> Self {
+        self.parameter(name, "header", json!({"type": "string"}), description)
+    }
+
     /// `limit` (1 to 10 000).
     pub fn limit(self) -> Self {
         self.query(

@@ -5,7 +5,7 @@ use axum::routing::{delete, get, post};
 use serde_json::json;
 
 use super::openapi::{Routes, list, op, schema};
-use super::{api, audit, data, flatten, live};
+use super::{api, audit, data, events, flatten, live};
 
 const OPS: &str = "operations";
 const STATUS: &str = "status";
@@ -171,6 +171,38 @@ pub fn all() -> Routes {
             "/api/prices",
             get(data::prices),
             vec![("get", op("Cached prices of the symbols in use", DATA, list("Price")).reader())],
+        )
+        .route(
+            "/api/events",
+            get(events::stream),
+            vec![(
+                "get",
+                op("Live updates (Server-Sent Events): a snapshot, then deltas with increasing ids", DATA, json!({}))
+                    .text(
+                        "text/event-stream",
+                        "Server-Sent Events, never-ending. First `snapshot` ({positions, levels, prices}), then \
+                         `price` (conflated per symbol), `fill`, `position`, `level`, `alert`, `notification` and \
+                         `process` events, each `id: <epoch>-<seq>` (strictly increasing on this replica) with a JSON \
+                         `data`; `: keepalive` comments while idle. `Last-Event-ID` resumes from the replay buffer; an \
+                         id this replica cannot resume gets `reset` then a fresh `snapshot`. A client too slow to read \
+                         gets `reset` (id `reset`) and the stream ends. See docs/events.md",
+                    )
+                    .query(
+                        "types",
+                        json!({"type": "string", "pattern": "^(price|fill|position|level|alert|notification|process)(,(price|fill|position|level|alert|notification|process))*$"}),
+                        "comma list of event types (default: all)",
+                    )
+                    .query("account", json!({"type": "string"}), "only these accounts' events (comma list, or repeated); a token scoped to accounts sees only its own")
+                    .query("symbols", json!({"type": "string"}), "only these symbols (comma list); their prices are streamed even without levels or alerts")
+                    .query("access_token", json!({"type": "string"}), "the token, for browsers' EventSource (which cannot send headers); this route only")
+                    .header_param("Last-Event-ID", "the id of the last event received: the missed ones are replayed")
+                    .reader()
+                    .errors(&[
+                        (400, "bad or unknown query parameter, event type, account or symbol"),
+                        (403, "the token may not see an account asked for"),
+                        (503, "events.max_clients are connected (retry shortly), or the store did not answer"),
+                    ]),
+            )],
         )
         .route(
             "/api/positions",

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub domain: DomainEvents,
     pub ha: HaMetrics,
     pub stream: std::sync::Arc<StreamMetrics>,
+    pub events: std::sync::Arc<super::events::EventsMetrics>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
     reload_successful: Gauge,
@@ -53,6 +54,7 @@ impl Metrics {
             domain,
             ha,
             stream: std::sync::Arc::new(StreamMetrics::new()),
+            events: std::sync::Arc::default(),
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
@@ -103,6 +105,7 @@ impl Metrics {
         m.domain.register(registry);
         m.ha.register(registry);
         m.stream.register(registry);
+        m.events.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod domain;
+pub mod events;
 pub mod exposition;
 pub mod ha;
 pub mod logfmt;
