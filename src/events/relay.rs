@@ -36,7 +36,8 @@ pub const MAX_PAYLOAD: usize = 7900;
 /// Events waiting to be sent to the other replicas.
 const QUEUE: usize = 8192;
 
-#[derive(Serialize, Deserialize)]
+/// A NOTIFY payload, as sent.
+#[derive(Serialize)]
 struct Payload<'a> {
     /// The origin's stream epoch.
     o: &'a str,
@@ -48,6 +49,16 @@ struct Payload<'a> {
     s: Option<&'a str>,
     /// The event's data, as JSON text.
     d: &'a str,
+}
+
+/// A NOTIFY payload, as received (owned: the data is an escaped string).
+#[derive(Deserialize)]
+struct Received {
+    o: String,
+    k: String,
+    a: Option<String>,
+    s: Option<String>,
+    d: String,
 }
 
 /// Starts relaying `hub`'s events through the PostgreSQL at `url` until `stop`.
@@ -129,14 +140,18 @@ async fn receive(hub: Arc<Hub>, pool: sqlx::PgPool, mut listener: PgListener, st
         match got {
             Ok(Some(n)) => {
                 failures = 0;
-                let Ok(p) = serde_json::from_str::<Payload>(n.payload()) else {
-                    continue;
+                let p = match serde_json::from_str::<Received>(n.payload()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an event relayed by another replica cannot be read; skipped");
+                        continue;
+                    }
                 };
                 if p.o == hub.epoch() {
                     continue;
                 }
-                if let Some(kind) = Kind::parse(p.k) {
-                    hub.publish_remote(kind, p.a, p.s, p.d);
+                if let Some(kind) = Kind::parse(&p.k) {
+                    hub.publish_remote(kind, p.a.as_deref(), p.s.as_deref(), &p.d);
                 }
             }
             // The connection dropped (sqlx reconnects on the next call):
