@@ -204,6 +204,8 @@ async fn a_token_scoped_to_an_account_sees_only_that_account() {
         ("access_token=not-a-known-token-at-all".to_string(), 200),
         (format!("types=nonsense&access_token={VIEWER}"), 400),
         (format!("account=nobody&access_token={VIEWER}"), 403),
+        ("account=nobody".to_string(), 422),
+        ("symbols=NOPEUSDT".to_string(), 422),
         (format!("bogus=1&access_token={VIEWER}"), 400),
     ] {
         let (status, _) = sse::try_connect(&svc, &query, None, None).await;

@@ -210,7 +210,7 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             keepalive_seconds: 15.0,
             buffer: 10_000,
             client_queue: 1024,
-            max_clients: 2000,
+            max_clients: 1000,
         },
         ha: HaConfig {
             enabled: false,

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::auth::{may_see, not_yours};
-use super::error::store_error;
+use super::error::{store_error, unprocessable};
 use super::{ApiError, AppState};
 use crate::events::{Filter, Hub, Kind};
 use crate::store::LevelStatus;
@@ -76,10 +76,10 @@ pub async fn stream(
                     return Err(not_yours(&caller, a));
                 }
                 if !state.accounts.contains(a) {
-                    return Err(ApiError::bad_request(format!(
-                        "unknown account `{a}` in account; known: {}",
-                        state.accounts.names().join(", ")
-                    )));
+                    return Err(unprocessable(
+                        "account",
+                        format!("unknown account `{a}`; known: {}", state.accounts.names().join(", ")),
+                    ));
                 }
             }
             Some(asked)
@@ -91,9 +91,10 @@ pub async fn stream(
         for s in symbols {
             let listed = state.catalog.as_ref().and_then(|c| c.lists(s));
             if s.len() > 20 || !s.chars().all(|c| c.is_ascii_alphanumeric()) || listed == Some(false) {
-                return Err(ApiError::bad_request(format!(
-                    "`{s}` in symbols is not a symbol the venue lists"
-                )));
+                return Err(unprocessable(
+                    "symbols",
+                    format!("`{s}` is not a symbol the venue lists"),
+                ));
             }
         }
     }
@@ -126,6 +127,14 @@ pub async fn stream(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies (nginx) must not buffer a stream.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // A page on another origin (examples/live.html, a screen's own host)
+    // may read the stream when it presented a token: access is the token's,
+    // never a browser's ambient credentials. Without one (reads open), no
+    // other origin may, so a page a user happens to visit cannot read it
+    // through that user's browser.
+    if caller.is_some() {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    }
     Ok(response)
 }
 

@@ -174,6 +174,15 @@ impl Op {
         self
     }
 
+    /// A `text/event-stream` answer whose events each have `schema`.
+    pub fn event_stream(mut self, description: &str, schema: Value) -> Self {
+        self.responses().insert(
+            "200".into(),
+            json!({"description": description, "content": {"text/event-stream": {"schema": schema}}}),
+        );
+        self
+    }
+
     /// Error answers this operation can give, each the JSON error shape.
     pub fn errors(mut self, statuses: &[(u16, &str)]) -> Self {
         for (status, why) in statuses {

@@ -178,14 +178,24 @@ pub fn all() -> Routes {
             vec![(
                 "get",
                 op("Live updates (Server-Sent Events): a snapshot, then deltas with increasing ids", DATA, json!({}))
-                    .text(
-                        "text/event-stream",
+                    .event_stream(
                         "Server-Sent Events, never-ending. First `snapshot` ({positions, levels, prices}), then \
                          `price` (conflated per symbol), `fill`, `position`, `level`, `alert`, `notification` and \
                          `process` events, each `id: <epoch>-<seq>` (strictly increasing on this replica) with a JSON \
                          `data`; `: keepalive` comments while idle. `Last-Event-ID` resumes from the replay buffer; an \
                          id this replica cannot resume gets `reset` then a fresh `snapshot`. A client too slow to read \
                          gets `reset` (id `reset`) and the stream ends. See docs/events.md",
+                        json!({
+                            "type": "object",
+                            "description": "one event: `data` is JSON text",
+                            "required": ["event", "data"],
+                            "properties": {
+                                "event": {"enum": ["snapshot", "reset", "price", "fill", "position", "level", "alert", "notification", "process"]},
+                                "data": {"type": "string", "contentMediaType": "application/json"},
+                                "id": {"type": "string", "description": "`<epoch>-<seq>`; `reset` on the last frame of a dropped client"},
+                                "retry": {"type": "integer"},
+                            },
+                        }),
                     )
                     .query(
                         "types",
@@ -198,8 +208,9 @@ pub fn all() -> Routes {
                     .header_param("Last-Event-ID", "the id of the last event received: the missed ones are replayed")
                     .reader()
                     .errors(&[
-                        (400, "bad or unknown query parameter, event type, account or symbol"),
+                        (400, "bad or unknown query parameter or event type"),
                         (403, "the token may not see an account asked for"),
+                        (422, "an account that is not configured, or a symbol the venue does not list"),
                         (503, "events.max_clients are connected (retry shortly), or the store did not answer"),
                     ]),
             )],
