@@ -21,14 +21,17 @@ use crate::store::LevelStatus;
 /// The parameters this route takes.
 const PARAMS: [&str; 4] = ["types", "account", "symbols", "access_token"];
 
-/// Values given once or several times, and comma lists in each.
+/// Values given once or several times, and comma lists in each (empty ones ignored).
 fn list(into: &mut Option<Vec<String>>, value: &str) {
-    let items = value
+    let items: Vec<String> = value
         .split(',')
         .map(str::trim)
         .filter(|v| !v.is_empty())
-        .map(String::from);
-    into.get_or_insert_with(Vec::new).extend(items);
+        .map(String::from)
+        .collect();
+    if !items.is_empty() {
+        into.get_or_insert_with(Vec::new).extend(items);
+    }
 }
 
 pub async fn stream(
@@ -40,7 +43,10 @@ pub async fn stream(
     let (mut types, mut accounts, mut symbols, mut token) = (None, None, None, None);
     for (k, v) in &pairs {
         match k.as_str() {
-            "types" => list(&mut types, v),
+            // Exactly as documented: names, commas, nothing else.
+            "types" => types
+                .get_or_insert_with(Vec::new)
+                .extend(v.split(',').map(String::from)),
             "account" => list(&mut accounts, v),
             "symbols" => list(&mut symbols, &v.to_ascii_uppercase()),
             "access_token" => token = Some(v.as_str()),
@@ -69,6 +75,14 @@ pub async fn stream(
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
+    // A token scoped to accounts gets no `process` events: run errors may
+    // name any account.
+    let scoped = caller.as_ref().is_some_and(|c| c.accounts.is_some());
+    let kinds = match (kinds, scoped) {
+        (kinds, false) => kinds,
+        (None, true) => Some(Kind::ALL.into_iter().filter(|k| *k != Kind::Process).collect()),
+        (Some(kinds), true) => Some(kinds.into_iter().filter(|k| *k != Kind::Process).collect()),
+    };
     let accounts = match (accounts, caller.as_ref().and_then(|c| c.accounts.clone())) {
         (Some(asked), _) => {
             for a in &asked {
