@@ -393,7 +393,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         modes,
         flatten: Some(flatten_with(platform.clone())),
         reload: Some(reload),
-        events: Some(events),
+        events: Some(events.clone()),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -433,6 +433,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     // Closes in flight stop where they are: their intents stay pending and
     // are taken up by the next start (or another replica) with a look-up first.
     levels.closer().shutdown(Duration::from_secs(1)).await;
+    // Streams never end by themselves: end them, so the drain below is short.
+    events.close_all();
     ha_stop.cancel();
     if let Some((coordinator, _)) = &ha {
         coordinator.leave().await;

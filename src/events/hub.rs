@@ -469,6 +469,17 @@ impl Hub {
         self.metrics.clients(0);
     }
 
+    /// Ends every client's stream (the service is stopping): each gets a
+    /// last `reset` and reconnects, to another replica or to this one's
+    /// next start, where its id means nothing: a snapshot follows.
+    pub fn close_all(&self) {
+        let mut inner = self.lock();
+        for (_, c) in inner.clients.drain() {
+            c.state.drop_for(Dropped::Resync);
+        }
+        self.metrics.clients(0);
+    }
+
     /// Symbols connected clients asked for by name: the market stream watches them too.
     pub fn wanted_symbols(&self) -> Vec<String> {
         self.wanted
