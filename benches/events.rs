@@ -191,7 +191,7 @@ async fn main() {
     let clients = args.first().copied().unwrap_or(1000);
     let rounds = args.get(1).copied().unwrap_or(200);
     let svc = start(clients);
-    let http = reqwest::Client::new();
+    let http = script_manager::net::http_client().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http
         .get(format!("{}/readyz", svc.base))
