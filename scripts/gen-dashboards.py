@@ -288,6 +288,14 @@ streams = dashboard(
                (f"sum by (process) (increase(script_manager_process_restarts_total[{RI}]))", "{{process}} restarts"),
                ("max by (process) (script_manager_process_up)", "{{process}} up"),
                ("max by (process) (time() - script_manager_process_last_event_timestamp_seconds > 0)", "{{process}} since last event")], 16, 16, 8, 8),
+        panel("Screens on the event stream", "GET /api/events: clients connected per replica, frames sent per second by type "
+              "(price, fill, position, level, alert, notification, process, snapshot, reset), clients dropped for reading too "
+              "slowly (or told to resync after the relay between replicas reconnected), and Last-Event-ID resumes: "
+              "replayed (hit) or answered with a fresh snapshot (reset).", "short",
+              [("sum by (instance) (script_manager_events_clients)", "{{instance}} clients"),
+               (f"sum by (type) (rate(script_manager_events_sent_total[{RI}]))", "sent {{type}} /s"),
+               (f"sum by (reason) (increase(script_manager_events_clients_dropped_total[{RI}]))", "dropped {{reason}}"),
+               (f"sum by (outcome) (increase(script_manager_events_replays_total[{RI}]))", "resume {{outcome}}")], 0, 24, 24, 8),
     ],
 )
 

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod events;
 pub mod exchange;
 pub mod ha;
 pub mod http;

@@ -361,6 +361,17 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     );
     account_work::stale_bounds(&config, &metrics);
     store.post_level_events_to(webhook_url(&config));
+    let events = crate::events::Hub::new(
+        crate::events::Settings::from_config(&config.events),
+        metrics.events.clone(),
+    );
+    store.publish_events_to(events.clone());
+    events.spawn_conflation(ha_stop.clone());
+    if config.ha.enabled {
+        crate::events::relay::start(events.clone(), &config.store.url, ha_stop.clone())
+            .await
+            .context("the event relay (LISTEN/NOTIFY) cannot reach PostgreSQL")?;
+    }
     warn_unsigned_webhooks(&config);
     let stream_health = Arc::new(StreamHealth::default());
     let levels = level_engine(&config, &store, &exchange.venue, &catalog, &metrics, &stream_health);
@@ -397,6 +408,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         budget,
         exchange_stop.clone(),
     );
+    scheduler.publish_events_to(events.clone());
     live::apply_stored_overrides(&store, &scheduler).await;
     let s = &config.scheduler;
     if s.adaptive_intervals {
@@ -463,6 +475,7 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
         reload: Some(reload),
         vault,
         account_hooks: Some(accounts::hooks(platform.clone())),
+        events: Some(events.clone()),
     };
     let addr: SocketAddr = config.http.listen.parse().context("http.listen")?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -502,6 +515,8 @@ pub async fn run(config: Config, options: LoadOptions, shutdown: CancellationTok
     // Closes in flight stop where they are: their intents stay pending and
     // are taken up by the next start (or another replica) with a look-up first.
     levels.closer().shutdown(Duration::from_secs(1)).await;
+    // Streams never end by themselves: end them, so the drain below is short.
+    events.close_all();
     ha_stop.cancel();
     if let Some((coordinator, _)) = &ha {
         coordinator.leave().await;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Config, DemoConfig, ExchangeConfig, ExchangeKind, HaConfig, HttpConfig, LevelsConfig, LogFormat,
+    Config, DemoConfig, EventsConfig, ExchangeConfig, ExchangeKind, HaConfig, HttpConfig, LevelsConfig, LogFormat,
     NotificationsConfig, ProcessConfig, ProcessMode, SchedulerConfig, StoreConfig, TelemetryConfig, UpstreamConfig,
 };
 
@@ -214,6 +214,13 @@ pub fn config(with_builtin_processes: bool, with_streams: bool) -> Config {
             backstop: super::BackstopMode::StopLoss,
             backstop_offset: 0.005,
             backstop_reconcile_seconds: 60.0,
+        },
+        events: EventsConfig {
+            price_interval_ms: 250,
+            keepalive_seconds: 15.0,
+            buffer: 10_000,
+            client_queue: 1024,
+            max_clients: 1000,
         },
         ha: HaConfig {
             enabled: false,

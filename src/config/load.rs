@@ -203,6 +203,9 @@ fn extract(figment: &Figment, kinds: KindCheck, problems: &mut Vec<Problem>) -> 
         let timeout = piece::<f64>(figment, "exchange.request_timeout_seconds", &mut Vec::new());
         validate::check_levels(&levels, timeout, &mut report);
     }
+    if let Some(events) = piece(figment, "events", problems) {
+        validate::check_events(&events, &mut report);
+    }
     if let Some(level) = piece::<String>(figment, "log_level", problems) {
         validate::check_log_level(&level, &mut report);
     }

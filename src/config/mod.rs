@@ -52,6 +52,8 @@ pub struct Config {
     pub demo: DemoConfig,
     pub ha: HaConfig,
     pub levels: LevelsConfig,
+    /// The live event stream (`GET /api/events`).
+    pub events: EventsConfig,
     /// Processes by id; the id is the table key and the `process` label.
     pub processes: BTreeMap<String, ProcessConfig>,
 }
@@ -127,6 +129,10 @@ pub struct TokenConfig {
     /// A file holding the token instead (Docker and Kubernetes secrets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<String>,
+    /// The accounts this token may see on the event stream (and the data
+    /// API's positions and trades); unset: every account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<Vec<String>>,
 }
 
 /// What a token may do; each scope includes the ones before it.
@@ -319,6 +325,22 @@ pub struct HaConfig {
     /// stream) for its own accounts. False: one replica at a time runs each
     /// of them for every account (the behaviour before accounts were shared).
     pub share_accounts: bool,
+}
+
+/// The live event stream (`[events]`, `GET /api/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Price events per symbol are conflated to at most one per this many ms.
+    pub price_interval_ms: u64,
+    /// A comment line goes to every client this often, so proxies keep the connection.
+    pub keepalive_seconds: f64,
+    /// Events kept for replay (`Last-Event-ID`); an older id gets `reset` and a snapshot.
+    pub buffer: usize,
+    /// Events waiting for one client; a client whose queue is full is dropped.
+    pub client_queue: usize,
+    /// Clients connected at once (503 beyond). Keep `http.max_connections` above it.
+    pub max_clients: usize,
 }
 
 /// How crossed levels are closed (`[levels]`).

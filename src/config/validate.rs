@@ -67,6 +67,15 @@ pub fn check_tokens(http: &HttpConfig, report: &mut dyn FnMut(&str, String)) {
                 "another token has this name".into(),
             );
         }
+        if t.accounts
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a.iter().any(|n| n.trim().is_empty()))
+        {
+            report(
+                &format!("http.tokens.{}.accounts", t.name),
+                "must list at least one account name (or be left out: every account)".into(),
+            );
+        }
         match &t.token {
             None => report(
                 &format!("http.tokens.{}.token", t.name),
@@ -497,5 +506,23 @@ pub fn check_notifications(n: &super::NotificationsConfig, report: &mut dyn FnMu
             "notifications.signing_secret",
             "must be at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
         );
+    }
+}
+
+pub fn check_events(e: &super::EventsConfig, report: &mut dyn FnMut(&str, String)) {
+    if !(10..=60_000).contains(&e.price_interval_ms) {
+        report("events.price_interval_ms", "must be between 10 and 60000".into());
+    }
+    if !(e.keepalive_seconds >= 1.0 && e.keepalive_seconds <= 300.0) {
+        report("events.keepalive_seconds", "must be between 1 and 300".into());
+    }
+    if !(100..=1_000_000).contains(&e.buffer) {
+        report("events.buffer", "must be between 100 and 1000000".into());
+    }
+    if !(8..=65_536).contains(&e.client_queue) {
+        report("events.client_queue", "must be between 8 and 65536".into());
+    }
+    if !(1..=100_000).contains(&e.max_clients) {
+        report("events.max_clients", "must be between 1 and 100000".into());
     }
 }

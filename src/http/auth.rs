@@ -34,6 +34,7 @@ struct Entry {
     name: String,
     scope: Scope,
     secret: Secret,
+    accounts: Option<Vec<String>>,
 }
 
 /// Who called: a configured token's name and scope.
@@ -41,6 +42,32 @@ struct Entry {
 pub struct Caller {
     pub name: String,
     pub scope: Scope,
+    /// The only accounts it may see (`[[http.tokens]] accounts`); `None`: all.
+    pub accounts: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Whether this caller may see `account`'s data.
+    pub fn sees(&self, account: &str) -> bool {
+        self.accounts.as_ref().is_none_or(|a| a.iter().any(|x| x == account))
+    }
+}
+
+/// Whether `caller` (none: reads are open) may see `account`'s data.
+pub fn may_see(caller: &Option<Caller>, account: &str) -> bool {
+    caller.as_ref().is_none_or(|c| c.sees(account))
+}
+
+/// 403 for an account a scoped token may not see.
+pub fn not_yours(caller: &Option<Caller>, account: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "token `{}` may not see account `{account}`",
+            caller.as_ref().map_or("anonymous", |c| c.name.as_str())
+        ),
+    )
 }
 
 impl Tokens {
@@ -49,6 +76,7 @@ impl Tokens {
             name: name.into(),
             scope,
             secret: secret.clone(),
+            accounts: None,
         };
         let mut entries: Vec<Entry> = http
             .shorthand_tokens()
@@ -56,10 +84,10 @@ impl Tokens {
             .map(|(name, scope, secret)| entry(name, scope, secret))
             .collect();
         entries.extend(http.tokens.iter().filter_map(|t| {
-            t.token
-                .as_ref()
-                .filter(|s| !s.is_empty())
-                .map(|s| entry(&t.name, t.scope, s))
+            t.token.as_ref().filter(|s| !s.is_empty()).map(|s| Entry {
+                accounts: t.accounts.clone(),
+                ..entry(&t.name, t.scope, s)
+            })
         }));
         Tokens {
             entries,
@@ -76,6 +104,7 @@ impl Tokens {
                 found = Some(Caller {
                     name: e.name.clone(),
                     scope: e.scope,
+                    accounts: e.accounts.clone(),
                 });
             }
         }
@@ -127,6 +156,24 @@ impl Tokens {
                 "a token of any scope (bearer, or basic auth as <name>:<token>)",
             )
         })
+    }
+
+    /// The event stream's reader: as [`Reader`], and the token may come as
+    /// `?access_token=` instead (a browser's EventSource cannot set headers).
+    /// A header, when there is one, wins.
+    pub fn stream_reader(&self, headers: &HeaderMap, query_token: Option<&str>) -> Result<Option<Caller>, ApiError> {
+        let Some(token) = query_token.filter(|_| presented(headers).is_none()) else {
+            if !self.reads_need_token() {
+                return Ok(self.caller_of(headers));
+            }
+            return self.require(headers, Scope::Read).map(Some);
+        };
+        match self.identify(token) {
+            // Every scope includes read.
+            Some(caller) => Ok(Some(caller)),
+            None if !self.reads_need_token() => Ok(None),
+            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")),
+        }
     }
 
     /// Requires a token of at least `scope`; `route_needs` names it in errors.
@@ -268,6 +315,7 @@ mod tests {
             scope: Scope::Trade,
             token: Some(Secret::new("desk-token-0123456789")),
             token_file: None,
+            accounts: None,
         });
         Tokens::from_config(&http)
     }

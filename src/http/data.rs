@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
-use super::auth::{CallerIsAdmin, Reader, Trader};
+use super::auth::{CallerIsAdmin, Reader, Trader, may_see, not_yours};
 use super::error::{store_error, unprocessable};
 use super::query::{self, Q, limit};
 use super::{ApiError, AppState};
@@ -128,35 +128,64 @@ pub async fn prices(_: Reader, State(state): State<AppState>) -> Result<Json<Val
     Ok(Json(json!(rows)))
 }
 
-pub async fn positions(_: Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
+/// `?account=` checked against a token scoped to accounts (403 outside them).
+fn visible_account<'q>(
+    caller: &Option<super::auth::Caller>,
+    q: &'q std::collections::HashMap<String, String>,
+) -> Result<Option<&'q str>, ApiError> {
+    match q.get("account") {
+        Some(a) if !may_see(caller, a) => Err(not_yours(caller, a)),
+        a => Ok(a.map(String::as_str)),
+    }
+}
+
+pub async fn positions(Reader(caller): Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query::params(q, &["account"])?;
-    let rows = store(&state)?
-        .positions(q.get("account").map(String::as_str))
+    let mut rows = store(&state)?
+        .positions(visible_account(&caller, &q)?)
         .await
         .map_err(store_error)?;
+    rows.retain(|p| may_see(&caller, &p.account));
     Ok(Json(json!(rows)))
 }
 
-pub async fn trades(_: Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
+pub async fn trades(Reader(caller): Reader, State(state): State<AppState>, q: Q) -> Result<Json<Value>, ApiError> {
     let q = query::params(q, &["account", "symbol", "limit"])?;
+    let account = visible_account(&caller, &q)?;
+    if account.is_none()
+        && let Some(only) = caller.as_ref().and_then(|c| c.accounts.as_ref())
+        && only.len() != 1
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token sees some accounts only: name one with ?account=",
+        ));
+    }
+    let account = account.or_else(|| {
+        caller
+            .as_ref()
+            .and_then(|c| c.accounts.as_ref())
+            .and_then(|a| a.first())
+            .map(String::as_str)
+    });
     let rows = store(&state)?
-        .trades(
-            q.get("account").map(String::as_str),
-            q.get("symbol").map(String::as_str),
-            limit(&q)?,
-        )
+        .trades(account, q.get("symbol").map(String::as_str), limit(&q)?)
         .await
         .map_err(store_error)?;
     Ok(Json(json!(rows)))
 }
 
 pub async fn dashboard(
-    _: Reader,
+    Reader(caller): Reader,
     State(state): State<AppState>,
     Path(account): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     if !state.accounts.contains(&account) {
         return Err(ApiError::not_found(format!("no account `{account}`")));
+    }
+    if !may_see(&caller, &account) {
+        return Err(not_yours(&caller, &account));
     }
     match store(&state)?.snapshot(&account).await.map_err(store_error)? {
         Some(s) => Ok(Json(json!({

@@ -12,6 +12,7 @@ mod audit;
 pub mod auth;
 mod data;
 mod error;
+mod events;
 pub mod flatten;
 mod live;
 mod openapi;
@@ -70,6 +71,8 @@ pub struct AppState {
     pub vault: Option<Arc<crate::vault::Vault>>,
     /// An account's live state, and its wind-down on the venue before removal.
     pub account_hooks: Option<accounts::Hooks>,
+    /// The live event stream (`GET /api/events`).
+    pub events: Option<Arc<crate::events::Hub>>,
 }
 
 /// Reloads the configuration and says what changed in the process table.

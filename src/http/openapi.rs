@@ -123,6 +123,11 @@ impl Op {
         self.parameter(name, "query", schema, description)
     }
 
+    /// An optional request header.
+    pub fn header_param(self, name: &str, description: &str) -> Self {
+        self.parameter(name, "header", json!({"type": "string"}), description)
+    }
+
     /// `limit` (1 to 10 000).
     pub fn limit(self) -> Self {
         self.query(
@@ -165,6 +170,15 @@ impl Op {
         self.responses().insert(
             "200".into(),
             json!({"description": description, "content": {media: {"schema": {"type": "string"}}}}),
+        );
+        self
+    }
+
+    /// A `text/event-stream` answer whose events each have `schema`.
+    pub fn event_stream(mut self, description: &str, schema: Value) -> Self {
+        self.responses().insert(
+            "200".into(),
+            json!({"description": description, "content": {"text/event-stream": {"schema": schema}}}),
         );
         self
     }

@@ -5,7 +5,7 @@ use axum::routing::{delete, get, post, put};
 use serde_json::json;
 
 use super::openapi::{Routes, list, op, schema};
-use super::{accounts, api, audit, data, flatten, live};
+use super::{accounts, api, audit, data, events, flatten, live};
 
 const OPS: &str = "operations";
 const STATUS: &str = "status";
@@ -172,6 +172,49 @@ pub fn all() -> Routes {
             "/api/prices",
             get(data::prices),
             vec![("get", op("Cached prices of the symbols in use", DATA, list("Price")).reader())],
+        )
+        .route(
+            "/api/events",
+            get(events::stream),
+            vec![(
+                "get",
+                op("Live updates (Server-Sent Events): a snapshot, then deltas with increasing ids", DATA, json!({}))
+                    .event_stream(
+                        "Server-Sent Events, never-ending. First `snapshot` ({positions, levels, prices}), then \
+                         `price` (conflated per symbol), `fill`, `position`, `level`, `alert`, `notification` and \
+                         `process` events, each `id: <epoch>-<seq>` (strictly increasing on this replica) with a JSON \
+                         `data`; `: keepalive` comments while idle. `Last-Event-ID` resumes from the replay buffer; an \
+                         id this replica cannot resume gets `reset` then a fresh `snapshot`. A client too slow to read \
+                         gets `reset` (id `reset`) and the stream ends. See docs/events.md",
+                        json!({
+                            "type": "object",
+                            "description": "one event: `data` is JSON text",
+                            "required": ["event", "data"],
+                            "properties": {
+                                "event": {"enum": ["snapshot", "reset", "price", "fill", "position", "level", "alert", "notification", "process"]},
+                                "data": {"type": "string", "contentMediaType": "application/json"},
+                                "id": {"type": "string", "description": "`<epoch>-<seq>`; `reset` on the last frame of a dropped client"},
+                                "retry": {"type": "integer"},
+                            },
+                        }),
+                    )
+                    .query(
+                        "types",
+                        json!({"type": "string", "pattern": "^(price|fill|position|level|alert|notification|process)(,(price|fill|position|level|alert|notification|process))*$"}),
+                        "comma list of event types (default: all)",
+                    )
+                    .query("account", json!({"type": "string"}), "only these accounts' events (comma list, or repeated); a token scoped to accounts sees only its own")
+                    .query("symbols", json!({"type": "string"}), "only these symbols (comma list); their prices are streamed even without levels or alerts")
+                    .query("access_token", json!({"type": "string"}), "the token, for browsers' EventSource (which cannot send headers); this route only")
+                    .header_param("Last-Event-ID", "the id of the last event received: the missed ones are replayed")
+                    .reader()
+                    .errors(&[
+                        (400, "bad or unknown query parameter or event type"),
+                        (403, "the token may not see an account asked for"),
+                        (422, "an account that is not configured, or a symbol the venue does not list"),
+                        (503, "events.max_clients are connected (retry shortly), or the store did not answer"),
+                    ]),
+            )],
         )
         .route(
             "/api/positions",

@@ -109,6 +109,7 @@ impl Scheduler {
         self.metrics.process.paused(id, paused);
         if changed {
             tracing::info!(process = %id, paused, "process {}", if paused { "paused" } else { "resumed" });
+            self.emit(id, if paused { "paused" } else { "resumed" }, serde_json::json!({}));
         }
         Some(changed)
     }

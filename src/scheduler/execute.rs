@@ -50,6 +50,7 @@ impl Scheduler {
             self.chain_started(&p);
         }
         p.series().running(true);
+        self.emit(&p.id, "started", serde_json::json!({"trigger": trigger.as_str()}));
         let started = Instant::now();
         let started_wall = SystemTime::now();
         let lag = if trigger == Trigger::Schedule {

@@ -41,8 +41,14 @@ impl Scheduler {
             return Some(p.config());
         }
         let before = p.config();
-        let now = p.set_layers(None, Some(overrides));
+        let now = p.set_layers(None, Some(overrides.clone()));
         self.settings_changed(&p, &before, &now);
+        let values = overrides.as_ref().map(|o| serde_json::json!(o.values));
+        self.emit(
+            id,
+            "overrides",
+            serde_json::json!({"overrides": values, "set_by": overrides.as_ref().map(|o| o.set_by.as_str())}),
+        );
         Some(now)
     }
 

@@ -75,6 +75,8 @@ pub struct Scheduler {
     exclusion: std::sync::Mutex<()>,
     /// Wakes ticks waiting for an exclusive peer whenever a run ends.
     run_ended: tokio::sync::Notify,
+    /// The live event stream runs, pauses and overrides are published to (set once, before `start`).
+    events: std::sync::OnceLock<Arc<crate::events::Hub>>,
 }
 
 /// What the metrics show of a process's settings.
@@ -121,6 +123,7 @@ impl Scheduler {
             added_rx: std::sync::Mutex::new(Some(added_rx)),
             exclusion: std::sync::Mutex::new(()),
             run_ended: tokio::sync::Notify::new(),
+            events: std::sync::OnceLock::new(),
         })
     }
 
@@ -161,6 +164,20 @@ impl Scheduler {
                 .iter()
                 .any(|q| q.id != p.id && (q.is_running() || q.waiting.load(std::sync::atomic::Ordering::Acquire)))
         })
+    }
+
+    /// Publishes runs started and finished, pauses, resumes and overrides to `hub`.
+    pub fn publish_events_to(&self, hub: Arc<crate::events::Hub>) {
+        let _ = self.events.set(hub);
+    }
+
+    /// A `process` event about `id` (`what`: started, finished, paused, resumed, overrides).
+    pub(crate) fn emit(&self, id: &str, what: &str, mut data: serde_json::Value) {
+        if let Some(hub) = self.events.get() {
+            data["process"] = id.into();
+            data["event"] = what.into();
+            hub.publish(crate::events::Kind::Process, None, None, &data);
+        }
     }
 
     /// Stretches the intervals of less urgent processes while the budget is tight.

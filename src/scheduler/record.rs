@@ -34,6 +34,15 @@ impl Scheduler {
                 process: &p.id,
             },
         );
+        self.emit(
+            &p.id,
+            "finished",
+            serde_json::json!({
+                "trigger": trigger.as_str(), "outcome": outcome.as_str(), "duration_seconds": duration.as_secs_f64(),
+                "attempts": finished.attempts, "error_kind": error.map(|e| e.kind.as_str()),
+                "error": error.map(|e| e.message.as_str()),
+            }),
+        );
         let record = RunRecord {
             process: p.id.clone(),
             trigger,

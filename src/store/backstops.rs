@@ -203,7 +203,55 @@ impl Store {
         .await?
         .rows_affected();
         tx.commit().await?;
+        if n > 0 {
+            self.emit_backstop(
+                b.level_id,
+                &b.account,
+                &b.symbol,
+                b.kind,
+                &b.client_algo_id,
+                "placing",
+                None,
+            );
+        }
         Ok(n > 0)
+    }
+
+    /// A backstop's state change as a `level` event of its level.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_backstop(
+        &self,
+        level_id: i64,
+        account: &str,
+        symbol: &str,
+        kind: &str,
+        client_algo_id: &str,
+        state: &str,
+        error: Option<&str>,
+    ) {
+        let data = json!({
+            "id": level_id, "account": account, "symbol": symbol,
+            "backstop": {"kind": kind, "client_algo_id": client_algo_id, "state": state, "error": error},
+        });
+        self.emit(crate::events::Kind::Level, Some(account), Some(symbol), &data);
+    }
+
+    fn emit_backstop_row(&self, row: Option<AnyRow>) -> anyhow::Result<bool> {
+        let Some(r) = row else { return Ok(false) };
+        let (account, symbol): (String, String) = (r.try_get("account")?, r.try_get("symbol")?);
+        let (kind, id, state): (String, String, String) =
+            (r.try_get("kind")?, r.try_get("client_algo_id")?, r.try_get("state")?);
+        let error: Option<String> = r.try_get("error")?;
+        self.emit_backstop(
+            r.try_get("level_id")?,
+            &account,
+            &symbol,
+            &kind,
+            &id,
+            &state,
+            error.as_deref(),
+        );
+        Ok(true)
     }
 
     /// Moves a row to `state`, or fills in what the venue said while it
@@ -222,7 +270,8 @@ impl Store {
             "UPDATE backstops SET state = $1, algo_id = COALESCE($2, algo_id), order_id = COALESCE($3, order_id), \
              error = $4, failures = COALESCE($5, failures), next_at = COALESCE($6, next_at), updated_at = $7 \
              WHERE client_algo_id = $8 AND state NOT IN ('recorded', 'cancelled', 'failed') \
-             AND NOT (state = 'triggered' AND $1 IN ('placing', 'live')) AND NOT (state = 'live' AND $1 = 'placing')",
+             AND NOT (state = 'triggered' AND $1 IN ('placing', 'live')) AND NOT (state = 'live' AND $1 = 'placing') \
+             RETURNING level_id, account, symbol, kind, client_algo_id, state, error",
         )
         .bind(state.as_str())
         .bind(u.algo_id)
@@ -232,11 +281,10 @@ impl Store {
         .bind(u.next_at)
         .bind(now_ms())
         .bind(client_algo_id.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(n > 0)
+        self.emit_backstop_row(n)
     }
 
     /// A row given up on (`failed`) whose order the venue turns out to hold
@@ -245,16 +293,16 @@ impl Store {
         let mut tx = self.begin_fenced(fence).await?;
         let n = sqlx::query(
             "UPDATE backstops SET state = 'live', algo_id = $1, error = NULL, failures = 0, updated_at = $2 \
-             WHERE client_algo_id = $3 AND state = 'failed'",
+             WHERE client_algo_id = $3 AND state = 'failed' \
+             RETURNING level_id, account, symbol, kind, client_algo_id, state, error",
         )
         .bind(algo_id)
         .bind(now_ms())
         .bind(client_algo_id.to_string())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(n > 0)
+        self.emit_backstop_row(n)
     }
 
     /// The venue's backstop closed the level's position: the level is
@@ -276,10 +324,10 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let avg = avg_price.map(|p| p.to_string());
-        let n = sqlx::query(
+        let level = sqlx::query(
             "UPDATE levels SET status = 'executed', closed_by = 'venue', order_id = $1, closed_qty = $2, avg_price = $3, \
              close_orders = 0, trigger_kind = COALESCE(trigger_kind, $4), version = version + 1, updated_at = $5 \
-             WHERE id = $6 AND status IN ('armed', 'triggered')",
+             WHERE id = $6 AND status IN ('armed', 'triggered') RETURNING *",
         )
         .bind(b.order_id)
         .bind(qty.normalize().to_string())
@@ -287,9 +335,10 @@ impl Store {
         .bind(b.kind.clone())
         .bind(now)
         .bind(b.level_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_optional(&mut *tx)
+        .await?;
+        let executed = level.as_ref().map(super::levels::level).transpose()?;
+        let n = executed.is_some() as u64;
         if n > 0 {
             // Its own close, if one was under way, has nothing left to do.
             sqlx::query(
@@ -309,8 +358,9 @@ impl Store {
             insert_notification(&mut tx, &key, "level_executed", webhook, &payload, now).await?;
         }
         tx.commit().await?;
-        if n > 0 {
+        if let Some(l) = &executed {
             self.levels_changed();
+            self.emit_level(l);
         }
         Ok(n > 0)
     }

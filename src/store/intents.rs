@@ -272,9 +272,10 @@ impl Store {
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
+        let level = sqlx::query(
             "UPDATE levels SET status = $1, order_id = $2, avg_price = $3, closed_qty = $4, close_orders = $5, error = $6, \
-             reason = $9, closed_by = CASE WHEN $1 = 'executed' THEN 'service' END, updated_at = $7 WHERE id = $8",
+             reason = $9, closed_by = CASE WHEN $1 = 'executed' THEN 'service' END, updated_at = $7 WHERE id = $8 \
+             RETURNING *",
         )
         .bind(status)
         .bind(outcome.last_order_id)
@@ -285,7 +286,7 @@ impl Store {
         .bind(now)
         .bind(i.level_id)
         .bind(reason)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         let payload = json!({
             "event": event, "level_id": i.level_id, "account": i.account, "symbol": i.symbol,
@@ -303,6 +304,9 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        if let Some(row) = level {
+            self.emit_level(&super::levels::level(&row)?);
+        }
         Ok(true)
     }
 

@@ -96,7 +96,7 @@ pub struct NewLevel {
     pub stop_loss: Option<Decimal>,
 }
 
-fn level(r: &AnyRow) -> anyhow::Result<Level> {
+pub(super) fn level(r: &AnyRow) -> anyhow::Result<Level> {
     Ok(Level {
         id: r.try_get("id")?,
         account: r.try_get("account")?,
@@ -139,7 +139,9 @@ impl Store {
         .fetch_one(self.pool())
         .await?;
         self.levels_changed();
-        level(&row)
+        let l = level(&row)?;
+        self.emit_level(&l);
+        Ok(l)
     }
 
     pub async fn levels(&self, status: Option<LevelStatus>) -> anyhow::Result<Vec<Level>> {
@@ -182,13 +184,21 @@ impl Store {
         match self.level(id).await? {
             None => Ok(Ok(false)),
             Some(l) if l.status == LevelStatus::Triggered => Ok(Err(l.status)),
-            Some(_) => {
+            Some(l) => {
                 let n = sqlx::query("DELETE FROM levels WHERE id = $1 AND status <> 'triggered'")
                     .bind(id)
                     .execute(self.pool())
                     .await?
                     .rows_affected();
                 self.levels_changed();
+                if n > 0 {
+                    self.emit(
+                        crate::events::Kind::Level,
+                        Some(&l.account),
+                        Some(&l.symbol),
+                        &json!({"id": id, "account": l.account, "symbol": l.symbol, "status": "deleted"}),
+                    );
+                }
                 Ok(Ok(n > 0))
             }
         }
@@ -260,6 +270,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.emit_level(&Level {
+            status: LevelStatus::Triggered,
+            version: l.version + 1,
+            client_order_id: Some(client_order_id.clone()),
+            trigger_kind: Some(kind.to_string()),
+            trigger_price: Some(price),
+            updated_at: now,
+            ..l.clone()
+        });
         let intent = Intent {
             client_order_id,
             level_id: l.id,
@@ -337,6 +356,7 @@ impl Store {
         let retired: Vec<Level> = rows.iter().map(level).collect::<anyhow::Result<_>>()?;
         self.announce_retired(&mut tx, &retired, "flattened", now).await?;
         tx.commit().await?;
+        retired.iter().for_each(|l| self.emit_level(l));
         Ok(retired)
     }
 
@@ -396,6 +416,7 @@ impl Store {
         let mut tx = self.begin_fenced(fence).await?;
         let retired = self.retire_levels_in(&mut tx, account, symbol, amount).await?;
         tx.commit().await?;
+        retired.iter().for_each(|l| self.emit_level(l));
         Ok(retired)
     }
 }

@@ -36,6 +36,11 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        if let Some(hub) = self.event_hub() {
+            for p in prices {
+                hub.quote(&p.symbol, crate::events::Source::Rest, p.price, p.price, p.time_ms);
+            }
+        }
         Ok(())
     }
 

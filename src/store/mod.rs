@@ -117,6 +117,8 @@ pub struct Store {
     installation: String,
     /// Where level events (retired levels) are posted; set once at start.
     events_webhook: std::sync::OnceLock<String>,
+    /// The live event stream every write is published to, after its commit; set once at start.
+    events: std::sync::OnceLock<std::sync::Arc<crate::events::Hub>>,
 }
 
 impl Store {
@@ -148,6 +150,7 @@ impl Store {
             levels_generation: AtomicU64::new(0),
             installation: String::new(),
             events_webhook: Default::default(),
+            events: Default::default(),
         };
         if dialect == Dialect::Sqlite {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&store.pool).await?;
@@ -192,6 +195,42 @@ impl Store {
     pub fn post_level_events_to(&self, url: Option<String>) {
         if let Some(url) = url {
             let _ = self.events_webhook.set(url);
+        }
+    }
+
+    /// Publishes every committed write (fills, positions, levels, alerts,
+    /// notifications) to `hub`: one seam, so every writer is covered.
+    pub fn publish_events_to(&self, hub: std::sync::Arc<crate::events::Hub>) {
+        let _ = self.events.set(hub);
+    }
+
+    /// The live event stream, when this service has one.
+    pub fn event_hub(&self) -> Option<&std::sync::Arc<crate::events::Hub>> {
+        self.events.get()
+    }
+
+    /// Publishes one event (call after the write's commit).
+    pub(crate) fn emit(
+        &self,
+        kind: crate::events::Kind,
+        account: Option<&str>,
+        symbol: Option<&str>,
+        data: &serde_json::Value,
+    ) {
+        if let Some(hub) = self.events.get() {
+            hub.publish(kind, account, symbol, data);
+        }
+    }
+
+    /// A level's row as a `level` event.
+    pub(crate) fn emit_level(&self, l: &Level) {
+        if self.events.get().is_some() {
+            self.emit(
+                crate::events::Kind::Level,
+                Some(&l.account),
+                Some(&l.symbol),
+                &serde_json::json!(l),
+            );
         }
     }
 

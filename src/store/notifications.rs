@@ -158,6 +158,12 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        // No webhook URL: it is a credential.
+        let data = json!({
+            "id": a.id, "symbol": a.symbol, "condition": a.condition, "threshold": a.price.to_string(),
+            "price": price.to_string(), "status": "triggered", "time": now,
+        });
+        self.emit(crate::events::Kind::Alert, None, Some(&a.symbol), &data);
         Ok(true)
     }
 
@@ -198,9 +204,10 @@ impl Store {
     ) -> anyhow::Result<()> {
         let now = now_ms();
         let mut tx = self.begin_fenced(fence).await?;
-        sqlx::query(
+        let row = sqlx::query(
             "UPDATE notifications SET status = $1, attempts = $2, next_attempt_at = $3, last_error = $4, \
-             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6",
+             delivered_at = CASE WHEN $1 = 'delivered' THEN $5 ELSE delivered_at END WHERE id = $6 \
+             RETURNING id, kind, dedupe_key, status, attempts, last_error, payload",
         )
         .bind(status.to_string())
         .bind(attempts)
@@ -208,9 +215,24 @@ impl Store {
         .bind(error.map(String::from))
         .bind(now)
         .bind(id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let Some(r) = row
+            && self.event_hub().is_some()
+        {
+            // Which account and symbol it is about, from its payload (level events carry them).
+            let payload: Value = serde_json::from_str(&r.try_get::<String, _>("payload")?).unwrap_or(Value::Null);
+            let account = payload["account"].as_str();
+            let symbol = payload["symbol"].as_str();
+            let data = json!({
+                "id": r.try_get::<i64, _>("id")?, "kind": r.try_get::<String, _>("kind")?,
+                "dedupe_key": r.try_get::<String, _>("dedupe_key")?, "status": r.try_get::<String, _>("status")?,
+                "attempts": r.try_get::<i64, _>("attempts")?, "last_error": r.try_get::<Option<String>, _>("last_error")?,
+                "account": account, "symbol": symbol,
+            });
+            self.emit(crate::events::Kind::Notification, account, symbol, &data);
+        }
         Ok(())
     }
 

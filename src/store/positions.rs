@@ -84,10 +84,10 @@ impl PositionChange {
     }
 }
 
-/// What one conditional write did.
+/// What one conditional write did (with the row as written).
 enum Wrote {
-    Changed(PositionChange),
-    Same,
+    Changed(PositionChange, StoredPosition),
+    Same(StoredPosition),
     /// The stored row is newer: nothing written.
     Older,
 }
@@ -129,7 +129,7 @@ async fn write_fact(
          entry_price = excluded.entry_price, mark_price = excluded.mark_price, \
          unrealized_pnl = excluded.unrealized_pnl, updated_at = excluded.updated_at, venue_time = excluded.venue_time \
          WHERE positions.venue_time <= excluded.venue_time \
-         RETURNING prev_amount, amount",
+         RETURNING *",
     )
     .bind(account.to_string())
     .bind(p.symbol.clone())
@@ -145,17 +145,21 @@ async fn write_fact(
         return Ok(Wrote::Older);
     };
     let (from, to) = (dec(&row, "prev_amount")?, dec(&row, "amount")?);
+    let written = position(&row)?;
     if from == to {
-        return Ok(Wrote::Same);
+        return Ok(Wrote::Same(written));
     }
-    Ok(Wrote::Changed(PositionChange {
-        account: account.to_string(),
-        symbol: p.symbol.clone(),
-        from,
-        to,
-        venue_time,
-        retired: Vec::new(),
-    }))
+    Ok(Wrote::Changed(
+        PositionChange {
+            account: account.to_string(),
+            symbol: p.symbol.clone(),
+            from,
+            to,
+            venue_time,
+            retired: Vec::new(),
+        },
+        written,
+    ))
 }
 
 /// An answer older than the stored row, of the same open amount: its prices
@@ -233,6 +237,20 @@ async fn flatten_others(
         .collect()
 }
 
+/// The row a position that went flat is left as.
+fn flat_row(c: &PositionChange, now: i64) -> StoredPosition {
+    StoredPosition {
+        account: c.account.clone(),
+        symbol: c.symbol.clone(),
+        amount: Decimal::ZERO,
+        entry_price: Decimal::ZERO,
+        mark_price: Decimal::ZERO,
+        unrealized_pnl: Decimal::ZERO,
+        updated_at: now,
+        venue_time: c.venue_time,
+    }
+}
+
 impl Store {
     /// Serializes writes to one account's positions (PostgreSQL; SQLite has one writer).
     async fn lock_positions(&self, tx: &mut Transaction<'static, Any>, account: &str) -> anyhow::Result<()> {
@@ -266,21 +284,30 @@ impl Store {
         let mut tx = self.begin_fenced(fence).await?;
         self.lock_positions(&mut tx, account).await?;
         let mut changes = Vec::new();
+        let mut written = Vec::new();
         let mut kept = Vec::new();
         for p in rows {
             let recently_flat = p.amount.is_zero() && p.update_time_ms >= now - FLAT_KEPT_MS;
             if !p.amount.is_zero() || recently_flat {
                 match write_fact(&mut tx, account, p, as_of, now).await? {
-                    Wrote::Changed(change) => changes.push(change),
-                    Wrote::Same => {}
+                    Wrote::Changed(change, row) => {
+                        changes.push(change);
+                        written.push(row);
+                    }
+                    // Same amount: its mark price and PnL are still news.
+                    Wrote::Same(row) if !row.amount.is_zero() => written.push(row),
+                    Wrote::Same(_) => {}
                     Wrote::Older => refresh_prices(&mut tx, account, p, now).await?,
                 }
                 kept.push(p.symbol.as_str());
             }
         }
-        changes.extend(flatten_others(&mut tx, account, &kept, as_of, now).await?);
-        self.retire_with(&mut tx, &mut changes).await?;
+        let flattened = flatten_others(&mut tx, account, &kept, as_of, now).await?;
+        written.extend(flattened.iter().map(|c| flat_row(c, now)));
+        changes.extend(flattened);
+        let retired = self.retire_with(&mut tx, &mut changes).await?;
         tx.commit().await?;
+        self.emit_positions(&written, &retired);
         Ok(changes)
     }
 
@@ -297,13 +324,20 @@ impl Store {
         let mut tx = self.begin_fenced(fence).await?;
         self.lock_positions(&mut tx, account).await?;
         let mut changes = Vec::new();
+        let mut written = Vec::new();
         for p in changed {
-            if let Wrote::Changed(change) = write_fact(&mut tx, account, p, p.update_time_ms, now).await? {
-                changes.push(change);
+            match write_fact(&mut tx, account, p, p.update_time_ms, now).await? {
+                Wrote::Changed(change, row) => {
+                    changes.push(change);
+                    written.push(row);
+                }
+                Wrote::Same(row) => written.push(row),
+                Wrote::Older => {}
             }
         }
-        self.retire_with(&mut tx, &mut changes).await?;
+        let retired = self.retire_with(&mut tx, &mut changes).await?;
         tx.commit().await?;
+        self.emit_positions(&written, &retired);
         Ok(changes)
     }
 
@@ -314,14 +348,32 @@ impl Store {
         &self,
         tx: &mut Transaction<'static, Any>,
         changes: &mut [PositionChange],
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Vec<super::Level>> {
+        let mut all = Vec::new();
         for change in changes.iter_mut().filter(|c| c.closed_or_flipped()) {
             let retired = self
                 .retire_levels_in(tx, &change.account, &change.symbol, change.to)
                 .await?;
             change.retired = retired.iter().map(|l| l.id).collect();
+            all.extend(retired);
         }
-        Ok(())
+        Ok(all)
+    }
+
+    /// Positions written and levels they retired, as events (after the commit).
+    fn emit_positions(&self, written: &[StoredPosition], retired: &[super::Level]) {
+        if self.event_hub().is_none() {
+            return;
+        }
+        for p in written {
+            self.emit(
+                crate::events::Kind::Position,
+                Some(&p.account),
+                Some(&p.symbol),
+                &serde_json::json!(p),
+            );
+        }
+        retired.iter().for_each(|l| self.emit_level(l));
     }
 
     /// Every stored position fact, flat ones (kept a while) included:

@@ -39,14 +39,15 @@ fn trade(r: &AnyRow) -> anyhow::Result<StoredTrade> {
     })
 }
 
-async fn insert_fills(
+/// Inserts the fills not stored yet; returns those it inserted.
+async fn insert_fills<'f>(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     account: &str,
-    fills: &[Fill],
-) -> anyhow::Result<u64> {
-    let mut inserted = 0;
+    fills: &'f [Fill],
+) -> anyhow::Result<Vec<&'f Fill>> {
+    let mut inserted = Vec::new();
     for f in fills {
-        inserted += sqlx::query(
+        let n = sqlx::query(
             "INSERT INTO trades (account, symbol, id, order_id, side, price, qty, realized_pnl, commission, time) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (account, symbol, id) DO NOTHING",
         )
@@ -63,6 +64,9 @@ async fn insert_fills(
         .execute(&mut **tx)
         .await?
         .rows_affected();
+        if n > 0 {
+            inserted.push(f);
+        }
     }
     Ok(inserted)
 }
@@ -100,7 +104,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(inserted)
+        self.emit_fills(account, &inserted);
+        Ok(inserted.len() as u64)
     }
 
     /// Upserts fills that arrived by stream, leaving the cursor alone: a fill
@@ -109,7 +114,23 @@ impl Store {
         let mut tx = self.begin_fenced(fence).await?;
         let inserted = insert_fills(&mut tx, account, fills).await?;
         tx.commit().await?;
-        Ok(inserted)
+        self.emit_fills(account, &inserted);
+        Ok(inserted.len() as u64)
+    }
+
+    /// New fills as `fill` events (after their commit).
+    fn emit_fills(&self, account: &str, fills: &[&Fill]) {
+        if self.event_hub().is_none() {
+            return;
+        }
+        for f in fills {
+            let data = serde_json::json!({
+                "account": account, "symbol": f.symbol, "id": f.id, "order_id": f.order_id,
+                "side": f.side.as_str(), "price": f.price.to_string(), "qty": f.qty.to_string(),
+                "realized_pnl": f.realized_pnl.to_string(), "commission": f.commission.to_string(), "time": f.time_ms,
+            });
+            self.emit(crate::events::Kind::Fill, Some(account), Some(&f.symbol), &data);
+        }
     }
 
     /// Newest first.

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub accounts: std::sync::Arc<AccountMetrics>,
     /// Aggregate connection series of the streams (no account label).
     pub stream_connections: std::sync::Arc<StreamConnections>,
+    pub events: std::sync::Arc<super::events::EventsMetrics>,
     scheduler_enabled: Gauge,
     run_records_dropped: Counter,
     reload_successful: Gauge,
@@ -62,6 +63,7 @@ impl Metrics {
             stream: std::sync::Arc::new(StreamMetrics::with_accounts(accounts.clone())),
             accounts,
             stream_connections: std::sync::Arc::default(),
+            events: std::sync::Arc::default(),
             scheduler_enabled: Gauge::default(),
             run_records_dropped: Counter::default(),
             reload_successful: Gauge::default(),
@@ -114,6 +116,7 @@ impl Metrics {
         m.stream.register(registry);
         m.accounts.register(registry);
         m.stream_connections.register(registry);
+        m.events.register(registry);
         super::resources::register(registry);
         Metrics { registry: root, ..m }
     }

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod api;
 pub mod domain;
+pub mod events;
 pub mod exposition;
 pub mod ha;
 pub mod logfmt;

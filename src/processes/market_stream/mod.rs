@@ -86,6 +86,13 @@ impl MarketStream {
         let p = &self.platform;
         p.stream_metrics.message(stream_name(route), "", quote.time_ms);
         let source = price_source(route);
+        if let Some(hub) = p.store.event_hub() {
+            let from = match source {
+                crate::domain::PriceSource::Mark => crate::events::Source::Mark,
+                _ => crate::events::Source::Book,
+            };
+            hub.quote(&quote.symbol, from, quote.bid, quote.ask, quote.time_ms);
+        }
         p.live.update(source, quote.clone());
         if source != p.levels.source() {
             return;
@@ -100,12 +107,19 @@ impl MarketStream {
         }
     }
 
-    /// Symbols with armed levels or active alerts that the venue lists.
+    /// Symbols with armed levels or active alerts, and those the event
+    /// stream's clients asked for, that the venue lists.
     async fn watched(&self) -> Result<BTreeSet<String>, ProcessError> {
         let p = &self.platform;
         let levels = p.levels.symbols().await?;
         let alerts = p.store.alerts(true).await.map_err(|e| p.store_error(e))?;
-        let symbols = distinct(levels.into_iter().chain(alerts.into_iter().map(|a| a.symbol)));
+        let asked = p.store.event_hub().map(|h| h.wanted_symbols()).unwrap_or_default();
+        let symbols = distinct(
+            levels
+                .into_iter()
+                .chain(alerts.into_iter().map(|a| a.symbol))
+                .chain(asked),
+        );
         Ok(p.listed("market_stream", symbols).into_iter().collect())
     }
 }
