@@ -159,8 +159,10 @@ fn sum_of(text: &str, family: &str, with: &str) -> Option<f64> {
 }
 
 /// User streams up, from the service's metrics: every account this replica
-/// works for (`accounts{state}`) less those whose stream is down. (An
-/// account both failing and streaming counts as up; one stale counts as up.)
+/// works for (`accounts{state}`) less those whose stream is down. An account
+/// counts as `stream_down` only once its stream has not been up for 30 s, so
+/// the count is read from 35 s after start on (before, it says nothing).
+/// (An account both failing and streaming counts as up; one stale counts as up.)
 fn streams_up(text: &str) -> f64 {
     let all = sum_of(text, "script_manager_accounts", "state=").unwrap_or(0.0);
     all - sum_of(text, "script_manager_accounts", "state=\"stream_down\"").unwrap_or(all)
@@ -353,7 +355,9 @@ async fn main() -> anyhow::Result<()> {
                 && let Ok(text) = r.text().await
             {
                 seen.metrics_bytes = seen.metrics_bytes.max(text.len());
-                up += streams_up(&text);
+                if t0.elapsed() >= Duration::from_secs(35) {
+                    up += streams_up(&text);
+                }
             }
         }
         seen.streams = up;
@@ -431,7 +435,9 @@ async fn main() -> anyhow::Result<()> {
         at(seen.streams_all),
         seen.streams,
         a.accounts,
-        seen.private_connections
+        meter["ws_connections"]["private"]
+            .as_u64()
+            .unwrap_or(seen.private_connections)
     );
     println!(
         "  fill at the venue → stored           p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} fills on streaming accounts)",
