@@ -7,10 +7,15 @@
 //!
 //! The simulator runs as its own process (as the venue would), with its
 //! random trading off, so every fill is one the bench made. Reported:
-//! - time from start until every account has positions and fills stored
-//!   (read from the store itself, so no API of ours is trusted for it);
-//! - time until every user stream is up (the service's own gauge), and the
-//!   simulator's private connections it took;
+//! - time from start until every account was synced once by each account
+//!   process (trade_sync, position_sync, dashboard_sync: a last success in
+//!   `GET /api/accounts`, read from every replica), and until every one was
+//!   synced by all three; and until every account has positions and fills
+//!   in the store (read from the store itself: each simulated account opens
+//!   with three positions);
+//! - time until every user stream is up (connected and reconciled: `state.stream`
+//!   of `GET /api/accounts`), and the simulator's private connections it took;
+//! - the venue's requests by route (what the weight went to);
 //! - fill at the venue → stored, p50/p99, once streaming (fills made one at
 //!   a time on random accounts; the store polled every 5 ms);
 //! - venue weight per minute against the limit, 429/418 answers;
@@ -143,29 +148,73 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// The sum of every sample of `family` whose labels contain `with`.
-fn sum_of(text: &str, family: &str, with: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let base = series.split('{').next().unwrap_or("");
-        if base == family && series.contains(with) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    found
+/// The account processes whose first sync of every account is timed.
+const SYNCS: [&str; 3] = ["trade_sync", "position_sync", "dashboard_sync"];
+const TOKEN: &str = "bench-admin-token";
+
+/// Per account: which of [`SYNCS`] have synced it once, and whether its
+/// user stream is up, merged over the replicas (with HA an account's state
+/// lives on the replica that works for it).
+#[derive(Default)]
+struct Progress {
+    synced: std::collections::HashMap<String, [bool; 3]>,
+    up: std::collections::HashSet<String>,
 }
 
-/// User streams up, from the service's metrics: every account this replica
-/// works for (`accounts{state}`) less those whose stream is down. An account
-/// counts as `stream_down` only once its stream has not been up for 30 s, so
-/// the count is read from 35 s after start on (before, it says nothing).
-/// (An account both failing and streaming counts as up; one stale counts as up.)
-fn streams_up(text: &str) -> f64 {
-    let all = sum_of(text, "script_manager_accounts", "state=").unwrap_or(0.0);
-    all - sum_of(text, "script_manager_accounts", "state=\"stream_down\"").unwrap_or(all)
+impl Progress {
+    fn add(&mut self, views: &[Value]) {
+        for v in views {
+            let name = v["name"].as_str().unwrap_or_default().to_string();
+            if v["state"]["stream"] == "up" {
+                self.up.insert(name.clone());
+            }
+            let row = self.synced.entry(name).or_default();
+            for s in v["state"]["sync"].as_array().into_iter().flatten() {
+                if let Some(i) = SYNCS.iter().position(|p| s["process"] == *p)
+                    && !s["last_success"].is_null()
+                {
+                    row[i] = true;
+                }
+            }
+        }
+    }
+
+    /// Accounts synced once by `SYNCS[i]`.
+    fn synced_by(&self, i: usize) -> usize {
+        self.synced.values().filter(|r| r[i]).count()
+    }
+
+    fn synced_by_all(&self) -> usize {
+        self.synced.values().filter(|r| r.iter().all(|&b| b)).count()
+    }
+}
+
+/// Every account's view from one replica, page by page.
+async fn account_views(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let Ok(r) = http
+            .get(format!("{base}/api/accounts?limit=10000&after={after}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+        else {
+            return out;
+        };
+        let Ok(page) = r.json::<Vec<Value>>().await else {
+            return out;
+        };
+        let Some(last) = page.last().and_then(|v| v["name"].as_str()).map(str::to_string) else {
+            return out;
+        };
+        let full = page.len() == 10_000;
+        out.extend(page);
+        if !full {
+            return out;
+        }
+        after = last;
+    }
 }
 
 struct Setup {
@@ -215,7 +264,7 @@ async fn start(a: &Args) -> anyhow::Result<Setup> {
     };
     let config = format!(
         "[exchange]\nkind = \"binance-usdm\"\nbase_url = \"{sim_base}\"\nws_base_url = \"{}\"\n\
-         [demo]\nenabled = false\n{accounts}",
+         [demo]\nenabled = false\n[http]\nadmin_token = \"{TOKEN}\"\n{accounts}",
         sim_base.replace("http://", "ws://")
     );
     std::fs::write(dir.path().join("config.toml"), &config)?;
@@ -261,15 +310,16 @@ where
     false
 }
 
-/// Accounts with positions stored, and with fills stored.
-async fn synced(pool: &sqlx::AnyPool) -> (i64, i64) {
+/// Accounts with positions stored, and with fills stored: every simulated
+/// account opens with three positions (three fills), so both reach N.
+async fn stored(pool: &sqlx::AnyPool) -> (usize, usize) {
     let count = |sql: &'static str| async move {
         sqlx::query(sql)
             .fetch_one(pool)
             .await
             .ok()
             .and_then(|r| r.try_get::<i64, _>(0).ok())
-            .unwrap_or(0)
+            .unwrap_or(0) as usize
     };
     (
         count("SELECT COUNT(DISTINCT account) FROM positions").await,
@@ -289,11 +339,14 @@ async fn fills_of(pool: &sqlx::AnyPool, account: &str) -> i64 {
 
 #[derive(Default)]
 struct Seen {
-    positions_all: Option<f64>,
-    fills_all: Option<f64>,
+    /// When every account was first synced by `SYNCS[i]`, and by all of them.
+    synced_by: [Option<f64>; 3],
+    synced_all: Option<f64>,
+    positions_stored: Option<f64>,
+    fills_stored: Option<f64>,
     streams_all: Option<f64>,
     metrics_bytes: usize,
-    streams: f64,
+    streams: usize,
     private_connections: u64,
 }
 
@@ -341,27 +394,34 @@ async fn main() -> anyhow::Result<()> {
     let watch_start = Instant::now();
     let mut last_report = Instant::now();
     while t0.elapsed() < window {
-        let (positions, fills) = synced(&pool).await;
-        let now = t0.elapsed().as_secs_f64();
-        if positions as f64 >= n && seen.positions_all.is_none() {
-            seen.positions_all = Some(now);
-        }
-        if fills as f64 >= n && seen.fills_all.is_none() {
-            seen.fills_all = Some(now);
-        }
-        let mut up = 0.0;
+        let mut progress = Progress::default();
         for (_, base) in &setup.replicas {
+            progress.add(&account_views(&http, base).await);
             if let Ok(r) = http.get(format!("{base}/metrics")).send().await
                 && let Ok(text) = r.text().await
             {
                 seen.metrics_bytes = seen.metrics_bytes.max(text.len());
-                if t0.elapsed() >= Duration::from_secs(35) {
-                    up += streams_up(&text);
-                }
             }
         }
+        let (positions, fills) = stored(&pool).await;
+        let now = t0.elapsed().as_secs_f64();
+        if seen.positions_stored.is_none() && positions >= a.accounts {
+            seen.positions_stored = Some(now);
+        }
+        if seen.fills_stored.is_none() && fills >= a.accounts {
+            seen.fills_stored = Some(now);
+        }
+        for (i, at) in seen.synced_by.iter_mut().enumerate() {
+            if at.is_none() && progress.synced_by(i) >= a.accounts {
+                *at = Some(now);
+            }
+        }
+        if seen.synced_all.is_none() && progress.synced_by_all() >= a.accounts {
+            seen.synced_all = Some(now);
+        }
+        let up = progress.up.len();
         seen.streams = up;
-        if up >= n && seen.streams_all.is_none() {
+        if up >= a.accounts && seen.streams_all.is_none() {
             seen.streams_all = Some(now);
             let meter: Value = http
                 .get(format!("{}/sim/meter", setup.sim_base))
@@ -374,24 +434,24 @@ async fn main() -> anyhow::Result<()> {
         if last_report.elapsed() >= Duration::from_secs(10) {
             last_report = Instant::now();
             println!(
-                "  t={now:>5.0} s  positions {positions}/{n}  fills {fills}/{n}  streams up {up}/{n}",
+                "  t={now:>5.0} s  synced once by trade_sync {} position_sync {} dashboard_sync {} all {} of {n}; \
+                 stored: positions of {positions}, fills of {fills}; streams up {up}",
+                progress.synced_by(0),
+                progress.synced_by(1),
+                progress.synced_by(2),
+                progress.synced_by_all(),
                 n = a.accounts
             );
         }
-        // Fills one at a time on random streaming accounts: once every stream
-        // is up, or from 60 % of the window on among the accounts set up first
-        // (streams come up in name order; the lower half of those up).
-        let late = t0.elapsed() >= window.mul_f64(0.6);
-        let streaming = if seen.streams_all.is_some() {
-            a.accounts
-        } else {
-            (up / 2.0) as usize
-        };
-        if (seen.streams_all.is_some() || (late && streaming >= 10)) && next_fill < 200 {
+        // Fills one at a time, each on a random account whose user stream is
+        // up (connected and reconciled) by the service's own account.
+        let mut streaming: Vec<&String> = progress.up.iter().collect();
+        streaming.sort();
+        if streaming.len() >= 10 && next_fill < 200 {
             rng_state ^= rng_state << 13;
             rng_state ^= rng_state >> 7;
             rng_state ^= rng_state << 17;
-            let account = name((rng_state % streaming as u64) as usize);
+            let account = streaming[(rng_state % streaming.len() as u64) as usize].clone();
             let before = fills_of(&pool, &account).await;
             let body = serde_json::json!({"account": account, "symbol": "BTCUSDT", "side": "BUY", "qty": "0.001"});
             let made = Instant::now();
@@ -428,8 +488,12 @@ async fn main() -> anyhow::Result<()> {
     let cpu_used = cpu.iter().sum::<f64>() - cpu_start;
     let at = |v: Option<f64>| v.map_or_else(|| "not reached".to_string(), |s| format!("{s:.1} s"));
     println!("\nresults ({} accounts, {} replica(s)):", a.accounts, a.replicas);
-    println!("  every account's positions stored     {}", at(seen.positions_all));
-    println!("  every account's fills stored         {}", at(seen.fills_all));
+    for (process, when) in SYNCS.iter().zip(seen.synced_by) {
+        println!("  every account synced by {process:<15} {}", at(when));
+    }
+    println!("  every account synced by all three    {}", at(seen.synced_all));
+    println!("  every account's positions stored     {}", at(seen.positions_stored));
+    println!("  every account's fills stored         {}", at(seen.fills_stored));
     println!(
         "  every user stream up                 {} ({} of {} at the end; {} private connections at the venue)",
         at(seen.streams_all),
@@ -464,6 +528,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("  /metrics bytes (largest scrape)      {}", seen.metrics_bytes);
+    println!("  venue requests by route              {}", meter["requests"]);
     println!(
         "  CPU of the replicas                  {:.1} s over {:.0} s ({:.0} % of one core); simulator {:.1} s",
         cpu_used,

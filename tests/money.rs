@@ -312,7 +312,14 @@ async fn bad_credentials_of_one_account(backend: Backend) {
 async fn unknown_and_delisted_symbols(backend: Backend) {
     let sim = SimProcess::start("fills_per_minute = 0.0\nvolatility = 0.0").await;
     let store = TestStore::new(backend);
-    let svc = start(&sim, &store, "", &[]).await;
+    // A stream's reconciliation counts as trade sync's poll: polled again after a second.
+    let svc = start(
+        &sim,
+        &store,
+        "",
+        &[("SCRIPT_MANAGER_EXCHANGE__STREAM_RECONCILE_SECONDS", "1")],
+    )
+    .await;
     let (status, body) = svc
         .post_json(
             "/api/levels",

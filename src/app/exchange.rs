@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{Accounts, Source};
-use crate::budget::{Admission, Caller, ProcessCalls, SERVICE_CALLER, VenueWeight};
+use crate::budget::{Admission, Caller, ProcessCalls, SERVICE_CALLER, VENUE_INFO_CALLER, VenueWeight};
 use crate::config::{Config, ExchangeKind, Secret};
 use crate::domain::{AccountModes, Catalog};
 use crate::exchange::binance::{Binance, TransportOptions};
@@ -121,12 +121,16 @@ pub const EXCHANGE_INFO_EVERY: Duration = Duration::from_secs(600);
 
 /// Clock offset, limits and symbols. Failures are logged, not fatal: the venue
 /// may come back, and every process reports its own errors meanwhile.
+/// `exchangeInfo` goes first: the venue's count of the address's weight
+/// (`X-MBX-USED-WEIGHT-1M`, which other replicas or clients may have raised)
+/// comes with every answer, and against the default limit it could leave no
+/// room for the read that tells the real one.
 pub async fn bootstrap(venue: &Binance, catalog: &Catalog) {
-    let caller = Caller::new(SERVICE_CALLER, 1, Instant::now() + Duration::from_secs(15));
+    read_exchange_info(venue, catalog).await;
+    let caller = Caller::new(VENUE_INFO_CALLER, 1, Instant::now() + Duration::from_secs(15));
     if let Err(e) = venue.sync_time(&caller).await {
         tracing::warn!(error = %e, "cannot read the venue's clock; signed calls may be rejected until it answers");
     }
-    read_exchange_info(venue, catalog).await;
 }
 
 /// Position-mode reads made at once after start; the rest are paced.
@@ -203,7 +207,7 @@ async fn read_position_mode(venue: &Binance, modes: &AccountModes, account: &str
 
 /// Reads `exchangeInfo`: the weight limit and the listed symbols.
 async fn read_exchange_info(venue: &Binance, catalog: &Catalog) {
-    let caller = Caller::new(SERVICE_CALLER, 1, Instant::now() + Duration::from_secs(15));
+    let caller = Caller::new(VENUE_INFO_CALLER, 1, Instant::now() + Duration::from_secs(15));
     match venue.exchange_info(&caller).await {
         Ok(info) => {
             let weight = &venue.admission().weight;

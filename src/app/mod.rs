@@ -19,7 +19,7 @@ use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{ProcessCalls, SERVICE_CALLER, SERVICE_CALLS_PER_MINUTE};
+use crate::budget::{ProcessCalls, SERVICE_CALLER, SERVICE_CALLS_PER_MINUTE, VENUE_INFO_CALLER};
 use crate::config::{Config, ConfigError, Egress, LoadOptions};
 use crate::domain::Catalog;
 use crate::ha::Coordinator;
@@ -56,7 +56,10 @@ pub fn process_budget(config: &Config) -> Arc<ProcessCalls> {
             .processes
             .iter()
             .map(|(id, p)| (id.clone(), p.max_api_calls_per_minute))
-            .chain([(SERVICE_CALLER.to_string(), SERVICE_CALLS_PER_MINUTE)]),
+            .chain([
+                (SERVICE_CALLER.to_string(), SERVICE_CALLS_PER_MINUTE),
+                (VENUE_INFO_CALLER.to_string(), SERVICE_CALLS_PER_MINUTE),
+            ]),
     ));
     budget.set_per_account(account_work::per_account_caps(config));
     budget

@@ -65,7 +65,12 @@ impl Admission {
                 WeightRefusal::TooHeavy { weight, cap } => format!("weight {weight} exceeds this caller's share {cap}"),
             }));
         }
-        let (cluster_waits, local_share) = match self.cluster.get() {
+        // The venue-info reads are this replica's alone (see `VENUE_INFO_CALLER`).
+        let cluster = self
+            .cluster
+            .get()
+            .filter(|_| caller.process != super::VENUE_INFO_CALLER);
+        let (cluster_waits, local_share) = match cluster {
             Some(cluster) => match self.take_cluster(cluster, caller, weight).await {
                 Ok(taken) => taken,
                 Err(refused) => {

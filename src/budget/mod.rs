@@ -30,7 +30,17 @@ pub use weight::{Usage, VenueWeight, WeightRefusal};
 /// The caller id of the service's own calls (clock sync, exchangeInfo, demo data).
 pub const SERVICE_CALLER: &str = "service";
 
-/// Calls per minute the service's own calls may make.
+/// The caller id of the reads that tell a replica what the venue allows and
+/// what time it is (`time`, `exchangeInfo`: weight 1 each, at start and every
+/// 10 minutes). Admitted by this replica's own budgets but not counted
+/// against the cluster's (HA): a replica cannot know the cluster's cap before
+/// it has read the venue's limit (a cap from the default limit, below what the
+/// others learned, would find the cluster's minute spent and never read it),
+/// and one starting while the cluster's minute is spent must still learn the
+/// venue's clock before it signs a request.
+pub const VENUE_INFO_CALLER: &str = "venue_info";
+
+/// Calls per minute the service's own calls may make (and, each, the venue-info reads).
 pub const SERVICE_CALLS_PER_MINUTE: u32 = 30;
 
 /// Who is calling, for admission: process id, priority, how long it may

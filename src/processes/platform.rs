@@ -101,23 +101,86 @@ pub struct StreamSettings {
 }
 
 /// Accounts whose user stream is connected and reconciled: their events
-/// arrive as they happen, so REST polling for them can stretch.
+/// arrive as they happen, so REST polling for them can stretch. When each
+/// was last reconciled is kept too: a reconciliation reads what a poll of
+/// position_sync or trade_sync would (positions, fills of every covered
+/// symbol), so it counts as one for both. And the other way round: when the
+/// sync processes last read an account (the moment the read started), so a
+/// stream that subscribed before that read need not read it again.
 #[derive(Debug, Default)]
 pub struct StreamHealth {
-    healthy: std::sync::Mutex<std::collections::HashSet<String>>,
+    healthy: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    reads: std::sync::Mutex<std::collections::HashMap<String, Reads>>,
+}
+
+/// When the last successful REST reads of an account started.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reads {
+    positions: Option<tokio::time::Instant>,
+    fills: Option<tokio::time::Instant>,
+}
+
+/// What a stream subscribed at some moment still has to read over REST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToRead {
+    pub positions: bool,
+    pub fills: bool,
 }
 
 impl StreamHealth {
+    /// `healthy`: the account's stream has just been connected and reconciled.
     pub fn set(&self, account: &str, healthy: bool) {
-        let mut set = self.healthy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.healthy.lock().unwrap_or_else(|e| e.into_inner());
         match healthy {
-            true => set.insert(account.to_string()),
-            false => set.remove(account),
+            true => map.insert(account.to_string(), tokio::time::Instant::now()),
+            false => map.remove(account),
         };
     }
 
     pub fn healthy(&self, account: &str) -> bool {
-        self.healthy.lock().unwrap_or_else(|e| e.into_inner()).contains(account)
+        self.reconciled_at(account).is_some()
+    }
+
+    /// When the account's healthy stream was reconciled; `None` while it is not healthy.
+    pub fn reconciled_at(&self, account: &str) -> Option<tokio::time::Instant> {
+        self.healthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account)
+            .copied()
+    }
+
+    /// position_sync read the account's positions in a read that started at `started`.
+    pub fn positions_read(&self, account: &str, started: tokio::time::Instant) {
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        reads.entry(account.to_string()).or_default().positions = Some(started);
+    }
+
+    /// trade_sync read the fills of every covered symbol that could have new ones, from `started`.
+    pub fn fills_read(&self, account: &str, started: tokio::time::Instant) {
+        let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+        reads.entry(account.to_string()).or_default().fills = Some(started);
+    }
+
+    /// What a stream subscribed at `subscribed` must read: positions unless
+    /// a positions read started after it; fills unless a fills read started
+    /// after it and after the last positions read (whose symbols it then
+    /// covered), and no positions are to be read now.
+    pub fn to_read(&self, account: &str, subscribed: tokio::time::Instant) -> ToRead {
+        let reads = self
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account)
+            .copied()
+            .unwrap_or_default();
+        let after = |t: Option<tokio::time::Instant>| t.is_some_and(|t| t >= subscribed);
+        let positions = !after(reads.positions);
+        ToRead {
+            positions,
+            // Positions read now may name symbols no earlier fills read covered.
+            fills: positions || !(after(reads.fills) && reads.fills >= reads.positions),
+        }
     }
 }
 
@@ -130,13 +193,17 @@ pub struct Polled {
 
 impl Polled {
     /// Whether `account` is due: always, unless its user stream is healthy
-    /// and it was polled within `streaming.reconcile`.
+    /// and it was polled, or its stream reconciled, within `streaming.reconcile`.
     pub fn due(&self, p: &Platform, account: &str) -> bool {
         let Some(settings) = &p.streaming else {
             return true;
         };
-        let at = self.at.lock().unwrap_or_else(|e| e.into_inner());
-        !p.stream_health.healthy(account) || at.get(account).is_none_or(|t| t.elapsed() >= settings.reconcile)
+        let Some(reconciled) = p.stream_health.reconciled_at(account) else {
+            return true;
+        };
+        let polled = self.at.lock().unwrap_or_else(|e| e.into_inner()).get(account).copied();
+        let last = polled.map_or(reconciled, |t| t.max(reconciled));
+        last.elapsed() >= settings.reconcile
     }
 
     pub fn done(&self, account: &str) {
@@ -264,4 +331,59 @@ pub fn venue_error(e: VenueError) -> ProcessError {
         _ => ErrorKind::Upstream,
     };
     ProcessError::new(kind, e.to_string(), e.retriable())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{StreamHealth, ToRead};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    const BOTH: ToRead = ToRead {
+        positions: true,
+        fills: true,
+    };
+
+    #[test]
+    fn a_stream_reads_what_no_sync_read_after_it_subscribed() {
+        let h = StreamHealth::default();
+        let subscribed = Instant::now();
+        let before = subscribed - Duration::from_secs(1);
+        let after = subscribed + Duration::from_secs(1);
+        let later = after + Duration::from_secs(1);
+        assert_eq!(h.to_read("a", subscribed), BOTH, "nothing read yet");
+        h.positions_read("a", before);
+        h.fills_read("a", before);
+        assert_eq!(
+            h.to_read("a", subscribed),
+            BOTH,
+            "reads from before the subscription count for nothing"
+        );
+        h.fills_read("a", after);
+        assert_eq!(
+            h.to_read("a", subscribed),
+            BOTH,
+            "positions to read: their symbols' fills too"
+        );
+        h.positions_read("a", after);
+        h.fills_read("a", later);
+        assert_eq!(
+            h.to_read("a", subscribed),
+            ToRead {
+                positions: false,
+                fills: false
+            },
+            "both read after the subscription, fills after positions"
+        );
+        h.positions_read("a", later + Duration::from_secs(1));
+        assert_eq!(
+            h.to_read("a", subscribed),
+            ToRead {
+                positions: false,
+                fills: true
+            },
+            "positions newer than the fills may name symbols the fills read did not cover"
+        );
+        assert_eq!(h.to_read("b", subscribed), BOTH, "per account");
+    }
 }

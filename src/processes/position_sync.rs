@@ -39,8 +39,10 @@ impl PositionSync {
         let worked = self
             .queue
             .run(p, &ctx, eligible, |ctx, account| async move {
+                let started = tokio::time::Instant::now();
                 let n = reconcile::positions(p, &ctx, &account).await?;
                 self.polled.done(&account);
+                p.stream_health.positions_read(&account, started);
                 Ok(n)
             })
             .await?;

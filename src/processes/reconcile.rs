@@ -78,10 +78,23 @@ pub async fn positions(p: &Platform, ctx: &RunContext, account: &str) -> Result<
     Ok(rows.iter().filter(|r| !r.amount.is_zero()).count())
 }
 
-/// The whole account: positions, then fills since the cursor of every
-/// covered symbol. Returns the new fills.
-pub async fn account(p: &Platform, ctx: &RunContext, account: &str) -> Result<u64, ProcessError> {
-    positions(p, ctx, account).await?;
+/// The whole account for a stream subscribed at `subscribed`: positions,
+/// then fills since the cursor of every covered symbol, each skipped when
+/// position_sync or trade_sync read it after the subscription (what
+/// happened since arrives on the stream). Returns the new fills.
+pub async fn account(
+    p: &Platform,
+    ctx: &RunContext,
+    account: &str,
+    subscribed: tokio::time::Instant,
+) -> Result<u64, ProcessError> {
+    let to_read = p.stream_health.to_read(account, subscribed);
+    if to_read.positions {
+        positions(p, ctx, account).await?;
+    }
+    if !to_read.fills {
+        return Ok(0);
+    }
     let covered = covered_symbols(p, account).await.map_err(|e| p.store_error(e))?;
     let mut new = 0;
     for symbol in p.listed("user_stream", covered) {

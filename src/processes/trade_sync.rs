@@ -84,9 +84,11 @@ impl TradeSync {
         let worked = self
             .queue
             .run(p, &ctx, eligible, |ctx, account| async move {
+                let started = tokio::time::Instant::now();
                 let synced = self.sync_account(&ctx, &account, full_sweep).await;
                 if synced.is_ok() {
                     self.polled.done(&account);
+                    p.stream_health.fills_read(&account, started);
                 }
                 synced
             })
@@ -118,7 +120,10 @@ impl TradeSync {
             .map_err(|e| p.store_error(e))?;
         let covered = p.listed("trade_sync", covered);
         // Update times observed *before* the fills are read: a fill after this moment moves them again.
-        let updates: HashMap<String, i64> = if full_sweep {
+        // They cost a positions read (weight 5), as much as one symbol's
+        // fills: with one covered symbol, reading its fills directly is never
+        // dearer. (With none, the read still shows the credentials work.)
+        let updates: HashMap<String, i64> = if full_sweep || covered.len() == 1 {
             HashMap::new()
         } else {
             let caller = ctx.caller(Some(self.interval / 2));

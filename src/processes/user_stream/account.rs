@@ -171,20 +171,20 @@ async fn session(
     }
     // Subscribed first; what arrives before it is applied after the reconciliation.
     let mut early = Vec::new();
-    loop {
+    let subscribed = loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(None),
             l = lost.recv() => return Ok(l.map(Ended::from)),
             d = events.recv() => match d {
-                Some(Delivery::Subscribed) => break,
+                Some(Delivery::Subscribed) => break Instant::now(),
                 Some(Delivery::Event(e)) => early.push(e),
                 None => return Ok(None),
             },
         }
-    }
+    };
     // Whatever happened while no stream was up is read over REST before events are trusted.
     let reconciled = tokio::select! {
-        r = reconcile::account(p, s.ctx, account) => r,
+        r = reconcile::account(p, s.ctx, account, subscribed) => r,
         _ = stop.cancelled() => return Ok(None),
     };
     if let Err(e) = reconciled {
