@@ -528,7 +528,13 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("  /metrics bytes (largest scrape)      {}", seen.metrics_bytes);
-    println!("  venue requests by route              {}", meter["requests"]);
+    // The simulator counts by "route account": summed per route here.
+    let mut by_route: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for (key, n) in meter["requests"].as_object().into_iter().flatten() {
+        let route = key.split(' ').next().unwrap_or(key).to_string();
+        *by_route.entry(route).or_default() += n.as_u64().unwrap_or(0);
+    }
+    println!("  venue requests by route              {by_route:?}");
     println!(
         "  CPU of the replicas                  {:.1} s over {:.0} s ({:.0} % of one core); simulator {:.1} s",
         cpu_used,
