@@ -2,6 +2,9 @@
 //! symbol by symbol, and its open positions. trade_sync and position_sync do
 //! it on their intervals; user_stream does it after every (re)connect, before
 //! trusting events, so nothing that happened while a stream was away is lost.
+//! Each read is made once: what the two processes read after a stream
+//! subscribed, its reconciliation skips, and its reconciliation counts as
+//! their poll (`StreamHealth`).
 
 use std::time::Duration;
 

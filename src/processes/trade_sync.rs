@@ -11,7 +11,9 @@
 //! changes one), and only those are polled; a full sweep of every covered
 //! symbol still runs on the first run and every `FULL_SWEEP_EVERY` runs.
 //! With streams on, an account whose user stream is healthy is only
-//! reconciled every `exchange.stream_reconcile_seconds`.
+//! reconciled every `exchange.stream_reconcile_seconds` (its stream's own
+//! reconciliation counts as one). One covered symbol is read directly: the
+//! positions call would cost as much as its fills.
 //!
 //! Each account is a unit of work of its own ([`AccountsQueue`]): its own
 //! due time, backoff and deadline, a few accounts at a time.
