@@ -150,6 +150,10 @@ interval_seconds = 2
 interval_seconds = 1
 [processes.dashboard_sync]
 interval_seconds = 2
+# A healthy user stream stretches trade and position sync's polling to this
+# (its reconciliation counts as their poll): short, so their panels have data.
+[exchange]
+stream_reconcile_seconds = 2
 [exchange.simulator.faults]
 reject_algo_orders = 1000000000
 [demo]

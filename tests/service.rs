@@ -402,7 +402,7 @@ api_secret = "SECRET-visible-to-nobody-5678"
     assert!(
         sample(
             &metrics,
-            "script_manager_api_calls_total{process=\"service\",endpoint=\"/fapi/v1/time\",status_class=\"2xx\"}"
+            "script_manager_api_calls_total{process=\"venue_info\",endpoint=\"/fapi/v1/time\",status_class=\"2xx\"}"
         )
         .is_some()
     );
