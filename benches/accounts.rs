@@ -251,10 +251,7 @@ async fn start(a: &Args) -> anyhow::Result<Setup> {
     let store_url = match &a.postgres {
         Some(admin) => {
             let db = format!("sm_bench_accounts_{}", std::process::id());
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(admin)
-                .await?;
+            let pool = admin_pool(admin).await?;
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
                 .execute(&pool)
                 .await?;
@@ -293,6 +290,14 @@ async fn start(a: &Args) -> anyhow::Result<Setup> {
         store_url,
         _dir: dir,
     })
+}
+
+/// One connection to the PostgreSQL server as its admin (to create and drop the bench's database).
+async fn admin_pool(admin: &str) -> anyhow::Result<sqlx::PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(admin)
+        .await?)
 }
 
 async fn wait_until<F, Fut>(limit: Duration, mut ok: F) -> bool
@@ -547,10 +552,7 @@ async fn main() -> anyhow::Result<()> {
     drop(setup);
     if let Some(admin) = &a.postgres {
         let db = store_url.rsplit('/').next().unwrap_or_default().to_string();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(admin)
-            .await?;
+        let pool = admin_pool(admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)")))
             .execute(&pool)
             .await?;

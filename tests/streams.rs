@@ -183,23 +183,6 @@ async fn fills_made_while_the_user_stream_is_down_arrive_after_it_reconnects_onc
     fills_match(&svc, &sim, "alt").await;
 }
 
-/// Polls `check` every 100 ms until it holds, failing with the service's log after `timeout`.
-async fn eventually<F, Fut>(svc: &Service, what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            svc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_accounts_stream_restarts_after_its_store_fails_while_the_other_streams_on() {
     let sim = SimProcess::start("fills_per_minute = 600.0\nvolatility = 0.0").await;
@@ -222,24 +205,16 @@ async fn an_accounts_stream_restarts_after_its_store_fails_while_the_other_strea
     .unwrap();
     let store_failed = r#"script_manager_stream_reconnects_total{stream="user",account="alt",reason="store"}"#;
     let main_up = r#"script_manager_stream_up{stream="user",account="main"}"#;
-    eventually(
-        &svc,
-        "alt's stream to fail on the store",
-        Duration::from_secs(30),
-        || async { metric(&svc, store_failed).await >= 1.0 },
-    )
+    svc.eventually("alt's stream to fail on the store", Duration::from_secs(30), || async {
+        metric(&svc, store_failed).await >= 1.0
+    })
     .await;
     // main streams on throughout: up, and its new fills stored.
     let main_before = stored_fill_ids(&svc, "main").await.len();
-    eventually(
-        &svc,
-        "main's fills while alt fails",
-        Duration::from_secs(30),
-        || async {
-            assert_eq!(metric(&svc, main_up).await, 1.0, "main's stream stays up");
-            stored_fill_ids(&svc, "main").await.len() > main_before + 2
-        },
-    )
+    svc.eventually("main's fills while alt fails", Duration::from_secs(30), || async {
+        assert_eq!(metric(&svc, main_up).await, 1.0, "main's stream stays up");
+        stored_fill_ids(&svc, "main").await.len() > main_before + 2
+    })
     .await;
     assert!(
         !svc.log().contains(r#"account="main" reason="store""#),
@@ -248,12 +223,12 @@ async fn an_accounts_stream_restarts_after_its_store_fails_while_the_other_strea
     // The store recovers: alt's stream comes back on its own (reconciled), and streams again.
     sqlx::query("DROP TRIGGER refuse_alt").execute(&db).await.unwrap();
     let alt_up = r#"script_manager_stream_up{stream="user",account="alt"}"#;
-    eventually(&svc, "alt's stream back up", Duration::from_secs(60), || async {
+    svc.eventually("alt's stream back up", Duration::from_secs(60), || async {
         metric(&svc, alt_up).await == 1.0
     })
     .await;
     let alt_back = stored_fill_ids(&svc, "alt").await.len();
-    eventually(&svc, "alt's later fills stored", Duration::from_secs(30), || async {
+    svc.eventually("alt's later fills stored", Duration::from_secs(30), || async {
         stored_fill_ids(&svc, "alt").await.len() > alt_back + 1
     })
     .await;
@@ -496,11 +471,11 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
     watch(&svc, "BTCUSDT").await;
     let mut eth = watch(&svc, "ETHUSDT").await;
     // The gauge reads 0 before the first look: first see ETHUSDT watched and never quoted.
-    eventually(&svc, "ETHUSDT watched", Duration::from_secs(30), || async {
+    svc.eventually("ETHUSDT watched", Duration::from_secs(30), || async {
         metric(&svc, stale).await >= 1.0
     })
     .await;
-    eventually(&svc, "both symbols fresh", Duration::from_secs(30), || async {
+    svc.eventually("both symbols fresh", Duration::from_secs(30), || async {
         sim.post("/sim/stream/book_ticker", &eth_tick).await;
         metric(&svc, stale).await == 0.0
     })
@@ -511,7 +486,7 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let answered = subscribes(&sim, "answered").await;
     eth = watch(&svc, "ETHUSDT").await;
-    eventually(&svc, "the SUBSCRIBE answered", Duration::from_secs(30), || async {
+    svc.eventually("the SUBSCRIBE answered", Duration::from_secs(30), || async {
         subscribes(&sim, "answered").await > answered
     })
     .await;
@@ -523,7 +498,7 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eventually(&svc, "fresh from a new event", Duration::from_secs(30), || async {
+    svc.eventually("fresh from a new event", Duration::from_secs(30), || async {
         sim.post("/sim/stream/book_ticker", &eth_tick).await;
         metric(&svc, stale).await == 0.0
     })
@@ -535,14 +510,13 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
     sim.post("/sim/faults", &json!({"ws_subscribe_unanswered": true})).await;
     let unanswered = subscribes(&sim, "unanswered").await;
     eth = watch(&svc, "ETHUSDT").await;
-    eventually(&svc, "the SUBSCRIBE received", Duration::from_secs(30), || async {
+    svc.eventually("the SUBSCRIBE received", Duration::from_secs(30), || async {
         subscribes(&sim, "unanswered").await > unanswered
     })
     .await;
     assert!(metric(&svc, stale).await >= 1.0, "unconfirmed: not vouched for");
     let timeout = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="subscribe_timeout"}"#;
-    eventually(
-        &svc,
+    svc.eventually(
         "the unconfirmed connection replaced",
         Duration::from_secs(30),
         || async { metric(&svc, timeout).await >= 1.0 },
@@ -550,12 +524,12 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
     .await;
     sim.post("/sim/faults", &json!({})).await;
     let book_up = r#"script_manager_stream_up{stream="book",account=""}"#;
-    eventually(&svc, "a new connection", Duration::from_secs(30), || async {
+    svc.eventually("a new connection", Duration::from_secs(30), || async {
         metric(&svc, book_up).await == 1.0
     })
     .await;
     // BTCUSDT's next tick makes it fresh on the new connection; ETHUSDT's old quote stays unvouched.
-    eventually(&svc, "BTCUSDT fresh again", Duration::from_secs(30), || async {
+    svc.eventually("BTCUSDT fresh again", Duration::from_secs(30), || async {
         metric(&svc, stale).await == 1.0
     })
     .await;
@@ -566,7 +540,7 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    eventually(&svc, "fresh from a new event", Duration::from_secs(30), || async {
+    svc.eventually("fresh from a new event", Duration::from_secs(30), || async {
         sim.post("/sim/stream/book_ticker", &eth_tick).await;
         metric(&svc, stale).await == 0.0
     })
@@ -578,15 +552,12 @@ async fn a_resubscribed_symbol_is_fresh_only_from_an_event_after_its_confirmed_s
     sim.post("/sim/faults", &json!({"ws_subscribe_refused": true})).await;
     watch(&svc, "ETHUSDT").await;
     let refused = r#"script_manager_stream_reconnects_total{stream="book",account="",reason="subscribe_refused"}"#;
-    eventually(
-        &svc,
-        "the refusing connection replaced",
-        Duration::from_secs(30),
-        || async { metric(&svc, refused).await >= 1.0 },
-    )
+    svc.eventually("the refusing connection replaced", Duration::from_secs(30), || async {
+        metric(&svc, refused).await >= 1.0
+    })
     .await;
     sim.post("/sim/faults", &json!({})).await;
-    eventually(&svc, "ETHUSDT streamed again", Duration::from_secs(30), || async {
+    svc.eventually("ETHUSDT streamed again", Duration::from_secs(30), || async {
         sim.post("/sim/stream/book_ticker", &eth_tick).await;
         metric(&svc, book_up).await == 1.0 && metric(&svc, stale).await == 0.0
     })

@@ -43,23 +43,6 @@ async fn streams_up(svc: &Service) -> usize {
         .count()
 }
 
-/// Polls `check` every 200 ms until it holds, failing with the service's log after `timeout`.
-async fn eventually<F, Fut>(svc: &Service, what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            svc.log().lines().rev().take(60).collect::<Vec<_>>().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn refused(sim: &SimProcess) -> u64 {
     sim.get("/sim/meter").await["ws_connections_refused"].as_u64().unwrap()
 }
@@ -88,8 +71,7 @@ async fn fill_arrives(svc: &Service, sim: &SimProcess, account: &str) {
     let before = stored(svc, account).await.len();
     let fills = sim.get(&format!("/sim/fills?account={account}")).await;
     let id = fills.as_array().unwrap().last().unwrap()["id"].as_u64().unwrap();
-    eventually(
-        svc,
+    svc.eventually(
         &format!("{account}'s fill {id} stored"),
         Duration::from_secs(30),
         || async { stored(svc, account).await.contains(&id) },
@@ -131,7 +113,7 @@ async fn many_accounts_stream_on_few_paced_connections_and_recover_alone_or_all_
     ];
     let svc = common::start(&config, &env).await;
 
-    eventually(&svc, "every account's stream up", Duration::from_secs(120), || async {
+    svc.eventually("every account's stream up", Duration::from_secs(120), || async {
         streams_up(&svc).await == ACCOUNTS
     })
     .await;
@@ -160,7 +142,7 @@ async fn many_accounts_stream_on_few_paced_connections_and_recover_alone_or_all_
     sim.post("/sim/stream/expire_keys", &json!({"account": one})).await;
     let renewed =
         format!(r#"script_manager_stream_reconnects_total{{stream="user",account="{one}",reason="listen_key"}}"#);
-    eventually(&svc, "the expired key renewed", Duration::from_secs(30), || async {
+    svc.eventually("the expired key renewed", Duration::from_secs(30), || async {
         metric(&svc, &renewed).await >= 1.0 && streams_up(&svc).await == ACCOUNTS
     })
     .await;
@@ -193,7 +175,7 @@ async fn many_accounts_stream_on_few_paced_connections_and_recover_alone_or_all_
 
     // An outage: the venue drops every connection at once. All come back, at the pace, none refused.
     sim.post("/sim/stream/drop", &json!({})).await;
-    eventually(&svc, "the drop seen", Duration::from_secs(30), || async {
+    svc.eventually("the drop seen", Duration::from_secs(30), || async {
         metric(
             &svc,
             &format!(
@@ -205,7 +187,7 @@ async fn many_accounts_stream_on_few_paced_connections_and_recover_alone_or_all_
             >= 1.0
     })
     .await;
-    eventually(&svc, "every stream up again", Duration::from_secs(120), || async {
+    svc.eventually("every stream up again", Duration::from_secs(120), || async {
         streams_up(&svc).await == ACCOUNTS
     })
     .await;

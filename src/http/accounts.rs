@@ -245,22 +245,28 @@ pub async fn create(
             format!("account `{name}` exists (added through another replica)"),
         ));
     };
-    state.accounts.upsert(
-        Account {
-            name: name.clone(),
-            api_key: key,
-            api_secret: secret,
-        },
-        Source::Api,
-    );
-    let entry = state.accounts.entry(&name).ok_or_else(|| no_such(&name))?;
-    let view = view(&state, &entry, Some(&row));
+    let view = go_live(&state, &name, key, secret, &row)?;
     tracing::info!(account = %name, by = %caller.name, "account added through the API");
     Ok((
         StatusCode::CREATED,
         axum::Extension(Audit::change(Value::Null, view.clone())),
         Json(view),
     ))
+}
+
+/// Puts the stored account's credentials in the live registry (the next
+/// signed request uses them) and answers its view.
+fn go_live(state: &AppState, name: &str, key: Secret, secret: Secret, row: &StoredAccount) -> Result<Value, ApiError> {
+    state.accounts.upsert(
+        Account {
+            name: name.to_string(),
+            api_key: key,
+            api_secret: secret,
+        },
+        Source::Api,
+    );
+    let entry = state.accounts.entry(name).ok_or_else(|| no_such(name))?;
+    Ok(view(state, &entry, Some(row)))
 }
 
 /// `PUT /api/accounts/{name}/credentials` `{"api_key", "api_secret"}`: the next signed request uses them.
@@ -285,16 +291,7 @@ pub async fn rotate(
     let Some(row) = store.update_account_credentials(&new).await.map_err(store_error)? else {
         return Err(no_such(&name));
     };
-    state.accounts.upsert(
-        Account {
-            name: name.clone(),
-            api_key: key,
-            api_secret: secret,
-        },
-        Source::Api,
-    );
-    let entry = state.accounts.entry(&name).ok_or_else(|| no_such(&name))?;
-    let after = view(&state, &entry, Some(&row));
+    let after = go_live(&state, &name, key, secret, &row)?;
     tracing::info!(account = %name, by = %caller.name, "account credentials rotated");
     Ok((axum::Extension(Audit::change(before, after.clone())), Json(after)))
 }

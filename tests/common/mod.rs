@@ -95,6 +95,24 @@ impl Service {
         format!("{}{}", self.base, path)
     }
 
+    /// Polls `check` every 100 ms until it holds, failing with the end of
+    /// the service's log after `timeout`.
+    pub async fn eventually<F, Fut>(&self, what: &str, timeout: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.log().lines().rev().take(200).collect::<Vec<_>>().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub fn log(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }
